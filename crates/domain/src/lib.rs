@@ -1,0 +1,12 @@
+//! previewd's domain: validated newtypes for what GitHub tells us, the names derived from them for AWS and
+//! DNS, and (with the reconciler) the desired and observed state of an environment. No I/O lives here.
+
+mod names;
+mod secret;
+
+pub use names::{
+    BUCKET_PREFIX_MAX, BranchName, CommitSha, DNS_LABEL_MAX, DNS_NAME_MAX, DnsZone, EnvKey, EnvNames, NameError,
+    OwnerId, RULE_PRIORITY_MAX, RepoName, STACK_NAME_MAX, Stage, TAG_VALUE_MAX, app_stack_name, is_valid_bucket_prefix,
+    is_valid_stack_name, tag_value,
+};
+pub use secret::Secret;

@@ -1,0 +1,341 @@
+//! Configuration: a TOML file (`--config PATH` or `PREVIEWD_CONFIG`) with the environment on top, as
+//! INTERFACE.md names it. Everything is validated here, once, into domain types.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use previewd_domain::Stage;
+use previewd_domain::{DnsZone, OwnerId, RepoName, Secret};
+use previewd_render::{Layer, LayerKind, PatternOverride, RepoLayers};
+use serde::Deserialize;
+
+/// The blueprint a repository gets when `PREVIEWD_REPOS` names none.
+pub const DEFAULT_BLUEPRINT: &str = "webapp";
+/// The reaper runs hourly (cron with seconds first).
+pub const DEFAULT_REAPER_SCHEDULE: &str = "0 0 * * * *";
+/// An environment must stay orphaned this long before the reaper removes it: a branch that is deleted and
+/// pushed again a moment later (a force-push of a rebased branch, say) must not lose its environment.
+pub const DEFAULT_REAPER_GRACE: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    owner: Option<String>,
+    dns_zone: Option<String>,
+    stacks_dir: Option<PathBuf>,
+    webhook_secrets: Option<Vec<String>>,
+    dashboard_token: Option<String>,
+    #[serde(default)]
+    github: GithubFile,
+    #[serde(default)]
+    reaper: ReaperFile,
+    #[serde(default)]
+    repos: BTreeMap<String, RepoFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GithubFile {
+    api_url: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReaperFile {
+    schedule: Option<String>,
+    grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoFile {
+    blueprint: Option<String>,
+    dns_zone: Option<String>,
+    /// Stage name → settings added to that stage's layer (the VPC, subnets, certificate of this account).
+    #[serde(default)]
+    stages: toml::Table,
+    /// Branch glob → settings table, applied in file order.
+    #[serde(default)]
+    branches: toml::Table,
+}
+
+#[derive(Debug)]
+#[expect(dead_code, reason = "the serving fields are read by `previewd serve`, which arrives with provisioning")]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub file: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub github_api_url: String,
+    pub github_token: Option<Secret>,
+    pub webhook_secrets: Vec<Secret>,
+    pub owner: Option<OwnerId>,
+    pub dns_zone: Option<DnsZone>,
+    pub stacks_dir: PathBuf,
+    pub reaper_schedule: String,
+    pub reaper_grace: Duration,
+    pub dashboard_token: Option<Secret>,
+    pub repos: BTreeMap<RepoName, RepoConfig>,
+}
+
+#[derive(Debug)]
+pub struct RepoConfig {
+    pub blueprint: String,
+    /// The repository's own zone, when it does not use the global one.
+    pub dns_zone: Option<DnsZone>,
+    /// Stage tables and branch-pattern overrides.
+    pub layers: RepoLayers,
+}
+
+impl Config {
+    /// Reads `path` (if any) and applies the environment variables `env` returns.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let file: File = match path {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read configuration {}", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().trim()))?
+            }
+            None => File::default(),
+        };
+        let source = path.map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+
+        let listen = match var("PREVIEWD_LISTEN") {
+            Some(v) => {
+                v.parse().with_context(|| format!("PREVIEWD_LISTEN={v:?} is not an address such as 127.0.0.1:8080"))?
+            }
+            None => file.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        };
+        let owner = var("PREVIEWD_OWNER")
+            .or(file.owner)
+            .map(|o| OwnerId::new(&o))
+            .transpose()
+            .context("PREVIEWD_OWNER / owner")?;
+        let dns_zone = var("PREVIEWD_DNS_ZONE")
+            .or(file.dns_zone)
+            .map(|z| DnsZone::new(&z))
+            .transpose()
+            .context("PREVIEWD_DNS_ZONE / dns_zone")?;
+        let webhook_secrets = match var("PREVIEWD_WEBHOOK_SECRET") {
+            Some(v) => v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect(),
+            None => file.webhook_secrets.unwrap_or_default().into_iter().map(Secret::new).collect(),
+        };
+        let reaper_grace = match var("PREVIEWD_REAPER_GRACE").or(file.reaper.grace) {
+            Some(g) => humantime::parse_duration(&g)
+                .with_context(|| format!("reaper grace {g:?} is not a duration such as 10m"))?,
+            None => DEFAULT_REAPER_GRACE,
+        };
+
+        let mut repos = BTreeMap::new();
+        for (name, repo) in file.repos {
+            let repo_name = RepoName::new(&name).with_context(|| format!("{source}: [repos.{name:?}]"))?;
+            let mut layers = RepoLayers::default();
+            for (stage_name, table) in repo.stages {
+                let table_name = format!("{source} [repos.\"{name}\".stages.{stage_name}]");
+                let stage: Stage = stage_name.parse().with_context(|| table_name.clone())?;
+                let toml::Value::Table(table) = table else {
+                    bail!("{table_name}: expected a table of settings");
+                };
+                layers.stages.push(Layer { kind: LayerKind::Stage(stage), source: table_name, table });
+            }
+            for (glob, table) in repo.branches {
+                let table_name = format!("{source} [repos.\"{name}\".branches.\"{glob}\"]");
+                let toml::Value::Table(table) = table else {
+                    bail!("{table_name}: expected a table of settings");
+                };
+                layers.patterns.push(PatternOverride::new(&glob, table_name, table)?);
+            }
+            let dns_zone = repo
+                .dns_zone
+                .map(|z| DnsZone::new(&z))
+                .transpose()
+                .with_context(|| format!("{source}: [repos.{name:?}] dns_zone"))?;
+            let blueprint = repo.blueprint.unwrap_or_else(|| DEFAULT_BLUEPRINT.to_owned());
+            repos.insert(repo_name, RepoConfig { blueprint, dns_zone, layers });
+        }
+        if let Some(list) = var("PREVIEWD_REPOS") {
+            // The environment names the repositories; the file may still hold their patterns and zones.
+            let mut named = BTreeMap::new();
+            for entry in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (name, blueprint) = match entry.split_once(':') {
+                    Some((n, b)) => (n, Some(b.to_owned())),
+                    None => (entry, None),
+                };
+                let repo_name = RepoName::new(name).with_context(|| format!("PREVIEWD_REPOS entry {entry:?}"))?;
+                let mut repo = repos.remove(&repo_name).unwrap_or(RepoConfig {
+                    blueprint: DEFAULT_BLUEPRINT.to_owned(),
+                    dns_zone: None,
+                    layers: RepoLayers::default(),
+                });
+                if let Some(b) = blueprint {
+                    repo.blueprint = b;
+                }
+                named.insert(repo_name, repo);
+            }
+            repos = named;
+        }
+
+        let config = Config {
+            file: path.map(Path::to_owned),
+            listen,
+            database_url: var("PREVIEWD_DATABASE_URL")
+                .or(file.database_url)
+                .unwrap_or_else(|| "sqlite://previewd.db".to_owned()),
+            github_api_url: var("PREVIEWD_GITHUB_API_URL")
+                .or(file.github.api_url)
+                .unwrap_or_else(|| "https://api.github.com".to_owned()),
+            github_token: var("PREVIEWD_GITHUB_TOKEN").or(file.github.token).map(Secret::new),
+            webhook_secrets,
+            owner,
+            dns_zone,
+            stacks_dir: var("PREVIEWD_STACKS_DIR")
+                .map(PathBuf::from)
+                .or(file.stacks_dir)
+                .unwrap_or_else(|| PathBuf::from("stacks")),
+            reaper_schedule: var("PREVIEWD_REAPER_SCHEDULE")
+                .or(file.reaper.schedule)
+                .unwrap_or_else(|| DEFAULT_REAPER_SCHEDULE.to_owned()),
+            reaper_grace,
+            dashboard_token: var("PREVIEWD_DASHBOARD_TOKEN").or(file.dashboard_token).map(Secret::new),
+            repos,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// What no single field shows: two repositories must not share a DNS zone (their `main` branches
+    /// would claim one name) nor a repository hash (it keeps stack names apart).
+    fn check(&self) -> anyhow::Result<()> {
+        let mut zones = BTreeMap::new();
+        let mut hashes = BTreeMap::new();
+        for (name, repo) in &self.repos {
+            if let Some(zone) = repo.dns_zone.as_ref().or(self.dns_zone.as_ref())
+                && let Some(other) = zones.insert(zone.clone(), name)
+            {
+                bail!("repositories {other} and {name} share the DNS zone {zone}: give one of them its own dns_zone");
+            }
+            if let Some(other) = hashes.insert(name.hash(), name) {
+                bail!("repositories {other} and {name} have the same name hash; rename one in the configuration");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn repo(&self, name: &RepoName) -> anyhow::Result<&RepoConfig> {
+        self.repos.get(name).with_context(|| {
+            let known: Vec<_> = self.repos.keys().map(RepoName::as_str).collect();
+            format!(
+                "repository {name} is not configured (configured: {}); add [repos.\"{name}\"] to the configuration or set PREVIEWD_REPOS",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            )
+        })
+    }
+
+    /// The zone a repository's environments are named under.
+    pub fn zone_of<'a>(&'a self, repo: &'a RepoConfig) -> Option<&'a DnsZone> {
+        repo.dns_zone.as_ref().or(self.dns_zone.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_match_the_interface() {
+        let c = Config::load(None, env(&[])).expect("loads");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://previewd.db");
+        assert_eq!(c.github_api_url, "https://api.github.com");
+        assert_eq!(c.stacks_dir, PathBuf::from("stacks"));
+        assert_eq!(c.reaper_grace, Duration::from_secs(600));
+        assert!(c.repos.is_empty());
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let f = write(
+            r#"
+            owner = "from-file"
+            webhook_secrets = ["file-secret"]
+            [repos."acme/shop"]
+            blueprint = "beanstalk"
+            [repos."acme/shop".stages.staging]
+            network.vpc_id = "vpc-1"
+            [repos."acme/shop".branches."perf/*"]
+            service.cpu = "4096"
+            [repos."acme/other"]
+            "#,
+        );
+        let c = Config::load(
+            Some(f.path()),
+            env(&[
+                ("PREVIEWD_OWNER", "from-env"),
+                ("PREVIEWD_WEBHOOK_SECRET", "new, old"),
+                ("PREVIEWD_REPOS", "Acme/Shop,acme/api:beanstalk"),
+                ("PREVIEWD_REAPER_GRACE", "90s"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.owner.expect("owner").as_str(), "from-env");
+        assert_eq!(c.webhook_secrets.iter().map(Secret::expose).collect::<Vec<_>>(), ["new", "old"]);
+        assert_eq!(c.reaper_grace, Duration::from_secs(90));
+        let names: Vec<_> = c.repos.keys().map(RepoName::as_str).collect();
+        assert_eq!(names, ["acme/api", "acme/shop"]);
+        let shop = &c.repos[&RepoName::new("acme/shop").expect("repo")];
+        assert_eq!(shop.blueprint, "beanstalk");
+        assert_eq!(shop.layers.patterns.len(), 1, "patterns from the file survive");
+        assert_eq!(shop.layers.stages[0].kind, LayerKind::Stage(Stage::Staging));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let f = write("owner = \"Not Valid\"");
+        let e = format!("{:#}", Config::load(Some(f.path()), env(&[])).expect_err("invalid owner"));
+        assert!(e.contains("owner") && e.contains("Not Valid"), "{e}");
+        let f = write("ownr = \"x\"");
+        let e = format!("{:#}", Config::load(Some(f.path()), env(&[])).expect_err("unknown key"));
+        assert!(e.contains(&f.path().display().to_string()) && e.contains("ownr"), "{e}");
+        let e = format!("{:#}", Config::load(None, env(&[("PREVIEWD_REPOS", "not-a-repo")])).expect_err("bad repo"));
+        assert!(e.contains("PREVIEWD_REPOS"), "{e}");
+    }
+
+    #[test]
+    fn two_repositories_cannot_share_a_zone() {
+        let e = Config::load(None, env(&[("PREVIEWD_REPOS", "a/x,a/y"), ("PREVIEWD_DNS_ZONE", "p.example.com")]))
+            .expect_err("shared zone")
+            .to_string();
+        assert!(e.contains("share the DNS zone"), "{e}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let c = Config::load(
+            None,
+            env(&[("PREVIEWD_WEBHOOK_SECRET", "s3cr3t-hook"), ("PREVIEWD_GITHUB_TOKEN", "ghp_t0ken")]),
+        )
+        .expect("loads");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t-hook") && !debug.contains("ghp_t0ken"), "{debug}");
+    }
+}

@@ -1,0 +1,249 @@
+//! A blueprint: the folder `stacks/<name>/` holding
+//!
+//! - `blueprint.toml`: a description and the keys a branch may override in its own `.previewd.toml`;
+//! - `defaults.toml`: every setting and its default (the schema for every later layer);
+//! - `staging.toml`, `production.toml`: the stage layers (optional);
+//! - `preview.toml`: what every branch environment gets on top of staging (optional);
+//! - `application.json`: the application stack, one per repository and stage;
+//! - `environment.json`: the environment stack, one per branch.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use globset::{GlobBuilder, GlobMatcher};
+use previewd_domain::{BranchName, Stage};
+use serde::Deserialize;
+use serde_json::Value as Json;
+use toml::Table;
+
+use crate::template::{self, Context, Rendered};
+use crate::{Layer, LayerKind, RenderError, Settings};
+
+/// Which of a blueprint's two templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateKind {
+    Application,
+    Environment,
+}
+
+impl TemplateKind {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            TemplateKind::Application => "application.json",
+            TemplateKind::Environment => "environment.json",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    description: String,
+    #[serde(default)]
+    overridable: Vec<String>,
+}
+
+/// A loaded blueprint; loading reads and checks every file, rendering does no I/O.
+#[derive(Debug, Clone)]
+pub struct Blueprint {
+    pub name: String,
+    pub dir: PathBuf,
+    pub description: String,
+    /// Keys (or tables) a branch may set in its `.previewd.toml`.
+    pub overridable: Vec<String>,
+    defaults: Layer,
+    staging: Option<Layer>,
+    production: Option<Layer>,
+    preview: Option<Layer>,
+    application: Json,
+    environment: Json,
+}
+
+/// What the configuration adds to a repository's settings: its own stage tables (applied right after the
+/// blueprint's stage file, as part of the stage layer) and its branch-pattern overrides.
+#[derive(Debug, Clone, Default)]
+pub struct RepoLayers {
+    /// Layers of kind [`LayerKind::Stage`]; those of other stages are ignored.
+    pub stages: Vec<Layer>,
+    /// Applied in order to the branches they match.
+    pub patterns: Vec<PatternOverride>,
+}
+
+/// Settings for branches whose name matches a glob, from the configuration.
+#[derive(Debug, Clone)]
+pub struct PatternOverride {
+    matcher: GlobMatcher,
+    pub layer: Layer,
+}
+
+impl PatternOverride {
+    /// `pattern` is a glob over the branch name where `*` stops at `/` and `**` does not (`perf/*`,
+    /// `release/**`); `source` names where it was configured.
+    pub fn new(pattern: &str, source: impl Into<String>, table: Table) -> Result<Self, RenderError> {
+        let kind = LayerKind::Pattern(pattern.to_owned());
+        let source = source.into();
+        let glob = GlobBuilder::new(pattern).literal_separator(true).build().map_err(|e| RenderError::Setting {
+            file: source.clone(),
+            layer: kind.to_string(),
+            key: pattern.to_owned(),
+            reason: format!("not a valid branch pattern: {}", e.kind()),
+        })?;
+        Ok(Self { matcher: glob.compile_matcher(), layer: Layer { kind, source, table } })
+    }
+
+    pub fn matches(&self, branch: &BranchName) -> bool {
+        self.matcher.is_match(branch.as_str())
+    }
+}
+
+impl Blueprint {
+    /// The blueprints found in `stacks_dir`: its folders holding a `blueprint.toml`.
+    pub fn available(stacks_dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(stacks_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("blueprint.toml").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn load(stacks_dir: &Path, name: &str) -> Result<Self, RenderError> {
+        let dir = stacks_dir.join(name);
+        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name || !dir.join("blueprint.toml").is_file() {
+            let available = Self::available(stacks_dir);
+            return Err(RenderError::UnknownBlueprint {
+                name: name.to_owned(),
+                dir: stacks_dir.to_owned(),
+                available: if available.is_empty() { "none".to_owned() } else { available.join(", ") },
+            });
+        }
+
+        let meta_file = dir.join("blueprint.toml");
+        let meta_text = read(&meta_file, "blueprint")?.unwrap_or_default();
+        let meta: Meta = toml::from_str(&meta_text).map_err(|e| RenderError::Syntax {
+            file: meta_file.display().to_string(),
+            layer: "blueprint".to_owned(),
+            format: "blueprint description",
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+
+        let layer = |file: &str, kind: LayerKind| -> Result<Option<Layer>, RenderError> {
+            let path = dir.join(file);
+            let kind_name = kind.to_string();
+            match read(&path, &kind_name)? {
+                Some(text) => Layer::parse(kind, path.display().to_string(), &text).map(Some),
+                None => Ok(None),
+            }
+        };
+        let defaults = layer("defaults.toml", LayerKind::Defaults)?.ok_or_else(|| RenderError::Unreadable {
+            file: dir.join("defaults.toml").display().to_string(),
+            layer: LayerKind::Defaults.to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let blueprint = Self {
+            name: name.to_owned(),
+            description: meta.description,
+            overridable: meta.overridable,
+            staging: layer("staging.toml", LayerKind::Stage(Stage::Staging))?,
+            production: layer("production.toml", LayerKind::Stage(Stage::Production))?,
+            preview: layer("preview.toml", LayerKind::Preview)?,
+            application: read_template(&dir, TemplateKind::Application)?,
+            environment: read_template(&dir, TemplateKind::Environment)?,
+            defaults,
+            dir,
+        };
+        blueprint.check()?;
+        Ok(blueprint)
+    }
+
+    /// Every fixed layer merges, and every overridable key exists.
+    fn check(&self) -> Result<(), RenderError> {
+        let none = RepoLayers::default();
+        let settings = Settings::merge(&self.fixed_layers(Stage::Production, &none, false), &[])?;
+        Settings::merge(&self.fixed_layers(Stage::Staging, &none, true), &[])?;
+        for key in &self.overridable {
+            let prefix = format!("{key}.");
+            if settings.get(key).is_none() && !settings.iter().any(|(k, _)| k.starts_with(&prefix)) {
+                return Err(RenderError::Setting {
+                    file: self.dir.join("blueprint.toml").display().to_string(),
+                    layer: "blueprint".to_owned(),
+                    key: key.clone(),
+                    reason: "listed as overridable but not declared in defaults.toml".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn fixed_layers(&self, stage: Stage, repo: &RepoLayers, preview: bool) -> Vec<Layer> {
+        let stage_layer = match stage {
+            Stage::Staging => &self.staging,
+            Stage::Production => &self.production,
+        };
+        let repo_stage = repo.stages.iter().filter(|l| l.kind == LayerKind::Stage(stage));
+        let preview = if preview { self.preview.as_ref() } else { None };
+        std::iter::once(&self.defaults).chain(stage_layer).chain(repo_stage).chain(preview).cloned().collect()
+    }
+
+    /// The settings of the application stack of a stage: defaults → stage.
+    pub fn application_settings(&self, stage: Stage, repo: &RepoLayers) -> Result<Settings, RenderError> {
+        Settings::merge(&self.fixed_layers(stage, repo, false), &self.overridable)
+    }
+
+    /// The settings of a branch's environment stack. In `staging` (where branch environments live):
+    /// defaults → staging → preview → matching patterns in order → the branch's own overrides. In
+    /// `production`: defaults → production, and nothing branch-specific.
+    pub fn environment_settings(
+        &self,
+        stage: Stage,
+        branch: &BranchName,
+        repo: &RepoLayers,
+        own: Option<&Layer>,
+    ) -> Result<Settings, RenderError> {
+        let mut layers = self.fixed_layers(stage, repo, stage == Stage::Staging);
+        if stage == Stage::Staging {
+            layers.extend(repo.patterns.iter().filter(|p| p.matches(branch)).map(|p| p.layer.clone()));
+            layers.extend(own.cloned());
+        }
+        Settings::merge(&layers, &self.overridable)
+    }
+
+    pub fn render(&self, kind: TemplateKind, settings: &Settings, ctx: &Context) -> Result<Rendered, RenderError> {
+        let template = match kind {
+            TemplateKind::Application => &self.application,
+            TemplateKind::Environment => &self.environment,
+        };
+        template::render(&self.dir.join(kind.file_name()).display().to_string(), template, settings, ctx)
+    }
+}
+
+/// The file's text, `None` if it does not exist, an error naming file and layer otherwise.
+fn read(path: &Path, layer: &str) -> Result<Option<String>, RenderError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => {
+            Err(RenderError::Unreadable { file: path.display().to_string(), layer: layer.to_owned(), source })
+        }
+    }
+}
+
+fn read_template(dir: &Path, kind: TemplateKind) -> Result<Json, RenderError> {
+    let path = dir.join(kind.file_name());
+    let file = path.display().to_string();
+    let text = read(&path, "template")?.ok_or_else(|| RenderError::Unreadable {
+        file: file.clone(),
+        layer: "template".to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
+    serde_json::from_str(&text).map_err(|e| RenderError::Syntax {
+        file,
+        layer: "template".to_owned(),
+        format: "JSON",
+        message: e.to_string(),
+    })
+}

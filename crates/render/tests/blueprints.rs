@@ -1,0 +1,163 @@
+//! The shipped blueprints, rendered: snapshots pin every template, and hostile branch names or setting
+//! values are shown to change string values only, never the shape of a template.
+
+use std::path::{Path, PathBuf};
+
+use previewd_domain::{BranchName, DnsZone, EnvNames, OwnerId, RepoName, Stage, app_stack_name};
+use previewd_render::{Blueprint, Context, Layer, LayerKind, PatternOverride, Rendered, RepoLayers, TemplateKind};
+use serde_json::Value as Json;
+
+fn stacks_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../stacks")
+}
+
+fn hostile_branches() -> Vec<BranchName> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hostile-branches.txt");
+    std::fs::read_to_string(path)
+        .expect("fixture")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("# "))
+        .map(|l| BranchName::new(l).unwrap_or_else(|e| panic!("fixture holds an invalid branch: {e}")))
+        .collect()
+}
+
+fn render(bp: &Blueprint, kind: TemplateKind, stage: Stage, branch: &str, repo_layers: &RepoLayers) -> Rendered {
+    let repo = RepoName::new("acme/shop").expect("repo");
+    let owner = OwnerId::new("acme-previews").expect("owner");
+    let app = app_stack_name(&repo, stage);
+    let ctx = Context::application(owner.as_str(), &repo, stage, &app);
+    match kind {
+        TemplateKind::Application => {
+            let settings = bp.application_settings(stage, repo_layers).expect("settings");
+            bp.render(kind, &settings, &ctx).expect("renders")
+        }
+        TemplateKind::Environment => {
+            let branch = BranchName::new(branch).expect("branch");
+            let names = EnvNames::new(&owner, &repo, &branch, &DnsZone::new("preview.example.com").expect("zone"));
+            let ctx =
+                ctx.with_environment(branch.as_str(), &"ab".repeat(20), &names, names.env_key.rule_priority_hint());
+            let settings = bp.environment_settings(stage, &branch, repo_layers, None).expect("settings");
+            bp.render(kind, &settings, &ctx).expect("renders")
+        }
+    }
+}
+
+/// The template with every string, number and boolean replaced by its type: what a value could never
+/// change if insertion is structural.
+fn shape(v: &Json) -> Json {
+    match v {
+        Json::Object(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Json::Array(items) => Json::Array(items.iter().map(shape).collect()),
+        Json::String(_) => Json::from("string"),
+        Json::Number(_) => Json::from("number"),
+        Json::Bool(_) => Json::from("bool"),
+        Json::Null => Json::Null,
+    }
+}
+
+const BLUEPRINTS: [&str; 2] = ["webapp", "beanstalk"];
+const KINDS: [TemplateKind; 2] = [TemplateKind::Application, TemplateKind::Environment];
+
+#[test]
+fn rendered_templates_are_pinned() {
+    for name in BLUEPRINTS {
+        let bp = Blueprint::load(&stacks_dir(), name).expect("loads");
+        for stage in Stage::ALL {
+            for kind in KINDS {
+                let r = render(&bp, kind, stage, "feature/login", &RepoLayers::default());
+                assert!(!r.needs_template_url(), "{name} {stage} {kind:?} fits a TemplateBody");
+                let kind_name = kind.file_name().trim_end_matches(".json");
+                insta::assert_json_snapshot!(format!("{name}-{stage}-{kind_name}"), r.template);
+            }
+        }
+    }
+}
+
+#[test]
+fn previews_are_cheaper_than_production() {
+    let bp = Blueprint::load(&stacks_dir(), "webapp").expect("loads");
+    let preview =
+        render(&bp, TemplateKind::Environment, Stage::Staging, "feature/login", &RepoLayers::default()).template;
+    let prod =
+        render(&bp, TemplateKind::Environment, Stage::Production, "feature/login", &RepoLayers::default()).template;
+    let at = |t: &Json, p: &str| t.pointer(p).cloned().unwrap_or(Json::Null);
+    assert_eq!(at(&preview, "/Resources/Service/Properties/DesiredCount"), Json::from(1));
+    assert_eq!(at(&prod, "/Resources/Service/Properties/DesiredCount"), Json::from(3));
+    assert_eq!(at(&preview, "/Resources/TaskDefinition/Properties/Cpu"), Json::from("256"));
+    assert_eq!(at(&preview, "/Resources/Database/Properties/DBInstanceClass"), Json::from("db.t4g.micro"));
+    assert_eq!(at(&preview, "/Resources/Database/Properties/MultiAZ"), Json::from(false));
+    assert_eq!(at(&preview, "/Resources/Database/Properties/BackupRetentionPeriod"), Json::from(0));
+    assert_eq!(at(&prod, "/Resources/Database/Properties/MultiAZ"), Json::from(true));
+}
+
+#[test]
+fn optional_parts_come_and_go_with_their_settings() {
+    let bp = Blueprint::load(&stacks_dir(), "webapp").expect("loads");
+    let layers = |text: &str| RepoLayers {
+        stages: vec![],
+        patterns: vec![PatternOverride::new("**", "test", text.parse().expect("toml")).expect("glob")],
+    };
+    let no_db =
+        render(&bp, TemplateKind::Environment, Stage::Staging, "x", &layers("database.enabled = false")).template;
+    let resources = no_db["Resources"].as_object().expect("resources");
+    assert!(!resources.keys().any(|k| k.starts_with("Database")), "{:?}", resources.keys());
+    assert!(no_db.pointer("/Outputs/DatabaseEndpoint").is_none());
+    let env = no_db.pointer("/Resources/TaskDefinition/Properties/ContainerDefinitions/0/Environment").expect("env");
+    assert!(!env.to_string().contains("DATABASE_HOST"));
+
+    let plain = render(&bp, TemplateKind::Environment, Stage::Staging, "x", &RepoLayers::default()).template;
+    let actions =
+        |t: &Json| t.pointer("/Resources/ListenerRule/Properties/Actions").and_then(Json::as_array).map(Vec::len);
+    assert_eq!(actions(&plain), Some(1), "no authentication by default");
+    let oidc = render(&bp, TemplateKind::Environment, Stage::Staging, "x", &layers("auth.oidc = true")).template;
+    assert_eq!(actions(&oidc), Some(2));
+    assert_eq!(
+        oidc.pointer("/Resources/ListenerRule/Properties/Actions/0/Type"),
+        Some(&Json::from("authenticate-oidc"))
+    );
+}
+
+#[test]
+fn hostile_branch_names_change_values_never_shape() {
+    for name in BLUEPRINTS {
+        let bp = Blueprint::load(&stacks_dir(), name).expect("loads");
+        for stage in Stage::ALL {
+            let reference =
+                shape(&render(&bp, TemplateKind::Environment, stage, "main", &RepoLayers::default()).template);
+            for branch in hostile_branches() {
+                let r = render(&bp, TemplateKind::Environment, stage, branch.as_str(), &RepoLayers::default());
+                assert_eq!(shape(&r.template), reference, "{name} {stage} {branch:?}");
+                let host = r.template.pointer("/Outputs/Url/Value").and_then(Json::as_str).expect("url");
+                let label = host.trim_start_matches("https://").split('.').next().expect("label");
+                assert!(
+                    label.len() <= 63
+                        && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_setting_values_change_values_never_shape() {
+    let evil = r#"{"Type":"AWS::IAM::User"}, "Resources": {"Evil": {}}
+Resources:
+  Evil: !Ref X"#;
+    let bp = Blueprint::load(&stacks_dir(), "webapp").expect("loads");
+    let mut table = toml::Table::new();
+    let mut app = toml::Table::new();
+    app.insert("log_level".into(), toml::Value::String(evil.into()));
+    table.insert("app".into(), toml::Value::Table(app));
+    let own = Layer { kind: LayerKind::Branch, source: ".previewd.toml".into(), table };
+    let branch = BranchName::new("main").expect("branch");
+    let repo = RepoName::new("acme/shop").expect("repo");
+    let owner = OwnerId::new("acme").expect("owner");
+    let names = EnvNames::new(&owner, &repo, &branch, &DnsZone::new("p.example.com").expect("zone"));
+    let ctx = Context::application("acme", &repo, Stage::Staging, "app").with_environment("main", "sha", &names, 1);
+    let settings =
+        bp.environment_settings(Stage::Staging, &branch, &RepoLayers::default(), Some(&own)).expect("settings");
+    let r = bp.render(TemplateKind::Environment, &settings, &ctx).expect("renders");
+    let reference = render(&bp, TemplateKind::Environment, Stage::Staging, "main", &RepoLayers::default());
+    assert_eq!(shape(&r.template), shape(&reference.template));
+    assert!(r.body.contains(&serde_json::to_string(evil).expect("json")), "the value is there, as one string");
+}

@@ -1,0 +1,145 @@
+//! Directives, size checks and the errors a blueprint author or a branch can cause, on small blueprints
+//! written to a temporary folder.
+
+use std::path::Path;
+
+use previewd_domain::{BranchName, Stage};
+use previewd_render::{Blueprint, Context, Layer, LayerKind, RenderError, RepoLayers, TEMPLATE_BODY_MAX, TemplateKind};
+use serde_json::json;
+
+const DEFAULTS: &str = r#"
+flag = true
+size = 3
+name = "x"
+list = ["a", "b"]
+"#;
+
+fn blueprint(dir: &Path, environment: &serde_json::Value) {
+    let bp = dir.join("tiny");
+    std::fs::create_dir_all(&bp).expect("mkdir");
+    std::fs::write(bp.join("blueprint.toml"), "description = \"tiny\"\noverridable = [\"size\"]\n").expect("write");
+    std::fs::write(bp.join("defaults.toml"), DEFAULTS).expect("write");
+    let app = json!({ "Resources": { "R": { "Type": "AWS::SNS::Topic" } } });
+    std::fs::write(bp.join("application.json"), app.to_string()).expect("write");
+    std::fs::write(bp.join("environment.json"), environment.to_string()).expect("write");
+}
+
+fn render(environment: serde_json::Value) -> Result<previewd_render::Rendered, RenderError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    blueprint(dir.path(), &environment);
+    let bp = Blueprint::load(dir.path(), "tiny")?;
+    let branch = BranchName::new("main").expect("branch");
+    let settings = bp.environment_settings(Stage::Staging, &branch, &RepoLayers::default(), None)?;
+    let ctx = Context::application("o", &"a/b".parse().expect("repo"), Stage::Staging, "app-stack");
+    bp.render(TemplateKind::Environment, &settings, &ctx)
+}
+
+fn err(environment: serde_json::Value) -> String {
+    render(environment).expect_err("must fail").to_string()
+}
+
+#[test]
+fn directives_expand_structurally() {
+    let r = render(json!({
+        "Resources": {
+            "Kept": { "Previewd::When": "flag", "Type": "T", "Properties": { "N": { "Previewd::Setting": "size" } } },
+            "Dropped": { "Previewd::When": "!flag", "Type": "T" },
+            "Joined": { "Type": "T", "Properties": {
+                "J": { "Previewd::Join": [{ "Previewd::Context": "app_stack_name" }, "-", { "Previewd::Setting": "size" }, "-", true] },
+                "L": { "Previewd::Setting": "list" },
+                "Items": [{ "Previewd::When": "!flag", "A": 1 }, { "B": 2 }]
+            } }
+        }
+    }))
+    .expect("renders");
+    assert_eq!(
+        r.template,
+        json!({ "Resources": {
+            "Kept": { "Type": "T", "Properties": { "N": 3 } },
+            "Joined": { "Type": "T", "Properties": { "J": "app-stack-3-true", "L": ["a", "b"], "Items": [{ "B": 2 }] } }
+        } })
+    );
+    assert_eq!(r.body, serde_json::to_string(&r.template).expect("json"));
+}
+
+#[test]
+fn mistakes_in_templates_are_named_with_their_place() {
+    let e = err(json!({ "Resources": { "R": { "Type": { "Previewd::Setting": "nope" } } } }));
+    assert!(e.ends_with("environment.json: at /Resources/R/Type/Previewd::Setting: no setting `nope`"), "{e}");
+    let e = err(json!({ "Resources": { "R": { "Type": { "Previewd::Context": "dns_name" } } } }));
+    assert!(e.contains("no context value `dns_name` here"), "application context only: {e}");
+    let e = err(json!({ "Resources": { "R": { "Previewd::Sett": "x", "Type": "T" } } }));
+    assert!(e.contains("unknown directive `Previewd::Sett`"), "{e}");
+    let e = err(json!({ "Resources": { "R": { "Previewd::When": "size", "Type": "T" } } }));
+    assert!(e.contains("setting `size` is not a boolean"), "{e}");
+    let e = err(json!({ "Resources": { "R": { "Type": { "Previewd::Join": [{ "Previewd::Setting": "list" }] } } } }));
+    assert!(e.contains("a joined part must be a string, number or boolean"), "{e}");
+    let e = err(json!({ "Parameters": { "P": { "Type": "String" } }, "Resources": {} }));
+    assert!(e.contains("/Parameters: values are fixed at render time"), "{e}");
+}
+
+#[test]
+fn large_templates_are_reported_for_an_s3_upload() {
+    let small = render(json!({ "Resources": { "R": { "Type": "T" } } })).expect("renders");
+    assert!(!small.needs_template_url());
+    let big =
+        render(json!({ "Resources": { "R": { "Type": "T", "Metadata": { "Pad": "x".repeat(TEMPLATE_BODY_MAX) } } } }))
+            .expect("renders");
+    assert!(big.needs_template_url());
+}
+
+#[test]
+fn bad_blueprints_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    blueprint(dir.path(), &json!({ "Resources": {} }));
+    let e = Blueprint::load(dir.path(), "nope").expect_err("unknown").to_string();
+    assert!(e.starts_with("unknown blueprint `nope`") && e.ends_with("(available: tiny)"), "{e}");
+    let e = Blueprint::load(dir.path(), "../tiny").expect_err("path escape").to_string();
+    assert!(e.starts_with("unknown blueprint `../tiny`"), "{e}");
+
+    let bp = dir.path().join("tiny");
+    std::fs::write(bp.join("preview.toml"), "size = \"big\"").expect("write");
+    let e = Blueprint::load(dir.path(), "tiny").expect_err("wrong type").to_string();
+    assert!(e.ends_with("preview.toml (preview layer): key `size`: expected integer, found string"), "{e}");
+
+    std::fs::remove_file(bp.join("preview.toml")).expect("rm");
+    std::fs::create_dir(bp.join("staging.toml")).expect("a folder where a file should be");
+    let e = Blueprint::load(dir.path(), "tiny").expect_err("unreadable").to_string();
+    assert!(e.contains("staging.toml: cannot read (stage staging layer)"), "{e}");
+
+    std::fs::remove_dir(bp.join("staging.toml")).expect("rm");
+    std::fs::write(bp.join("blueprint.toml"), "description = \"d\"\noverridable = [\"nope\"]").expect("write");
+    let e = Blueprint::load(dir.path(), "tiny").expect_err("bad overridable").to_string();
+    assert!(e.contains("key `nope`: listed as overridable but not declared"), "{e}");
+
+    std::fs::write(bp.join("blueprint.toml"), "description = \"d\"").expect("write");
+    std::fs::write(bp.join("environment.json"), "{ not json").expect("write");
+    let e = Blueprint::load(dir.path(), "tiny").expect_err("bad json").to_string();
+    assert!(e.contains("environment.json (template layer): not valid JSON"), "{e}");
+}
+
+#[test]
+fn branch_overrides_are_limited_to_overridable_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    blueprint(dir.path(), &json!({ "Resources": {} }));
+    let bp = Blueprint::load(dir.path(), "tiny").expect("loads");
+    let branch = BranchName::new("main").expect("branch");
+    let own = |text: &str| Layer::parse(LayerKind::Branch, ".previewd.toml", text).expect("toml");
+    let s = bp
+        .environment_settings(Stage::Staging, &branch, &RepoLayers::default(), Some(&own("size = 9")))
+        .expect("overridable");
+    assert_eq!(s.get("size").expect("size").origin.source, ".previewd.toml");
+    let e = bp
+        .environment_settings(Stage::Staging, &branch, &RepoLayers::default(), Some(&own("flag = false")))
+        .expect_err("not overridable")
+        .to_string();
+    assert_eq!(
+        e,
+        ".previewd.toml (branch overrides layer): key `flag`: a branch may not override this key; overridable keys: size"
+    );
+    // In production nothing branch-specific applies.
+    let s = bp
+        .environment_settings(Stage::Production, &branch, &RepoLayers::default(), Some(&own("size = 9")))
+        .expect("production");
+    assert_eq!(s.get("size").expect("size").origin.kind, LayerKind::Defaults);
+}
