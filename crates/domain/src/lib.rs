@@ -3,6 +3,7 @@
 
 mod names;
 mod secret;
+mod state;
 
 pub use names::{
     BUCKET_PREFIX_MAX, BranchName, CommitSha, DNS_LABEL_MAX, DNS_NAME_MAX, DnsZone, EnvKey, EnvNames, NameError,
@@ -10,3 +11,4 @@ pub use names::{
     is_valid_stack_name, tag_value,
 };
 pub use secret::Secret;
+pub use state::{Desired, Status};

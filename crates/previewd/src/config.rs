@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use previewd_domain::Stage;
 use previewd_domain::{DnsZone, OwnerId, RepoName, Secret};
+use previewd_reconciler::Tuning;
 use previewd_render::{Layer, LayerKind, PatternOverride, RepoLayers};
 use serde::Deserialize;
 
@@ -30,8 +31,11 @@ struct File {
     stacks_dir: Option<PathBuf>,
     webhook_secrets: Option<Vec<String>>,
     dashboard_token: Option<String>,
+    template_bucket: Option<String>,
     #[serde(default)]
     github: GithubFile,
+    #[serde(default)]
+    reconciler: ReconcilerFile,
     #[serde(default)]
     reaper: ReaperFile,
     #[serde(default)]
@@ -43,6 +47,19 @@ struct File {
 struct GithubFile {
     api_url: Option<String>,
     token: Option<String>,
+}
+
+/// Waits and limits of the reconciler (durations such as `5s`); the defaults suit real AWS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcilerFile {
+    workers: Option<usize>,
+    poll_min: Option<String>,
+    poll_max: Option<String>,
+    retry_min: Option<String>,
+    retry_max: Option<String>,
+    resync_every: Option<String>,
+    max_stack_attempts: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,7 +83,6 @@ struct RepoFile {
 }
 
 #[derive(Debug)]
-#[expect(dead_code, reason = "the serving fields are read by `previewd serve`, which arrives with provisioning")]
 pub struct Config {
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
@@ -81,6 +97,9 @@ pub struct Config {
     pub reaper_schedule: String,
     pub reaper_grace: Duration,
     pub dashboard_token: Option<Secret>,
+    /// An S3 bucket for templates over CloudFormation's 51,200-byte TemplateBody limit.
+    pub template_bucket: Option<String>,
+    pub tuning: Tuning,
     pub repos: BTreeMap<RepoName, RepoConfig>,
 }
 
@@ -132,6 +151,27 @@ impl Config {
                 .with_context(|| format!("reaper grace {g:?} is not a duration such as 10m"))?,
             None => DEFAULT_REAPER_GRACE,
         };
+
+        let mut tuning = Tuning::default();
+        let r = &file.reconciler;
+        let dur = |key: &str, v: &Option<String>, d: &mut Duration| -> anyhow::Result<()> {
+            if let Some(v) = v {
+                *d = humantime::parse_duration(v)
+                    .with_context(|| format!("{source}: [reconciler] {key} = {v:?} is not a duration such as 5s"))?;
+            }
+            Ok(())
+        };
+        dur("poll_min", &r.poll_min, &mut tuning.poll_min)?;
+        dur("poll_max", &r.poll_max, &mut tuning.poll_max)?;
+        dur("retry_min", &r.retry_min, &mut tuning.retry_min)?;
+        dur("retry_max", &r.retry_max, &mut tuning.retry_max)?;
+        dur("resync_every", &r.resync_every, &mut tuning.resync_every)?;
+        if let Some(w) = r.workers {
+            tuning.workers = w.max(1);
+        }
+        if let Some(m) = r.max_stack_attempts {
+            tuning.max_stack_attempts = m.max(1);
+        }
 
         let mut repos = BTreeMap::new();
         for (name, repo) in file.repos {
@@ -204,6 +244,8 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_REAPER_SCHEDULE.to_owned()),
             reaper_grace,
             dashboard_token: var("PREVIEWD_DASHBOARD_TOKEN").or(file.dashboard_token).map(Secret::new),
+            template_bucket: file.template_bucket,
+            tuning,
             repos,
         };
         config.check()?;

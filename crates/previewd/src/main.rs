@@ -1,15 +1,12 @@
 //! The `previewd` command: configuration, the command line and wiring. Business logic lives in the
 //! library crates.
 
-mod config;
-mod offline;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-
-use crate::config::Config;
+use previewd::{Application, Config, offline};
 
 #[derive(Debug, Parser)]
 #[command(name = "previewd", version, about = "Short-lived AWS environments for every Git branch.")]
@@ -23,6 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service: webhooks, reconciler, dashboard.
+    Serve,
     /// Print a branch's rendered template (JSON), with neither AWS nor GitHub.
     Render(offline::RenderArgs),
     /// Print every setting of a branch's environment, its value and the layer that set it.
@@ -44,6 +43,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;
     let mut out = String::new();
     match cli.command {
+        Command::Serve => {
+            init_tracing();
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(serve(&config))?;
+        }
         Command::Render(args) => {
             let mut notes = Vec::new();
             offline::render(&config, &args, &mut out, &mut notes)?;
@@ -55,4 +59,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    tracing::info!(addr = %app.addr(), "serving: webhooks at /webhooks/github, dashboard at /");
+    println!("previewd listening on http://{}", app.addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing reconciles under way");
+    app.stop().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

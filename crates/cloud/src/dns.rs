@@ -1,0 +1,190 @@
+//! Route53: each environment's name is a CNAME to its endpoint, paired (as external-dns does) with a TXT
+//! record at `_previewd.<name>` that says which installation and environment own it. previewd changes or
+//! deletes a name only when that marker is its own, so it never takes over or removes a record it did
+//! not create.
+
+use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+
+use crate::{Aws, CloudError, classify};
+
+/// Short, so a re-pointed name takes effect soon; previews come and go.
+const RECORD_TTL: i64 = 60;
+
+/// The ownership marker's text: `heritage=previewd,previewd/owner=<owner>,previewd/env=<env key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnershipMarker(pub String);
+
+impl OwnershipMarker {
+    pub fn new(owner: &str, env_key: &str) -> Self {
+        Self(format!("\"heritage=previewd,previewd/owner={owner},previewd/env={env_key}\""))
+    }
+}
+
+/// A record as Route53 holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRecord {
+    pub name: String,
+    pub kind: String,
+    pub value: String,
+    pub ttl: i64,
+}
+
+fn marker_name(name: &str) -> String {
+    format!("_previewd.{name}")
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+}
+
+impl Aws {
+    /// The id of the public hosted zone named `zone`.
+    pub async fn hosted_zone_id(&self, zone: &str) -> Result<String, CloudError> {
+        let out = self
+            .route53
+            .list_hosted_zones_by_name()
+            .dns_name(zone)
+            .send()
+            .await
+            .map_err(|e| classify("ListHostedZonesByName", e))?;
+        out.hosted_zones()
+            .iter()
+            .find(|z| z.name() == fqdn(zone) && !z.config().is_some_and(|c| c.private_zone()))
+            .map(|z| z.id().trim_start_matches("/hostedzone/").to_owned())
+            .ok_or_else(|| {
+                CloudError::terminal(
+                    "ListHostedZonesByName",
+                    "NoSuchHostedZone",
+                    format!("no public hosted zone named {zone}"),
+                )
+            })
+    }
+
+    /// The record of `kind` at exactly `name`, if any.
+    pub async fn dns_record(&self, zone_id: &str, name: &str, kind: RrType) -> Result<Option<DnsRecord>, CloudError> {
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone_id)
+            .start_record_name(fqdn(name))
+            .start_record_type(kind.clone())
+            .max_items(1)
+            .send()
+            .await
+            .map_err(|e| classify("ListResourceRecordSets", e))?;
+        Ok(out
+            .resource_record_sets()
+            .iter()
+            .find(|r| r.name().eq_ignore_ascii_case(&fqdn(name)) && r.r#type() == &kind)
+            .map(|r| DnsRecord {
+                name: r.name().to_owned(),
+                kind: r.r#type().as_str().to_owned(),
+                value: r.resource_records().iter().map(|v| v.value()).collect::<Vec<_>>().join(" "),
+                ttl: r.ttl().unwrap_or(RECORD_TTL),
+            }))
+    }
+
+    /// Points `name` at `target` (CNAME) with our marker beside it. Refuses a name that already has a
+    /// record without our marker.
+    pub async fn upsert_dns(
+        &self,
+        zone_id: &str,
+        name: &str,
+        target: &str,
+        marker: &OwnershipMarker,
+    ) -> Result<(), CloudError> {
+        let existing_marker = self.dns_record(zone_id, &marker_name(name), RrType::Txt).await?;
+        let existing_cname = self.dns_record(zone_id, name, RrType::Cname).await?;
+        match existing_marker {
+            Some(m) if m.value != marker.0 => {
+                return Err(CloudError::terminal(
+                    "ChangeResourceRecordSets",
+                    "NotOwned",
+                    format!("{name} is owned by {}", m.value),
+                ));
+            }
+            None if existing_cname.is_some() => {
+                return Err(CloudError::terminal(
+                    "ChangeResourceRecordSets",
+                    "NotOwned",
+                    format!("{name} already exists and carries no previewd ownership marker"),
+                ));
+            }
+            _ => {}
+        }
+        self.change(zone_id, ChangeAction::Upsert, name, target, &marker.0).await
+    }
+
+    /// Removes `name` and its marker if the marker is ours; does nothing when neither exists. Returns
+    /// whether anything was deleted.
+    pub async fn delete_dns(&self, zone_id: &str, name: &str, marker: &OwnershipMarker) -> Result<bool, CloudError> {
+        let existing_marker = self.dns_record(zone_id, &marker_name(name), RrType::Txt).await?;
+        let existing_cname = self.dns_record(zone_id, name, RrType::Cname).await?;
+        match (existing_marker, existing_cname) {
+            (None, None) => Ok(false),
+            (Some(m), _) if m.value != marker.0 => Err(CloudError::terminal(
+                "ChangeResourceRecordSets",
+                "NotOwned",
+                format!("{name} is owned by {}", m.value),
+            )),
+            (None, Some(_)) => Err(CloudError::terminal(
+                "ChangeResourceRecordSets",
+                "NotOwned",
+                format!("{name} carries no previewd ownership marker: left alone"),
+            )),
+            (Some(m), cname) => {
+                let mut changes =
+                    vec![record_change(ChangeAction::Delete, &marker_name(name), RrType::Txt, &m.value, m.ttl)?];
+                if let Some(c) = cname {
+                    changes.push(record_change(ChangeAction::Delete, name, RrType::Cname, &c.value, c.ttl)?);
+                }
+                self.submit(zone_id, changes).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn change(
+        &self,
+        zone_id: &str,
+        action: ChangeAction,
+        name: &str,
+        target: &str,
+        marker: &str,
+    ) -> Result<(), CloudError> {
+        let changes = vec![
+            record_change(action.clone(), &marker_name(name), RrType::Txt, marker, RECORD_TTL)?,
+            record_change(action, name, RrType::Cname, target, RECORD_TTL)?,
+        ];
+        self.submit(zone_id, changes).await
+    }
+
+    async fn submit(&self, zone_id: &str, changes: Vec<Change>) -> Result<(), CloudError> {
+        let batch = ChangeBatch::builder()
+            .set_changes(Some(changes))
+            .build()
+            .map_err(|e| CloudError::terminal("ChangeResourceRecordSets", "Build", e.to_string()))?;
+        self.route53
+            .change_resource_record_sets()
+            .hosted_zone_id(zone_id)
+            .change_batch(batch)
+            .send()
+            .await
+            .map_err(|e| classify("ChangeResourceRecordSets", e))?;
+        Ok(())
+    }
+}
+
+fn record_change(action: ChangeAction, name: &str, kind: RrType, value: &str, ttl: i64) -> Result<Change, CloudError> {
+    let build = |e: aws_sdk_route53::error::BuildError| {
+        CloudError::terminal("ChangeResourceRecordSets", "Build", e.to_string())
+    };
+    let set = ResourceRecordSet::builder()
+        .name(fqdn(name))
+        .r#type(kind)
+        .ttl(ttl)
+        .resource_records(ResourceRecord::builder().value(value).build().map_err(build)?)
+        .build()
+        .map_err(build)?;
+    Change::builder().action(action).resource_record_set(set).build().map_err(build)
+}

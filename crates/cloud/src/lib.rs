@@ -1,0 +1,364 @@
+//! AWS as previewd uses it: CloudFormation stacks, emptying S3 buckets, and Route53 records with an
+//! ownership marker. Every call goes through the real aws-sdk clients, so tests against moto (and the
+//! fault-injecting proxy in `testkit`) exercise the SDK's own request signing, retries and error parsing.
+//!
+//! Errors come in classes the reconciler branches on ([`CloudError::is_retryable`]); "no updates are to
+//! be performed" is not an error at all ([`UpdateOutcome::NoChanges`]). Throttling and 5xx answers are
+//! retried inside the SDK first (standard retry mode: exponential backoff with jitter).
+
+mod dns;
+mod s3;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_cloudformation as cfn;
+use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudformation::types::{Capability, Tag};
+
+pub use dns::{DnsRecord, OwnershipMarker};
+pub use s3::EmptyReport;
+
+/// Attempts per AWS call, first included, before the error reaches the reconciler (which then requeues
+/// with its own, longer backoff).
+pub const SDK_MAX_ATTEMPTS: u32 = 5;
+/// One AWS call, retries included, may take this long; CloudFormation's own work is waited for by
+/// polling, never inside one call.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How an AWS call failed, as far as the caller's next move goes.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// Throttling, a 5xx answer, a timeout or a lost connection, still failing after the SDK's retries:
+    /// try again later.
+    #[error("{op}: temporarily failing ({code}): {message}")]
+    Retryable { op: &'static str, code: String, message: String },
+    /// AWS refused the request; retrying the same request will not help.
+    #[error("{op}: {code}: {message}")]
+    Terminal { op: &'static str, code: String, message: String },
+}
+
+impl CloudError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CloudError::Retryable { .. })
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            CloudError::Retryable { code, .. } | CloudError::Terminal { code, .. } => code,
+        }
+    }
+
+    fn terminal(op: &'static str, code: &str, message: impl Into<String>) -> Self {
+        CloudError::Terminal { op, code: code.to_owned(), message: message.into() }
+    }
+}
+
+/// Error codes AWS uses for "slow down" and "try again".
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "RequestTimeout",
+];
+
+pub(crate) fn classify<E>(op: &'static str, err: SdkError<E, cfn::config::http::HttpResponse>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = err.code().unwrap_or("").to_owned();
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let message = err.message().map(str::to_owned).unwrap_or_else(|| DisplayErrorContext(&err).to_string());
+    let transient =
+        matches!(err, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_))
+            || status.is_some_and(|s| s >= 500)
+            || RETRYABLE_CODES.contains(&code.as_str());
+    let code =
+        if code.is_empty() { status.map_or_else(|| "NoResponse".to_owned(), |s| format!("HTTP{s}")) } else { code };
+    if transient { CloudError::Retryable { op, code, message } } else { CloudError::Terminal { op, code, message } }
+}
+
+/// A stack as CloudFormation describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stack {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, String>,
+}
+
+impl Stack {
+    pub fn in_progress(&self) -> bool {
+        self.status.ends_with("_IN_PROGRESS")
+    }
+
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key).map(String::as_str)
+    }
+}
+
+/// A stack to create or update.
+#[derive(Debug, Clone)]
+pub struct StackRequest {
+    pub name: String,
+    pub template: Template,
+    pub tags: Vec<(String, String)>,
+    /// Makes a retried request idempotent: CloudFormation ignores a second request with the same token.
+    pub token: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Template {
+    Body(String),
+    Url(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Started,
+    /// "No updates are to be performed": the stack already is what was asked for.
+    NoChanges,
+}
+
+/// One line of a stack's event history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackEvent {
+    pub id: String,
+    pub timestamp: String,
+    pub logical_id: String,
+    pub resource_type: String,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+/// The three AWS clients, built once from one configuration.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    cfn: cfn::Client,
+    pub(crate) s3: aws_sdk_s3::Client,
+    pub(crate) route53: aws_sdk_route53::Client,
+    endpoint: Option<String>,
+    region: String,
+}
+
+impl Aws {
+    /// Builds the clients from the usual AWS environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, the
+    /// credential chain) with standard retries and a bounded operation timeout.
+    pub async fn from_env() -> Self {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(SDK_MAX_ATTEMPTS))
+            .timeout_config(TimeoutConfig::builder().operation_timeout(OPERATION_TIMEOUT).build())
+            .load()
+            .await;
+        Self::new(&config)
+    }
+
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        let endpoint = config.endpoint_url().map(str::to_owned);
+        // An emulator or a proxy answers on one host: address buckets by path, not by subdomain.
+        let s3_config = aws_sdk_s3::config::Builder::from(config).force_path_style(endpoint.is_some()).build();
+        Self {
+            cfn: cfn::Client::new(config),
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
+            route53: aws_sdk_route53::Client::new(config),
+            region: config.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string()),
+            endpoint,
+        }
+    }
+
+    /// The stack, or `None` if CloudFormation knows no live stack by that name or id.
+    pub async fn describe_stack(&self, name_or_id: &str) -> Result<Option<Stack>, CloudError> {
+        let out = match self.cfn.describe_stacks().stack_name(name_or_id).send().await {
+            Ok(out) => out,
+            Err(e)
+                if e.code() == Some("ValidationError") && e.message().is_some_and(|m| m.contains("does not exist")) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(classify("DescribeStacks", e)),
+        };
+        Ok(out.stacks().first().map(stack_from).filter(|s| s.status != "DELETE_COMPLETE"))
+    }
+
+    /// Every live stack carrying the tag `key` = `value` (for the reaper).
+    pub async fn stacks_tagged(&self, key: &str, value: &str) -> Result<Vec<Stack>, CloudError> {
+        let mut stacks = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .cfn
+                .describe_stacks()
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeStacks", e))?;
+            stacks.extend(
+                out.stacks()
+                    .iter()
+                    .map(stack_from)
+                    .filter(|s| s.status != "DELETE_COMPLETE" && s.tag(key) == Some(value)),
+            );
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(stacks);
+            }
+        }
+    }
+
+    /// Starts creating a stack; returns its id. A stack of that name that already exists is an error of
+    /// code `AlreadyExistsException`, which the caller resolves by describing it.
+    pub async fn create_stack(&self, req: &StackRequest) -> Result<String, CloudError> {
+        let mut call = self
+            .cfn
+            .create_stack()
+            .stack_name(&req.name)
+            .client_request_token(&req.token)
+            .capabilities(Capability::CapabilityIam)
+            .capabilities(Capability::CapabilityNamedIam)
+            .set_tags(Some(tags(&req.tags)));
+        call = match &req.template {
+            Template::Body(b) => call.template_body(b),
+            Template::Url(u) => call.template_url(u),
+        };
+        let out = call.send().await.map_err(|e| classify("CreateStack", e))?;
+        Ok(out.stack_id().unwrap_or(&req.name).to_owned())
+    }
+
+    /// Starts updating a stack. "No updates are to be performed" is success ([`UpdateOutcome::NoChanges`]).
+    pub async fn update_stack(&self, req: &StackRequest) -> Result<UpdateOutcome, CloudError> {
+        let mut call = self
+            .cfn
+            .update_stack()
+            .stack_name(&req.name)
+            .client_request_token(&req.token)
+            .capabilities(Capability::CapabilityIam)
+            .capabilities(Capability::CapabilityNamedIam)
+            .set_tags(Some(tags(&req.tags)));
+        call = match &req.template {
+            Template::Body(b) => call.template_body(b),
+            Template::Url(u) => call.template_url(u),
+        };
+        match call.send().await {
+            Ok(_) => Ok(UpdateOutcome::Started),
+            Err(e)
+                if e.code() == Some("ValidationError")
+                    && e.message().is_some_and(|m| m.contains("No updates are to be performed")) =>
+            {
+                Ok(UpdateOutcome::NoChanges)
+            }
+            Err(e) => Err(classify("UpdateStack", e)),
+        }
+    }
+
+    /// Starts deleting a stack (by id, so a newer stack of the same name is never hit).
+    pub async fn delete_stack(&self, id: &str, token: &str) -> Result<(), CloudError> {
+        self.cfn
+            .delete_stack()
+            .stack_name(id)
+            .client_request_token(token)
+            .send()
+            .await
+            .map_err(|e| classify("DeleteStack", e))?;
+        Ok(())
+    }
+
+    /// The physical ids of the stack's resources of one type (e.g. `AWS::S3::Bucket`).
+    pub async fn stack_resources(&self, stack: &str, resource_type: &str) -> Result<Vec<String>, CloudError> {
+        let mut ids = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .cfn
+                .list_stack_resources()
+                .stack_name(stack)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| classify("ListStackResources", e))?;
+            for r in out.stack_resource_summaries() {
+                if r.resource_type() == Some(resource_type)
+                    && r.resource_status().is_none_or(|s| s.as_str() != "DELETE_COMPLETE")
+                    && let Some(id) = r.physical_resource_id()
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(ids);
+            }
+        }
+    }
+
+    /// The stack's events, newest first (one page: enough to show progress).
+    pub async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, CloudError> {
+        let out = self
+            .cfn
+            .describe_stack_events()
+            .stack_name(stack)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeStackEvents", e))?;
+        Ok(out
+            .stack_events()
+            .iter()
+            .map(|e| StackEvent {
+                id: e.event_id().unwrap_or_default().to_owned(),
+                timestamp: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
+                logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
+                resource_type: e.resource_type().unwrap_or_default().to_owned(),
+                status: e.resource_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                reason: e.resource_status_reason().map(str::to_owned),
+            })
+            .collect())
+    }
+
+    /// Uploads a template too large for a TemplateBody and returns the URL CloudFormation reads it from.
+    pub async fn upload_template(&self, bucket: &str, key: &str, body: String) -> Result<String, CloudError> {
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .map_err(|e| classify("PutObject", e))?;
+        Ok(match &self.endpoint {
+            Some(ep) => format!("{}/{bucket}/{key}", ep.trim_end_matches('/')),
+            None => format!("https://{bucket}.s3.{}.amazonaws.com/{key}", self.region),
+        })
+    }
+}
+
+fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
+    pairs.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+fn stack_from(s: &cfn::types::Stack) -> Stack {
+    Stack {
+        id: s.stack_id().unwrap_or_default().to_owned(),
+        name: s.stack_name().unwrap_or_default().to_owned(),
+        status: s.stack_status().map(|st| st.as_str().to_owned()).unwrap_or_default(),
+        reason: s.stack_status_reason().map(str::to_owned),
+        tags: s.tags().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect(),
+        outputs: s
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+            .collect(),
+    }
+}

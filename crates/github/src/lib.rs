@@ -1,0 +1,9 @@
+//! GitHub as previewd sees it: webhooks in (signature check, then payloads into domain events) and the
+//! API calls the reconciler and the reaper make (branch heads, a file at a commit, branch listings).
+//! No AWS, no database.
+
+mod client;
+mod webhook;
+
+pub use client::{BranchListing, GitHub, GithubError};
+pub use webhook::{MAX_BODY_BYTES, ParseError, SignatureError, WebhookEvent, parse_event, verify_signature};

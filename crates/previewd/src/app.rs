@@ -1,0 +1,152 @@
+//! `previewd serve`: builds the store, the AWS and GitHub clients, the reconciler and the router from the
+//! configuration, binds the listener (port 0 picks a free one: tests get a real server), and runs until
+//! told to stop.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use previewd_cloud::Aws;
+use previewd_github::GitHub;
+use previewd_reconciler::{Reconciler, RepoSetup, Setup};
+use previewd_store::Store;
+use previewd_web::{AppState, Metrics};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// A running previewd.
+#[derive(Debug)]
+pub struct Application {
+    addr: SocketAddr,
+    store: Store,
+    reconciler: Reconciler,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    worker: JoinHandle<()>,
+}
+
+impl Application {
+    /// Everything `serve` needs, checked before anything starts; AWS from the usual environment.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        Self::build_with_aws(config, Aws::from_env().await).await
+    }
+
+    /// As [`Application::build`], with AWS clients made elsewhere (tests point them at their own emulator).
+    pub async fn build_with_aws(config: &Config, aws: Aws) -> anyhow::Result<Self> {
+        let owner = config.owner.clone().context("PREVIEWD_OWNER (owner) is required to serve")?;
+        if config.webhook_secrets.is_empty() {
+            bail!("PREVIEWD_WEBHOOK_SECRET (webhook_secrets) is required to serve");
+        }
+        if config.repos.is_empty() {
+            tracing::warn!("no repositories configured: every webhook will be ignored");
+        }
+        let mut repos = BTreeMap::new();
+        let mut zones = BTreeMap::new();
+        for (name, repo) in &config.repos {
+            let zone = config
+                .zone_of(repo)
+                .with_context(|| {
+                    format!("no DNS zone for {name}: set PREVIEWD_DNS_ZONE or [repos.\"{name}\"] dns_zone")
+                })?
+                .clone();
+            zones.insert(name.clone(), zone.clone());
+            repos.insert(
+                name.clone(),
+                RepoSetup { blueprint: repo.blueprint.clone(), zone, layers: repo.layers.clone() },
+            );
+        }
+        let store = Store::connect(&config.database_url)
+            .await
+            .with_context(|| format!("cannot open the database {}", redact_url(&config.database_url)))?;
+        let github = GitHub::new(&config.github_api_url, config.github_token.as_ref())?;
+        let setup = Setup {
+            owner: owner.clone(),
+            stacks_dir: config.stacks_dir.clone(),
+            repos,
+            template_bucket: config.template_bucket.clone(),
+            instance: format!("{}-{}", hostname(), std::process::id()),
+            tuning: config.tuning.clone(),
+        };
+        let reconciler = Reconciler::new(setup, store.clone(), aws, github)?;
+        let state = AppState {
+            store: store.clone(),
+            queue: reconciler.queue(),
+            owner,
+            secrets: config.webhook_secrets.clone().into(),
+            repos: Arc::new(zones),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let mut server_stop = stopped.clone();
+        let router = previewd_web::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let worker = {
+            let reconciler = reconciler.clone();
+            tokio::spawn(async move { reconciler.run(stopped).await })
+        };
+        Ok(Self { addr, store, reconciler, stop, server, worker })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    /// Stops taking requests, lets reconciles under way finish, and returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.server.await.context("server task")?.context("server")?;
+        self.worker.await.context("reconciler task")?;
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "previewd".into())
+}
+
+/// The URL without its password, for error messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_passwords_stay_out_of_messages() {
+        assert_eq!(super::redact_url("postgres://u:hunter2@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact_url("sqlite://previewd.db"), "sqlite://previewd.db");
+    }
+}

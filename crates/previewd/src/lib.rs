@@ -1,0 +1,9 @@
+//! The `previewd` application: configuration, the offline commands and the wiring of `serve`. Business
+//! logic lives in the other crates; the `previewd` binary is a thin command line over this.
+
+pub mod app;
+pub mod config;
+pub mod offline;
+
+pub use app::Application;
+pub use config::Config;

@@ -1,0 +1,550 @@
+//! previewd's records in SQLite (the default: a file, no set-up) or PostgreSQL (several replicas):
+//! environments with their desired and observed state, webhook deliveries for deduplication, and an
+//! append-only event log per environment.
+//!
+//! One set of named operations serves both databases through sqlx's `Any` driver with portable SQL
+//! (`$1` placeholders, each bound once and in order, integers for times and flags). Migrations live in
+//! `migrations/sqlite` and `migrations/postgres` and run at connect. This crate records; it decides
+//! nothing.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use previewd_domain::{BranchName, CommitSha, Desired, EnvKey, EnvNames, RepoName, Status};
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// SQLite waits this long for another writer before giving up with "database is locked".
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Connections per process: the reconciler's workers, the web handlers and the timers share them.
+const MAX_CONNECTIONS: u32 = 8;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://…")]
+    Url(String),
+    #[error("database {op}: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database holds an invalid {what}: {value:?}")]
+    Corrupt { what: &'static str, value: String },
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The store: a connection pool and the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// One environment as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvRecord {
+    pub id: i64,
+    pub repo: RepoName,
+    pub branch: BranchName,
+    pub env_key: EnvKey,
+    pub stack_name: String,
+    pub dns_name: String,
+    #[serde(skip)]
+    pub desired: Desired,
+    pub desired_seq: i64,
+    pub desired_at: i64,
+    pub status: Status,
+    pub deployed_sha: Option<CommitSha>,
+    pub stack_id: Option<String>,
+    pub url: Option<String>,
+    pub last_error: Option<String>,
+    pub rule_priority: Option<i64>,
+    pub seeded_at: Option<i64>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One entry of an environment's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub env_id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub message: String,
+}
+
+/// What a webhook asks for: a branch's desired state, with the names its environment goes by.
+#[derive(Debug, Clone)]
+pub struct DesiredChange {
+    pub repo: RepoName,
+    pub branch: BranchName,
+    pub names: EnvNames,
+    pub desired: Desired,
+    /// Why, for the event log ("push a1b2c3d", "delete").
+    pub reason: String,
+}
+
+/// The outcome of recording a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// This delivery id was recorded before: nothing changed.
+    Duplicate,
+    /// Recorded; the environment whose desired state changed, if any.
+    New { env_id: Option<i64> },
+}
+
+/// What the reconciler observed and did, written back in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub status: Status,
+    pub deployed_sha: Option<CommitSha>,
+    pub stack_id: Option<String>,
+    pub url: Option<String>,
+    pub last_error: Option<String>,
+    pub attempts: i64,
+}
+
+impl EnvRecord {
+    pub fn observed(&self) -> Observed {
+        Observed {
+            status: self.status,
+            deployed_sha: self.deployed_sha.clone(),
+            stack_id: self.stack_id.clone(),
+            url: self.url.clone(),
+            last_error: self.last_error.clone(),
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+const ENV_COLUMNS: &str = "id, repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
+     desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, created_at, updated_at";
+
+fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
+    let get_os = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db("read environment"));
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(db("read environment"));
+    let get_oi = |c: &str| row.try_get::<Option<i64>, _>(c).map_err(db("read environment"));
+    let corrupt = |what: &'static str, value: &str| StoreError::Corrupt { what, value: value.to_owned() };
+    let sha = |v: Option<String>| -> Result<Option<CommitSha>, StoreError> {
+        v.map(|s| CommitSha::new(&s).map_err(|_| corrupt("commit", &s))).transpose()
+    };
+    let repo = get_s("repo")?;
+    let branch = get_s("branch")?;
+    let env_key = get_s("env_key")?;
+    let status = get_s("status")?;
+    let desired = if get_i("desired_present")? != 0 {
+        Desired::Present { sha: sha(get_os("desired_sha")?)? }
+    } else {
+        Desired::Absent
+    };
+    Ok(EnvRecord {
+        id: get_i("id")?,
+        repo: RepoName::new(&repo).map_err(|_| corrupt("repository", &repo))?,
+        branch: BranchName::new(&branch).map_err(|_| corrupt("branch", &branch))?,
+        env_key: EnvKey::new(&env_key).map_err(|_| corrupt("environment key", &env_key))?,
+        stack_name: get_s("stack_name")?,
+        dns_name: get_s("dns_name")?,
+        desired,
+        desired_seq: get_i("desired_seq")?,
+        desired_at: get_i("desired_at")?,
+        status: Status::from_str(&status).map_err(|_| corrupt("status", &status))?,
+        deployed_sha: sha(get_os("deployed_sha")?)?,
+        stack_id: get_os("stack_id")?,
+        url: get_os("url")?,
+        last_error: get_os("last_error")?,
+        rule_priority: get_oi("rule_priority")?,
+        seeded_at: get_oi("seeded_at")?,
+        attempts: get_i("attempts")?,
+        created_at: get_i("created_at")?,
+        updated_at: get_i("updated_at")?,
+    })
+}
+
+fn desired_columns(d: &Desired) -> (i64, Option<String>) {
+    match d {
+        Desired::Present { sha } => (1, sha.as_ref().map(|s| s.to_string())),
+        Desired::Absent => (0, None),
+    }
+}
+
+impl Store {
+    /// Connects to `sqlite://PATH` (created if missing, WAL, fully synchronous so an acknowledged webhook
+    /// survives a crash) or `postgres://…`, and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Url(url.to_owned()));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+            }
+            _ => url.to_owned(),
+        };
+        let mut options =
+            AnyPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await.map_err(db("connect"))?;
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Records a webhook delivery and the desired state it carries in one transaction: either both are
+    /// durable when this returns `Ok`, or neither. A delivery id seen before changes nothing.
+    pub async fn record_webhook(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        change: Option<&DesiredChange>,
+    ) -> Result<Recorded, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let outcome = if change.is_some() { "recorded" } else { "ignored" };
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries (id, event, received_at, outcome) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(delivery_id)
+        .bind(event)
+        .bind(now)
+        .bind(outcome)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record delivery"))?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rollback"))?;
+            return Ok(Recorded::Duplicate);
+        }
+        let env_id = match change {
+            None => None,
+            Some(c) => Some(upsert_desired(&mut tx, c, now).await?),
+        };
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(Recorded::New { env_id })
+    }
+
+    /// Changes an environment's desired state (the reconciler does when GitHub's answer differs from what
+    /// webhooks said), with the reason in the event log.
+    pub async fn set_desired(&self, id: i64, desired: &Desired, reason: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let (present, sha) = desired_columns(desired);
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query(
+            "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
+             desired_at = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(present)
+        .bind(sha)
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("set desired"))?;
+        append_event(&mut tx, id, now, "desired", reason).await?;
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<EnvRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get environment"))?;
+        row.as_ref().map(env_from_row).transpose()
+    }
+
+    pub async fn find(&self, repo: &RepoName, branch: &BranchName) -> Result<Option<EnvRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE repo = $1 AND branch = $2"))
+            .bind(repo.as_str())
+            .bind(branch.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("find environment"))?;
+        row.as_ref().map(env_from_row).transpose()
+    }
+
+    /// Every environment, newest activity first.
+    pub async fn list(&self) -> Result<Vec<EnvRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments ORDER BY updated_at DESC, id DESC"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list environments"))?;
+        rows.iter().map(env_from_row).collect()
+    }
+
+    /// Writes what the reconciler observed, and (if given) an event, in one transaction.
+    pub async fn update_observed(&self, id: i64, o: &Observed, event: Option<(&str, &str)>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query(
+            "UPDATE environments SET status = $1, deployed_sha = $2, stack_id = $3, url = $4, last_error = $5, \
+             attempts = $6, updated_at = $7 WHERE id = $8",
+        )
+        .bind(o.status.as_str())
+        .bind(o.deployed_sha.as_ref().map(|s| s.to_string()))
+        .bind(o.stack_id.clone())
+        .bind(o.url.clone())
+        .bind(o.last_error.clone())
+        .bind(o.attempts)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("update observed"))?;
+        if let Some((kind, message)) = event {
+            append_event(&mut tx, id, now, kind, message).await?;
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(())
+    }
+
+    /// Appends to an environment's event log.
+    pub async fn add_event(&self, id: i64, kind: &str, message: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db("acquire"))?;
+        append_event(&mut conn, id, now_ms(), kind, message).await
+    }
+
+    /// The newest `limit` events of an environment, oldest first.
+    pub async fn events(&self, id: i64, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, env_id, at, kind, message FROM events WHERE env_id = $1 ORDER BY id DESC LIMIT $2")
+                .bind(id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read events"))?;
+        let mut events = rows
+            .iter()
+            .map(|r| {
+                Ok(EventRecord {
+                    id: r.try_get("id").map_err(db("read events"))?,
+                    env_id: r.try_get("env_id").map_err(db("read events"))?,
+                    at: r.try_get("at").map_err(db("read events"))?,
+                    kind: r.try_get("kind").map_err(db("read events"))?,
+                    message: r.try_get("message").map_err(db("read events"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Takes the environment's lease for `owner` until `until_ms`, unless another owner holds an unexpired
+    /// one. Replicas sharing one database so never reconcile one environment at the same time.
+    pub async fn claim(&self, id: i64, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE environments SET lease_owner = $1, lease_until = $2 \
+             WHERE id = $3 AND (lease_owner IS NULL OR lease_until < $4 OR lease_owner = $5)",
+        )
+        .bind(owner)
+        .bind(until_ms)
+        .bind(id)
+        .bind(now_ms())
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("claim"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn release(&self, id: i64, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE environments SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("release"))?;
+        Ok(())
+    }
+
+    /// The environment's listener rule priority: kept once given, otherwise the first free one from
+    /// `hint` on (1..=`max`), unique per repository.
+    pub async fn allocate_priority(&self, id: i64, repo: &RepoName, hint: i64, max: i64) -> Result<i64, StoreError> {
+        for k in 0..max {
+            if let Some(env) = self.get(id).await?
+                && let Some(p) = env.rule_priority
+            {
+                return Ok(p);
+            }
+            let candidate = (hint - 1 + k).rem_euclid(max) + 1;
+            let taken: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM environments WHERE repo = $1 AND rule_priority = $2")
+                    .bind(repo.as_str())
+                    .bind(candidate)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("allocate priority"))?;
+            if taken.is_some() {
+                continue;
+            }
+            let r = sqlx::query("UPDATE environments SET rule_priority = $1 WHERE id = $2 AND rule_priority IS NULL")
+                .bind(candidate)
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+            match r {
+                Ok(_) => continue, // the next turn reads back what was stored (ours, or a concurrent one)
+                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => continue,
+                Err(e) => return Err(db("allocate priority")(e)),
+            }
+        }
+        Err(StoreError::Corrupt { what: "rule priority", value: format!("all {max} taken in {repo}") })
+    }
+
+    pub async fn mark_seeded(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE environments SET seeded_at = $1 WHERE id = $2 AND seeded_at IS NULL")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("mark seeded"))?;
+        Ok(())
+    }
+
+    /// Forgets deliveries received before `before_ms` (dedupe needs them for 3 days at least).
+    pub async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db("prune deliveries"))?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn delivery_count(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("count deliveries"))
+    }
+}
+
+async fn append_event(
+    conn: &mut sqlx::AnyConnection,
+    env_id: i64,
+    at: i64,
+    kind: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO events (env_id, at, kind, message) VALUES ($1, $2, $3, $4)")
+        .bind(env_id)
+        .bind(at)
+        .bind(kind)
+        .bind(message)
+        .execute(conn)
+        .await
+        .map_err(db("append event"))?;
+    Ok(())
+}
+
+async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i64) -> Result<i64, StoreError> {
+    let (present, sha) = desired_columns(&c.desired);
+    let inserted = sqlx::query(
+        "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
+         desired_at, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (repo, branch) DO NOTHING",
+    )
+    .bind(c.repo.as_str())
+    .bind(c.branch.as_str())
+    .bind(c.names.env_key.as_str())
+    .bind(c.names.stack_name.as_str())
+    .bind(c.names.dns_name.as_str())
+    .bind(present)
+    .bind(sha.clone())
+    .bind(now)
+    .bind(Status::Pending.as_str())
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db("insert environment"))?;
+    let row = sqlx::query(
+        "SELECT id, desired_present, desired_sha, status FROM environments WHERE repo = $1 AND branch = $2",
+    )
+    .bind(c.repo.as_str())
+    .bind(c.branch.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db("read environment"))?;
+    let id: i64 = row.try_get("id").map_err(db("read environment"))?;
+    if inserted.rows_affected() == 0 {
+        let was_present: i64 = row.try_get("desired_present").map_err(db("read environment"))?;
+        let old_sha: Option<String> = row.try_get("desired_sha").map_err(db("read environment"))?;
+        let status: String = row.try_get("status").map_err(db("read environment"))?;
+        // A `create` event carries no commit: keep the one a push already told us.
+        let sha = if present == 1 && sha.is_none() && was_present == 1 { old_sha } else { sha };
+        // A settled environment asked to change starts over.
+        let status = match status.as_str() {
+            "deleted" | "failed" => Status::Pending.as_str().to_owned(),
+            _ => status,
+        };
+        sqlx::query(
+            "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
+             desired_at = $3, status = $4, attempts = 0, updated_at = $5 WHERE id = $6",
+        )
+        .bind(present)
+        .bind(sha)
+        .bind(now)
+        .bind(status)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("update desired"))?;
+    }
+    append_event(tx, id, now, "webhook", &c.reason).await?;
+    Ok(id)
+}

@@ -1,0 +1,184 @@
+//! One suite, run against SQLite (a fresh file per test) and PostgreSQL (a fresh database per test, on
+//! `PREVIEWD_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`; set it to `skip`
+//! to leave PostgreSQL out on a machine without one).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Status};
+use previewd_store::{DesiredChange, Observed, Recorded, Store};
+use sqlx::Executor as _;
+
+struct TestDb {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    TestDb { store: Store::connect(&url).await.expect("connect sqlite"), _dir: Some(dir) }
+}
+
+async fn postgres() -> Option<TestDb> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let admin = std::env::var("PREVIEWD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if admin == "skip" {
+        eprintln!("PostgreSQL skipped: PREVIEWD_TEST_POSTGRES_URL=skip");
+        return None;
+    }
+    sqlx::any::install_default_drivers();
+    let name = format!("previewd_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let pool =
+        sqlx::AnyPool::connect(&admin).await.expect("PostgreSQL reachable (or set PREVIEWD_TEST_POSTGRES_URL=skip)");
+    pool.execute(format!("DROP DATABASE IF EXISTS {name}").as_str()).await.expect("drop");
+    pool.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("url with a database");
+    let store = Store::connect(&format!("{base}/{name}")).await.expect("connect postgres");
+    Some(TestDb { store, _dir: None })
+}
+
+fn change(branch: &str, desired: Desired) -> DesiredChange {
+    let repo = RepoName::new("acme/shop").expect("repo");
+    let branch = BranchName::new(branch).expect("branch");
+    let names =
+        EnvNames::new(&OwnerId::new("t").expect("o"), &repo, &branch, &DnsZone::new("p.example.com").expect("z"));
+    DesiredChange { repo, branch, names, desired, reason: "test".into() }
+}
+
+fn sha(c: char) -> CommitSha {
+    CommitSha::new(&c.to_string().repeat(40)).expect("sha")
+}
+
+fn present(c: char) -> Desired {
+    Desired::Present { sha: Some(sha(c)) }
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_suite { $( #[tokio::test] async fn $name() { super::$name(super::sqlite().await.store).await } )* }
+        mod postgres_suite { $( #[tokio::test] async fn $name() { if let Some(db) = super::postgres().await { super::$name(db.store).await } } )* }
+    };
+}
+
+both!(
+    webhooks_record_desired_state_once_per_delivery,
+    create_events_keep_the_known_commit,
+    observed_state_and_events_round_trip,
+    leases_exclude_other_owners,
+    priorities_are_unique_per_repository,
+    deliveries_are_pruned_by_age,
+    hostile_branch_names_round_trip,
+);
+
+async fn webhooks_record_desired_state_once_per_delivery(store: Store) {
+    let c = change("feature/x", present('a'));
+    let first = store.record_webhook("d-1", "push", Some(&c)).await.expect("record");
+    let Recorded::New { env_id: Some(id) } = first else { panic!("{first:?}") };
+    assert_eq!(store.record_webhook("d-1", "push", Some(&c)).await.expect("again"), Recorded::Duplicate);
+    let env = store.get(id).await.expect("get").expect("exists");
+    assert_eq!(env.desired, present('a'));
+    assert_eq!(env.status, Status::Pending);
+    assert_eq!(env.desired_seq, 1);
+    assert_eq!(store.events(id, 10).await.expect("events").len(), 1, "the duplicate logged nothing");
+
+    store.record_webhook("d-2", "push", Some(&change("feature/x", present('b')))).await.expect("second push");
+    store.record_webhook("d-3", "delete", Some(&change("feature/x", Desired::Absent))).await.expect("delete");
+    let env = store.find(&c.repo, &c.branch).await.expect("find").expect("exists");
+    assert_eq!(env.desired, Desired::Absent);
+    assert_eq!(env.desired_seq, 3);
+    assert_eq!(store.list().await.expect("list").len(), 1);
+
+    assert_eq!(store.record_webhook("d-4", "ping", None).await.expect("ping"), Recorded::New { env_id: None });
+    assert_eq!(store.delivery_count().await.expect("count"), 4);
+}
+
+async fn create_events_keep_the_known_commit(store: Store) {
+    let Recorded::New { env_id: Some(id) } =
+        store.record_webhook("d-1", "push", Some(&change("x", present('a')))).await.expect("push")
+    else {
+        panic!()
+    };
+    store.record_webhook("d-2", "create", Some(&change("x", Desired::Present { sha: None }))).await.expect("create");
+    assert_eq!(store.get(id).await.expect("get").expect("env").desired, present('a'));
+}
+
+async fn observed_state_and_events_round_trip(store: Store) {
+    let Recorded::New { env_id: Some(id) } =
+        store.record_webhook("d-1", "push", Some(&change("x", present('a')))).await.expect("push")
+    else {
+        panic!()
+    };
+    let o = Observed {
+        status: Status::Ready,
+        deployed_sha: Some(sha('a')),
+        stack_id: Some("arn:aws:cloudformation:us-east-1:1:stack/x/1".into()),
+        url: Some("https://x.p.example.com".into()),
+        last_error: None,
+        attempts: 0,
+    };
+    store.update_observed(id, &o, Some(("ready", "stack CREATE_COMPLETE"))).await.expect("update");
+    let env = store.get(id).await.expect("get").expect("env");
+    assert_eq!(env.observed(), o);
+    let events = store.events(id, 10).await.expect("events");
+    assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["webhook", "ready"]);
+    store.set_desired(id, &Desired::Absent, "GitHub: branch not found").await.expect("set");
+    let env = store.get(id).await.expect("get").expect("env");
+    assert_eq!((env.desired, env.desired_seq), (Desired::Absent, 2));
+    store.mark_seeded(id).await.expect("seed");
+    let seeded = store.get(id).await.expect("get").expect("env").seeded_at.expect("seeded");
+    store.mark_seeded(id).await.expect("seed again");
+    assert_eq!(store.get(id).await.expect("get").expect("env").seeded_at, Some(seeded), "seeded once");
+}
+
+async fn leases_exclude_other_owners(store: Store) {
+    let Recorded::New { env_id: Some(id) } =
+        store.record_webhook("d-1", "push", Some(&change("x", present('a')))).await.expect("push")
+    else {
+        panic!()
+    };
+    let later = previewd_store::now_ms() + 60_000;
+    assert!(store.claim(id, "replica-a", later).await.expect("claim"));
+    assert!(!store.claim(id, "replica-b", later).await.expect("claim"), "held by a");
+    assert!(store.claim(id, "replica-a", later).await.expect("claim"), "a renews its own");
+    store.release(id, "replica-a").await.expect("release");
+    assert!(store.claim(id, "replica-b", later).await.expect("claim"));
+    // An expired lease can be taken over.
+    assert!(store.claim(id, "replica-b", 1).await.expect("claim"));
+    assert!(store.claim(id, "replica-a", later).await.expect("claim"));
+}
+
+async fn priorities_are_unique_per_repository(store: Store) {
+    let mut ids = vec![];
+    for (i, b) in ["a", "b", "c"].into_iter().enumerate() {
+        let r = store.record_webhook(&format!("d-{i}"), "push", Some(&change(b, present('a')))).await.expect("push");
+        let Recorded::New { env_id: Some(id) } = r else { panic!() };
+        ids.push(id);
+    }
+    let repo = RepoName::new("acme/shop").expect("repo");
+    let p0 = store.allocate_priority(ids[0], &repo, 7, 10).await.expect("p0");
+    let p1 = store.allocate_priority(ids[1], &repo, 7, 10).await.expect("p1");
+    let p2 = store.allocate_priority(ids[2], &repo, 10, 10).await.expect("p2");
+    assert_eq!((p0, p1), (7, 8), "the same hint moves on to the next free one");
+    assert_eq!(p2, 10);
+    assert_eq!(store.allocate_priority(ids[0], &repo, 1, 10).await.expect("again"), 7, "kept once given");
+}
+
+async fn deliveries_are_pruned_by_age(store: Store) {
+    store.record_webhook("old", "ping", None).await.expect("record");
+    assert_eq!(store.prune_deliveries(previewd_store::now_ms() - 1000).await.expect("prune"), 0);
+    assert_eq!(store.prune_deliveries(previewd_store::now_ms() + 1000).await.expect("prune"), 1);
+    assert_eq!(store.record_webhook("old", "ping", None).await.expect("again"), Recorded::New { env_id: None });
+}
+
+async fn hostile_branch_names_round_trip(store: Store) {
+    for (i, b) in ["'; DROP TABLE environments;--", "ünï/🚀", "$(x)`y`", "a\u{202e}b"].into_iter().enumerate() {
+        let b = b.replace(' ', "-");
+        let c = change(&b, present('c'));
+        store.record_webhook(&format!("h-{i}"), "push", Some(&c)).await.expect("record");
+        let env = store.find(&c.repo, &c.branch).await.expect("find").expect("env");
+        assert_eq!(env.branch.as_str(), b);
+    }
+    assert_eq!(store.list().await.expect("list").len(), 4);
+}

@@ -1,0 +1,235 @@
+//! A whole previewd for one test: moto behind the fault proxy, a fake GitHub Enterprise, a fresh SQLite
+//! database, the real router and reconciler on a free port. Waits are on conditions, with a deadline.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use previewd::{Application, Config};
+use previewd_cloud::Aws;
+use previewd_domain::{BranchName, RepoName};
+use previewd_store::EnvRecord;
+
+use crate::{AwsProxy, FakeGitHub, Moto, Seeded, webhook, workspace_root};
+
+pub const REPO: &str = "acme/shop";
+pub const ZONE: &str = "preview.test.example";
+pub const SECRET: &str = "test-webhook-secret";
+/// No single wait in a test lasts longer than this.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// AWS clients aimed at `endpoint` with test credentials and quick retries.
+pub async fn aws_for(endpoint: &str) -> Aws {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_cloudformation::config::Credentials::new("test", "test", None, None, "testkit"))
+        .retry_config(RetryConfig::standard().with_max_attempts(4).with_initial_backoff(Duration::from_millis(20)))
+        .load()
+        .await;
+    Aws::new(&config)
+}
+
+pub struct TestEnv {
+    pub moto: Moto,
+    pub proxy: AwsProxy,
+    pub github: FakeGitHub,
+    pub seeded: Seeded,
+    pub app: Option<Application>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    http: reqwest::Client,
+    base: String,
+    deliveries: u64,
+}
+
+impl std::fmt::Debug for TestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestEnv").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl TestEnv {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// `extra` is appended to the configuration file (more repositories, pattern overrides).
+    pub async fn start_with(extra: &str) -> Self {
+        let moto = Moto::start().await;
+        let seeded = moto.seed(&[ZONE]).await;
+        let proxy = AwsProxy::start(&moto.endpoint).await;
+        let github = FakeGitHub::start("/api/v3").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("previewd.toml");
+        std::fs::write(&config_path, config_text(&dir, &github, &seeded, extra)).expect("config");
+        let mut env = Self {
+            moto,
+            proxy,
+            github,
+            seeded,
+            app: None,
+            dir,
+            config_path,
+            http: reqwest::Client::new(),
+            base: String::new(),
+            deliveries: 0,
+        };
+        env.start_app().await;
+        env
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(Some(&self.config_path), |_| None).expect("test configuration")
+    }
+
+    pub async fn start_app(&mut self) {
+        let app = Application::build_with_aws(&self.config(), aws_for(&self.proxy.endpoint()).await)
+            .await
+            .expect("previewd starts");
+        self.base = format!("http://{}", app.addr());
+        self.app = Some(app);
+    }
+
+    pub async fn stop_app(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.expect("stops");
+        }
+    }
+
+    pub fn app(&self) -> &Application {
+        self.app.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Posts `body` as a GitHub delivery; `signature: None` signs it with the right secret.
+    pub async fn deliver(
+        &mut self,
+        event: &str,
+        body: &[u8],
+        signature: Option<&str>,
+        delivery: Option<&str>,
+    ) -> reqwest::StatusCode {
+        self.deliveries += 1;
+        let delivery =
+            delivery.map_or_else(|| format!("delivery-{}-{}", self.deliveries, fastrand::u64(..)), str::to_owned);
+        let mut req = self
+            .http
+            .post(self.url("/webhooks/github"))
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        let sig = signature.map_or_else(|| webhook::sign(SECRET, body), str::to_owned);
+        if !sig.is_empty() {
+            req = req.header("x-hub-signature-256", sig);
+        }
+        req.send().await.expect("previewd answers").status()
+    }
+
+    /// The branch is at `sha` on GitHub, and GitHub delivers the push.
+    pub async fn push(&mut self, branch: &str, sha: &str) -> reqwest::StatusCode {
+        self.github.set_branch(REPO, branch, sha);
+        let body = serde_json::to_vec(&webhook::push(REPO, branch, &"0".repeat(40), sha)).expect("json");
+        self.deliver("push", &body, None, None).await
+    }
+
+    /// The branch is deleted on GitHub, and GitHub delivers the `delete` event.
+    pub async fn delete(&mut self, branch: &str) -> reqwest::StatusCode {
+        self.github.delete_branch(REPO, branch);
+        let body = serde_json::to_vec(&webhook::branch_event("delete", REPO, branch)).expect("json");
+        self.deliver("delete", &body, None, None).await
+    }
+
+    pub async fn env(&self, branch: &str) -> Option<EnvRecord> {
+        let repo = RepoName::new(REPO).expect("repo");
+        let branch = BranchName::new(branch).expect("branch");
+        self.app().store().find(&repo, &branch).await.expect("store")
+    }
+
+    /// Waits until the branch's environment satisfies `done`, and returns it.
+    pub async fn wait_for(&self, branch: &str, what: &str, done: impl Fn(&EnvRecord) -> bool) -> EnvRecord {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let env = self.env(branch).await;
+            if let Some(e) = &env
+                && done(e)
+            {
+                return e.clone();
+            }
+            if tokio::time::Instant::now() > deadline {
+                let events = match &env {
+                    Some(e) => self.app().store().events(e.id, 50).await.unwrap_or_default(),
+                    None => vec![],
+                };
+                panic!("{branch}: not {what} within {WAIT:?}: {env:#?}\nevents: {events:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asks the running moto for a stack, without the proxy.
+    pub async fn stack(&self, name: &str) -> Option<previewd_cloud::Stack> {
+        aws_for(&self.moto.endpoint).await.describe_stack(name).await.expect("describe")
+    }
+
+    pub async fn direct_aws(&self) -> Aws {
+        aws_for(&self.moto.endpoint).await
+    }
+
+    /// Environment variables that point a `previewd` process at this test's AWS and GitHub.
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("PREVIEWD_CONFIG".into(), self.config_path.display().to_string()),
+            ("AWS_ENDPOINT_URL".into(), self.proxy.endpoint()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+}
+
+fn config_text(dir: &tempfile::TempDir, github: &FakeGitHub, seeded: &Seeded, extra: &str) -> String {
+    let zone = &seeded.zones[ZONE];
+    let subnets: Vec<String> = seeded.subnet_ids.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        r#"owner = "test-owner"
+dns_zone = "{ZONE}"
+listen = "127.0.0.1:0"
+database_url = "sqlite://{db}"
+webhook_secrets = ["{SECRET}"]
+stacks_dir = "{stacks}"
+
+[github]
+api_url = "{api}"
+
+[reconciler]
+workers = 4
+poll_min = "50ms"
+poll_max = "250ms"
+retry_min = "50ms"
+retry_max = "400ms"
+resync_every = "1h"
+
+[repos."{REPO}"]
+blueprint = "webapp"
+
+[repos."{REPO}".stages.staging]
+network.vpc_id = "{vpc}"
+network.subnet_ids = [{subnets}]
+load_balancer.certificate_arn = "{cert}"
+{extra}
+"#,
+        db = dir.path().join("previewd.db").display(),
+        stacks = workspace_root().join("stacks").display(),
+        api = github.api_url(),
+        vpc = seeded.vpc_id,
+        subnets = subnets.join(", "),
+        cert = zone.certificate_arn,
+    )
+}

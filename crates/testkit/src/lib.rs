@@ -1,0 +1,15 @@
+//! Test-only helpers, never a dependency of non-test code: a moto server per test, a proxy in front of it
+//! that injects AWS's real failures, a stateful fake GitHub (optionally under GitHub Enterprise's
+//! `/api/v3`), signed webhooks in GitHub's payload shapes, and [`TestEnv`], a whole previewd wired to
+//! them.
+
+mod env;
+mod github;
+mod moto;
+mod proxy;
+pub mod webhook;
+
+pub use env::{REPO, SECRET, TestEnv, ZONE, aws_for};
+pub use github::FakeGitHub;
+pub use moto::{Moto, Seeded, free_port, venv_bin, workspace_root};
+pub use proxy::{AwsProxy, Call};

@@ -1,0 +1,524 @@
+//! A proxy in front of moto that makes it as strict as AWS where moto is lenient, and injects faults:
+//! chosen calls answered with AWS's real error documents (so the SDK's own error parsing runs), stack
+//! states moto never reaches (ROLLBACK_COMPLETE, UPDATE_ROLLBACK_FAILED, a slow CREATE_IN_PROGRESS),
+//! DeleteStack refused while a bucket still holds objects (DELETE_FAILED), and per-key errors inside a
+//! DeleteObjects 200. It also records every call, so tests can count stack operations.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
+use tokio::time::Instant;
+
+/// One call the proxy saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub service: String,
+    pub action: String,
+    /// The stack name a CloudFormation call names (by name or by id).
+    pub stack: Option<String>,
+    /// Answered by a fault rather than by moto.
+    pub injected: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ErrorFault {
+    service: String,
+    action: String,
+    status: u16,
+    code: String,
+    message: String,
+    remaining: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Until {
+    /// Until a call of this action on the stack is passed to moto.
+    Action(String),
+    Time(Instant),
+}
+
+#[derive(Debug, Clone)]
+struct StatusOverride {
+    stack: String,
+    status: String,
+    reason: String,
+    /// Becomes active when this action on the stack passes to moto; `None`: active now.
+    after: Option<String>,
+    active: bool,
+    until: Until,
+    /// For a `Time` bound: how long after activation.
+    duration: Duration,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    calls: Vec<Call>,
+    errors: Vec<ErrorFault>,
+    overrides: Vec<StatusOverride>,
+    strict_bucket_deletes: bool,
+    /// stack → how many more DeleteStack calls find a fresh object in its buckets first
+    refill: BTreeMap<String, usize>,
+    /// how many more DeleteObjects calls answer 200 with every key refused
+    key_errors: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsProxy {
+    state: Arc<Mutex<ProxyState>>,
+    upstream: String,
+    client: reqwest::Client,
+    addr: SocketAddr,
+}
+
+impl AwsProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let proxy = Self {
+            state: Arc::new(Mutex::new(ProxyState { strict_bucket_deletes: true, ..ProxyState::default() })),
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::new(),
+            addr: listener.local_addr().expect("addr"),
+        };
+        let app = Router::new().fallback(handle).with_state(proxy.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        proxy
+    }
+
+    /// The URL to give the AWS SDK as its endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProxyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next `times` calls of `service`/`action` get AWS's error document instead of an answer.
+    pub fn fail(&self, service: &str, action: &str, times: usize, status: u16, code: &str, message: &str) {
+        self.lock().errors.push(ErrorFault {
+            service: service.into(),
+            action: action.into(),
+            status,
+            code: code.into(),
+            message: message.into(),
+            remaining: times,
+        });
+    }
+
+    /// `Throttling: Rate exceeded`, as CloudFormation answers a client that calls too often.
+    pub fn throttle(&self, action: &str, times: usize) {
+        self.fail("cloudformation", action, times, 400, "Throttling", "Rate exceeded");
+    }
+
+    /// UpdateStack answers "No updates are to be performed." (moto accepts unchanged updates).
+    pub fn no_updates(&self, times: usize) {
+        self.fail("cloudformation", "UpdateStack", times, 400, "ValidationError", "No updates are to be performed.");
+    }
+
+    fn override_status(
+        &self,
+        stack: &str,
+        status: &str,
+        reason: &str,
+        after: Option<&str>,
+        until: Until,
+        duration: Duration,
+    ) {
+        self.lock().overrides.push(StatusOverride {
+            stack: stack.into(),
+            status: status.into(),
+            reason: reason.into(),
+            after: after.map(str::to_owned),
+            active: after.is_none(),
+            until,
+            duration,
+        });
+    }
+
+    /// After the stack's next CreateStack, it shows ROLLBACK_COMPLETE (a failed create) until deleted.
+    pub fn rollback_next_create(&self, stack: &str) {
+        let reason = "The following resource(s) failed to create: [Service]. Rollback requested by user.";
+        self.override_status(
+            stack,
+            "ROLLBACK_COMPLETE",
+            reason,
+            Some("CreateStack"),
+            Until::Action("DeleteStack".into()),
+            Duration::ZERO,
+        );
+    }
+
+    /// After the stack's next UpdateStack, it shows UPDATE_ROLLBACK_FAILED until deleted.
+    pub fn rollback_fails_after_update(&self, stack: &str) {
+        let reason = "The following resource(s) failed to update: [Service].";
+        self.override_status(
+            stack,
+            "UPDATE_ROLLBACK_FAILED",
+            reason,
+            Some("UpdateStack"),
+            Until::Action("DeleteStack".into()),
+            Duration::ZERO,
+        );
+    }
+
+    /// After the stack's next CreateStack, it shows CREATE_IN_PROGRESS for `duration` (moto creates at once).
+    pub fn slow_create(&self, stack: &str, duration: Duration) {
+        self.override_status(
+            stack,
+            "CREATE_IN_PROGRESS",
+            "User Initiated",
+            Some("CreateStack"),
+            Until::Time(Instant::now()),
+            duration,
+        );
+    }
+
+    /// The next `times` DeleteStack calls on the stack find an object freshly written to each of its
+    /// buckets (an application still writing while it is torn down).
+    pub fn refill_buckets_before_delete(&self, stack: &str, times: usize) {
+        self.lock().refill.insert(stack.into(), times);
+    }
+
+    /// The next `times` DeleteObjects calls answer 200 with every key refused (`InternalError`).
+    pub fn refuse_keys(&self, times: usize) {
+        self.lock().key_errors = times;
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// How many calls of `action` on `stack` reached moto.
+    pub fn count(&self, action: &str, stack: &str) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.action == action && c.stack.as_deref() == Some(stack) && !c.injected)
+            .count()
+    }
+
+    async fn upstream_form(&self, form: &[(&str, &str)]) -> String {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let r = self
+            .client
+            .post(format!("{}/", self.upstream))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/cloudformation/aws4_request")
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn stack_buckets(&self, stack: &str) -> Vec<String> {
+        let xml = self
+            .upstream_form(&[("Action", "ListStackResources"), ("StackName", stack), ("Version", "2010-05-15")])
+            .await;
+        blocks(&xml, "member")
+            .into_iter()
+            .filter(|m| first(m, "ResourceType").as_deref() == Some("AWS::S3::Bucket"))
+            .filter_map(|m| first(&m, "PhysicalResourceId"))
+            .collect()
+    }
+
+    async fn s3(&self, method: Method, path_query: &str, body: Option<&'static str>) -> String {
+        let mut req = self.client.request(method, format!("{}/{path_query}", self.upstream)).header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+        );
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        match req.send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Does any bucket of the stack still hold an object version, a delete marker or an upload?
+    async fn blocking_bucket(&self, stack: &str) -> Option<String> {
+        for bucket in self.stack_buckets(stack).await {
+            let versions = self.s3(Method::GET, &format!("{bucket}?versions"), None).await;
+            let uploads = self.s3(Method::GET, &format!("{bucket}?uploads"), None).await;
+            if versions.contains("<Version>") || versions.contains("<DeleteMarker>") || uploads.contains("<Upload>") {
+                return Some(bucket);
+            }
+        }
+        None
+    }
+}
+
+/// `(service, action)` of a request, from its credential scope and protocol.
+fn identify(
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+) -> (String, String) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let service = auth.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or("unknown").to_owned();
+    let action = match service.as_str() {
+        "s3" => match (method.as_str(), query) {
+            ("POST", q) if q.contains("delete") => "DeleteObjects",
+            ("GET", q) if q.contains("versions") => "ListObjectVersions",
+            ("GET", q) if q.contains("uploads") => "ListMultipartUploads",
+            ("DELETE", q) if q.contains("uploadId") => "AbortMultipartUpload",
+            ("PUT", _) => "PutObject",
+            (m, _) => m,
+        }
+        .to_owned(),
+        "route53" => match (method.as_str(), path) {
+            ("POST", p) if p.ends_with("/rrset") || p.ends_with("/rrset/") => "ChangeResourceRecordSets",
+            ("GET", p) if p.ends_with("/rrset") => "ListResourceRecordSets",
+            ("GET", p) if p.contains("hostedzonesbyname") => "ListHostedZonesByName",
+            (m, _) => m,
+        }
+        .to_owned(),
+        _ => form.get("Action").cloned().unwrap_or_default(),
+    };
+    (service, action)
+}
+
+fn stack_name(param: &str) -> String {
+    // An id is `arn:aws:cloudformation:REGION:ACCOUNT:stack/NAME/UUID`.
+    match param.strip_prefix("arn:") {
+        Some(_) => param.split('/').nth(1).unwrap_or(param).to_owned(),
+        None => param.to_owned(),
+    }
+}
+
+fn request_id() -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        fastrand::u32(..),
+        fastrand::u16(..),
+        fastrand::u16(..0xfff),
+        fastrand::u16(..0xfff),
+        fastrand::u64(..1 << 48)
+    )
+}
+
+fn error_document(service: &str, code: &str, message: &str) -> String {
+    let id = request_id();
+    match service {
+        "s3" => format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>{id}</RequestId><HostId>{id}</HostId></Error>"
+        ),
+        "route53" => format!(
+            "<?xml version=\"1.0\"?>\n<ErrorResponse xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>{id}</RequestId></ErrorResponse>"
+        ),
+        _ => format!(
+            "<ErrorResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\">\n  <Error>\n    <Type>Sender</Type>\n    <Code>{code}</Code>\n    <Message>{message}</Message>\n  </Error>\n  <RequestId>{id}</RequestId>\n</ErrorResponse>"
+        ),
+    }
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (status, [("content-type", "text/xml")], body).into_response()
+}
+
+/// Every `<tag>…</tag>` block's inside, in order.
+fn blocks(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(after[..end].to_owned());
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+fn first(xml: &str, tag: &str) -> Option<String> {
+    blocks(xml, tag).into_iter().next()
+}
+
+async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let is_form = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form: BTreeMap<String, String> =
+        if is_form { form_urlencoded::parse(&body).into_owned().collect() } else { BTreeMap::new() };
+    let (service, action) = identify(&parts.method, &path, &query, &parts.headers, &form);
+    let stack = form.get("StackName").map(|s| stack_name(s));
+
+    // Injected errors.
+    let injected = {
+        let mut st = proxy.lock();
+        let hit =
+            st.errors.iter_mut().find(|f| f.remaining > 0 && f.service == service && f.action == action).map(|f| {
+                f.remaining -= 1;
+                (f.status, f.code.clone(), f.message.clone())
+            });
+        if hit.is_some() {
+            st.calls.push(Call {
+                service: service.clone(),
+                action: action.clone(),
+                stack: stack.clone(),
+                injected: true,
+            });
+        }
+        hit
+    };
+    if let Some((status, code, message)) = injected {
+        return xml(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            error_document(&service, &code, &message),
+        );
+    }
+
+    if service == "s3" && action == "DeleteObjects" {
+        let refuse = {
+            let mut st = proxy.lock();
+            let refuse = st.key_errors > 0;
+            if refuse {
+                st.key_errors -= 1;
+                st.calls.push(Call { service: service.clone(), action: action.clone(), stack: None, injected: true });
+            }
+            refuse
+        };
+        if refuse {
+            let text = String::from_utf8_lossy(&body);
+            let errors: String = blocks(&text, "Object")
+                .iter()
+                .map(|o| {
+                    let version = first(o, "VersionId").map(|v| format!("<VersionId>{v}</VersionId>")).unwrap_or_default();
+                    format!("<Error><Key>{}</Key>{version}<Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>", first(o, "Key").unwrap_or_default())
+                })
+                .collect();
+            return xml(
+                StatusCode::OK,
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{errors}</DeleteResult>"
+                ),
+            );
+        }
+    }
+
+    // DeleteStack is refused, as AWS does, while a bucket of the stack still holds anything.
+    if action == "DeleteStack"
+        && let Some(name) = &stack
+    {
+        let refill = {
+            let mut st = proxy.lock();
+            match st.refill.get_mut(name) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if refill {
+            for bucket in proxy.stack_buckets(name).await {
+                proxy
+                    .s3(
+                        Method::PUT,
+                        &format!("{bucket}/late-write-{}.txt", fastrand::u32(..)),
+                        Some("written during teardown"),
+                    )
+                    .await;
+            }
+        }
+        let strict = proxy.lock().strict_bucket_deletes;
+        if strict && let Some(bucket) = proxy.blocking_bucket(name).await {
+            let mut st = proxy.lock();
+            st.calls.push(Call { service, action, stack: stack.clone(), injected: true });
+            st.overrides.retain(|o| &o.stack != name);
+            st.overrides.push(StatusOverride {
+                stack: name.clone(),
+                status: "DELETE_FAILED".into(),
+                reason: format!("The following resource(s) failed to delete: [Bucket]. The bucket you tried to delete is not empty ({bucket})."),
+                after: None,
+                active: true,
+                until: Until::Action("DeleteStack".into()),
+                duration: Duration::ZERO,
+            });
+            let ok = format!(
+                "<DeleteStackResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></DeleteStackResponse>",
+                request_id()
+            );
+            return xml(StatusCode::OK, ok);
+        }
+    }
+
+    // Forward to moto.
+    let mut upstream = proxy.client.request(
+        parts.method.clone(),
+        format!("{}{}", proxy.upstream, parts.uri.path_and_query().map_or("/", |p| p.as_str())),
+    );
+    for (k, v) in &parts.headers {
+        if k != "host" && k != "content-length" {
+            upstream = upstream.header(k, v);
+        }
+    }
+    let answer = match upstream.body(body.clone()).send().await {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let mut text = answer.bytes().await.unwrap_or_default().to_vec();
+
+    let mut st = proxy.lock();
+    st.calls.push(Call { service: service.clone(), action: action.clone(), stack: stack.clone(), injected: false });
+    if let Some(name) = &stack
+        && status.is_success()
+    {
+        let now = Instant::now();
+        for o in st.overrides.iter_mut().filter(|o| &o.stack == name) {
+            if !o.active && o.after.as_deref() == Some(action.as_str()) {
+                o.active = true;
+                if let Until::Time(_) = o.until {
+                    o.until = Until::Time(now + o.duration);
+                }
+            }
+        }
+        st.overrides
+            .retain(|o| !(o.active && &o.stack == name && matches!(&o.until, Until::Action(a) if *a == action)));
+        st.overrides.retain(|o| !matches!(o.until, Until::Time(t) if o.active && t <= now));
+        if action == "DescribeStacks"
+            && let Some(o) = st.overrides.iter().find(|o| o.active && &o.stack == name)
+        {
+            let body = String::from_utf8_lossy(&text).into_owned();
+            if let (Some(s), Some(e)) = (body.find("<StackStatus>"), body.find("</StackStatus>")) {
+                let rewritten = format!(
+                    "{}<StackStatus>{}</StackStatus><StackStatusReason>{}</StackStatusReason>{}",
+                    &body[..s],
+                    o.status,
+                    o.reason,
+                    &body[e + "</StackStatus>".len()..]
+                );
+                text = rewritten.into_bytes();
+            }
+        }
+    }
+    drop(st);
+    let mut response = Response::builder().status(status.as_u16());
+    for (k, v) in &headers {
+        if k != "content-length" && k != "transfer-encoding" {
+            response = response.header(k.as_str(), v.as_bytes());
+        }
+    }
+    response.body(axum::body::Body::from(text)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}

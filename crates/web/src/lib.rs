@@ -1,0 +1,244 @@
+//! The HTTP surface: the GitHub webhook endpoint, the JSON API, the dashboard, health and metrics.
+//! Handlers record and enqueue; they never call AWS or reconcile inline, so GitHub gets its answer in
+//! milliseconds.
+
+mod dashboard;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt as _;
+use previewd_domain::{Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
+use previewd_github::{MAX_BODY_BYTES, WebhookEvent, parse_event, verify_signature};
+use previewd_reconciler::Queue;
+use previewd_store::{DesiredChange, EnvRecord, Recorded, Store};
+use serde::Serialize;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub queue: Queue,
+    pub owner: OwnerId,
+    /// Webhook secrets; several during a rotation.
+    pub secrets: Arc<[Secret]>,
+    /// The repositories served and the zone each one's environments are named under.
+    pub repos: Arc<BTreeMap<RepoName, DnsZone>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("owner", &self.owner)
+            .field("repos", &self.repos.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Webhook outcomes, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    accepted: AtomicU64,
+    duplicate: AtomicU64,
+    ignored: AtomicU64,
+    rejected: AtomicU64,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(webhook))
+        .route("/api/environments", get(list_environments))
+        .route("/api/environments/{id}/events", get(environment_events))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/", get(dashboard::page))
+        .with_state(state)
+}
+
+fn reject(state: &AppState, status: StatusCode, message: impl Into<String>) -> Response {
+    state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+    let message = message.into();
+    tracing::info!(%status, %message, "webhook refused");
+    (status, message).into_response()
+}
+
+async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return reject(&state, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
+    }
+    // Read at most the limit: a body that claims less and sends more is cut off, not buffered.
+    let bytes = match http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return reject(&state, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
+        }
+        Err(_) => return reject(&state, StatusCode::BAD_REQUEST, "cannot read the body"),
+    };
+    let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) = verify_signature(&state.secrets, header_str("x-hub-signature-256"), &bytes) {
+        return reject(&state, StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let Some(event) = header_str("x-github-event") else {
+        return reject(&state, StatusCode::BAD_REQUEST, "no X-GitHub-Event header");
+    };
+    let Some(delivery) = header_str("x-github-delivery").filter(|d| !d.is_empty() && d.len() <= 100) else {
+        return reject(&state, StatusCode::BAD_REQUEST, "no valid X-GitHub-Delivery header");
+    };
+    let parsed = match parse_event(event, &bytes) {
+        Ok(p) => p,
+        Err(e) => return reject(&state, StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let span = tracing::info_span!("webhook", event, delivery);
+    let _guard = span.enter();
+    let (repo, branch, desired, reason) = match parsed {
+        WebhookEvent::Ping => {
+            state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+            return (StatusCode::OK, "pong").into_response();
+        }
+        WebhookEvent::Ignored { reason } => {
+            tracing::debug!(%reason, "ignored");
+            state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+            return (StatusCode::OK, format!("ignored: {reason}")).into_response();
+        }
+        WebhookEvent::BranchPresent { repo, branch, sha } => {
+            let reason = format!("{event} {} (delivery {delivery})", sha.as_ref().map_or("", |s| s.short()));
+            (repo, branch, Desired::Present { sha }, reason)
+        }
+        WebhookEvent::BranchDeleted { repo, branch } => {
+            (repo, branch, Desired::Absent, format!("{event}: branch deleted (delivery {delivery})"))
+        }
+    };
+    let Some(zone) = state.repos.get(&repo) else {
+        tracing::info!(%repo, "repository not configured: ignored");
+        state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::OK, format!("ignored: repository {repo} is not configured")).into_response();
+    };
+    let names = EnvNames::new(&state.owner, &repo, &branch, zone);
+    let change = DesiredChange { repo, branch, names, desired, reason };
+    match state.store.record_webhook(delivery, event, Some(&change)).await {
+        Ok(Recorded::Duplicate) => {
+            state.metrics.duplicate.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::OK, "duplicate delivery: already recorded").into_response()
+        }
+        Ok(Recorded::New { env_id }) => {
+            if let Some(id) = env_id {
+                state.queue.enqueue(id);
+            }
+            state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(repo = %change.repo, branch = %change.branch, env = %change.names.env_key, "recorded");
+            (StatusCode::ACCEPTED, "recorded").into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot record webhook");
+            // Not acknowledged: GitHub shows the delivery as failed and it can be redelivered.
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event now").into_response()
+        }
+    }
+}
+
+/// An environment as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct EnvView {
+    pub id: i64,
+    pub repo: String,
+    pub branch: String,
+    pub env: String,
+    pub status: String,
+    /// The commit the environment is for (the desired one; the deployed one once it is gone).
+    pub sha: Option<String>,
+    pub deployed_sha: Option<String>,
+    pub desired: &'static str,
+    pub url: Option<String>,
+    pub dns_name: String,
+    pub stack_name: String,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl From<&EnvRecord> for EnvView {
+    fn from(e: &EnvRecord) -> Self {
+        let (desired, sha) = match &e.desired {
+            Desired::Present { sha } => ("present", sha.as_ref().map(|s| s.to_string())),
+            Desired::Absent => ("absent", None),
+        };
+        Self {
+            id: e.id,
+            repo: e.repo.to_string(),
+            branch: e.branch.to_string(),
+            env: e.env_key.to_string(),
+            status: e.status.to_string(),
+            sha: sha.or_else(|| e.deployed_sha.as_ref().map(|s| s.to_string())),
+            deployed_sha: e.deployed_sha.as_ref().map(|s| s.to_string()),
+            desired,
+            url: e.url.clone(),
+            dns_name: e.dns_name.clone(),
+            stack_name: e.stack_name.clone(),
+            last_error: e.last_error.clone(),
+            created_at: rfc3339(e.created_at),
+            updated_at: rfc3339(e.updated_at),
+        }
+    }
+}
+
+async fn list_environments(State(state): State<AppState>) -> Response {
+    match state.store.list().await {
+        Ok(envs) => axum::Json(envs.iter().map(EnvView::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot list environments");
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response()
+        }
+    }
+}
+
+async fn environment_events(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
+    match state.store.events(id, 200).await {
+        Ok(events) => axum::Json(events).into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot read events");
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot read events now").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# HELP previewd_webhooks_total Webhook deliveries by outcome.\n# TYPE previewd_webhooks_total counter\n",
+    );
+    let m = &state.metrics;
+    for (outcome, n) in
+        [("accepted", &m.accepted), ("duplicate", &m.duplicate), ("ignored", &m.ignored), ("rejected", &m.rejected)]
+    {
+        let _ = writeln!(out, "previewd_webhooks_total{{outcome=\"{outcome}\"}} {}", n.load(Ordering::Relaxed));
+    }
+    out.push_str("# HELP previewd_environments Environments by status.\n# TYPE previewd_environments gauge\n");
+    if let Ok(envs) = state.store.list().await {
+        for status in previewd_domain::Status::ALL {
+            let n = envs.iter().filter(|e| e.status == status).count();
+            let _ = writeln!(out, "previewd_environments{{status=\"{status}\"}} {n}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP previewd_queue_length Environments waiting or being reconciled.\n# TYPE previewd_queue_length gauge\npreviewd_queue_length {}",
+        state.queue.len()
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
