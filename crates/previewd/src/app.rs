@@ -67,7 +67,9 @@ impl Application {
             stacks_dir: config.stacks_dir.clone(),
             repos,
             template_bucket: config.template_bucket.clone(),
-            instance: format!("{}-{}", hostname(), std::process::id()),
+            // The host, not the process: a replica restarted after a crash takes its own leases back at
+            // once instead of waiting for them to expire.
+            instance: hostname(),
             tuning: config.tuning.clone(),
         };
         let reconciler = Reconciler::new(setup, store.clone(), aws, github)?;

@@ -59,6 +59,7 @@ struct ReconcilerFile {
     retry_min: Option<String>,
     retry_max: Option<String>,
     resync_every: Option<String>,
+    lease: Option<String>,
     max_stack_attempts: Option<i64>,
 }
 
@@ -166,6 +167,7 @@ impl Config {
         dur("retry_min", &r.retry_min, &mut tuning.retry_min)?;
         dur("retry_max", &r.retry_max, &mut tuning.retry_max)?;
         dur("resync_every", &r.resync_every, &mut tuning.resync_every)?;
+        dur("lease", &r.lease, &mut tuning.lease)?;
         if let Some(w) = r.workers {
             tuning.workers = w.max(1);
         }

@@ -50,7 +50,8 @@ pub struct Tuning {
     pub resync_every: Duration,
     /// Stack operations tried for one desired state before the environment is reported `failed`.
     pub max_stack_attempts: i64,
-    /// How long one replica may hold an environment.
+    /// How long one replica may hold an environment; a crashed replica on another host blocks its
+    /// environments this long. One reconcile step takes seconds, so this is generous.
     pub lease: Duration,
 }
 
@@ -64,7 +65,7 @@ impl Default for Tuning {
             retry_max: Duration::from_secs(300),
             resync_every: Duration::from_secs(300),
             max_stack_attempts: 3,
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(120),
         }
     }
 }
@@ -138,6 +139,9 @@ pub(crate) struct Inner {
     pub(crate) queue: Queue,
     pub(crate) blueprints: HashMap<String, Blueprint>,
     pub(crate) zone_ids: Mutex<HashMap<String, String>>,
+    /// One application-stack step per repository at a time in this process: environments of one
+    /// repository share that stack, and two of them must not both create it.
+    pub(crate) app_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The reconciler; cheap to clone.
@@ -161,8 +165,16 @@ impl Reconciler {
                 blueprints.insert(repo.blueprint.clone(), Blueprint::load(&setup.stacks_dir, &repo.blueprint)?);
             }
         }
-        let inner =
-            Inner { setup, store, aws, github, queue: Queue::new(), blueprints, zone_ids: Mutex::new(HashMap::new()) };
+        let inner = Inner {
+            setup,
+            store,
+            aws,
+            github,
+            queue: Queue::new(),
+            blueprints,
+            zone_ids: Mutex::new(HashMap::new()),
+            app_locks: Mutex::new(HashMap::new()),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 

@@ -336,6 +336,8 @@ async fn ensure_application(
     ctx: &Context,
 ) -> Result<Option<Action>, ReconcileError> {
     let owner = inner.setup.owner.as_str();
+    let lock = inner.app_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(env.repo.clone()).or_default().clone();
+    let _one_at_a_time = lock.lock().await;
     let blueprint = &inner.blueprints[&repo.blueprint];
     let settings = blueprint.application_settings(Stage::Staging, &repo.layers)?;
     let rendered = blueprint.render(TemplateKind::Application, &settings, ctx)?;

@@ -11,12 +11,25 @@ use sqlx::Executor as _;
 struct TestDb {
     store: Store,
     _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: the admin URL and the database to drop afterwards.
+    drop: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn cleanup(self) {
+        self.store.close().await;
+        if let Some((admin, name)) = self.drop {
+            let pool = sqlx::AnyPool::connect(&admin).await.expect("admin");
+            pool.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.expect("drop");
+            pool.close().await;
+        }
+    }
 }
 
 async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    TestDb { store: Store::connect(&url).await.expect("connect sqlite"), _dir: Some(dir) }
+    TestDb { store: Store::connect(&url).await.expect("connect sqlite"), _dir: Some(dir), drop: None }
 }
 
 async fn postgres() -> Option<TestDb> {
@@ -36,7 +49,7 @@ async fn postgres() -> Option<TestDb> {
     pool.close().await;
     let (base, _) = admin.rsplit_once('/').expect("url with a database");
     let store = Store::connect(&format!("{base}/{name}")).await.expect("connect postgres");
-    Some(TestDb { store, _dir: None })
+    Some(TestDb { store, _dir: None, drop: Some((admin, name)) })
 }
 
 fn change(branch: &str, desired: Desired) -> DesiredChange {
@@ -57,8 +70,8 @@ fn present(c: char) -> Desired {
 
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
-        mod sqlite_suite { $( #[tokio::test] async fn $name() { super::$name(super::sqlite().await.store).await } )* }
-        mod postgres_suite { $( #[tokio::test] async fn $name() { if let Some(db) = super::postgres().await { super::$name(db.store).await } } )* }
+        mod sqlite_suite { $( #[tokio::test] async fn $name() { let db = super::sqlite().await; super::$name(db.store.clone()).await; db.cleanup().await } )* }
+        mod postgres_suite { $( #[tokio::test] async fn $name() { if let Some(db) = super::postgres().await { super::$name(db.store.clone()).await; db.cleanup().await } } )* }
     };
 }
 

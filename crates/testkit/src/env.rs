@@ -8,7 +8,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use previewd::{Application, Config};
 use previewd_cloud::Aws;
-use previewd_domain::{BranchName, RepoName};
+use previewd_domain::{BranchName, DnsZone, EnvNames, OwnerId, RepoName};
 use previewd_store::EnvRecord;
 
 use crate::{AwsProxy, FakeGitHub, Moto, Seeded, webhook, workspace_root};
@@ -21,17 +21,22 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// AWS clients aimed at `endpoint` with test credentials and quick retries.
 pub async fn aws_for(endpoint: &str) -> Aws {
-    let config = aws_config::defaults(BehaviorVersion::latest())
+    Aws::new(&sdk_config(endpoint).await)
+}
+
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_cloudformation::config::Credentials::new("test", "test", None, None, "testkit"))
         .retry_config(RetryConfig::standard().with_max_attempts(4).with_initial_backoff(Duration::from_millis(20)))
         .load()
-        .await;
-    Aws::new(&config)
+        .await
 }
 
 pub struct TestEnv {
+    /// The test's own connection to previewd's database (SQLite in WAL mode takes several).
+    pub store: previewd_store::Store,
     pub moto: Moto,
     pub proxy: AwsProxy,
     pub github: FakeGitHub,
@@ -64,7 +69,10 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("previewd.toml");
         std::fs::write(&config_path, config_text(&dir, &github, &seeded, extra)).expect("config");
+        let db = format!("sqlite://{}", dir.path().join("previewd.db").display());
+        let store = previewd_store::Store::connect(&db).await.expect("test database");
         let mut env = Self {
+            store,
             moto,
             proxy,
             github,
@@ -96,6 +104,16 @@ impl TestEnv {
         if let Some(app) = self.app.take() {
             app.stop().await.expect("stops");
         }
+    }
+
+    /// The names previewd gives the branch's environment.
+    pub fn names(&self, branch: &str) -> EnvNames {
+        EnvNames::new(
+            &OwnerId::new("test-owner").expect("owner"),
+            &RepoName::new(REPO).expect("repo"),
+            &BranchName::new(branch).expect("branch"),
+            &DnsZone::new(ZONE).expect("zone"),
+        )
     }
 
     pub fn app(&self) -> &Application {
@@ -148,7 +166,7 @@ impl TestEnv {
     pub async fn env(&self, branch: &str) -> Option<EnvRecord> {
         let repo = RepoName::new(REPO).expect("repo");
         let branch = BranchName::new(branch).expect("branch");
-        self.app().store().find(&repo, &branch).await.expect("store")
+        self.store.find(&repo, &branch).await.expect("store")
     }
 
     /// Waits until the branch's environment satisfies `done`, and returns it.
@@ -163,7 +181,7 @@ impl TestEnv {
             }
             if tokio::time::Instant::now() > deadline {
                 let events = match &env {
-                    Some(e) => self.app().store().events(e.id, 50).await.unwrap_or_default(),
+                    Some(e) => self.store.events(e.id, 50).await.unwrap_or_default(),
                     None => vec![],
                 };
                 panic!("{branch}: not {what} within {WAIT:?}: {env:#?}\nevents: {events:#?}");
@@ -179,6 +197,68 @@ impl TestEnv {
 
     pub async fn direct_aws(&self) -> Aws {
         aws_for(&self.moto.endpoint).await
+    }
+
+    /// An S3 client straight to moto, to put what an application would into its buckets.
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        let config = sdk_config(&self.moto.endpoint).await;
+        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build())
+    }
+
+    /// Sends webhooks to a previewd running elsewhere (a child process) instead.
+    pub fn set_target(&mut self, addr: std::net::SocketAddr) {
+        self.base = format!("http://{addr}");
+    }
+
+    /// Nothing in moto that live branches do not explain: every stack, bucket and DNS record belongs to
+    /// the application stack or to the environment of one of `live` branches.
+    pub async fn assert_clean(&self, live: &[&str]) {
+        let config = sdk_config(&self.moto.endpoint).await;
+        let cfn = aws_sdk_cloudformation::Client::new(&config);
+        let mut allowed_stacks = vec![];
+        let mut allowed_names = vec![];
+        for b in live {
+            let env = self.env(b).await.expect("live branch has an environment");
+            allowed_stacks.push(env.stack_name.clone());
+            allowed_names.push(format!("{}.", env.dns_name));
+            allowed_names.push(format!("_previewd.{}.", env.dns_name));
+        }
+        let stacks = cfn.describe_stacks().send().await.expect("describe stacks");
+        let mut live_buckets = vec![];
+        for s in stacks.stacks() {
+            let name = s.stack_name().unwrap_or_default();
+            if s.stack_status().map(|st| st.as_str()) == Some("DELETE_COMPLETE") {
+                continue;
+            }
+            let is_app = name.ends_with("-staging") || name.ends_with("-production");
+            assert!(
+                is_app || allowed_stacks.iter().any(|a| a == name),
+                "stack {name} is not explained by a live branch"
+            );
+            if !is_app {
+                live_buckets
+                    .extend(self.direct_aws().await.stack_resources(name, "AWS::S3::Bucket").await.expect("resources"));
+            }
+        }
+        let s3 = self.s3().await;
+        for b in s3.list_buckets().send().await.expect("buckets").buckets() {
+            let name = b.name().unwrap_or_default();
+            assert!(live_buckets.iter().any(|l| l == name), "bucket {name} is not explained by a live branch");
+        }
+        let r53 = aws_sdk_route53::Client::new(&config);
+        let zone = &self.seeded.zones[ZONE].hosted_zone_id;
+        let records = r53.list_resource_record_sets().hosted_zone_id(zone).send().await.expect("records");
+        for r in records.resource_record_sets() {
+            let kind = r.r#type().as_str();
+            if kind == "SOA" || kind == "NS" {
+                continue;
+            }
+            assert!(
+                allowed_names.iter().any(|a| a == r.name()),
+                "{kind} record {} is not explained by a live branch",
+                r.name()
+            );
+        }
     }
 
     /// Environment variables that point a `previewd` process at this test's AWS and GitHub.

@@ -36,8 +36,12 @@ pub struct FakeGitHub {
 impl FakeGitHub {
     /// Serves on a free port; `prefix` is `""` for github.com or `"/api/v3"` for Enterprise.
     pub async fn start(prefix: &str) -> Self {
+        Self::start_on("127.0.0.1:0", prefix).await
+    }
+
+    pub async fn start_on(addr: &str, prefix: &str) -> Self {
         let state = Arc::new(Mutex::new(GhState::default()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let fake = Self { state: state.clone(), addr, prefix: prefix.to_owned() };
         let app = Router::new().fallback(handle).with_state(fake.clone());

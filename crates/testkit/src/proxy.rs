@@ -221,15 +221,40 @@ impl AwsProxy {
         }
     }
 
-    async fn stack_buckets(&self, stack: &str) -> Vec<String> {
+    async fn stack_resources(&self, stack: &str, kind: &str) -> Vec<String> {
         let xml = self
             .upstream_form(&[("Action", "ListStackResources"), ("StackName", stack), ("Version", "2010-05-15")])
             .await;
         blocks(&xml, "member")
             .into_iter()
-            .filter(|m| first(m, "ResourceType").as_deref() == Some("AWS::S3::Bucket"))
+            .filter(|m| first(m, "ResourceType").as_deref() == Some(kind))
             .filter_map(|m| first(&m, "PhysicalResourceId"))
             .collect()
+    }
+
+    async fn stack_buckets(&self, stack: &str) -> Vec<String> {
+        self.stack_resources(stack, "AWS::S3::Bucket").await
+    }
+
+    /// moto deletes a stack but not its load-balancer listener rules (its rule model has no
+    /// CloudFormation delete); AWS removes them, so a re-created stack can take the same priority.
+    async fn delete_listener_rules(&self, rules: &[String]) {
+        for rule in rules {
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([("Action", "DeleteRule"), ("RuleArn", rule.as_str()), ("Version", "2015-12-01")])
+                .finish();
+            let _ = self
+                .client
+                .post(format!("{}/", self.upstream))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header(
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/elasticloadbalancing/aws4_request",
+                )
+                .body(body)
+                .send()
+                .await;
+        }
     }
 
     async fn s3(&self, method: Method, path_query: &str, body: Option<&'static str>) -> String {
@@ -462,6 +487,11 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         }
     }
 
+    let rules = match (&stack, action.as_str()) {
+        (Some(name), "DeleteStack") => proxy.stack_resources(name, "AWS::ElasticLoadBalancingV2::ListenerRule").await,
+        _ => vec![],
+    };
+
     // Forward to moto.
     let mut upstream = proxy.client.request(
         parts.method.clone(),
@@ -479,6 +509,9 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
     let status = answer.status();
     let headers = answer.headers().clone();
     let mut text = answer.bytes().await.unwrap_or_default().to_vec();
+    if status.is_success() && !rules.is_empty() {
+        proxy.delete_listener_rules(&rules).await;
+    }
 
     let mut st = proxy.lock();
     st.calls.push(Call { service: service.clone(), action: action.clone(), stack: stack.clone(), injected: false });
@@ -500,7 +533,10 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         if action == "DescribeStacks"
             && let Some(o) = st.overrides.iter().find(|o| o.active && &o.stack == name)
         {
-            let body = String::from_utf8_lossy(&text).into_owned();
+            let mut body = String::from_utf8_lossy(&text).into_owned();
+            if let (Some(s), Some(e)) = (body.find("<StackStatusReason>"), body.find("</StackStatusReason>")) {
+                body.replace_range(s..e + "</StackStatusReason>".len(), "");
+            }
             if let (Some(s), Some(e)) = (body.find("<StackStatus>"), body.find("</StackStatus>")) {
                 let rewritten = format!(
                     "{}<StackStatus>{}</StackStatus><StackStatusReason>{}</StackStatusReason>{}",
