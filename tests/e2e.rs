@@ -289,9 +289,15 @@ async fn no_updates_and_throttling_converge() {
     // Throttled beyond the SDK's own retries: the reconciler backs off and tries again.
     t.proxy.throttle("CreateStack", 6);
     t.proxy.throttle("DescribeStacks", 2);
+    // And GitHub answers 502 twice.
+    t.github.fail_next(2);
     assert_eq!(t.push("feat/slow", SHA1).await, 202);
     let env = ready(&t, "feat/slow", SHA1).await;
     let log = events(&t, env.id).await;
+    assert!(
+        log.iter().any(|e| e.starts_with("retry: GitHub API get branch acme/shop:feat/slow: HTTP 502")),
+        "{log:#?}"
+    );
     assert!(log.iter().any(|e| e.starts_with("retry: CreateStack: temporarily failing (Throttling)")), "{log:#?}");
     let throttled = t.proxy.calls().iter().filter(|c| c.injected && c.action == "CreateStack").count();
     assert_eq!(throttled, 6);
@@ -398,4 +404,42 @@ async fn a_deletion_wins_over_a_create_in_flight() {
     assert_eq!(t.proxy.count("CreateStack", &stack), 1);
     assert!(env.deployed_sha.is_none(), "never reported ready");
     t.assert_clean(&[]).await;
+}
+
+/// A copy of the shipped blueprints whose webapp environment template is over 51,200 bytes.
+fn padded_stacks(dir: &std::path::Path) -> std::path::PathBuf {
+    let stacks = dir.join("stacks");
+    let src = previewd_testkit::workspace_root().join("stacks/webapp");
+    std::fs::create_dir_all(stacks.join("webapp")).expect("mkdir");
+    for f in std::fs::read_dir(&src).expect("blueprint") {
+        let f = f.expect("entry");
+        std::fs::copy(f.path(), stacks.join("webapp").join(f.file_name())).expect("copy");
+    }
+    let path = stacks.join("webapp/environment.json");
+    let mut t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    t["Resources"]["LogGroup"]["Metadata"] = serde_json::json!({ "Padding": "x".repeat(60_000) });
+    std::fs::write(&path, t.to_string()).expect("write");
+    stacks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_templates_go_through_s3() {
+    let mut t = TestEnv::start().await;
+    t.stop_app().await;
+    let stacks = padded_stacks(t.dir.path());
+    t.s3().await.create_bucket().bucket("previewd-templates").send().await.expect("bucket");
+    let config = std::fs::read_to_string(&t.config_path).expect("config");
+    let config = config.replace("stacks_dir = ", "template_bucket = \"previewd-templates\"\nstacks_dir = ");
+    let config = config.replace(
+        &previewd_testkit::workspace_root().join("stacks").display().to_string(),
+        &stacks.display().to_string(),
+    );
+    std::fs::write(&t.config_path, config).expect("config");
+    t.start_app().await;
+
+    assert_eq!(t.push("feat/big", SHA1).await, 202);
+    let env = ready(&t, "feat/big", SHA1).await;
+    let keys = t.s3().await.list_objects_v2().bucket("previewd-templates").send().await.expect("list");
+    let uploaded: Vec<_> = keys.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(uploaded.iter().any(|k| k.starts_with(&format!("{}/", env.stack_name))), "{uploaded:?}");
 }

@@ -150,7 +150,6 @@ pub struct Aws {
     cfn: cfn::Client,
     pub(crate) s3: aws_sdk_s3::Client,
     pub(crate) route53: aws_sdk_route53::Client,
-    endpoint: Option<String>,
     region: String,
 }
 
@@ -167,15 +166,14 @@ impl Aws {
     }
 
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        let endpoint = config.endpoint_url().map(str::to_owned);
         // An emulator or a proxy answers on one host: address buckets by path, not by subdomain.
-        let s3_config = aws_sdk_s3::config::Builder::from(config).force_path_style(endpoint.is_some()).build();
+        let s3_config =
+            aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some()).build();
         Self {
             cfn: cfn::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             route53: aws_sdk_route53::Client::new(config),
             region: config.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string()),
-            endpoint,
         }
     }
 
@@ -337,10 +335,8 @@ impl Aws {
             .send()
             .await
             .map_err(|e| classify("PutObject", e))?;
-        Ok(match &self.endpoint {
-            Some(ep) => format!("{}/{bucket}/{key}", ep.trim_end_matches('/')),
-            None => format!("https://{bucket}.s3.{}.amazonaws.com/{key}", self.region),
-        })
+        // The virtual-hosted form CloudFormation reads from (an emulator resolves it in its own S3).
+        Ok(format!("https://{bucket}.s3.{}.amazonaws.com/{key}", self.region))
     }
 }
 

@@ -58,9 +58,9 @@ impl Application {
                 RepoSetup { blueprint: repo.blueprint.clone(), zone, layers: repo.layers.clone() },
             );
         }
-        let store = Store::connect(&config.database_url)
+        let store = Store::connect(config.database_url.expose())
             .await
-            .with_context(|| format!("cannot open the database {}", redact_url(&config.database_url)))?;
+            .with_context(|| format!("cannot open the database {}", redact_url(config.database_url.expose())))?;
         let github = GitHub::new(&config.github_api_url, config.github_token.as_ref())?;
         let setup = Setup {
             owner: owner.clone(),

@@ -88,7 +88,8 @@ pub struct Config {
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
     pub listen: SocketAddr,
-    pub database_url: String,
+    /// May hold a password: shown redacted.
+    pub database_url: Secret,
     pub github_api_url: String,
     pub github_token: Option<Secret>,
     pub webhook_secrets: Vec<Secret>,
@@ -227,9 +228,9 @@ impl Config {
         let config = Config {
             file: path.map(Path::to_owned),
             listen,
-            database_url: var("PREVIEWD_DATABASE_URL")
-                .or(file.database_url)
-                .unwrap_or_else(|| "sqlite://previewd.db".to_owned()),
+            database_url: Secret::new(
+                var("PREVIEWD_DATABASE_URL").or(file.database_url).unwrap_or_else(|| "sqlite://previewd.db".to_owned()),
+            ),
             github_api_url: var("PREVIEWD_GITHUB_API_URL")
                 .or(file.github.api_url)
                 .unwrap_or_else(|| "https://api.github.com".to_owned()),
@@ -309,7 +310,7 @@ mod tests {
     fn defaults_match_the_interface() {
         let c = Config::load(None, env(&[])).expect("loads");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.database_url, "sqlite://previewd.db");
+        assert_eq!(c.database_url.expose(), "sqlite://previewd.db");
         assert_eq!(c.github_api_url, "https://api.github.com");
         assert_eq!(c.stacks_dir, PathBuf::from("stacks"));
         assert_eq!(c.reaper_grace, Duration::from_secs(600));

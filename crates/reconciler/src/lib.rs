@@ -221,12 +221,15 @@ impl Reconciler {
         while workers.join_next().await.is_some() {}
     }
 
-    /// Enqueues every environment that is not settled as deleted, and forgets old deliveries.
+    /// Enqueues every environment that is not settled, and forgets old deliveries. Settled: deleted and
+    /// not wanted, or `failed` (a person acts, or a new push asks again: retrying on a timer would
+    /// repeat what already failed).
     pub async fn resync(&self) -> Result<usize, StoreError> {
         let envs = self.inner.store.list().await?;
         let mut n = 0;
         for env in envs {
-            let settled = env.status == Status::Deleted && env.desired == previewd_domain::Desired::Absent;
+            let settled = env.status == Status::Failed
+                || (env.status == Status::Deleted && env.desired == previewd_domain::Desired::Absent);
             if !settled {
                 self.inner.queue.enqueue(env.id);
                 n += 1;

@@ -203,6 +203,14 @@ async fn converge(
     sha: &CommitSha,
     stack: Option<Stack>,
 ) -> Result<Action, ReconcileError> {
+    if let Some(s) = &stack
+        && s.in_progress()
+    {
+        // CloudFormation is still working: nothing to render or fetch until it is done.
+        let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
+        record(inner, env, o, None).await?;
+        return Ok(Action::Requeue(poll_delay(inner, env)));
+    }
     let owner = inner.setup.owner.as_str();
     let blueprint = inner
         .blueprints
@@ -242,11 +250,6 @@ async fn converge(
     };
 
     let status = stack.status.as_str();
-    if stack.in_progress() {
-        let o = Observed { status: Status::Provisioning, stack_id: Some(stack.id.clone()), ..env.observed() };
-        record(inner, env, o, None).await?;
-        return Ok(Action::Requeue(poll_delay(inner, env)));
-    }
     if status == "ROLLBACK_COMPLETE" {
         // A failed create leaves a stack that can only be deleted; delete it, then create afresh.
         let attempts = env.attempts + 1;

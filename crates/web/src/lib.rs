@@ -21,6 +21,10 @@ use previewd_github::{MAX_BODY_BYTES, WebhookEvent, parse_event, verify_signatur
 use previewd_reconciler::Queue;
 use previewd_store::{DesiredChange, EnvRecord, Recorded, Store};
 use serde::Serialize;
+use tracing::Instrument as _;
+
+/// GitHub's delivery ids are UUIDs; anything much longer is not one.
+const MAX_DELIVERY_ID: usize = 100;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -92,7 +96,7 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     let Some(event) = header_str("x-github-event") else {
         return reject(&state, StatusCode::BAD_REQUEST, "no X-GitHub-Event header");
     };
-    let Some(delivery) = header_str("x-github-delivery").filter(|d| !d.is_empty() && d.len() <= 100) else {
+    let Some(delivery) = header_str("x-github-delivery").filter(|d| !d.is_empty() && d.len() <= MAX_DELIVERY_ID) else {
         return reject(&state, StatusCode::BAD_REQUEST, "no valid X-GitHub-Delivery header");
     };
     let parsed = match parse_event(event, &bytes) {
@@ -100,7 +104,11 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) 
         Err(e) => return reject(&state, StatusCode::BAD_REQUEST, e.to_string()),
     };
     let span = tracing::info_span!("webhook", event, delivery);
-    let _guard = span.enter();
+    record(&state, event, delivery, parsed).instrument(span).await
+}
+
+/// Records what a verified, parsed webhook asks for, and enqueues the environment.
+async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEvent) -> Response {
     let (repo, branch, desired, reason) = match parsed {
         WebhookEvent::Ping => {
             state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
