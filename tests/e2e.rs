@@ -443,3 +443,45 @@ async fn large_templates_go_through_s3() {
     let uploaded: Vec<_> = keys.contents().iter().filter_map(|o| o.key()).collect();
     assert!(uploaded.iter().any(|k| k.starts_with(&format!("{}/", env.stack_name))), "{uploaded:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_is_the_truth_both_ways_but_a_lost_token_deletes_nothing() {
+    let mut t = TestEnv::start().await;
+    assert_eq!(t.push("feat/again", SHA1).await, 202);
+    ready(&t, "feat/again", SHA1).await;
+
+    // Deleted and created again at once; the `delete` arrives last. GitHub still has the branch.
+    t.github.set_branch(REPO, "feat/again", SHA2);
+    let late_delete = serde_json::to_vec(&webhook::branch_event("delete", REPO, "feat/again")).expect("json");
+    assert_eq!(t.deliver("delete", &late_delete, None, None).await, 202);
+    let env = ready(&t, "feat/again", SHA2).await;
+    assert!(events(&t, env.id).await.iter().any(|e| e.contains("GitHub: the branch is at 2222222")));
+
+    // The token loses access: GitHub answers 404 for the branch and for the repository. Nothing goes.
+    t.github.hide_repo(REPO, true);
+    t.app().reconciler().resync().await.expect("resync");
+    let env = t
+        .wait_for("feat/again", "retrying", |e| {
+            e.last_error.as_deref().is_some_and(|m| m.contains("does not show repository"))
+        })
+        .await;
+    assert_eq!(env.status, Status::Ready);
+    assert!(t.stack(&env.stack_name).await.is_some(), "nothing deleted");
+    assert_eq!(t.proxy.count("DeleteStack", &env.stack_name), 0);
+    t.github.hide_repo(REPO, false);
+    t.wait_for("feat/again", "recovered", |e| e.status == Status::Ready && e.last_error.is_none()).await;
+
+    // Another replica is updating the application stack: "in UPDATE_IN_PROGRESS state" is retried.
+    let app = "previewd-acme-shop-9c20806a-staging";
+    t.proxy.fail(
+        "cloudformation",
+        "CreateStack",
+        1,
+        400,
+        "ValidationError",
+        &format!("Stack:arn:aws:cloudformation:us-east-1:123456789012:stack/{app}/x is in UPDATE_IN_PROGRESS state and can not be updated."),
+    );
+    assert_eq!(t.push("feat/other", SHA1).await, 202);
+    let env = ready(&t, "feat/other", SHA1).await;
+    assert!(events(&t, env.id).await.iter().any(|e| e.starts_with("retry:") && e.contains("UPDATE_IN_PROGRESS state")));
+}

@@ -22,7 +22,9 @@ CREATE TABLE environments (
     last_error      TEXT,
     rule_priority   INTEGER,
     seeded_at       INTEGER,
+    -- stack operations tried for the current desired state, and transient errors in a row
     attempts        INTEGER NOT NULL DEFAULT 0,
+    retries         INTEGER NOT NULL DEFAULT 0,
     -- one reconcile at a time, across replicas
     lease_owner     TEXT,
     lease_until     INTEGER,

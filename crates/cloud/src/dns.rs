@@ -10,13 +10,14 @@ use crate::{Aws, CloudError, classify};
 /// Short, so a re-pointed name takes effect soon; previews come and go.
 const RECORD_TTL: i64 = 60;
 
-/// The ownership marker's text: `heritage=previewd,previewd/owner=<owner>,previewd/env=<env key>`.
+/// The ownership marker's text:
+/// `heritage=previewd,previewd/owner=<owner>,previewd/repo=<owner/name>,previewd/env=<env key>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnershipMarker(pub String);
 
 impl OwnershipMarker {
-    pub fn new(owner: &str, env_key: &str) -> Self {
-        Self(format!("\"heritage=previewd,previewd/owner={owner},previewd/env={env_key}\""))
+    pub fn new(owner: &str, repo: &str, env_key: &str) -> Self {
+        Self(format!("\"heritage=previewd,previewd/owner={owner},previewd/repo={repo},previewd/env={env_key}\""))
     }
 }
 

@@ -80,10 +80,14 @@ where
     let code = err.code().unwrap_or("").to_owned();
     let status = err.raw_response().map(|r| r.status().as_u16());
     let message = err.message().map(str::to_owned).unwrap_or_else(|| DisplayErrorContext(&err).to_string());
+    // "Stack … is in UPDATE_IN_PROGRESS state and can not be updated": another replica (or a person) is
+    // already changing it; once that is done the same request may well go through.
+    let busy = code == "ValidationError" && message.contains("_IN_PROGRESS state");
     let transient =
         matches!(err, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_))
             || status.is_some_and(|s| s >= 500)
-            || RETRYABLE_CODES.contains(&code.as_str());
+            || RETRYABLE_CODES.contains(&code.as_str())
+            || busy;
     let code =
         if code.is_empty() { status.map_or_else(|| "NoResponse".to_owned(), |s| format!("HTTP{s}")) } else { code };
     if transient { CloudError::Retryable { op, code, message } } else { CloudError::Terminal { op, code, message } }

@@ -93,6 +93,12 @@ impl GitHub {
         }
     }
 
+    /// Does GitHub show the repository to this token? (A branch 404 proves absence only if it does.)
+    pub async fn repo_visible(&self, repo: &RepoName) -> Result<bool, GithubError> {
+        let what = format!("get repository {repo}");
+        Ok(self.get::<serde_json::Value>(&Self::repo_path(repo), &what).await?.is_some())
+    }
+
     /// A file's text at a commit, or `None` when it does not exist there.
     pub async fn file_at(&self, repo: &RepoName, path: &str, sha: &CommitSha) -> Result<Option<String>, GithubError> {
         let what = format!("get {path} of {repo} at {}", sha.short());

@@ -80,6 +80,7 @@ impl Application {
             secrets: config.webhook_secrets.clone().into(),
             repos: Arc::new(zones),
             metrics: Arc::new(Metrics::default()),
+            dashboard_token: config.dashboard_token.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -146,7 +146,13 @@ impl Config {
             .context("PREVIEWD_DNS_ZONE / dns_zone")?;
         let webhook_secrets = match var("PREVIEWD_WEBHOOK_SECRET") {
             Some(v) => v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect(),
-            None => file.webhook_secrets.unwrap_or_default().into_iter().map(Secret::new).collect(),
+            None => file
+                .webhook_secrets
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(Secret::new)
+                .collect(),
         };
         let reaper_grace = match var("PREVIEWD_REAPER_GRACE").or(file.reaper.grace) {
             Some(g) => humantime::parse_duration(&g)
@@ -169,6 +175,9 @@ impl Config {
         dur("retry_max", &r.retry_max, &mut tuning.retry_max)?;
         dur("resync_every", &r.resync_every, &mut tuning.resync_every)?;
         dur("lease", &r.lease, &mut tuning.lease)?;
+        if tuning.poll_min > tuning.poll_max || tuning.retry_min > tuning.retry_max {
+            bail!("{source}: [reconciler] poll_min and retry_min must not exceed poll_max and retry_max");
+        }
         if let Some(w) = r.workers {
             tuning.workers = w.max(1);
         }

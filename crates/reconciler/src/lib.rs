@@ -121,7 +121,11 @@ impl From<previewd_cloud::CloudError> for ReconcileError {
 
 impl From<previewd_github::GithubError> for ReconcileError {
     fn from(e: previewd_github::GithubError) -> Self {
-        ReconcileError::Transient(e.to_string())
+        match e {
+            // An answer that will not change by asking again (a settings "file" that is a folder, say).
+            previewd_github::GithubError::Unexpected { .. } => ReconcileError::NeedsHuman(e.to_string()),
+            _ => ReconcileError::Transient(e.to_string()),
+        }
     }
 }
 
@@ -222,14 +226,15 @@ impl Reconciler {
     }
 
     /// Enqueues every environment that is not settled, and forgets old deliveries. Settled: deleted and
-    /// not wanted, or `failed` (a person acts, or a new push asks again: retrying on a timer would
-    /// repeat what already failed).
+    /// not wanted, or `failed` while wanted (a person acts, or a new push asks again: retrying a
+    /// deployment on a timer would repeat what already failed).
     pub async fn resync(&self) -> Result<usize, StoreError> {
         let envs = self.inner.store.list().await?;
         let mut n = 0;
         for env in envs {
-            let settled = env.status == Status::Failed
-                || (env.status == Status::Deleted && env.desired == previewd_domain::Desired::Absent);
+            let wanted = env.desired != previewd_domain::Desired::Absent;
+            // A failed teardown is tried again: a stack left behind costs money until it goes.
+            let settled = (env.status == Status::Failed && wanted) || (env.status == Status::Deleted && !wanted);
             if !settled {
                 self.inner.queue.enqueue(env.id);
                 n += 1;
@@ -255,6 +260,11 @@ impl Reconciler {
             }
         }
         let result = reconcile::reconcile(&self.inner, id).await;
+        if result.is_ok()
+            && let Err(e) = self.inner.store.reset_retries(id).await
+        {
+            tracing::warn!(error = ?e, "cannot reset retries");
+        }
         let requeue = match result {
             Ok(Action::Done) => None,
             Ok(Action::Requeue(d)) => Some(d),
@@ -276,10 +286,10 @@ impl Reconciler {
         observed.last_error = Some(message.clone());
         let requeue = match error {
             ReconcileError::Transient(_) => {
-                observed.attempts += 1;
-                let exp = observed.attempts.clamp(1, 16) as u32 - 1;
+                observed.retries += 1;
+                let exp = observed.retries.clamp(1, 16) as u32 - 1;
                 let base = t.retry_min.saturating_mul(2u32.saturating_pow(exp)).min(t.retry_max);
-                tracing::warn!(error = %message, attempts = observed.attempts, "will retry");
+                tracing::warn!(error = %message, retries = observed.retries, "will retry");
                 Some(jitter(base))
             }
             ReconcileError::NeedsHuman(_) => {

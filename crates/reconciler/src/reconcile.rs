@@ -65,23 +65,33 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
     }
 }
 
-/// GitHub's answer is the truth: a stale push must not resurrect a deleted branch, and a missed push
-/// must not leave an old commit deployed.
+/// GitHub's answer is the truth, both ways: a stale push must not resurrect a deleted branch, a late
+/// `delete` must not remove a branch that was created again, and a missed push must not leave an old
+/// commit deployed. A 404 for the branch proves absence only while GitHub still shows the repository:
+/// a token that lost access must not tear every environment down.
 async fn confirm_with_github(inner: &Inner, env: &EnvRecord) -> Result<Desired, ReconcileError> {
-    let Desired::Present { sha } = &env.desired else { return Ok(Desired::Absent) };
-    match inner.github.branch_head(&env.repo, &env.branch).await? {
+    let head = match inner.github.branch_head(&env.repo, &env.branch).await? {
+        Some(head) => Some(head),
+        None if inner.github.repo_visible(&env.repo).await? => None,
         None => {
-            inner.store.set_desired(env.id, &Desired::Absent, "GitHub: the branch does not exist").await?;
-            Ok(Desired::Absent)
+            return Err(ReconcileError::Transient(format!(
+                "GitHub does not show repository {} to previewd's token (404): check its access; nothing is changed meanwhile",
+                env.repo
+            )));
         }
-        Some(head) if sha.as_ref() != Some(&head) => {
-            let why = format!("GitHub: the branch is at {}", head.short());
-            let desired = Desired::Present { sha: Some(head) };
-            inner.store.set_desired(env.id, &desired, &why).await?;
-            Ok(desired)
-        }
-        Some(_) => Ok(env.desired.clone()),
+    };
+    let truth = match head {
+        None => Desired::Absent,
+        Some(head) => Desired::Present { sha: Some(head) },
+    };
+    if truth != env.desired {
+        let why = match &truth {
+            Desired::Absent => "GitHub: the branch does not exist".to_owned(),
+            Desired::Present { sha } => format!("GitHub: the branch is at {}", sha.as_ref().map_or("?", |s| s.short())),
+        };
+        inner.store.set_desired(env.id, &truth, &why).await?;
     }
+    Ok(truth)
 }
 
 /// The gap before the next look at a stack operation: a quarter of the time since the environment last
@@ -122,13 +132,18 @@ async fn teardown(
     repo: &RepoSetup,
     stack: Option<Stack>,
 ) -> Result<Action, ReconcileError> {
-    let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.env_key.as_str());
-    let zone = zone_id(inner, repo).await?;
-    match inner.aws.delete_dns(&zone, &env.dns_name, &marker).await {
-        Ok(true) => inner.store.add_event(env.id, "dns", &format!("removed {}", env.dns_name)).await?,
-        Ok(false) => {}
-        Err(e) if e.code() == "NotOwned" => tracing::warn!(error = %e, "DNS record left alone"),
-        Err(e) => return Err(e.into()),
+    let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
+    match zone_id(inner, repo).await {
+        Ok(zone) => match inner.aws.delete_dns(&zone, &env.dns_name, &marker).await {
+            Ok(true) => inner.store.add_event(env.id, "dns", &format!("removed {}", env.dns_name)).await?,
+            Ok(false) => {}
+            Err(e) if e.code() == "NotOwned" => tracing::warn!(error = %e, "DNS record left alone"),
+            // A record changed between reading and deleting it: look again later, never give up on teardown.
+            Err(e) => return Err(ReconcileError::Transient(e.to_string())),
+        },
+        // No zone, so no record of ours: the stack still goes.
+        Err(ReconcileError::NeedsHuman(e)) => tracing::warn!(error = %e, "no hosted zone: no DNS record to remove"),
+        Err(e) => return Err(e),
     }
     let Some(stack) = stack else {
         let o = Observed { status: Status::Deleted, url: None, last_error: None, attempts: 0, ..env.observed() };
@@ -149,7 +164,7 @@ async fn teardown(
         attempts += 1;
         if attempts > inner.setup.tuning.max_stack_attempts {
             return Err(ReconcileError::NeedsHuman(format!(
-                "stack {} could not be deleted after {} attempts: {}; remove what blocks it, then `previewd envs destroy`",
+                "stack {} could not be deleted after {} attempts: {}; remove what blocks it (previewd tries again at every resync)",
                 stack.name,
                 attempts - 1,
                 stack.reason.as_deref().unwrap_or("DELETE_FAILED")
@@ -160,8 +175,7 @@ async fn teardown(
     for bucket in inner.aws.stack_resources(&stack.id, "AWS::S3::Bucket").await? {
         emptied += inner.aws.empty_bucket(&bucket).await?.versions_deleted;
     }
-    let token = format!("previewd-delete-{}-{}-{}", env.id, env.desired_seq, attempts);
-    inner.aws.delete_stack(&stack.id, &token).await?;
+    inner.aws.delete_stack(&stack.id, &token("delete", env.id)).await?;
     let why = if retry {
         format!("deleting stack {} again after DELETE_FAILED ({emptied} objects emptied)", stack.name)
     } else {
@@ -236,11 +250,11 @@ async fn converge(
 
     let Some(stack) = stack else {
         let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
-        let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("create", env, 0) };
+        let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("create", env.id) };
         let stack_id = match inner.aws.create_stack(&req).await {
             Ok(id) => Some(id),
             // Created by an earlier attempt whose answer was lost: look again.
-            Err(e) if e.code() == "AlreadyExistsException" => return Ok(Action::Requeue(Duration::ZERO)),
+            Err(e) if e.code() == "AlreadyExistsException" => return Ok(Action::Requeue(inner.setup.tuning.poll_min)),
             Err(e) => return Err(e.into()),
         };
         let o = Observed { status: Status::Provisioning, stack_id, last_error: None, ..env.observed() };
@@ -264,7 +278,7 @@ async fn converge(
         for bucket in inner.aws.stack_resources(&stack.id, "AWS::S3::Bucket").await? {
             inner.aws.empty_bucket(&bucket).await?;
         }
-        inner.aws.delete_stack(&stack.id, &token("delete-rollback", env, attempts)).await?;
+        inner.aws.delete_stack(&stack.id, &token("delete-rollback", env.id)).await?;
         let o = Observed { status: Status::Provisioning, attempts, ..env.observed() };
         let why = format!(
             "create rolled back ({}); deleting to create again",
@@ -298,7 +312,7 @@ async fn converge(
             )));
         }
         let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
-        let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("update", env, attempts) };
+        let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("update", env.id) };
         if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
             let o =
                 Observed { status: Status::Provisioning, stack_id: Some(stack.id.clone()), attempts, ..env.observed() };
@@ -313,7 +327,7 @@ async fn converge(
     let endpoint = stack.outputs.get("Endpoint").ok_or_else(|| {
         ReconcileError::NeedsHuman(format!("stack {} has no Endpoint output for the DNS record", stack.name))
     })?;
-    let marker = OwnershipMarker::new(owner, env.env_key.as_str());
+    let marker = OwnershipMarker::new(owner, env.repo.as_str(), env.env_key.as_str());
     inner.aws.upsert_dns(&zone_id(inner, repo).await?, &env.dns_name, endpoint, &marker).await?;
     let url = stack.outputs.get("Url").cloned().unwrap_or_else(|| format!("https://{}", env.dns_name));
     let o = Observed {
@@ -323,6 +337,7 @@ async fn converge(
         url: Some(url.clone()),
         last_error: None,
         attempts: 0,
+        retries: 0,
     };
     let event = (env.status != Status::Ready || env.deployed_sha.as_ref() != Some(sha))
         .then(|| format!("ready at {}: {url}", sha.short()));
@@ -355,8 +370,7 @@ async fn ensure_application(
     let app = inner.aws.describe_stack(app_name).await?;
     let Some(app) = app else {
         let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
-        let req =
-            StackRequest { name: app_name.to_owned(), template, tags, token: format!("previewd-app-create-{hash}") };
+        let req = StackRequest { name: app_name.to_owned(), template, tags, token: token("app-create", env.id) };
         match inner.aws.create_stack(&req).await {
             Ok(_) => {
                 let o = Observed { status: Status::Provisioning, ..env.observed() };
@@ -383,13 +397,11 @@ async fn ensure_application(
             if app.tag(TAG_TEMPLATE) == Some(hash.as_str()) {
                 return Ok(None);
             }
+            if s == "UPDATE_ROLLBACK_COMPLETE" {
+                count_app_attempt(inner, env, &app, "an update of it rolled back").await?;
+            }
             let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
-            let req = StackRequest {
-                name: app_name.to_owned(),
-                template,
-                tags,
-                token: format!("previewd-app-update-{hash}"),
-            };
+            let req = StackRequest { name: app_name.to_owned(), template, tags, token: token("app-update", env.id) };
             match inner.aws.update_stack(&req).await? {
                 UpdateOutcome::Started => {
                     inner.store.add_event(env.id, "update", &format!("updating application stack {app_name}")).await?;
@@ -399,7 +411,8 @@ async fn ensure_application(
             }
         }
         "ROLLBACK_COMPLETE" => {
-            inner.aws.delete_stack(&app.id, &format!("previewd-app-delete-{hash}")).await?;
+            count_app_attempt(inner, env, &app, "it failed to create").await?;
+            inner.aws.delete_stack(&app.id, &token("app-delete", env.id)).await?;
             let why = format!(
                 "application stack {app_name} failed to create ({}); deleting to create again",
                 app.reason.as_deref().unwrap_or("no reason given")
@@ -414,6 +427,22 @@ async fn ensure_application(
     }
 }
 
+/// Counts one more try at a troubled application stack against the environment, and gives up (for a
+/// person to look) once `max_stack_attempts` is spent.
+async fn count_app_attempt(inner: &Inner, env: &EnvRecord, app: &Stack, what: &str) -> Result<(), ReconcileError> {
+    let attempts = env.attempts + 1;
+    if attempts > inner.setup.tuning.max_stack_attempts {
+        return Err(ReconcileError::NeedsHuman(format!(
+            "application stack {} needs a person: {what} {} times; last reason: {}",
+            app.name,
+            attempts - 1,
+            app.reason.as_deref().unwrap_or("none given")
+        )));
+    }
+    inner.store.update_observed(env.id, &Observed { attempts, ..env.observed() }, None).await?;
+    Ok(())
+}
+
 fn env_tags(owner: &str, env: &EnvRecord, sha: &CommitSha, hash: &str) -> Vec<(String, String)> {
     vec![
         (TAG_OWNER.to_owned(), owner.to_owned()),
@@ -425,7 +454,9 @@ fn env_tags(owner: &str, env: &EnvRecord, sha: &CommitSha, hash: &str) -> Vec<(S
     ]
 }
 
-/// A ClientRequestToken: the same for a retried request of one step, different for the next step.
-fn token(op: &str, env: &EnvRecord, attempt: i64) -> String {
-    format!("previewd-{op}-{}-{}-{attempt}", env.id, env.desired_seq)
+/// A ClientRequestToken, new for every request previewd makes (the SDK's own retries of one request
+/// reuse it). CloudFormation silently ignores a request whose token it has seen, so a token is never
+/// reused for another request; a retry after a lost answer is found by describing the stack first.
+fn token(op: &str, id: impl std::fmt::Display) -> String {
+    format!("previewd-{op}-{id}-{}-{:04x}", now_ms(), fastrand::u16(..))
 }

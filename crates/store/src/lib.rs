@@ -25,7 +25,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migr
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://…")]
+    /// Only the scheme is kept: the rest of a URL may hold a password.
+    #[error("unsupported database URL scheme {0:?}: expected sqlite://PATH or postgres://…")]
     Url(String),
     #[error("database {op}: {source}")]
     Db {
@@ -77,6 +78,7 @@ pub struct EnvRecord {
     pub rule_priority: Option<i64>,
     pub seeded_at: Option<i64>,
     pub attempts: i64,
+    pub retries: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -119,7 +121,10 @@ pub struct Observed {
     pub stack_id: Option<String>,
     pub url: Option<String>,
     pub last_error: Option<String>,
+    /// Stack operations tried for the current desired state.
     pub attempts: i64,
+    /// Transient errors in a row (the retry backoff grows with them).
+    pub retries: i64,
 }
 
 impl EnvRecord {
@@ -131,6 +136,7 @@ impl EnvRecord {
             url: self.url.clone(),
             last_error: self.last_error.clone(),
             attempts: self.attempts,
+            retries: self.retries,
         }
     }
 }
@@ -141,7 +147,8 @@ pub fn now_ms() -> i64 {
 }
 
 const ENV_COLUMNS: &str = "id, repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
-     desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, created_at, updated_at";
+     desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, created_at, \
+     updated_at";
 
 fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
@@ -179,6 +186,7 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
         rule_priority: get_oi("rule_priority")?,
         seeded_at: get_oi("seeded_at")?,
         attempts: get_i("attempts")?,
+        retries: get_i("retries")?,
         created_at: get_i("created_at")?,
         updated_at: get_i("updated_at")?,
     })
@@ -201,7 +209,8 @@ impl Store {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(StoreError::Url(url.to_owned()));
+            let scheme: String = url.split(':').next().unwrap_or("").chars().take(20).collect();
+            return Err(StoreError::Url(scheme));
         };
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") => {
@@ -329,7 +338,7 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         sqlx::query(
             "UPDATE environments SET status = $1, deployed_sha = $2, stack_id = $3, url = $4, last_error = $5, \
-             attempts = $6, updated_at = $7 WHERE id = $8",
+             attempts = $6, retries = $7, updated_at = $8 WHERE id = $9",
         )
         .bind(o.status.as_str())
         .bind(o.deployed_sha.as_ref().map(|s| s.to_string()))
@@ -337,6 +346,7 @@ impl Store {
         .bind(o.url.clone())
         .bind(o.last_error.clone())
         .bind(o.attempts)
+        .bind(o.retries)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
@@ -444,6 +454,16 @@ impl Store {
         Err(StoreError::Corrupt { what: "rule priority", value: format!("all {max} taken in {repo}") })
     }
 
+    /// After a reconcile step that went through: the next error starts the backoff afresh.
+    pub async fn reset_retries(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE environments SET retries = 0 WHERE id = $1 AND retries <> 0")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("reset retries"))?;
+        Ok(())
+    }
+
     pub async fn mark_seeded(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE environments SET seeded_at = $1 WHERE id = $2 AND seeded_at IS NULL")
             .bind(now_ms())
@@ -533,7 +553,7 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
         };
         sqlx::query(
             "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
-             desired_at = $3, status = $4, attempts = 0, updated_at = $5 WHERE id = $6",
+             desired_at = $3, status = $4, attempts = 0, retries = 0, updated_at = $5 WHERE id = $6",
         )
         .bind(present)
         .bind(sha)

@@ -129,11 +129,14 @@ async fn observed_state_and_events_round_trip(store: Store) {
         stack_id: Some("arn:aws:cloudformation:us-east-1:1:stack/x/1".into()),
         url: Some("https://x.p.example.com".into()),
         last_error: None,
-        attempts: 0,
+        attempts: 2,
+        retries: 3,
     };
     store.update_observed(id, &o, Some(("ready", "stack CREATE_COMPLETE"))).await.expect("update");
     let env = store.get(id).await.expect("get").expect("env");
     assert_eq!(env.observed(), o);
+    store.reset_retries(id).await.expect("reset");
+    assert_eq!(store.get(id).await.expect("get").expect("env").retries, 0);
     let events = store.events(id, 10).await.expect("events");
     assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["webhook", "ready"]);
     store.set_desired(id, &Desired::Absent, "GitHub: branch not found").await.expect("set");

@@ -18,12 +18,16 @@ use serde_json::json;
 struct GhState {
     /// (repo, branch) → head sha
     branches: BTreeMap<(String, String), String>,
+    /// repositories GitHub shows (any that ever had a branch)
+    repos: std::collections::BTreeSet<String>,
     /// (repo, sha, path) → text
     files: BTreeMap<(String, String, String), String>,
     /// every request path, decoded
     requests: Vec<String>,
     /// answer this many requests with 502
     fail_next: usize,
+    /// repositories answered with 404 throughout, as for a token that lost access
+    hidden: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +63,9 @@ impl FakeGitHub {
     }
 
     pub fn set_branch(&self, repo: &str, branch: &str, sha: &str) {
-        self.lock().branches.insert((repo.to_owned(), branch.to_owned()), sha.to_owned());
+        let mut st = self.lock();
+        st.repos.insert(repo.to_owned());
+        st.branches.insert((repo.to_owned(), branch.to_owned()), sha.to_owned());
     }
 
     pub fn delete_branch(&self, repo: &str, branch: &str) {
@@ -68,6 +74,16 @@ impl FakeGitHub {
 
     pub fn set_file(&self, repo: &str, sha: &str, path: &str, text: &str) {
         self.lock().files.insert((repo.to_owned(), sha.to_owned(), path.to_owned()), text.to_owned());
+    }
+
+    /// Answers 404 for the repository and everything in it (`false`: shows it again).
+    pub fn hide_repo(&self, repo: &str, hidden: bool) {
+        let mut st = self.lock();
+        if hidden {
+            st.hidden.insert(repo.to_owned());
+        } else {
+            st.hidden.remove(repo);
+        }
     }
 
     pub fn fail_next(&self, n: usize) {
@@ -115,7 +131,20 @@ async fn handle(State(fake): State<FakeGitHub>, req: Request) -> Response {
         return (StatusCode::BAD_GATEWAY, axum::Json(json!({"message": "Server Error"}))).into_response();
     }
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    if let ["repos", owner, name, ..] = segs.as_slice()
+        && st.hidden.contains(&format!("{owner}/{name}"))
+    {
+        return not_found();
+    }
     match segs.as_slice() {
+        ["repos", owner, name] => {
+            let repo = format!("{owner}/{name}");
+            if st.repos.contains(&repo) {
+                axum::Json(json!({"full_name": repo, "private": true, "default_branch": "main"})).into_response()
+            } else {
+                not_found()
+            }
+        }
         ["repos", owner, name, "branches"] => {
             let repo = format!("{owner}/{name}");
             let per_page: usize = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30);

@@ -2,6 +2,7 @@
 //! Handlers record and enqueue; they never call AWS or reconcile inline, so GitHub gets its answer in
 //! milliseconds.
 
+mod auth;
 mod dashboard;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ pub struct AppState {
     /// The repositories served and the zone each one's environments are named under.
     pub repos: Arc<BTreeMap<RepoName, DnsZone>>,
     pub metrics: Arc<Metrics>,
+    /// When set, the dashboard, the API and the metrics require it.
+    pub dashboard_token: Option<Secret>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -58,13 +61,17 @@ pub struct Metrics {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/webhooks/github", post(webhook))
+    let protected = Router::new()
         .route("/api/environments", get(list_environments))
         .route("/api/environments/{id}/events", get(environment_events))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard::page))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
+    Router::new()
+        .route("/webhooks/github", post(webhook))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/login", post(auth::login))
+        .merge(protected)
         .with_state(state)
 }
 
