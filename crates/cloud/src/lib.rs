@@ -148,6 +148,24 @@ pub struct StackEvent {
     pub reason: Option<String>,
 }
 
+/// A CreateStack or UpdateStack call (two builder types with the same setters) for `req`: name, token,
+/// IAM capabilities, tags and the template by body or by URL.
+macro_rules! stack_call {
+    ($builder:expr, $req:expr) => {{
+        let req: &StackRequest = $req;
+        let call = $builder
+            .stack_name(&req.name)
+            .client_request_token(&req.token)
+            .capabilities(Capability::CapabilityIam)
+            .capabilities(Capability::CapabilityNamedIam)
+            .set_tags(Some(tags(&req.tags)));
+        match &req.template {
+            Template::Body(b) => call.template_body(b),
+            Template::Url(u) => call.template_url(u),
+        }
+    }};
+}
+
 /// The three AWS clients, built once from one configuration.
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -223,36 +241,14 @@ impl Aws {
     /// Starts creating a stack; returns its id. A stack of that name that already exists is an error of
     /// code `AlreadyExistsException`, which the caller resolves by describing it.
     pub async fn create_stack(&self, req: &StackRequest) -> Result<String, CloudError> {
-        let mut call = self
-            .cfn
-            .create_stack()
-            .stack_name(&req.name)
-            .client_request_token(&req.token)
-            .capabilities(Capability::CapabilityIam)
-            .capabilities(Capability::CapabilityNamedIam)
-            .set_tags(Some(tags(&req.tags)));
-        call = match &req.template {
-            Template::Body(b) => call.template_body(b),
-            Template::Url(u) => call.template_url(u),
-        };
+        let call = stack_call!(self.cfn.create_stack(), req);
         let out = call.send().await.map_err(|e| classify("CreateStack", e))?;
         Ok(out.stack_id().unwrap_or(&req.name).to_owned())
     }
 
     /// Starts updating a stack. "No updates are to be performed" is success ([`UpdateOutcome::NoChanges`]).
     pub async fn update_stack(&self, req: &StackRequest) -> Result<UpdateOutcome, CloudError> {
-        let mut call = self
-            .cfn
-            .update_stack()
-            .stack_name(&req.name)
-            .client_request_token(&req.token)
-            .capabilities(Capability::CapabilityIam)
-            .capabilities(Capability::CapabilityNamedIam)
-            .set_tags(Some(tags(&req.tags)));
-        call = match &req.template {
-            Template::Body(b) => call.template_body(b),
-            Template::Url(u) => call.template_url(u),
-        };
+        let call = stack_call!(self.cfn.update_stack(), req);
         match call.send().await {
             Ok(_) => Ok(UpdateOutcome::Started),
             Err(e)
