@@ -47,7 +47,9 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
         return Ok(Action::Done);
     }
 
-    let desired = confirm_with_github(inner, &env).await?;
+    // Absence was confirmed before the teardown began; its polls need not ask GitHub again.
+    let tearing_down = env.desired == Desired::Absent && env.status == Status::Deleting;
+    let desired = if tearing_down { Desired::Absent } else { confirm_with_github(inner, &env).await? };
     let stack = inner.aws.describe_stack(&env.stack_name).await?;
     if let Some(s) = &stack
         && s.tag(TAG_OWNER) != Some(inner.setup.owner.as_str())
