@@ -58,7 +58,7 @@ pub struct Store {
 }
 
 /// One environment as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvRecord {
     pub id: i64,
     pub repo: RepoName,
@@ -66,7 +66,6 @@ pub struct EnvRecord {
     pub env_key: EnvKey,
     pub stack_name: String,
     pub dns_name: String,
-    #[serde(skip)]
     pub desired: Desired,
     pub desired_seq: i64,
     pub desired_at: i64,
@@ -423,30 +422,27 @@ impl Store {
     /// The environment's listener rule priority: kept once given, otherwise the first free one from
     /// `hint` on (1..=`max`), unique per repository.
     pub async fn allocate_priority(&self, id: i64, repo: &RepoName, hint: i64, max: i64) -> Result<i64, StoreError> {
+        let current = || async {
+            let env = self.get(id).await?.ok_or(StoreError::Corrupt { what: "environment", value: id.to_string() })?;
+            Ok::<_, StoreError>(env.rule_priority)
+        };
+        if let Some(p) = current().await? {
+            return Ok(p);
+        }
+        // The unique index on (repo, rule_priority) decides which candidate is free.
         for k in 0..max {
-            if let Some(env) = self.get(id).await?
-                && let Some(p) = env.rule_priority
-            {
-                return Ok(p);
-            }
             let candidate = (hint - 1 + k).rem_euclid(max) + 1;
-            let taken: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM environments WHERE repo = $1 AND rule_priority = $2")
-                    .bind(repo.as_str())
-                    .bind(candidate)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db("allocate priority"))?;
-            if taken.is_some() {
-                continue;
-            }
             let r = sqlx::query("UPDATE environments SET rule_priority = $1 WHERE id = $2 AND rule_priority IS NULL")
                 .bind(candidate)
                 .bind(id)
                 .execute(&self.pool)
                 .await;
             match r {
-                Ok(_) => continue, // the next turn reads back what was stored (ours, or a concurrent one)
+                Ok(r) if r.rows_affected() == 1 => return Ok(candidate),
+                // Given one meanwhile (a concurrent reconcile): that one stands.
+                Ok(_) => {
+                    return current().await?.ok_or(StoreError::Corrupt { what: "environment", value: id.to_string() });
+                }
                 Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => continue,
                 Err(e) => return Err(db("allocate priority")(e)),
             }
