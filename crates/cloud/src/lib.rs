@@ -213,31 +213,6 @@ impl Aws {
         Ok(out.stacks().first().map(stack_from).filter(|s| s.status != "DELETE_COMPLETE"))
     }
 
-    /// Every live stack carrying the tag `key` = `value` (for the reaper).
-    pub async fn stacks_tagged(&self, key: &str, value: &str) -> Result<Vec<Stack>, CloudError> {
-        let mut stacks = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .cfn
-                .describe_stacks()
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| classify("DescribeStacks", e))?;
-            stacks.extend(
-                out.stacks()
-                    .iter()
-                    .map(stack_from)
-                    .filter(|s| s.status != "DELETE_COMPLETE" && s.tag(key) == Some(value)),
-            );
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(stacks);
-            }
-        }
-    }
-
     /// Starts creating a stack; returns its id. A stack of that name that already exists is an error of
     /// code `AlreadyExistsException`, which the caller resolves by describing it.
     pub async fn create_stack(&self, req: &StackRequest) -> Result<String, CloudError> {
@@ -275,30 +250,22 @@ impl Aws {
 
     /// The physical ids of the stack's resources of one type (e.g. `AWS::S3::Bucket`).
     pub async fn stack_resources(&self, stack: &str, resource_type: &str) -> Result<Vec<String>, CloudError> {
-        let mut ids = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .cfn
-                .list_stack_resources()
-                .stack_name(stack)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| classify("ListStackResources", e))?;
-            for r in out.stack_resource_summaries() {
-                if r.resource_type() == Some(resource_type)
-                    && r.resource_status().is_none_or(|s| s.as_str() != "DELETE_COMPLETE")
-                    && let Some(id) = r.physical_resource_id()
-                {
-                    ids.push(id.to_owned());
-                }
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(ids);
-            }
-        }
+        let resources = self
+            .cfn
+            .list_stack_resources()
+            .stack_name(stack)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| classify("ListStackResources", e))?;
+        Ok(resources
+            .iter()
+            .filter(|r| r.resource_type() == Some(resource_type))
+            .filter(|r| r.resource_status().is_none_or(|s| s.as_str() != "DELETE_COMPLETE"))
+            .filter_map(|r| r.physical_resource_id().map(str::to_owned))
+            .collect())
     }
 
     /// The stack's events, newest first (one page: enough to show progress).
