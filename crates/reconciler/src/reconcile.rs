@@ -49,7 +49,7 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
 
     // Absence was confirmed before the teardown began; its polls need not ask GitHub again.
     let tearing_down = env.desired == Desired::Absent && env.status == Status::Deleting;
-    let desired = if tearing_down { Desired::Absent } else { confirm_with_github(inner, &env).await? };
+    let head = if tearing_down { None } else { confirm_with_github(inner, &env).await? };
     let stack = inner.aws.describe_stack(&env.stack_name).await?;
     if let Some(s) = &stack
         && s.tag(TAG_OWNER) != Some(inner.setup.owner.as_str())
@@ -60,18 +60,18 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
             s.tag(TAG_OWNER)
         )));
     }
-    match desired {
-        Desired::Absent => teardown(inner, &env, repo, stack).await,
-        Desired::Present { sha: Some(sha) } => converge(inner, &env, repo, &sha, stack).await,
-        Desired::Present { sha: None } => Err(ReconcileError::Transient("GitHub named no head commit".into())),
+    match head {
+        None => teardown(inner, &env, repo, stack).await,
+        Some(sha) => converge(inner, &env, repo, &sha, stack).await,
     }
 }
 
 /// GitHub's answer is the truth, both ways: a stale push must not resurrect a deleted branch, a late
 /// `delete` must not remove a branch that was created again, and a missed push must not leave an old
 /// commit deployed. A 404 for the branch proves absence only while GitHub still shows the repository:
-/// a token that lost access must not tear every environment down.
-async fn confirm_with_github(inner: &Inner, env: &EnvRecord) -> Result<Desired, ReconcileError> {
+/// a token that lost access must not tear every environment down. Returns the branch's head, `None` when
+/// it is gone, and records any difference as the new desired state.
+async fn confirm_with_github(inner: &Inner, env: &EnvRecord) -> Result<Option<CommitSha>, ReconcileError> {
     let head = match inner.github.branch_head(&env.repo, &env.branch).await? {
         Some(head) => Some(head),
         None if inner.github.repo_visible(&env.repo).await? => None,
@@ -82,18 +82,27 @@ async fn confirm_with_github(inner: &Inner, env: &EnvRecord) -> Result<Desired, 
             )));
         }
     };
-    let truth = match head {
-        None => Desired::Absent,
-        Some(head) => Desired::Present { sha: Some(head) },
+    let (truth, why) = match &head {
+        None => (Desired::Absent, "GitHub: the branch does not exist".to_owned()),
+        Some(sha) => (Desired::Present { sha: Some(sha.clone()) }, format!("GitHub: the branch is at {}", sha.short())),
     };
     if truth != env.desired {
-        let why = match &truth {
-            Desired::Absent => "GitHub: the branch does not exist".to_owned(),
-            Desired::Present { sha } => format!("GitHub: the branch is at {}", sha.as_ref().map_or("?", |s| s.short())),
-        };
         inner.store.set_desired(env.id, &truth, &why).await?;
     }
-    Ok(truth)
+    Ok(head)
+}
+
+/// Counts one more stack operation for the current desired state, `done` having been tried; once
+/// `max_stack_attempts` are spent a person must look, and the error says what kept happening and what to do.
+fn next_attempt(inner: &Inner, done: i64, stack: &Stack, what: &str, advice: &str) -> Result<i64, ReconcileError> {
+    if done < inner.setup.tuning.max_stack_attempts {
+        return Ok(done + 1);
+    }
+    Err(ReconcileError::NeedsHuman(format!(
+        "stack {}: {what} {done} times (last reason: {}); {advice}",
+        stack.name,
+        stack.reason.as_deref().unwrap_or(&stack.status)
+    )))
 }
 
 /// The gap before the next look at a stack operation: a quarter of the time since the environment last
@@ -135,8 +144,11 @@ async fn teardown(
     stack: Option<Stack>,
 ) -> Result<Action, ReconcileError> {
     let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
-    match zone_id(inner, repo).await {
-        Ok(zone) => match inner.aws.delete_dns(&zone, &env.dns_name, &marker).await {
+    // The record went before the status became `deleting`: its polls need not look at DNS again.
+    let dns_done = env.status == Status::Deleting;
+    match if dns_done { Ok(None) } else { zone_id(inner, repo).await.map(Some) } {
+        Ok(None) => {}
+        Ok(Some(zone)) => match inner.aws.delete_dns(&zone, &env.dns_name, &marker).await {
             Ok(true) => inner.store.add_event(env.id, "dns", &format!("removed {}", env.dns_name)).await?,
             Ok(false) => {}
             Err(e) if e.code() == "NotOwned" => tracing::warn!(error = %e, "DNS record left alone"),
@@ -163,15 +175,8 @@ async fn teardown(
     let retry = stack.status == "DELETE_FAILED";
     let mut attempts = if env.status == Status::Deleting { env.attempts } else { 0 };
     if retry {
-        attempts += 1;
-        if attempts > inner.setup.tuning.max_stack_attempts {
-            return Err(ReconcileError::NeedsHuman(format!(
-                "stack {} could not be deleted after {} attempts: {}; remove what blocks it (previewd tries again at every resync)",
-                stack.name,
-                attempts - 1,
-                stack.reason.as_deref().unwrap_or("DELETE_FAILED")
-            )));
-        }
+        let advice = "remove what blocks it; previewd tries again at every resync";
+        attempts = next_attempt(inner, attempts, &stack, "could not be deleted", advice)?;
     }
     let mut emptied = 0;
     for bucket in inner.aws.stack_resources(&stack.id, "AWS::S3::Bucket").await? {
@@ -268,15 +273,13 @@ async fn converge(
     let status = stack.status.as_str();
     if status == "ROLLBACK_COMPLETE" {
         // A failed create leaves a stack that can only be deleted; delete it, then create afresh.
-        let attempts = env.attempts + 1;
-        if attempts > inner.setup.tuning.max_stack_attempts {
-            return Err(ReconcileError::NeedsHuman(format!(
-                "stack {} failed to create {} times; last reason: {}. Fix the template or settings and push again",
-                stack.name,
-                attempts - 1,
-                stack.reason.as_deref().unwrap_or("ROLLBACK_COMPLETE")
-            )));
-        }
+        let attempts = next_attempt(
+            inner,
+            env.attempts,
+            &stack,
+            "failed to create",
+            "fix the template or settings and push again",
+        )?;
         for bucket in inner.aws.stack_resources(&stack.id, "AWS::S3::Bucket").await? {
             inner.aws.empty_bucket(&bucket).await?;
         }
@@ -303,16 +306,12 @@ async fn converge(
     }
 
     if stack.tag(TAG_SHA) != Some(sha.as_str()) || stack.tag(TAG_TEMPLATE) != Some(hash.as_str()) {
-        let attempts = env.attempts + 1;
-        if status == "UPDATE_ROLLBACK_COMPLETE" && attempts > inner.setup.tuning.max_stack_attempts {
-            return Err(ReconcileError::NeedsHuman(format!(
-                "the update of {} to {} rolled back {} times; last reason: {}",
-                stack.name,
-                sha.short(),
-                attempts - 1,
-                stack.reason.as_deref().unwrap_or("none given")
-            )));
-        }
+        let attempts = if status == "UPDATE_ROLLBACK_COMPLETE" {
+            let what = format!("rolled back the update to {}", sha.short());
+            next_attempt(inner, env.attempts, &stack, &what, "fix the template or settings and push again")?
+        } else {
+            env.attempts + 1
+        };
         let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
         let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("update", env.id) };
         if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
@@ -400,7 +399,7 @@ async fn ensure_application(
                 return Ok(None);
             }
             if s == "UPDATE_ROLLBACK_COMPLETE" {
-                count_app_attempt(inner, env, &app, "an update of it rolled back").await?;
+                count_app_attempt(inner, env, &app, "rolled back an update").await?;
             }
             let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
             let req = StackRequest { name: app_name.to_owned(), template, tags, token: token("app-update", env.id) };
@@ -413,7 +412,7 @@ async fn ensure_application(
             }
         }
         "ROLLBACK_COMPLETE" => {
-            count_app_attempt(inner, env, &app, "it failed to create").await?;
+            count_app_attempt(inner, env, &app, "failed to create").await?;
             inner.aws.delete_stack(&app.id, &token("app-delete", env.id)).await?;
             let why = format!(
                 "application stack {app_name} failed to create ({}); deleting to create again",
@@ -432,15 +431,8 @@ async fn ensure_application(
 /// Counts one more try at a troubled application stack against the environment, and gives up (for a
 /// person to look) once `max_stack_attempts` is spent.
 async fn count_app_attempt(inner: &Inner, env: &EnvRecord, app: &Stack, what: &str) -> Result<(), ReconcileError> {
-    let attempts = env.attempts + 1;
-    if attempts > inner.setup.tuning.max_stack_attempts {
-        return Err(ReconcileError::NeedsHuman(format!(
-            "application stack {} needs a person: {what} {} times; last reason: {}",
-            app.name,
-            attempts - 1,
-            app.reason.as_deref().unwrap_or("none given")
-        )));
-    }
+    let advice = "this application stack is shared by the repository's environments: look at its events";
+    let attempts = next_attempt(inner, env.attempts, app, what, advice)?;
     inner.store.update_observed(env.id, &Observed { attempts, ..env.observed() }, None).await?;
     Ok(())
 }
