@@ -354,9 +354,15 @@ async fn update_rollback_failed_needs_a_person() {
     let env = t.wait_for("feat/urf", "failed", |e| e.status == Status::Failed).await;
     let error = env.last_error.expect("error");
     assert!(error.contains("UPDATE_ROLLBACK_FAILED") && error.contains("ContinueUpdateRollback"), "{error}");
+    // No silent loop: the environment leaves the work queue, and no further update is tried.
     let updates = t.proxy.count("UpdateStack", &env.stack_name);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(t.proxy.count("UpdateStack", &env.stack_name), updates, "no silent loop");
+    let queue = t.app().reconciler().queue();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !queue.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "still queued: the failure is being retried");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(t.proxy.count("UpdateStack", &env.stack_name), updates, "no update after failing");
 
     // Deleting the branch still cleans up.
     assert_eq!(t.delete("feat/urf").await, 202);
