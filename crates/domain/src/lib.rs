@@ -2,6 +2,7 @@
 //! DNS, and (with the reconciler) the desired and observed state of an environment. No I/O lives here.
 
 mod names;
+pub mod plan;
 mod secret;
 mod state;
 
@@ -10,5 +11,6 @@ pub use names::{
     OwnerId, RULE_PRIORITY_MAX, RepoName, STACK_NAME_MAX, Stage, TAG_VALUE_MAX, app_stack_name, is_valid_bucket_prefix,
     is_valid_stack_name, tag_value,
 };
+pub use plan::StackStatus;
 pub use secret::Secret;
 pub use state::{Desired, Status};

@@ -345,10 +345,32 @@ impl EnvNames {
         let env_key = EnvKey::for_branch(branch);
         let stack_name = format!("previewd-{}-{}-{}", repo.slug(REPO_SLUG_IN_STACK), env_key.as_str(), repo.hash());
         let dns_name = format!("{}.{}", env_key.as_str(), zone.as_str());
+        let bucket_prefix = Self::bucket_prefix(owner, repo, branch, &env_key);
+        Self { env_key, stack_name, dns_name, bucket_prefix }
+    }
+
+    /// The names of a recorded environment: the key, stack and DNS name as recorded when it was first
+    /// seen (they stay with it for life), and the bucket prefix derived from them.
+    pub fn recorded(
+        owner: &OwnerId,
+        repo: &RepoName,
+        branch: &BranchName,
+        env_key: &EnvKey,
+        stack_name: &str,
+        dns_name: &str,
+    ) -> Self {
+        Self {
+            env_key: env_key.clone(),
+            stack_name: stack_name.to_owned(),
+            dns_name: dns_name.to_owned(),
+            bucket_prefix: Self::bucket_prefix(owner, repo, branch, env_key),
+        }
+    }
+
+    fn bucket_prefix(owner: &OwnerId, repo: &RepoName, branch: &BranchName, env_key: &EnvKey) -> String {
         let hash = short_hash(&[owner.as_str().as_bytes(), repo.as_str().as_bytes(), branch.as_str().as_bytes()], 12);
         let slug = slugify(env_key.as_str(), BUCKET_PREFIX_MAX - "previewd-".len() - 1 - 12);
-        let bucket_prefix = format!("previewd-{slug}-{hash}");
-        Self { env_key, stack_name, dns_name, bucket_prefix }
+        format!("previewd-{slug}-{hash}")
     }
 }
 

@@ -45,6 +45,15 @@ impl Status {
         Status::Skipped,
     ];
 
+    /// The status an environment shows once it is asked for something new: one that had settled on an
+    /// outcome (`deleted`, `failed`) starts over; one under way stays as it is until the reconciler looks.
+    pub fn on_new_desire(self) -> Status {
+        match self {
+            Status::Deleted | Status::Failed => Status::Pending,
+            s => s,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",

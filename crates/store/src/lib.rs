@@ -10,7 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use previewd_domain::{BranchName, CommitSha, Desired, EnvKey, EnvNames, RepoName, Status};
+use previewd_domain::{BranchName, CommitSha, Desired, EnvKey, EnvNames, OwnerId, RepoName, Status};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -78,6 +78,12 @@ pub struct EnvRecord {
     pub seeded_at: Option<i64>,
     pub attempts: i64,
     pub retries: i64,
+    /// When a complete listing or a direct look-up first lacked the branch; `None` while it is known to exist.
+    pub missing_since: Option<i64>,
+    /// Kept on purpose: exempt from the time-to-live and never removed by the reaper.
+    pub keep: bool,
+    /// The last push or branch creation a webhook reported.
+    pub pushed_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -90,6 +96,19 @@ pub struct EventRecord {
     pub at: i64,
     pub kind: String,
     pub message: String,
+}
+
+/// A reaper pass as recorded: when, its outcome (`clean`, `removed`, `refused`, `failed`), a one-line
+/// summary and its decisions as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReaperPassRecord {
+    pub id: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub dry_run: bool,
+    pub outcome: String,
+    pub summary: String,
+    pub decisions: String,
 }
 
 /// What a webhook asks for: a branch's desired state, with the names its environment goes by.
@@ -127,6 +146,11 @@ pub struct Observed {
 }
 
 impl EnvRecord {
+    /// Every name the environment goes by: those recorded when it was first seen are its names for life.
+    pub fn names(&self, owner: &OwnerId) -> EnvNames {
+        EnvNames::recorded(owner, &self.repo, &self.branch, &self.env_key, &self.stack_name, &self.dns_name)
+    }
+
     pub fn observed(&self) -> Observed {
         Observed {
             status: self.status,
@@ -146,8 +170,8 @@ pub fn now_ms() -> i64 {
 }
 
 const ENV_COLUMNS: &str = "id, repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
-     desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, created_at, \
-     updated_at";
+     desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, missing_since, \
+     keep, pushed_at, created_at, updated_at";
 
 fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
@@ -186,6 +210,9 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
         seeded_at: get_oi("seeded_at")?,
         attempts: get_i("attempts")?,
         retries: get_i("retries")?,
+        missing_since: get_oi("missing_since")?,
+        keep: get_i("keep")? != 0,
+        pushed_at: get_oi("pushed_at")?,
         created_at: get_i("created_at")?,
         updated_at: get_i("updated_at")?,
     })
@@ -288,11 +315,13 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         sqlx::query(
             "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
-             desired_at = $3, updated_at = $4 WHERE id = $5",
+             desired_at = $3, missing_since = CASE WHEN $4 = 1 THEN NULL ELSE missing_since END, updated_at = $5 \
+             WHERE id = $6",
         )
         .bind(present)
         .bind(sha)
         .bind(now)
+        .bind(present)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
@@ -470,6 +499,120 @@ impl Store {
         Ok(())
     }
 
+    /// Records a desired state that no webhook carried (an owner-tagged stack adopted by the reaper), in
+    /// one transaction with its event.
+    pub async fn record_desired(&self, change: &DesiredChange) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let id = upsert_desired(&mut tx, change, now_ms()).await?;
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(id)
+    }
+
+    /// Notes that a listing or look-up lacked the branch at `at`, unless an earlier absence is already
+    /// noted (the grace counts from the first). Returns whether anything changed.
+    pub async fn mark_missing(&self, id: i64, at: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE environments SET missing_since = $1 WHERE id = $2 AND missing_since IS NULL")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("mark missing"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Notes that the branch was seen again. Returns whether anything changed.
+    pub async fn mark_seen(&self, id: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE environments SET missing_since = NULL WHERE id = $1 AND missing_since IS NOT NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("mark seen"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Marks the environment kept (or not), with the reason in its event log.
+    pub async fn set_keep(&self, id: i64, keep: bool, reason: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query("UPDATE environments SET keep = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(keep))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("set keep"))?;
+        append_event(&mut tx, id, now, "keep", reason).await?;
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(())
+    }
+
+    /// Takes the named lock for `holder` until `until_ms`, unless another holder has an unexpired one.
+    pub async fn try_lock(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO locks (name, holder, until) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
+             SET holder = excluded.holder, until = excluded.until WHERE locks.until < $4 OR locks.holder = $5",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until_ms)
+        .bind(now_ms())
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(db("take lock"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db("release lock"))?;
+        Ok(())
+    }
+
+    /// Records a finished reaper pass.
+    pub async fn record_reaper_pass(&self, pass: &ReaperPassRecord) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO reaper_passes (started_at, finished_at, dry_run, outcome, summary, decisions) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(pass.started_at)
+        .bind(pass.finished_at)
+        .bind(i64::from(pass.dry_run))
+        .bind(pass.outcome.clone())
+        .bind(pass.summary.clone())
+        .bind(pass.decisions.clone())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("record reaper pass"))
+    }
+
+    /// The newest reaper pass that was not a dry run, if any.
+    pub async fn last_reaper_pass(&self) -> Result<Option<ReaperPassRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, started_at, finished_at, dry_run, outcome, summary, decisions FROM reaper_passes \
+             WHERE dry_run = 0 ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read reaper pass"))?;
+        row.map(|r| {
+            Ok(ReaperPassRecord {
+                id: r.try_get("id").map_err(db("read reaper pass"))?,
+                started_at: r.try_get("started_at").map_err(db("read reaper pass"))?,
+                finished_at: r.try_get("finished_at").map_err(db("read reaper pass"))?,
+                dry_run: r.try_get::<i64, _>("dry_run").map_err(db("read reaper pass"))? != 0,
+                outcome: r.try_get("outcome").map_err(db("read reaper pass"))?,
+                summary: r.try_get("summary").map_err(db("read reaper pass"))?,
+                decisions: r.try_get("decisions").map_err(db("read reaper pass"))?,
+            })
+        })
+        .transpose()
+    }
+
     /// Forgets deliveries received before `before_ms` (dedupe needs them for 3 days at least).
     pub async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
         let r = sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
@@ -506,11 +649,15 @@ async fn append_event(
     Ok(())
 }
 
+/// Inserts the environment or records its new desired state. A branch said to exist is no longer missing
+/// and its push time is noted; the status an existing environment shows next is the domain's to say
+/// ([`Status::on_new_desire`]).
 async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i64) -> Result<i64, StoreError> {
     let (present, sha) = desired_columns(&c.desired);
+    let pushed_at = (present == 1).then_some(now);
     let inserted = sqlx::query(
         "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
-         desired_at, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         desired_at, status, pushed_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (repo, branch) DO NOTHING",
     )
     .bind(c.repo.as_str())
@@ -522,6 +669,7 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
     .bind(sha.clone())
     .bind(now)
     .bind(Status::Pending.as_str())
+    .bind(pushed_at)
     .bind(now)
     .bind(now)
     .execute(&mut *tx)
@@ -540,21 +688,21 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
         let was_present: i64 = row.try_get("desired_present").map_err(db("read environment"))?;
         let old_sha: Option<String> = row.try_get("desired_sha").map_err(db("read environment"))?;
         let status: String = row.try_get("status").map_err(db("read environment"))?;
+        let status = Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
         // A `create` event carries no commit: keep the one a push already told us.
         let sha = if present == 1 && sha.is_none() && was_present == 1 { old_sha } else { sha };
-        // A settled environment asked to change starts over.
-        let status = match status.as_str() {
-            "deleted" | "failed" => Status::Pending.as_str().to_owned(),
-            _ => status,
-        };
         sqlx::query(
             "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
-             desired_at = $3, status = $4, attempts = 0, retries = 0, updated_at = $5 WHERE id = $6",
+             desired_at = $3, status = $4, attempts = 0, retries = 0, \
+             missing_since = CASE WHEN $5 = 1 THEN NULL ELSE missing_since END, \
+             pushed_at = COALESCE($6, pushed_at), updated_at = $7 WHERE id = $8",
         )
         .bind(present)
         .bind(sha)
         .bind(now)
-        .bind(status)
+        .bind(status.on_new_desire().as_str())
+        .bind(present)
+        .bind(pushed_at)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

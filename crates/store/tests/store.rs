@@ -83,6 +83,9 @@ both!(
     priorities_are_unique_per_repository,
     deliveries_are_pruned_by_age,
     hostile_branch_names_round_trip,
+    absence_evidence_keeps_the_first_sighting,
+    named_locks_exclude_other_holders_until_they_expire,
+    reaper_passes_round_trip,
 );
 
 async fn webhooks_record_desired_state_once_per_delivery(store: Store) {
@@ -197,4 +200,50 @@ async fn hostile_branch_names_round_trip(store: Store) {
         assert_eq!(env.branch.as_str(), b);
     }
     assert_eq!(store.list().await.expect("list").len(), 4);
+}
+
+async fn absence_evidence_keeps_the_first_sighting(store: Store) {
+    let id = store.record_desired(&change("feat/y", present('a'))).await.expect("record");
+    let env = store.get(id).await.expect("get").expect("env");
+    assert!(env.pushed_at.is_some() && env.missing_since.is_none() && !env.keep);
+    assert!(store.mark_missing(id, 1_000).await.expect("missing"));
+    assert!(!store.mark_missing(id, 2_000).await.expect("again"), "the grace counts from the first absence");
+    assert_eq!(store.get(id).await.expect("get").expect("env").missing_since, Some(1_000));
+    // A push is evidence of presence: the branch is no longer missing.
+    store.record_webhook("d-9", "push", Some(&change("feat/y", present('b')))).await.expect("push");
+    assert_eq!(store.get(id).await.expect("get").expect("env").missing_since, None);
+    assert!(store.mark_missing(id, 3_000).await.expect("missing"));
+    assert!(store.mark_seen(id).await.expect("seen"));
+    assert!(!store.mark_seen(id).await.expect("seen again"), "nothing to write");
+    store.set_keep(id, true, "kept by a test").await.expect("keep");
+    assert!(store.get(id).await.expect("get").expect("env").keep);
+}
+
+async fn named_locks_exclude_other_holders_until_they_expire(store: Store) {
+    let now = previewd_store::now_ms();
+    assert!(store.try_lock("reaper", "a", now + 60_000).await.expect("lock"));
+    assert!(!store.try_lock("reaper", "b", now + 60_000).await.expect("held"));
+    assert!(store.try_lock("reaper", "a", now + 90_000).await.expect("the holder extends it"));
+    store.unlock("reaper", "b").await.expect("not b's to release");
+    assert!(!store.try_lock("reaper", "b", now + 60_000).await.expect("still held"));
+    store.unlock("reaper", "a").await.expect("release");
+    assert!(store.try_lock("reaper", "b", now - 1).await.expect("free"));
+    assert!(store.try_lock("reaper", "c", now + 60_000).await.expect("an expired lock is taken over"));
+}
+
+async fn reaper_passes_round_trip(store: Store) {
+    assert_eq!(store.last_reaper_pass().await.expect("none"), None);
+    let pass = |dry_run, outcome: &str| previewd_store::ReaperPassRecord {
+        id: 0,
+        started_at: 1,
+        finished_at: 2,
+        dry_run,
+        outcome: outcome.into(),
+        summary: format!("{outcome} pass"),
+        decisions: "[]".into(),
+    };
+    store.record_reaper_pass(&pass(false, "removed")).await.expect("record");
+    store.record_reaper_pass(&pass(true, "clean")).await.expect("record dry run");
+    let last = store.last_reaper_pass().await.expect("read").expect("one");
+    assert_eq!((last.outcome.as_str(), last.dry_run), ("removed", false), "dry runs are not the last pass");
 }

@@ -1,0 +1,28 @@
+-- The fleet observer and the reaper.
+
+-- When a complete listing of the repository's branches (or a direct look-up) first lacked the branch;
+-- NULL while it is known to exist. Absence is proof only once it has lasted the reaper's grace.
+ALTER TABLE environments ADD COLUMN missing_since INTEGER;
+-- 1: exempt from the time-to-live and from the reaper's grace (kept on purpose).
+ALTER TABLE environments ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
+-- The last push (or create) a webhook reported: the time-to-live counts from it.
+ALTER TABLE environments ADD COLUMN pushed_at INTEGER;
+UPDATE environments SET pushed_at = desired_at WHERE desired_present = 1;
+
+-- Named locks with an expiry, held by one process at a time (one reaper pass across replicas and CLIs).
+CREATE TABLE locks (
+    name   TEXT    PRIMARY KEY,
+    holder TEXT    NOT NULL,
+    until  INTEGER NOT NULL
+);
+
+-- Every reaper pass: when, how it ended, and what it decided (JSON), for the dashboard and the API.
+CREATE TABLE reaper_passes (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    dry_run     INTEGER NOT NULL,
+    outcome     TEXT    NOT NULL,
+    summary     TEXT    NOT NULL,
+    decisions   TEXT    NOT NULL
+);
