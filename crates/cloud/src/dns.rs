@@ -19,6 +19,36 @@ impl OwnershipMarker {
     pub fn new(owner: &str, repo: &str, env_key: &str) -> Self {
         Self(format!("\"heritage=previewd,previewd/owner={owner},previewd/repo={repo},previewd/env={env_key}\""))
     }
+
+    /// The owner, repository and environment key a marker's text names; `None` for any TXT value that is
+    /// not exactly a previewd marker.
+    pub fn parse(value: &str) -> Option<(String, String, String)> {
+        let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+        let mut parts = inner.split(',');
+        if parts.next()? != "heritage=previewd" {
+            return None;
+        }
+        let owner = parts.next()?.strip_prefix("previewd/owner=")?;
+        let repo = parts.next()?.strip_prefix("previewd/repo=")?;
+        let env = parts.next()?.strip_prefix("previewd/env=")?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let marker = (owner.to_owned(), repo.to_owned(), env.to_owned());
+        (Self::new(owner, repo, env).0 == value).then_some(marker)
+    }
+}
+
+/// A record carrying previewd's ownership marker, as found in a zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedName {
+    /// The name the marker guards (without `_previewd.` and the final dot).
+    pub name: String,
+    pub owner: String,
+    pub repo: String,
+    pub env_key: String,
+    /// The CNAME's target, if the name has one.
+    pub target: Option<String>,
 }
 
 /// A record as Route53 holds it.
@@ -85,15 +115,70 @@ impl Aws {
             }))
     }
 
-    /// Points `name` at `target` (CNAME) with our marker beside it. Refuses a name that already has a
-    /// record without our marker.
+    /// Every name in the zone that carries a previewd ownership marker (any owner's), reading every page
+    /// of `ListResourceRecordSets`: one call per 300 records, however many environments.
+    pub async fn marked_names(&self, zone_id: &str) -> Result<Vec<MarkedName>, CloudError> {
+        let mut markers = Vec::new();
+        let mut cnames = std::collections::HashMap::new();
+        let mut start: Option<(String, RrType)> = None;
+        loop {
+            let (name, kind) = start.take().unzip();
+            let out = self
+                .route53
+                .list_resource_record_sets()
+                .hosted_zone_id(zone_id)
+                .set_start_record_name(name)
+                .set_start_record_type(kind)
+                .send()
+                .await
+                .map_err(|e| classify("ListResourceRecordSets", e))?;
+            for r in out.resource_record_sets() {
+                let value = r.resource_records().iter().map(|v| v.value()).collect::<Vec<_>>().join(" ");
+                let name = r.name().trim_end_matches('.').to_ascii_lowercase();
+                match r.r#type() {
+                    RrType::Txt => {
+                        if let (Some(guarded), Some((owner, repo, env_key))) =
+                            (name.strip_prefix("_previewd."), OwnershipMarker::parse(&value))
+                        {
+                            markers.push(MarkedName { name: guarded.to_owned(), owner, repo, env_key, target: None });
+                        }
+                    }
+                    RrType::Cname => {
+                        cnames.insert(name, value);
+                    }
+                    _ => {}
+                }
+            }
+            if !out.is_truncated() {
+                break;
+            }
+            match (out.next_record_name(), out.next_record_type()) {
+                (Some(n), Some(t)) => start = Some((n.to_owned(), t.clone())),
+                _ => {
+                    return Err(CloudError::Retryable {
+                        op: "ListResourceRecordSets",
+                        code: "BrokenPagination".into(),
+                        message: "a truncated page named no next record".into(),
+                    });
+                }
+            }
+        }
+        for m in &mut markers {
+            m.target = cnames.remove(&m.name);
+        }
+        Ok(markers)
+    }
+
+    /// Points `name` at `target` (CNAME) with our marker beside it, unless both already are exactly that
+    /// (a write that changes nothing still costs a Route53 request and a propagation). Refuses a name
+    /// that already has a record without our marker.
     pub async fn upsert_dns(
         &self,
         zone_id: &str,
         name: &str,
         target: &str,
         marker: &OwnershipMarker,
-    ) -> Result<(), CloudError> {
+    ) -> Result<bool, CloudError> {
         let existing_marker = self.dns_record(zone_id, &marker_name(name), RrType::Txt).await?;
         let existing_cname = self.dns_record(zone_id, name, RrType::Cname).await?;
         match existing_marker {
@@ -111,9 +196,11 @@ impl Aws {
                     format!("{name} already exists and carries no previewd ownership marker"),
                 ));
             }
+            Some(_) if existing_cname.as_ref().is_some_and(|c| same_target(&c.value, target)) => return Ok(false),
             _ => {}
         }
-        self.change(zone_id, ChangeAction::Upsert, name, target, &marker.0).await
+        self.change(zone_id, ChangeAction::Upsert, name, target, &marker.0).await?;
+        Ok(true)
     }
 
     /// Removes `name` and its marker if the marker is ours; does nothing when neither exists. Returns
@@ -176,6 +263,11 @@ impl Aws {
     }
 }
 
+/// Route53 answers names with a final dot; a target may be given with or without one.
+fn same_target(existing: &str, wanted: &str) -> bool {
+    existing.trim_end_matches('.').eq_ignore_ascii_case(wanted.trim_end_matches('.'))
+}
+
 fn record_change(action: ChangeAction, name: &str, kind: RrType, value: &str, ttl: i64) -> Result<Change, CloudError> {
     let build = |e: aws_sdk_route53::error::BuildError| {
         CloudError::terminal("ChangeResourceRecordSets", "Build", e.to_string())
@@ -188,4 +280,24 @@ fn record_change(action: ChangeAction, name: &str, kind: RrType, value: &str, tt
         .build()
         .map_err(build)?;
     Change::builder().action(action).resource_record_set(set).build().map_err(build)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_markers_parse() {
+        let m = OwnershipMarker::new("acme", "acme/shop", "main");
+        assert_eq!(OwnershipMarker::parse(&m.0), Some(("acme".into(), "acme/shop".into(), "main".into())));
+        for bad in [
+            "\"heritage=external-dns,external-dns/owner=default\"",
+            "\"heritage=previewd,previewd/owner=acme,previewd/repo=acme/shop\"",
+            "\"heritage=previewd,previewd/owner=acme,previewd/repo=acme/shop,previewd/env=main,x=y\"",
+            "heritage=previewd,previewd/owner=acme,previewd/repo=acme/shop,previewd/env=main",
+            "\"v=spf1 -all\"",
+        ] {
+            assert_eq!(OwnershipMarker::parse(bad), None, "{bad}");
+        }
+    }
 }

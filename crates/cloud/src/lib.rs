@@ -19,8 +19,8 @@ use aws_sdk_cloudformation as cfn;
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudformation::types::{Capability, Tag};
 
-pub use dns::{DnsRecord, OwnershipMarker};
-pub use s3::EmptyReport;
+pub use dns::{DnsRecord, MarkedName, OwnershipMarker};
+pub use s3::{EMPTY_STEP_BATCHES, EmptyReport};
 
 /// Attempts per AWS call, first included, before the error reaches the reconciler (which then requeues
 /// with its own, longer backoff).
@@ -107,6 +107,10 @@ pub struct Stack {
 impl Stack {
     pub fn in_progress(&self) -> bool {
         self.status.ends_with("_IN_PROGRESS")
+    }
+
+    pub fn stack_status(&self) -> previewd_domain::StackStatus {
+        self.status.parse().unwrap_or_else(|never| match never {})
     }
 
     pub fn tag(&self, key: &str) -> Option<&str> {
@@ -211,6 +215,25 @@ impl Aws {
             Err(e) => return Err(classify("DescribeStacks", e)),
         };
         Ok(out.stacks().first().map(stack_from).filter(|s| s.status != "DELETE_COMPLETE"))
+    }
+
+    /// Every live stack in the account and region that carries `tag` = `value` (this installation's owner
+    /// tag), reading every page of `DescribeStacks`: one call per page, however many environments.
+    pub async fn stacks_tagged(&self, tag: &str, value: &str) -> Result<Vec<Stack>, CloudError> {
+        let stacks = self
+            .cfn
+            .describe_stacks()
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| classify("DescribeStacks", e))?;
+        Ok(stacks
+            .iter()
+            .map(stack_from)
+            .filter(|s| s.status != "DELETE_COMPLETE" && s.tag(tag) == Some(value))
+            .collect())
     }
 
     /// Starts creating a stack; returns its id. A stack of that name that already exists is an error of

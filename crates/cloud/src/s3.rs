@@ -10,24 +10,36 @@ const DELETE_BATCH: usize = 1_000;
 /// Keys whose deletion failed inside a 200 answer are retried this many times before giving up.
 const KEY_RETRIES: usize = 3;
 
+/// One step of emptying deletes at most this many batches of 1,000 keys (a few seconds of work), so a
+/// bucket of millions of objects never holds its environment's reconcile for minutes: the reconciler
+/// takes another step, and other environments get their turn in between.
+pub const EMPTY_STEP_BATCHES: usize = 10;
+
 /// What emptying a bucket did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EmptyReport {
     pub versions_deleted: usize,
     pub uploads_aborted: usize,
+    /// Nothing is left: the bucket (if it exists) is empty. `false`: more steps are needed.
+    pub done: bool,
 }
 
 impl Aws {
-    /// Empties `bucket`. A bucket that does not exist is already empty.
-    pub async fn empty_bucket(&self, bucket: &str) -> Result<EmptyReport, CloudError> {
+    /// Takes one step of emptying `bucket`: aborts unfinished uploads, then deletes object versions and
+    /// delete markers, at most `max_batches` DeleteObjects calls of at most 1,000 keys each (one per
+    /// listed page). A bucket that does not exist is already empty.
+    pub async fn empty_bucket(&self, bucket: &str, max_batches: usize) -> Result<EmptyReport, CloudError> {
         let mut report = EmptyReport::default();
         match self.abort_uploads(bucket, &mut report).await {
-            Err(e) if e.code() == "NoSuchBucket" => return Ok(report),
+            Err(e) if e.code() == "NoSuchBucket" => {
+                report.done = true;
+                return Ok(report);
+            }
             other => other?,
         }
         let mut key_marker: Option<String> = None;
         let mut version_marker: Option<String> = None;
-        loop {
+        for _ in 0..max_batches.max(1) {
             let out = match self
                 .s3
                 .list_object_versions()
@@ -39,7 +51,10 @@ impl Aws {
             {
                 Ok(out) => out,
                 Err(e) => match classify("ListObjectVersions", e) {
-                    e if e.code() == "NoSuchBucket" => return Ok(report),
+                    e if e.code() == "NoSuchBucket" => {
+                        report.done = true;
+                        return Ok(report);
+                    }
                     e => return Err(e),
                 },
             };
@@ -59,9 +74,11 @@ impl Aws {
                 key_marker = out.next_key_marker().map(str::to_owned);
                 version_marker = out.next_version_id_marker().map(str::to_owned);
             } else {
+                report.done = true;
                 return Ok(report);
             }
         }
+        Ok(report)
     }
 
     /// Deletes one batch; keys refused inside a 200 answer are tried again, then reported.

@@ -2,6 +2,8 @@
 //! `https://HOST/api/v3`). Every call is bounded by a timeout; retrying is the reconciler's job (it
 //! requeues with backoff), so a slow GitHub never blocks a worker for long.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -12,11 +14,13 @@ use previewd_domain::{BranchName, CommitSha, RepoName, Secret};
 use serde::Deserialize;
 
 /// GitHub answers in well under a second; past this something is wrong and the reconciler should retry.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// GitHub's largest page.
 const PAGE_SIZE: usize = 100;
 /// A repository with more branches than this is not listed (the reaper then deletes nothing).
 const MAX_PAGES: usize = 200;
+/// Listing pages remembered with their ETag; past this the cache starts afresh.
+const ETAG_CACHE_MAX: usize = 4_096;
 
 /// Path segments are encoded whole: a branch may hold `/`, `#`, `?`, `%` and anything else git allows.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -40,6 +44,12 @@ pub struct BranchListing {
 #[derive(Debug, Clone)]
 pub struct GitHub {
     client: Octocrab,
+    /// The API base URL, for paths (a `Link` header gives absolute URLs).
+    base: String,
+    /// Listing pages by route: their ETag, body and next page.
+    etags: Arc<Mutex<HashMap<String, Cached>>>,
+    /// One call (and reading its answer) may take this long.
+    timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -64,17 +74,27 @@ struct Contents {
 impl GitHub {
     /// `api_url`: `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise Server.
     pub fn new(api_url: &str, token: Option<&Secret>) -> Result<Self, GithubError> {
+        Self::with_timeout(api_url, token, CALL_TIMEOUT)
+    }
+
+    /// As [`GitHub::new`], with another bound on each call.
+    pub fn with_timeout(api_url: &str, token: Option<&Secret>, timeout: Duration) -> Result<Self, GithubError> {
         let setup = |e: octocrab::Error| GithubError::Transport { what: "set-up".into(), message: e.to_string() };
         let mut builder = Octocrab::builder()
             .base_uri(api_url)
             .map_err(setup)?
-            .set_connect_timeout(Some(CALL_TIMEOUT))
-            .set_read_timeout(Some(CALL_TIMEOUT))
-            .set_write_timeout(Some(CALL_TIMEOUT));
+            .set_connect_timeout(Some(timeout))
+            .set_read_timeout(Some(timeout))
+            .set_write_timeout(Some(timeout));
         if let Some(token) = token {
             builder = builder.personal_token(token.expose().to_owned());
         }
-        Ok(Self { client: builder.build().map_err(setup)? })
+        Ok(Self {
+            client: builder.build().map_err(setup)?,
+            base: api_url.to_owned(),
+            etags: Arc::new(Mutex::new(HashMap::new())),
+            timeout,
+        })
     }
 
     fn repo_path(repo: &RepoName) -> String {
@@ -114,18 +134,31 @@ impl GitHub {
         String::from_utf8(bytes).map(Some).map_err(|_| unexpected(format!("{path} is not UTF-8")))
     }
 
-    /// Every branch of the repository, or an error: a partial listing is never returned.
+    /// Every branch of the repository, or an error: a partial listing is never returned. Pages are
+    /// followed through the `Link` header's `rel="next"`, as GitHub asks clients to; a full page without
+    /// one, an answer that is not a JSON list, or any failing page fails the whole listing. Unchanged pages
+    /// are answered 304 against their ETag (free of GitHub's rate limit) and taken from the cache.
     pub async fn list_branches(&self, repo: &RepoName) -> Result<BranchListing, GithubError> {
         let what = format!("list branches of {repo}");
         let mut branches = Vec::new();
-        for page in 1..=MAX_PAGES {
-            let route = format!("{}/branches?per_page={PAGE_SIZE}&page={page}", Self::repo_path(repo));
-            let batch: Vec<Branch> = self.get(&route, &what).await?.ok_or_else(|| GithubError::Status {
+        let mut route = format!("{}/branches?per_page={PAGE_SIZE}", Self::repo_path(repo));
+        for _ in 0..MAX_PAGES {
+            let page = self.fetch(&route, &what, true).await?.ok_or_else(|| GithubError::Status {
                 what: what.clone(),
                 status: 404,
                 message: "repository not found".into(),
             })?;
-            let last = batch.len() < PAGE_SIZE;
+            let batch: Vec<Branch> = serde_json::from_slice(&page.body).map_err(|e| GithubError::Unexpected {
+                what: what.clone(),
+                message: format!("not a branch list: {e}"),
+            })?;
+            let full = batch.len() >= PAGE_SIZE;
+            if batch.is_empty() && page.next.is_some() {
+                return Err(GithubError::Unexpected {
+                    what,
+                    message: "an empty page before the last: the listing may be incomplete".into(),
+                });
+            }
             for b in batch {
                 let unexpected = |e: previewd_domain::NameError| GithubError::Unexpected {
                     what: what.clone(),
@@ -136,44 +169,128 @@ impl GitHub {
                     CommitSha::new(&b.commit.sha).map_err(unexpected)?,
                 ));
             }
-            if last {
-                return Ok(BranchListing { branches });
+            match page.next {
+                Some(next) => route = next,
+                None if full => {
+                    return Err(GithubError::Unexpected {
+                        what,
+                        message: format!(
+                            "a full page of {PAGE_SIZE} without a link to the next: the listing may be incomplete"
+                        ),
+                    });
+                }
+                None => return Ok(BranchListing { branches }),
             }
         }
         Err(GithubError::Unexpected { what, message: format!("more than {} branches", MAX_PAGES * PAGE_SIZE) })
     }
 
-    /// GET `route`; `Ok(None)` on 404, an error on any other non-success.
+    /// GET `route` and parse its JSON; `Ok(None)` on 404, an error on any other non-success.
     async fn get<T: serde::de::DeserializeOwned>(&self, route: &str, what: &str) -> Result<Option<T>, GithubError> {
-        let result = tokio_timeout(self.client.get::<serde_json::Value, _, ()>(route, None)).await;
-        let value = match result {
-            Err(()) => {
-                return Err(GithubError::Transport {
-                    what: what.to_owned(),
-                    message: format!("no answer in {CALL_TIMEOUT:?}"),
-                });
-            }
-            Ok(Ok(v)) => v,
-            Ok(Err(octocrab::Error::GitHub { source, .. })) if source.status_code == http::StatusCode::NOT_FOUND => {
-                return Ok(None);
-            }
-            Ok(Err(octocrab::Error::GitHub { source, .. })) => {
-                return Err(GithubError::Status {
-                    what: what.to_owned(),
-                    status: source.status_code.as_u16(),
-                    message: source.message.clone(),
-                });
-            }
-            Ok(Err(e)) => return Err(GithubError::Transport { what: what.to_owned(), message: e.to_string() }),
-        };
-        serde_json::from_value(value)
+        let Some(page) = self.fetch(route, what, false).await? else { return Ok(None) };
+        serde_json::from_slice(&page.body)
             .map(Some)
             .map_err(|e| GithubError::Unexpected { what: what.to_owned(), message: e.to_string() })
     }
+
+    /// GET `route` (a path, or an absolute URL from a `Link` header): its body and the next page's URL;
+    /// `Ok(None)` on 404. With `conditional`, the answer is cached by ETag and asked for with
+    /// `If-None-Match`. A body that is not JSON (an HTML error page from a proxy) is an error, whatever the
+    /// status said.
+    async fn fetch(&self, route: &str, what: &str, conditional: bool) -> Result<Option<Page>, GithubError> {
+        let err = |message: String| GithubError::Transport { what: what.to_owned(), message };
+        let cached =
+            if conditional { self.etags.lock().unwrap_or_else(|p| p.into_inner()).get(route).cloned() } else { None };
+        let mut headers = http::HeaderMap::new();
+        if let Some(c) = &cached
+            && let Ok(v) = http::HeaderValue::from_str(&c.etag)
+        {
+            headers.insert(http::header::IF_NONE_MATCH, v);
+        }
+        let uri = if route.starts_with("http://") || route.starts_with("https://") {
+            route.to_owned()
+        } else {
+            format!("{}{}", self.base.trim_end_matches('/'), route)
+        };
+        let response = match tokio::time::timeout(
+            self.timeout,
+            self.client._get_with_headers(uri.as_str(), Some(headers)),
+        )
+        .await
+        {
+            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
+            Ok(Err(e)) => return Err(err(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let header = |name: http::header::HeaderName| {
+            response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        let etag = header(http::header::ETAG);
+        let next = header(http::header::LINK).and_then(|l| next_link(&l));
+        let json = header(http::header::CONTENT_TYPE).is_none_or(|t| t.contains("json"));
+        if status == http::StatusCode::NOT_MODIFIED
+            && let Some(c) = cached
+        {
+            return Ok(Some(Page { body: c.body, next: c.next }));
+        }
+        let body = match tokio::time::timeout(self.timeout, self.client.body_to_string(response)).await {
+            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
+            Ok(Err(e)) => return Err(err(e.to_string())),
+            Ok(Ok(b)) => b,
+        };
+        // An HTML page (a proxy's, a captive portal's) is no answer from GitHub, whatever its status:
+        // a 404 in HTML proves nothing about a branch.
+        if !json {
+            return Err(GithubError::Unexpected {
+                what: what.to_owned(),
+                message: format!("HTTP {} answered with a body that is not JSON", status.as_u16()),
+            });
+        }
+        if status == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_owned());
+            return Err(GithubError::Status { what: what.to_owned(), status: status.as_u16(), message });
+        }
+        let body = bytes::Bytes::from(body);
+        if conditional && let Some(etag) = etag {
+            let mut etags = self.etags.lock().unwrap_or_else(|p| p.into_inner());
+            if etags.len() >= ETAG_CACHE_MAX {
+                etags.clear();
+            }
+            etags.insert(route.to_owned(), Cached { etag, body: body.clone(), next: next.clone() });
+        }
+        Ok(Some(Page { body, next }))
+    }
 }
 
-async fn tokio_timeout<F: std::future::Future>(f: F) -> Result<F::Output, ()> {
-    tokio::time::timeout(CALL_TIMEOUT, f).await.map_err(|_| ())
+/// One answer: its body, and the next page from its `Link` header.
+struct Page {
+    body: bytes::Bytes,
+    next: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    etag: String,
+    body: bytes::Bytes,
+    next: Option<String>,
+}
+
+/// The `rel="next"` URL of a `Link` header: `<https://…?page=2>; rel="next", <…>; rel="last"`.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
 }
 
 fn enc(s: &str) -> String {
@@ -188,5 +305,12 @@ mod tests {
     fn hostile_branch_names_stay_one_path_segment() {
         assert_eq!(enc("feat/x#y?z%20"), "feat%2Fx%23y%3Fz%2520");
         assert_eq!(enc("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header() {
+        let h = r#"<https://api.github.com/repositories/1/branches?per_page=100&page=2>; rel="next", <https://api.github.com/repositories/1/branches?per_page=100&page=5>; rel="last""#;
+        assert_eq!(next_link(h).as_deref(), Some("https://api.github.com/repositories/1/branches?per_page=100&page=2"));
+        assert_eq!(next_link(r#"<https://x/?page=1>; rel="prev", <https://x/?page=1>; rel="first""#), None);
     }
 }

@@ -5,5 +5,5 @@
 mod client;
 mod webhook;
 
-pub use client::{BranchListing, GitHub, GithubError};
+pub use client::{BranchListing, CALL_TIMEOUT, GitHub, GithubError};
 pub use webhook::{MAX_BODY_BYTES, ParseError, SignatureError, WebhookEvent, parse_event, verify_signature};

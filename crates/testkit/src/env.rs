@@ -16,6 +16,11 @@ use crate::{AwsProxy, FakeGitHub, Moto, Seeded, webhook, workspace_root};
 pub const REPO: &str = "acme/shop";
 pub const ZONE: &str = "preview.test.example";
 pub const SECRET: &str = "test-webhook-secret";
+
+/// The `n`th made-up commit.
+pub fn sha(n: usize) -> String {
+    format!("{n:040x}")
+}
 /// No single wait in a test lasts longer than this.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -62,13 +67,20 @@ impl TestEnv {
 
     /// `extra` is appended to the configuration file (more repositories, pattern overrides).
     pub async fn start_with(extra: &str) -> Self {
+        Self::start_opts(extra, "10m").await
+    }
+
+    /// As [`TestEnv::start_with`], with the reaper's grace period (`0s`: the first proof of absence counts).
+    pub async fn start_opts(extra: &str, grace: &str) -> Self {
         let moto = Moto::start().await;
         let seeded = moto.seed(&[ZONE]).await;
         let proxy = AwsProxy::start(&moto.endpoint).await;
         let github = FakeGitHub::start("/api/v3").await;
+        // Every repository has its default branch (a listing of none is a fault the reaper refuses).
+        github.set_branch(REPO, "main", &"f".repeat(40));
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("previewd.toml");
-        std::fs::write(&config_path, config_text(&dir, &github, &seeded, extra)).expect("config");
+        std::fs::write(&config_path, config_text(&dir, &github, &seeded, extra, grace)).expect("config");
         let db = format!("sqlite://{}", dir.path().join("previewd.db").display());
         let store = previewd_store::Store::connect(&db).await.expect("test database");
         let mut env = Self {
@@ -190,9 +202,27 @@ impl TestEnv {
         }
     }
 
+    /// Waits until the branch's environment is ready at `sha`.
+    pub async fn ready(&self, branch: &str, sha: &str) -> EnvRecord {
+        self.wait_for(branch, &format!("ready at {sha}"), |e| {
+            e.status == previewd_domain::Status::Ready && e.deployed_sha.as_ref().is_some_and(|s| s.as_str() == sha)
+        })
+        .await
+    }
+
+    /// Waits until the branch's environment is deleted.
+    pub async fn deleted(&self, branch: &str) -> EnvRecord {
+        self.wait_for(branch, "deleted", |e| e.status == previewd_domain::Status::Deleted).await
+    }
+
     /// Asks the running moto for a stack, without the proxy.
     pub async fn stack(&self, name: &str) -> Option<previewd_cloud::Stack> {
         aws_for(&self.moto.endpoint).await.describe_stack(name).await.expect("describe")
+    }
+
+    /// The SDK configuration of this test's moto (no proxy), for clients previewd does not wrap.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        sdk_config(&self.moto.endpoint).await
     }
 
     pub async fn direct_aws(&self) -> Aws {
@@ -274,7 +304,7 @@ impl TestEnv {
     }
 }
 
-fn config_text(dir: &tempfile::TempDir, github: &FakeGitHub, seeded: &Seeded, extra: &str) -> String {
+fn config_text(dir: &tempfile::TempDir, github: &FakeGitHub, seeded: &Seeded, extra: &str, grace: &str) -> String {
     let zone = &seeded.zones[ZONE];
     let subnets: Vec<String> = seeded.subnet_ids.iter().map(|s| format!("{s:?}")).collect();
     format!(
@@ -287,6 +317,7 @@ stacks_dir = "{stacks}"
 
 [github]
 api_url = "{api}"
+timeout = "2s"
 
 [reconciler]
 workers = 4
@@ -295,6 +326,14 @@ poll_max = "250ms"
 retry_min = "50ms"
 retry_max = "400ms"
 resync_every = "1h"
+lease = "2s"
+# One DeleteObjects batch per teardown step, so bounded emptying shows in tests.
+empty_batches_per_step = 1
+
+# Tests run passes themselves: the schedule never fires during one (midnight on New Year's Day).
+[reaper]
+schedule = "0 0 0 1 1 *"
+grace = "{grace}"
 
 [repos."{REPO}"]
 blueprint = "webapp"

@@ -26,6 +26,8 @@ pub struct Call {
     pub stack: Option<String>,
     /// Answered by a fault rather than by moto.
     pub injected: bool,
+    /// Keys a DeleteObjects call names (AWS takes at most 1,000).
+    pub keys: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +192,11 @@ impl AwsProxy {
     /// The next `times` DeleteObjects calls answer 200 with every key refused (`InternalError`).
     pub fn refuse_keys(&self, times: usize) {
         self.lock().key_errors = times;
+    }
+
+    /// Forgets the calls seen so far (to count what one pass does).
+    pub fn reset_calls(&self) {
+        self.lock().calls.clear();
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -386,6 +393,7 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         if is_form { form_urlencoded::parse(&body).into_owned().collect() } else { BTreeMap::new() };
     let (service, action) = identify(&parts.method, &path, &query, &parts.headers, &form);
     let stack = form.get("StackName").map(|s| stack_name(s));
+    let keys = if action == "DeleteObjects" { String::from_utf8_lossy(&body).matches("<Key>").count() } else { 0 };
 
     // Injected errors.
     let injected = {
@@ -401,6 +409,7 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
                 action: action.clone(),
                 stack: stack.clone(),
                 injected: true,
+                keys,
             });
         }
         hit
@@ -418,7 +427,13 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
             let refuse = st.key_errors > 0;
             if refuse {
                 st.key_errors -= 1;
-                st.calls.push(Call { service: service.clone(), action: action.clone(), stack: None, injected: true });
+                st.calls.push(Call {
+                    service: service.clone(),
+                    action: action.clone(),
+                    stack: None,
+                    injected: true,
+                    keys,
+                });
             }
             refuse
         };
@@ -468,7 +483,7 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         let strict = proxy.lock().strict_bucket_deletes;
         if strict && let Some(bucket) = proxy.blocking_bucket(name).await {
             let mut st = proxy.lock();
-            st.calls.push(Call { service, action, stack: stack.clone(), injected: true });
+            st.calls.push(Call { service, action, stack: stack.clone(), injected: true, keys });
             st.overrides.retain(|o| &o.stack != name);
             st.overrides.push(StatusOverride {
                 stack: name.clone(),
@@ -514,7 +529,13 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
     }
 
     let mut st = proxy.lock();
-    st.calls.push(Call { service: service.clone(), action: action.clone(), stack: stack.clone(), injected: false });
+    st.calls.push(Call {
+        service: service.clone(),
+        action: action.clone(),
+        stack: stack.clone(),
+        injected: false,
+        keys,
+    });
     if let Some(name) = &stack
         && status.is_success()
     {
