@@ -4,24 +4,17 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 use previewd_domain::Status;
-use previewd_testkit::{REPO, SECRET, TestEnv, webhook};
+use previewd_testkit::{REPO, SECRET, TestEnv, sha, webhook};
 
 const SHA1: &str = "1111111111111111111111111111111111111111";
 const SHA2: &str = "2222222222222222222222222222222222222222";
 
-fn sha(n: usize) -> String {
-    format!("{n:040x}")
-}
-
 async fn ready(t: &TestEnv, branch: &str, sha: &str) -> previewd_store::EnvRecord {
-    t.wait_for(branch, &format!("ready at {sha}"), |e| {
-        e.status == Status::Ready && e.deployed_sha.as_ref().is_some_and(|s| s.as_str() == sha)
-    })
-    .await
+    t.ready(branch, sha).await
 }
 
 async fn deleted(t: &TestEnv, branch: &str) -> previewd_store::EnvRecord {
-    t.wait_for(branch, "deleted", |e| e.status == Status::Deleted).await
+    t.deleted(branch).await
 }
 
 async fn events(t: &TestEnv, id: i64) -> Vec<String> {
@@ -122,7 +115,8 @@ async fn push_update_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_stale_pushes_are_harmless() {
-    let mut t = TestEnv::start().await;
+    // A short grace: a push that GitHub contradicts is not proof of absence until the grace has passed.
+    let mut t = TestEnv::start_opts("", "2s").await;
     t.github.set_branch(REPO, "feat/dup", SHA1);
     let body = serde_json::to_vec(&webhook::push(REPO, "feat/dup", &"0".repeat(40), SHA1)).expect("json");
     let answers = [
@@ -139,6 +133,10 @@ async fn duplicates_and_stale_pushes_are_harmless() {
     assert_eq!(t.delete("feat/dup").await, 202);
     deleted(&t, "feat/dup").await;
     assert_eq!(t.deliver("push", &body, None, Some("late-redelivery")).await, 202);
+    t.wait_for("feat/dup", "waiting for proof of absence", |e| {
+        e.last_error.as_deref().is_some_and(|m| m.contains("not proof of absence yet"))
+    })
+    .await;
     let env = t
         .wait_for("feat/dup", "settled as deleted after the stale push", |e| {
             e.status == Status::Deleted && e.desired == previewd_domain::Desired::Absent && e.desired_seq >= 4
@@ -252,13 +250,15 @@ async fn create_events_no_infra_branches_and_branch_settings() {
     assert!(t.stack(&env.stack_name).await.is_none());
     assert_eq!(t.proxy.count("CreateStack", &env.stack_name), 0);
 
-    // The branch's own settings: an invalid .previewd.toml fails with file and key named.
-    t.github.set_file(REPO, SHA1, ".previewd.toml", "service.cpu = 512\n");
-    assert_eq!(t.push("feat/own", SHA1).await, 202);
+    // The branch's own settings: an invalid .previewd.toml fails with file and key named. (A commit of
+    // its own: a file at a commit never changes, and previewd reads it once per commit.)
+    let sha3 = "3333333333333333333333333333333333333333";
+    t.github.set_file(REPO, sha3, ".previewd.toml", "service.cpu = 512\n");
+    assert_eq!(t.push("feat/own", sha3).await, 202);
     let env = t.wait_for("feat/own", "failed", |e| e.status == Status::Failed).await;
     let error = env.last_error.expect("error");
     assert!(
-        error.contains(".previewd.toml at 1111111 (branch overrides layer): key `service.cpu`: expected string"),
+        error.contains(".previewd.toml at 3333333 (branch overrides layer): key `service.cpu`: expected string"),
         "{error}"
     );
     t.github.set_file(REPO, SHA2, ".previewd.toml", "service.cpu = \"512\"\n[database]\nenabled = false\n");
@@ -463,9 +463,13 @@ async fn github_is_the_truth_both_ways_but_a_lost_token_deletes_nothing() {
     let env = ready(&t, "feat/again", SHA2).await;
     assert!(events(&t, env.id).await.iter().any(|e| e.contains("GitHub: the branch is at 2222222")));
 
-    // The token loses access: GitHub answers 404 for the branch and for the repository. Nothing goes.
+    // The token loses access: GitHub answers 404 for the branch and for the repository. Nothing goes:
+    // the fleet observer cannot list the branches, so it takes nothing as gone, and a push's reconcile
+    // finds the repository hidden.
     t.github.hide_repo(REPO, true);
-    t.app().reconciler().resync().await.expect("resync");
+    assert_eq!(t.app().reconciler().resync().await, 0);
+    let push = serde_json::to_vec(&webhook::push(REPO, "feat/again", SHA1, SHA2)).expect("json");
+    assert_eq!(t.deliver("push", &push, None, None).await, 202);
     let env = t
         .wait_for("feat/again", "retrying", |e| {
             e.last_error.as_deref().is_some_and(|m| m.contains("does not show repository"))

@@ -8,6 +8,9 @@ ALTER TABLE environments ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
 -- The last push (or create) a webhook reported: the time-to-live counts from it.
 ALTER TABLE environments ADD COLUMN pushed_at INTEGER;
 UPDATE environments SET pushed_at = desired_at WHERE desired_present = 1;
+-- When the reaper found the environment past its time-to-live: torn down although the branch exists,
+-- until the next push.
+ALTER TABLE environments ADD COLUMN expired_at INTEGER;
 
 -- Named locks with an expiry, held by one process at a time (one reaper pass across replicas and CLIs).
 CREATE TABLE locks (

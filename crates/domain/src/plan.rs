@@ -131,14 +131,19 @@ pub enum BranchDecision {
 }
 
 /// Decides whether the branch is present, from GitHub's answer and what was recorded. `missing_since` is
-/// when a listing or a look-up first lacked the branch (the caller records `now` on the first 404).
+/// when a listing or a look-up first lacked the branch (the caller records `now` on the first 404);
+/// `expired`: the reaper found the environment past its time-to-live, and no push has come since.
 pub fn branch(
     desired: &Desired,
+    expired: bool,
     github: &GitHubAnswer,
     missing_since: Option<i64>,
     now: i64,
     grace_ms: i64,
 ) -> BranchDecision {
+    if expired {
+        return BranchDecision::Absent;
+    }
     match github {
         GitHubAnswer::At(sha) => BranchDecision::Present(sha.clone()),
         GitHubAnswer::NotAsked => BranchDecision::Absent,
@@ -312,9 +317,10 @@ mod tests {
             ),
         ];
         for (case, desired, gh, missing, want) in table {
-            assert_eq!(&branch(desired, gh, *missing, now, grace), want, "{case}");
+            assert_eq!(&branch(desired, false, gh, *missing, now, grace), want, "{case}");
         }
-        assert_eq!(branch(&present(), &NotFound, None, now, 0), Absent, "grace 0s: the first 404 is proof");
+        assert_eq!(branch(&present(), false, &NotFound, None, now, 0), Absent, "grace 0s: the first 404 is proof");
+        assert_eq!(branch(&present(), true, &At(sha('a')), None, now, grace), Absent, "past its time-to-live");
     }
 
     fn view(status: StackStatus, current: bool) -> StackView {

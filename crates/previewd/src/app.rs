@@ -36,43 +36,17 @@ impl Application {
 
     /// As [`Application::build`], with AWS clients made elsewhere (tests point them at their own emulator).
     pub async fn build_with_aws(config: &Config, aws: Aws) -> anyhow::Result<Self> {
-        let owner = config.owner.clone().context("PREVIEWD_OWNER (owner) is required to serve")?;
         if config.webhook_secrets.is_empty() {
             bail!("PREVIEWD_WEBHOOK_SECRET (webhook_secrets) is required to serve");
         }
-        if config.repos.is_empty() {
-            tracing::warn!("no repositories configured: every webhook will be ignored");
-        }
-        let mut repos = BTreeMap::new();
-        let mut zones = BTreeMap::new();
-        for (name, repo) in &config.repos {
-            let zone = config
-                .zone_of(repo)
-                .with_context(|| {
-                    format!("no DNS zone for {name}: set PREVIEWD_DNS_ZONE or [repos.\"{name}\"] dns_zone")
-                })?
-                .clone();
-            zones.insert(name.clone(), zone.clone());
-            repos.insert(
-                name.clone(),
-                RepoSetup { blueprint: repo.blueprint.clone(), zone, layers: repo.layers.clone() },
-            );
-        }
-        let store = Store::connect(config.database_url.expose())
-            .await
-            .with_context(|| format!("cannot open the database {}", redact_url(config.database_url.expose())))?;
-        let github = GitHub::new(&config.github_api_url, config.github_token.as_ref())?;
-        let setup = Setup {
-            owner: owner.clone(),
-            stacks_dir: config.stacks_dir.clone(),
-            repos,
-            template_bucket: config.template_bucket.clone(),
-            // The host, not the process: a replica restarted after a crash takes its own leases back at
-            // once instead of waiting for them to expire.
-            instance: hostname(),
-            tuning: config.tuning.clone(),
-        };
-        let reconciler = Reconciler::new(setup, store.clone(), aws, github)?;
+        let reconciler = build_reconciler(config, aws, "").await?;
+        let store = reconciler.store().clone();
+        let owner = reconciler.owner().clone();
+        let zones = config
+            .repos
+            .iter()
+            .filter_map(|(name, repo)| Some((name.clone(), config.zone_of(repo)?.clone())))
+            .collect();
         let state = AppState {
             store: store.clone(),
             queue: reconciler.queue(),
@@ -98,7 +72,11 @@ impl Application {
         });
         let worker = {
             let reconciler = reconciler.clone();
-            tokio::spawn(async move { reconciler.run(stopped).await })
+            tokio::spawn(async move {
+                if let Err(e) = reconciler.run(stopped).await {
+                    tracing::error!(error = %e, "the reconciler stopped");
+                }
+            })
         };
         Ok(Self { addr, store, reconciler, stop, server, worker })
     }
@@ -123,6 +101,43 @@ impl Application {
         self.store.close().await;
         Ok(())
     }
+}
+
+/// The reconciler with everything it needs, checked before anything starts: the store (migrated), the
+/// GitHub client, the blueprints and the reaper's schedule. `serve` runs it; `previewd reap` drives one
+/// pass with it (`role` keeps its leases apart from a server's on the same host).
+pub async fn build_reconciler(config: &Config, aws: Aws, role: &str) -> anyhow::Result<Reconciler> {
+    let owner = config.owner.clone().context("PREVIEWD_OWNER (owner) is required")?;
+    if config.repos.is_empty() {
+        tracing::warn!("no repositories configured: every webhook will be ignored");
+    }
+    let mut repos = BTreeMap::new();
+    for (name, repo) in &config.repos {
+        let zone = config
+            .zone_of(repo)
+            .with_context(|| format!("no DNS zone for {name}: set PREVIEWD_DNS_ZONE or [repos.\"{name}\"] dns_zone"))?
+            .clone();
+        repos.insert(name.clone(), RepoSetup { blueprint: repo.blueprint.clone(), zone, layers: repo.layers.clone() });
+    }
+    previewd_reconciler::check_schedule(&config.reaper.schedule).with_context(|| {
+        format!("PREVIEWD_REAPER_SCHEDULE {:?} (cron, seconds first, e.g. \"0 0 * * * *\")", config.reaper.schedule)
+    })?;
+    let store = Store::connect(config.database_url.expose())
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(config.database_url.expose())))?;
+    let github = GitHub::with_timeout(&config.github_api_url, config.github_token.as_ref(), config.github_timeout)?;
+    let setup = Setup {
+        owner,
+        stacks_dir: config.stacks_dir.clone(),
+        repos,
+        template_bucket: config.template_bucket.clone(),
+        // The host, not the process: a replica restarted after a crash takes its own leases back at
+        // once instead of waiting for them to expire.
+        instance: if role.is_empty() { hostname() } else { format!("{}/{role}", hostname()) },
+        tuning: config.tuning.clone(),
+        reaper: config.reaper.clone(),
+    };
+    Ok(Reconciler::new(setup, store, aws, github)?)
 }
 
 fn hostname() -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use previewd_domain::Stage;
 use previewd_domain::{DnsZone, OwnerId, RepoName, Secret};
-use previewd_reconciler::Tuning;
+use previewd_reconciler::{ReaperSetup, Tuning};
 use previewd_render::{Layer, LayerKind, PatternOverride, RepoLayers};
 use serde::Deserialize;
 
@@ -20,6 +20,11 @@ pub const DEFAULT_REAPER_SCHEDULE: &str = "0 0 * * * *";
 /// An environment must stay orphaned this long before the reaper removes it: a branch that is deleted and
 /// pushed again a moment later (a force-push of a rebased branch, say) must not lose its environment.
 pub const DEFAULT_REAPER_GRACE: Duration = Duration::from_secs(10 * 60);
+/// A pass that finds more than half of a repository's environments orphaned trusts nothing it saw: a
+/// GitHub fault is likelier than half the branches vanishing within one hour.
+pub const DEFAULT_REAPER_MAX_SHARE: f64 = 0.5;
+/// ... though a small repository may always lose this many at once.
+pub const DEFAULT_REAPER_MIN_REMOVALS: usize = 3;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +52,8 @@ struct File {
 struct GithubFile {
     api_url: Option<String>,
     token: Option<String>,
+    /// One GitHub call may take this long (`15s`).
+    timeout: Option<String>,
 }
 
 /// Waits and limits of the reconciler (durations such as `5s`); the defaults suit real AWS.
@@ -61,6 +68,7 @@ struct ReconcilerFile {
     resync_every: Option<String>,
     lease: Option<String>,
     max_stack_attempts: Option<i64>,
+    empty_batches_per_step: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +76,10 @@ struct ReconcilerFile {
 struct ReaperFile {
     schedule: Option<String>,
     grace: Option<String>,
+    /// A pass that would remove more than this share of a repository's environments removes nothing.
+    max_share: Option<f64>,
+    /// ... unless it removes at most this many.
+    min_removals: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,12 +104,12 @@ pub struct Config {
     pub database_url: Secret,
     pub github_api_url: String,
     pub github_token: Option<Secret>,
+    pub github_timeout: Duration,
     pub webhook_secrets: Vec<Secret>,
     pub owner: Option<OwnerId>,
     pub dns_zone: Option<DnsZone>,
     pub stacks_dir: PathBuf,
-    pub reaper_schedule: String,
-    pub reaper_grace: Duration,
+    pub reaper: ReaperSetup,
     pub dashboard_token: Option<Secret>,
     /// An S3 bucket for templates over CloudFormation's 51,200-byte TemplateBody limit.
     pub template_bucket: Option<String>,
@@ -160,6 +172,16 @@ impl Config {
             None => DEFAULT_REAPER_GRACE,
         };
 
+        let github_timeout = match &file.github.timeout {
+            Some(t) => humantime::parse_duration(t)
+                .with_context(|| format!("{source}: [github] timeout = {t:?} is not a duration such as 15s"))?,
+            None => previewd_github::CALL_TIMEOUT,
+        };
+        let max_share = file.reaper.max_share.unwrap_or(DEFAULT_REAPER_MAX_SHARE);
+        if !(0.0..=1.0).contains(&max_share) {
+            bail!("{source}: [reaper] max_share = {max_share} must be a share between 0 and 1, such as 0.5");
+        }
+
         let mut tuning = Tuning::default();
         let r = &file.reconciler;
         let dur = |key: &str, v: &Option<String>, d: &mut Duration| -> anyhow::Result<()> {
@@ -180,6 +202,9 @@ impl Config {
         }
         if let Some(w) = r.workers {
             tuning.workers = w.max(1);
+        }
+        if let Some(b) = r.empty_batches_per_step {
+            tuning.empty_batches_per_step = b.max(1);
         }
         if let Some(m) = r.max_stack_attempts {
             tuning.max_stack_attempts = m.max(1);
@@ -244,6 +269,7 @@ impl Config {
                 .or(file.github.api_url)
                 .unwrap_or_else(|| "https://api.github.com".to_owned()),
             github_token: var("PREVIEWD_GITHUB_TOKEN").or(file.github.token).map(Secret::new),
+            github_timeout,
             webhook_secrets,
             owner,
             dns_zone,
@@ -251,10 +277,14 @@ impl Config {
                 .map(PathBuf::from)
                 .or(file.stacks_dir)
                 .unwrap_or_else(|| PathBuf::from("stacks")),
-            reaper_schedule: var("PREVIEWD_REAPER_SCHEDULE")
-                .or(file.reaper.schedule)
-                .unwrap_or_else(|| DEFAULT_REAPER_SCHEDULE.to_owned()),
-            reaper_grace,
+            reaper: ReaperSetup {
+                schedule: var("PREVIEWD_REAPER_SCHEDULE")
+                    .or(file.reaper.schedule)
+                    .unwrap_or_else(|| DEFAULT_REAPER_SCHEDULE.to_owned()),
+                grace: reaper_grace,
+                max_share,
+                min_removals: file.reaper.min_removals.unwrap_or(DEFAULT_REAPER_MIN_REMOVALS),
+            },
             dashboard_token: var("PREVIEWD_DASHBOARD_TOKEN").or(file.dashboard_token).map(Secret::new),
             template_bucket: file.template_bucket,
             tuning,
@@ -322,7 +352,8 @@ mod tests {
         assert_eq!(c.database_url.expose(), "sqlite://previewd.db");
         assert_eq!(c.github_api_url, "https://api.github.com");
         assert_eq!(c.stacks_dir, PathBuf::from("stacks"));
-        assert_eq!(c.reaper_grace, Duration::from_secs(600));
+        assert_eq!(c.reaper.grace, Duration::from_secs(600));
+        assert_eq!(c.reaper.schedule, "0 0 * * * *");
         assert!(c.repos.is_empty());
     }
 
@@ -353,7 +384,7 @@ mod tests {
         .expect("loads");
         assert_eq!(c.owner.expect("owner").as_str(), "from-env");
         assert_eq!(c.webhook_secrets.iter().map(Secret::expose).collect::<Vec<_>>(), ["new", "old"]);
-        assert_eq!(c.reaper_grace, Duration::from_secs(90));
+        assert_eq!(c.reaper.grace, Duration::from_secs(90));
         let names: Vec<_> = c.repos.keys().map(RepoName::as_str).collect();
         assert_eq!(names, ["acme/api", "acme/shop"]);
         let shop = &c.repos[&RepoName::new("acme/shop").expect("repo")];

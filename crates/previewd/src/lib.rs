@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod offline;
+pub mod reap;
 
 pub use app::Application;
 pub use config::Config;

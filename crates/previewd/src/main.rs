@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use previewd::{Application, Config, offline};
+use previewd::{Application, Config, offline, reap};
 
 #[derive(Debug, Parser)]
 #[command(name = "previewd", version, about = "Short-lived AWS environments for every Git branch.")]
@@ -26,6 +26,8 @@ enum Command {
     Render(offline::RenderArgs),
     /// Print every setting of a branch's environment, its value and the layer that set it.
     Explain(offline::ExplainArgs),
+    /// One reaper pass now: print each decision and its reason; exit non-zero when it refused or failed.
+    Reap(reap::ReapArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Explain(args) => offline::explain(&config, &args, &mut out)?,
+        Command::Reap(args) => {
+            init_tracing();
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let clean = runtime.block_on(async {
+                let aws = previewd_cloud::Aws::from_env().await;
+                reap::reap(&config, aws, &args, &mut out).await
+            })?;
+            print!("{out}");
+            if !clean {
+                anyhow::bail!("the reaper pass refused or failed: nothing was removed where it could not judge");
+            }
+            return Ok(());
+        }
     }
     print!("{out}");
     Ok(())
@@ -64,7 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,tokio_cron_scheduler=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 

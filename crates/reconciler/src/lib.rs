@@ -4,7 +4,9 @@
 //! agree. Every reconcile looks at the current state, never at the event that woke it, so duplicates,
 //! reordering and restarts are harmless.
 
+mod fleet;
 mod queue;
+mod reaper;
 mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,14 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use previewd_cloud::Aws;
-use previewd_domain::{DnsZone, OwnerId, RepoName, Status};
+use previewd_domain::{DnsZone, OwnerId, RepoName};
 use previewd_github::GitHub;
 use previewd_render::{Blueprint, RenderError, RepoLayers};
 use previewd_store::{Store, StoreError, now_ms};
 use tokio::sync::watch;
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tracing::Instrument as _;
 
-pub use queue::Queue;
+pub use queue::{Lane, Queue};
+pub use reaper::{Decision, Outcome, ReaperSetup, Report, Verdict};
 
 /// Deliveries are kept this long for deduplication (GitHub redelivers for up to 3 days).
 pub const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -53,6 +57,8 @@ pub struct Tuning {
     /// How long one replica may hold an environment; a crashed replica on another host blocks its
     /// environments this long. One reconcile step takes seconds, so this is generous.
     pub lease: Duration,
+    /// DeleteObjects batches (1,000 keys each) one teardown step may take before the next step.
+    pub empty_batches_per_step: usize,
 }
 
 impl Default for Tuning {
@@ -66,6 +72,7 @@ impl Default for Tuning {
             resync_every: Duration::from_secs(300),
             max_stack_attempts: 3,
             lease: Duration::from_secs(120),
+            empty_batches_per_step: previewd_cloud::EMPTY_STEP_BATCHES,
         }
     }
 }
@@ -81,6 +88,7 @@ pub struct Setup {
     /// This process, as a lease holder.
     pub instance: String,
     pub tuning: Tuning,
+    pub reaper: ReaperSetup,
 }
 
 /// What a reconcile step decided.
@@ -92,7 +100,19 @@ pub enum Action {
     Requeue(Duration),
 }
 
-/// Why a reconcile step stopped short.
+/// The reaper's schedule could not be set up (a cron expression it cannot parse, say).
+#[derive(Debug, thiserror::Error)]
+#[error("reaper schedule: {0}")]
+pub struct ReaperScheduleError(#[from] JobSchedulerError);
+
+/// Checks a reaper schedule (cron, seconds first) before anything starts.
+pub fn check_schedule(schedule: &str) -> Result<(), ReaperScheduleError> {
+    Job::new_async(schedule, |_, _| Box::pin(async {}))?;
+    Ok(())
+}
+
+/// Why a reconcile step stopped short. Errors from the layers below are kept whole, with their chain;
+/// [`ReconcileError::needs_human`] says which kind the error policy sees.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// Worth retrying later: throttling, an outage, a lost connection.
@@ -101,37 +121,26 @@ pub enum ReconcileError {
     /// Retrying will not help; the message says what a person should do.
     #[error("{0}")]
     NeedsHuman(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cloud(#[from] previewd_cloud::CloudError),
+    #[error(transparent)]
+    GitHub(#[from] previewd_github::GithubError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
 }
 
-impl From<StoreError> for ReconcileError {
-    fn from(e: StoreError) -> Self {
-        ReconcileError::Transient(e.to_string())
-    }
-}
-
-impl From<previewd_cloud::CloudError> for ReconcileError {
-    fn from(e: previewd_cloud::CloudError) -> Self {
-        if e.is_retryable() {
-            ReconcileError::Transient(e.to_string())
-        } else {
-            ReconcileError::NeedsHuman(e.to_string())
-        }
-    }
-}
-
-impl From<previewd_github::GithubError> for ReconcileError {
-    fn from(e: previewd_github::GithubError) -> Self {
-        match e {
+impl ReconcileError {
+    /// Retrying will not help: the environment is `failed` until a person acts or a push asks again.
+    pub fn needs_human(&self) -> bool {
+        match self {
+            ReconcileError::Transient(_) | ReconcileError::Store(_) => false,
+            ReconcileError::NeedsHuman(_) | ReconcileError::Render(_) => true,
+            ReconcileError::Cloud(e) => !e.is_retryable(),
             // An answer that will not change by asking again (a settings "file" that is a folder, say).
-            previewd_github::GithubError::Unexpected { .. } => ReconcileError::NeedsHuman(e.to_string()),
-            _ => ReconcileError::Transient(e.to_string()),
+            ReconcileError::GitHub(e) => matches!(e, previewd_github::GithubError::Unexpected { .. }),
         }
-    }
-}
-
-impl From<RenderError> for ReconcileError {
-    fn from(e: RenderError) -> Self {
-        ReconcileError::NeedsHuman(e.to_string())
     }
 }
 
@@ -143,6 +152,8 @@ pub(crate) struct Inner {
     pub(crate) queue: Queue,
     pub(crate) blueprints: HashMap<String, Blueprint>,
     pub(crate) zone_ids: Mutex<HashMap<String, String>>,
+    /// Branch settings files by repository and commit (a file at a commit never changes).
+    pub(crate) settings_files: Mutex<HashMap<(RepoName, previewd_domain::CommitSha), Option<String>>>,
     /// One application-stack step per repository at a time in this process: environments of one
     /// repository share that stack, and two of them must not both create it.
     pub(crate) app_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
@@ -177,6 +188,7 @@ impl Reconciler {
             queue: Queue::new(),
             blueprints,
             zone_ids: Mutex::new(HashMap::new()),
+            settings_files: Mutex::new(HashMap::new()),
             app_locks: Mutex::new(HashMap::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -191,9 +203,34 @@ impl Reconciler {
         &self.inner.store
     }
 
-    /// Runs the workers and the resync timer until `shutdown` turns true; a reconcile under way finishes
-    /// first (what it started in AWS is recorded and picked up again after a restart).
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+    pub fn owner(&self) -> &OwnerId {
+        &self.inner.setup.owner
+    }
+
+    /// Runs the workers, the fleet observer (every `resync_every`) and the reaper (on its cron schedule)
+    /// until `shutdown` turns true; a reconcile under way finishes first (what it started in AWS is
+    /// recorded and picked up again after a restart).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), ReaperScheduleError> {
+        let mut scheduler = self.schedule_reaper().await?;
+        let mut workers = self.spawn_workers(shutdown.clone());
+        let this = self.clone();
+        workers.spawn(async move {
+            loop {
+                this.resync().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(this.inner.setup.tuning.resync_every) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+            }
+        });
+        while workers.join_next().await.is_some() {}
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::warn!(error = %e, "cannot stop the reaper's scheduler");
+        }
+        Ok(())
+    }
+
+    fn spawn_workers(&self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinSet<()> {
         let mut workers = tokio::task::JoinSet::new();
         for n in 0..self.inner.setup.tuning.workers.max(1) {
             let this = self.clone();
@@ -210,40 +247,57 @@ impl Reconciler {
                 }
             });
         }
-        let this = self.clone();
-        workers.spawn(async move {
-            loop {
-                if let Err(e) = this.resync().await {
-                    tracing::warn!(error = ?e, "resync failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(this.inner.setup.tuning.resync_every) => {}
-                    _ = shutdown.wait_for(|s| *s) => break,
-                }
-            }
-        });
-        while workers.join_next().await.is_some() {}
+        workers
     }
 
-    /// Enqueues every environment that is not settled, and forgets old deliveries. Settled: deleted and
-    /// not wanted, or `failed` while wanted (a person acts, or a new push asks again: retrying a
-    /// deployment on a timer would repeat what already failed).
-    pub async fn resync(&self) -> Result<usize, StoreError> {
-        let envs = self.inner.store.list().await?;
-        let mut n = 0;
-        for env in envs {
-            let wanted = env.desired != previewd_domain::Desired::Absent;
-            // A failed teardown is tried again: a stack left behind costs money until it goes.
-            let settled = (env.status == Status::Failed && wanted) || (env.status == Status::Deleted && !wanted);
-            if !settled {
-                self.inner.queue.enqueue(env.id);
-                n += 1;
+    /// The reaper, on its cron schedule (seconds first).
+    async fn schedule_reaper(&self) -> Result<JobScheduler, ReaperScheduleError> {
+        let schedule = self.inner.setup.reaper.schedule.clone();
+        let scheduler = JobScheduler::new().await?;
+        let this = self.clone();
+        let job = Job::new_async(schedule.as_str(), move |_, _| {
+            let this = this.clone();
+            Box::pin(async move {
+                this.reap(false).instrument(tracing::info_span!("reaper")).await;
+            })
+        })?;
+        scheduler.add(job).await?;
+        scheduler.start().await?;
+        Ok(scheduler)
+    }
+
+    /// Runs the workers until the queue holds nothing, or `limit` has passed; returns whether it drained.
+    /// `previewd reap` uses it to carry removals out when no server is running.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let (stop, stopped) = watch::channel(false);
+        let mut workers = self.spawn_workers(stopped);
+        let drained = tokio::time::timeout(limit, self.inner.queue.drained()).await.is_ok();
+        let _ = stop.send(true);
+        while workers.join_next().await.is_some() {}
+        drained
+    }
+
+    /// One reaper pass now (see [`reaper`](crate::reaper)); a dry run changes nothing.
+    pub async fn reap(&self, dry_run: bool) -> Report {
+        self.inner.reap(dry_run).await
+    }
+
+    /// One pass of the fleet observer, and old deliveries forgotten; returns how many environments it
+    /// enqueued. Failures are logged: the next pass looks again.
+    pub async fn resync(&self) -> usize {
+        let enqueued = match self.inner.resync_fleet().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "resync failed");
+                0
             }
-        }
+        };
         let cutoff = now_ms() - DELIVERY_RETENTION.as_millis() as i64;
-        self.inner.store.prune_deliveries(cutoff).await?;
-        tracing::debug!(enqueued = n, "resync");
-        Ok(n)
+        if let Err(e) = self.inner.store.prune_deliveries(cutoff).await {
+            tracing::warn!(error = ?e, "cannot forget old deliveries");
+        }
+        tracing::debug!(enqueued, "resync");
+        enqueued
     }
 
     /// One reconcile of one environment, under its lease, with the error policy applied; returns when to
@@ -284,17 +338,17 @@ impl Reconciler {
         let mut observed = env.observed();
         let message = error.to_string();
         observed.last_error = Some(message.clone());
-        let requeue = match error {
-            ReconcileError::Transient(_) => {
+        let requeue = match error.needs_human() {
+            false => {
                 observed.retries += 1;
                 let exp = observed.retries.clamp(1, 16) as u32 - 1;
                 let base = t.retry_min.saturating_mul(2u32.saturating_pow(exp)).min(t.retry_max);
-                tracing::warn!(error = %message, retries = observed.retries, "will retry");
+                tracing::warn!(error = ?error, retries = observed.retries, "will retry");
                 Some(jitter(base))
             }
-            ReconcileError::NeedsHuman(_) => {
-                observed.status = Status::Failed;
-                tracing::error!(error = %message, "needs a person");
+            true => {
+                observed.status = previewd_domain::Status::Failed;
+                tracing::error!(error = ?error, "needs a person");
                 None
             }
         };

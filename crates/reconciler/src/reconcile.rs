@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use previewd_cloud::{OwnershipMarker, Stack, StackRequest, Template, UpdateOutcome};
-use previewd_domain::{CommitSha, Desired, EnvNames, RULE_PRIORITY_MAX, Stage, Status, app_stack_name, tag_value};
+use previewd_domain::plan::{self, BranchDecision, ConvergeStep, GitHubAnswer, StackView, TeardownStep};
+use previewd_domain::{CommitSha, Desired, RULE_PRIORITY_MAX, Stage, Status, app_stack_name, tag_value};
 use previewd_render::{Context, Layer, LayerKind, TemplateKind};
 use previewd_store::{EnvRecord, Observed, now_ms};
 use sha2::{Digest, Sha256};
@@ -14,12 +15,15 @@ use crate::{Action, Inner, ReconcileError, RepoSetup};
 
 /// The file a branch commits to override settings of its own environment.
 pub const BRANCH_SETTINGS_FILE: &str = ".previewd.toml";
+/// Branch settings files remembered by commit; past this the cache starts afresh (each is a few hundred
+/// bytes).
+const SETTINGS_CACHE_MAX: usize = 10_000;
 
 pub(crate) const TAG_OWNER: &str = "previewd:owner";
-const TAG_REPO: &str = "previewd:repo";
-const TAG_BRANCH: &str = "previewd:branch";
-const TAG_ENV: &str = "previewd:env";
-const TAG_SHA: &str = "previewd:sha";
+pub(crate) const TAG_REPO: &str = "previewd:repo";
+pub(crate) const TAG_BRANCH: &str = "previewd:branch";
+pub(crate) const TAG_ENV: &str = "previewd:env";
+pub(crate) const TAG_SHA: &str = "previewd:sha";
 const TAG_STAGE: &str = "previewd:stage";
 /// A hash of the rendered template: an unchanged template at an unchanged commit needs no update.
 const TAG_TEMPLATE: &str = "previewd:template";
@@ -47,49 +51,78 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
         return Ok(Action::Done);
     }
 
-    // Absence was confirmed before the teardown began; its polls need not ask GitHub again.
+    // Absence was proven before the teardown began; its polls need not ask GitHub again.
     let tearing_down = env.desired == Desired::Absent && env.status == Status::Deleting;
-    let head = if tearing_down { None } else { confirm_with_github(inner, &env).await? };
+    let answer = if tearing_down { GitHubAnswer::NotAsked } else { ask_github(inner, &env).await? };
     let stack = inner.aws.describe_stack(&env.stack_name).await?;
-    if let Some(s) = &stack
-        && s.tag(TAG_OWNER) != Some(inner.setup.owner.as_str())
-    {
-        return Err(ReconcileError::NeedsHuman(format!(
-            "stack {} exists but was not created by this previewd (owner tag {:?}); it is never touched: remove or rename it",
-            s.name,
-            s.tag(TAG_OWNER)
-        )));
-    }
-    match head {
-        None => teardown(inner, &env, repo, stack).await,
-        Some(sha) => converge(inner, &env, repo, &sha, stack).await,
+    let now = now_ms();
+    let missing_since = match answer {
+        GitHubAnswer::NotFound => Some(env.missing_since.unwrap_or(now)),
+        _ => env.missing_since,
+    };
+    let grace = inner.setup.reaper.grace.as_millis() as i64;
+    match plan::branch(&env.desired, env.expired_at.is_some(), &answer, missing_since, now, grace) {
+        BranchDecision::Absent => {
+            if env.desired != Desired::Absent && env.expired_at.is_none() {
+                let why = format!(
+                    "GitHub: the branch does not exist (404), and no webhook or listing has shown it for {}",
+                    humanize(grace)
+                );
+                inner.store.set_desired(env.id, &Desired::Absent, &why).await?;
+            }
+            teardown(inner, &env, repo, stack).await
+        }
+        BranchDecision::NotYetProof { wait_ms } => {
+            let why = format!(
+                "GitHub does not show branch {} (404), but it was said to exist less than {} ago: not proof of \
+                 absence yet; looking again",
+                env.branch,
+                humanize(grace)
+            );
+            if env.last_error.as_deref() != Some(why.as_str()) {
+                let o = Observed { last_error: Some(why.clone()), ..env.observed() };
+                inner.store.update_observed(env.id, &o, Some(("absence", &why))).await?;
+            }
+            let t = &inner.setup.tuning;
+            Ok(Action::Requeue(Duration::from_millis(wait_ms.max(0) as u64).clamp(t.poll_min, t.poll_max)))
+        }
+        BranchDecision::Present(sha) => {
+            let truth = Desired::Present { sha: Some(sha.clone()) };
+            if truth != env.desired {
+                inner.store.set_desired(env.id, &truth, &format!("GitHub: the branch is at {}", sha.short())).await?;
+            }
+            converge(inner, &env, repo, &sha, stack).await
+        }
     }
 }
 
-/// GitHub's answer is the truth, both ways: a stale push must not resurrect a deleted branch, a late
-/// `delete` must not remove a branch that was created again, and a missed push must not leave an old
-/// commit deployed. A 404 for the branch proves absence only while GitHub still shows the repository:
-/// a token that lost access must not tear every environment down. Returns the branch's head, `None` when
-/// it is gone, and records any difference as the new desired state.
-async fn confirm_with_github(inner: &Inner, env: &EnvRecord) -> Result<Option<CommitSha>, ReconcileError> {
-    let head = match inner.github.branch_head(&env.repo, &env.branch).await? {
-        Some(head) => Some(head),
-        None if inner.github.repo_visible(&env.repo).await? => None,
-        None => {
-            return Err(ReconcileError::Transient(format!(
-                "GitHub does not show repository {} to previewd's token (404): check its access; nothing is changed meanwhile",
-                env.repo
-            )));
+/// Asks GitHub for the branch. A 404 is an answer only while GitHub still shows the repository: a token
+/// that lost access must not tear every environment down. The first 404 is noted (the grace counts from
+/// it); a branch seen again is no longer missing.
+async fn ask_github(inner: &Inner, env: &EnvRecord) -> Result<GitHubAnswer, ReconcileError> {
+    match inner.github.branch_head(&env.repo, &env.branch).await? {
+        Some(head) => {
+            if env.missing_since.is_some() {
+                inner.store.mark_seen(env.id).await?;
+            }
+            Ok(GitHubAnswer::At(head))
         }
-    };
-    let (truth, why) = match &head {
-        None => (Desired::Absent, "GitHub: the branch does not exist".to_owned()),
-        Some(sha) => (Desired::Present { sha: Some(sha.clone()) }, format!("GitHub: the branch is at {}", sha.short())),
-    };
-    if truth != env.desired {
-        inner.store.set_desired(env.id, &truth, &why).await?;
+        None if inner.github.repo_visible(&env.repo).await? => {
+            if env.missing_since.is_none() {
+                inner.store.mark_missing(env.id, now_ms()).await?;
+            }
+            Ok(GitHubAnswer::NotFound)
+        }
+        None => Err(ReconcileError::Transient(format!(
+            "GitHub does not show repository {} to previewd's token (404): check its access; nothing is changed meanwhile",
+            env.repo
+        ))),
     }
-    Ok(head)
+}
+
+/// A duration in milliseconds as people write it (`10m`, `90s`).
+pub(crate) fn humanize(ms: i64) -> String {
+    humantime::format_duration(Duration::from_secs((ms.max(0) / 1000) as u64)).to_string()
 }
 
 /// Counts one more stack operation for the current desired state, `done` having been tried; once
@@ -125,7 +158,7 @@ async fn record(
     Ok(())
 }
 
-async fn zone_id(inner: &Inner, repo: &RepoSetup) -> Result<String, ReconcileError> {
+pub(crate) async fn zone_id(inner: &Inner, repo: &RepoSetup) -> Result<String, ReconcileError> {
     let zone = repo.zone.as_str();
     if let Some(id) = inner.zone_ids.lock().unwrap_or_else(|p| p.into_inner()).get(zone) {
         return Ok(id.clone());
@@ -135,20 +168,62 @@ async fn zone_id(inner: &Inner, repo: &RepoSetup) -> Result<String, ReconcileErr
     Ok(id)
 }
 
-/// DNS record first, then every bucket emptied, then DeleteStack, then wait for it to be gone. Works
-/// whether the create finished, failed halfway, or never ran.
+/// DNS record first, then every bucket emptied (in bounded steps), then DeleteStack, then wait for it to be
+/// gone. Works whether the create finished, failed halfway, or never ran.
 async fn teardown(
     inner: &Inner,
     env: &EnvRecord,
     repo: &RepoSetup,
     stack: Option<Stack>,
 ) -> Result<Action, ReconcileError> {
+    let view = stack.as_ref().map(|s| stack_view(inner, s, false));
+    let attempts = if env.status == Status::Deleting { env.attempts } else { 0 };
+    let step = plan::teardown(view.as_ref(), attempts, inner.setup.tuning.max_stack_attempts);
+    if let (TeardownStep::Refuse(why), Some(s)) = (&step, &stack) {
+        let reason = s.reason.as_deref().unwrap_or(&s.status);
+        return Err(ReconcileError::NeedsHuman(format!("stack {}: {why} (last reason: {reason})", s.name)));
+    }
+    // The record went before the status became `deleting`: its later steps need not look at DNS again.
+    if env.status != Status::Deleting {
+        remove_dns(inner, env, repo).await?;
+    }
+    let (stack, retry) = match (step, stack) {
+        (TeardownStep::Delete { retry }, Some(stack)) => (stack, retry),
+        (TeardownStep::Wait, Some(_)) => {
+            let o = Observed { status: Status::Deleting, url: None, ..env.observed() };
+            record(inner, env, o, None).await?;
+            return Ok(Action::Requeue(poll_delay(inner, env)));
+        }
+        // No stack (a refusal returned above): the environment is gone.
+        _ => {
+            let o = Observed { status: Status::Deleted, url: None, last_error: None, attempts: 0, ..env.observed() };
+            let event =
+                (env.status != Status::Deleted).then_some(("deleted", "the branch is gone and so is its environment"));
+            record(inner, env, o, event).await?;
+            return Ok(Action::Done);
+        }
+    };
+    let Some(emptied) = empty_buckets(inner, env, &stack).await? else {
+        return Ok(Action::Requeue(Duration::ZERO));
+    };
+    inner.aws.delete_stack(&stack.id, &token("delete", env.id)).await?;
+    let why = if retry {
+        format!("deleting stack {} again after DELETE_FAILED ({emptied} objects emptied)", stack.name)
+    } else {
+        format!("deleting stack {} ({emptied} objects emptied)", stack.name)
+    };
+    let attempts = if retry { attempts + 1 } else { attempts };
+    let o = Observed { status: Status::Deleting, url: None, attempts, ..env.observed() };
+    inner.store.update_observed(env.id, &o, Some(("deleting", &why))).await?;
+    Ok(Action::Requeue(inner.setup.tuning.poll_min))
+}
+
+/// Removes the environment's DNS name (when its marker is ours) and records the environment as
+/// `deleting`, so later steps of the teardown skip DNS.
+async fn remove_dns(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<(), ReconcileError> {
     let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
-    // The record went before the status became `deleting`: its polls need not look at DNS again.
-    let dns_done = env.status == Status::Deleting;
-    match if dns_done { Ok(None) } else { zone_id(inner, repo).await.map(Some) } {
-        Ok(None) => {}
-        Ok(Some(zone)) => match inner.aws.delete_dns(&zone, &env.dns_name, &marker).await {
+    match zone_id(inner, repo).await {
+        Ok(zone) => match inner.aws.delete_dns(&zone, &env.dns_name, &marker).await {
             Ok(true) => inner.store.add_event(env.id, "dns", &format!("removed {}", env.dns_name)).await?,
             Ok(false) => {}
             Err(e) if e.code() == "NotOwned" => tracing::warn!(error = %e, "DNS record left alone"),
@@ -156,46 +231,55 @@ async fn teardown(
             Err(e) => return Err(ReconcileError::Transient(e.to_string())),
         },
         // No zone, so no record of ours: the stack still goes.
-        Err(ReconcileError::NeedsHuman(e)) => tracing::warn!(error = %e, "no hosted zone: no DNS record to remove"),
+        Err(e) if e.needs_human() => tracing::warn!(error = ?e, "no hosted zone: no DNS record to remove"),
         Err(e) => return Err(e),
     }
-    let Some(stack) = stack else {
-        let o = Observed { status: Status::Deleted, url: None, last_error: None, attempts: 0, ..env.observed() };
-        let event =
-            (env.status != Status::Deleted).then_some(("deleted", "the branch is gone and so is its environment"));
-        record(inner, env, o, event).await?;
-        return Ok(Action::Done);
-    };
-    if stack.in_progress() {
-        // Deletion wins over a create or update under way, once CloudFormation lets go of the stack.
-        let o = Observed { status: Status::Deleting, ..env.observed() };
-        record(inner, env, o, None).await?;
-        return Ok(Action::Requeue(poll_delay(inner, env)));
-    }
-    let retry = stack.status == "DELETE_FAILED";
-    let mut attempts = if env.status == Status::Deleting { env.attempts } else { 0 };
-    if retry {
-        let advice = "remove what blocks it; previewd tries again at every resync";
-        attempts = next_attempt(inner, attempts, &stack, "could not be deleted", advice)?;
-    }
+    let o = Observed { status: Status::Deleting, url: None, ..env.observed() };
+    record(inner, env, o, None).await
+}
+
+/// Takes one bounded step of emptying the stack's buckets. `Some(objects deleted)` once every bucket is
+/// empty; `None` while more remains (the step is recorded, and the reconciler comes straight back).
+async fn empty_buckets(inner: &Inner, env: &EnvRecord, stack: &Stack) -> Result<Option<usize>, ReconcileError> {
     let mut emptied = 0;
     for bucket in inner.aws.stack_resources(&stack.id, "AWS::S3::Bucket").await? {
-        emptied += inner.aws.empty_bucket(&bucket).await?.versions_deleted;
+        let report = inner.aws.empty_bucket(&bucket, inner.setup.tuning.empty_batches_per_step).await?;
+        emptied += report.versions_deleted;
+        if !report.done {
+            let why = format!(
+                "emptying bucket {bucket}: {} object versions deleted in this step, more remain",
+                report.versions_deleted
+            );
+            inner.store.add_event(env.id, "emptying", &why).await?;
+            return Ok(None);
+        }
     }
-    inner.aws.delete_stack(&stack.id, &token("delete", env.id)).await?;
-    let why = if retry {
-        format!("deleting stack {} again after DELETE_FAILED ({emptied} objects emptied)", stack.name)
-    } else {
-        format!("deleting stack {} ({emptied} objects emptied)", stack.name)
-    };
-    let o = Observed { status: Status::Deleting, url: None, attempts, ..env.observed() };
-    inner.store.update_observed(env.id, &o, Some(("deleting", &why))).await?;
-    Ok(Action::Requeue(inner.setup.tuning.poll_min))
+    Ok(Some(emptied))
+}
+
+fn stack_view(inner: &Inner, s: &Stack, current: bool) -> StackView {
+    StackView { status: s.stack_status(), owned: s.tag(TAG_OWNER) == Some(inner.setup.owner.as_str()), current }
 }
 
 /// Reads the branch's own settings file at `sha`: absent means no overrides.
+/// A file at a commit never changes, so it is fetched once per commit (and a settled environment asks
+/// GitHub nothing).
 async fn branch_layer(inner: &Inner, env: &EnvRecord, sha: &CommitSha) -> Result<Option<Layer>, ReconcileError> {
-    let Some(text) = inner.github.file_at(&env.repo, BRANCH_SETTINGS_FILE, sha).await? else { return Ok(None) };
+    let key = (env.repo.clone(), sha.clone());
+    let cached = inner.settings_files.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+    let text = match cached {
+        Some(text) => text,
+        None => {
+            let text = inner.github.file_at(&env.repo, BRANCH_SETTINGS_FILE, sha).await?;
+            let mut files = inner.settings_files.lock().unwrap_or_else(|p| p.into_inner());
+            if files.len() >= SETTINGS_CACHE_MAX {
+                files.clear();
+            }
+            files.insert(key, text.clone());
+            text
+        }
+    };
+    let Some(text) = text else { return Ok(None) };
     let source = format!("{BRANCH_SETTINGS_FILE} at {}", sha.short());
     Ok(Some(Layer::parse(LayerKind::Branch, source, &text)?))
 }
@@ -224,13 +308,26 @@ async fn converge(
     sha: &CommitSha,
     stack: Option<Stack>,
 ) -> Result<Action, ReconcileError> {
-    if let Some(s) = &stack
-        && s.in_progress()
-    {
-        // CloudFormation is still working: nothing to render or fetch until it is done.
-        let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
-        record(inner, env, o, None).await?;
-        return Ok(Action::Requeue(poll_delay(inner, env)));
+    let max = inner.setup.tuning.max_stack_attempts;
+    let refuse = |s: &Stack, why: &str| {
+        ReconcileError::NeedsHuman(format!(
+            "stack {} is {}: {why} ({})",
+            s.name,
+            s.status,
+            s.reason.as_deref().unwrap_or("no reason given")
+        ))
+    };
+    // Waiting and refusing need neither the settings nor a rendered template.
+    if let Some(s) = &stack {
+        match plan::converge(Some(&stack_view(inner, s, false)), env.attempts, max) {
+            ConvergeStep::Wait => {
+                let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
+                record(inner, env, o, None).await?;
+                return Ok(Action::Requeue(poll_delay(inner, env)));
+            }
+            ConvergeStep::Refuse(why) => return Err(refuse(s, &why)),
+            _ => {}
+        }
     }
     let owner = inner.setup.owner.as_str();
     let blueprint = inner
@@ -247,88 +344,84 @@ async fn converge(
         return Ok(action);
     }
 
-    let names = EnvNames::new(&inner.setup.owner, &env.repo, &env.branch, &repo.zone);
+    let names = env.names(&inner.setup.owner);
     let hint = i64::from(names.env_key.rule_priority_hint());
     let priority = inner.store.allocate_priority(env.id, &env.repo, hint, i64::from(RULE_PRIORITY_MAX)).await?;
     let ctx = app_ctx.with_environment(env.branch.as_str(), sha.as_str(), &names, priority as u32);
     let rendered = blueprint.render(TemplateKind::Environment, &settings, &ctx)?;
     let hash = template_hash(&rendered.body);
     let tags = env_tags(owner, env, sha, &hash);
+    let current = stack
+        .as_ref()
+        .is_some_and(|s| s.tag(TAG_SHA) == Some(sha.as_str()) && s.tag(TAG_TEMPLATE) == Some(hash.as_str()));
+    let view = stack.as_ref().map(|s| stack_view(inner, s, current));
 
-    let Some(stack) = stack else {
-        let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
-        let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("create", env.id) };
-        let stack_id = match inner.aws.create_stack(&req).await {
-            Ok(id) => Some(id),
-            // Created by an earlier attempt whose answer was lost: look again.
-            Err(e) if e.code() == "AlreadyExistsException" => return Ok(Action::Requeue(inner.setup.tuning.poll_min)),
-            Err(e) => return Err(e.into()),
-        };
-        let o = Observed { status: Status::Provisioning, stack_id, last_error: None, ..env.observed() };
-        let why = format!("creating stack {} at {}", env.stack_name, sha.short());
-        inner.store.update_observed(env.id, &o, Some(("create", &why))).await?;
-        return Ok(Action::Requeue(inner.setup.tuning.poll_min));
-    };
-
-    let status = stack.status.as_str();
-    if status == "ROLLBACK_COMPLETE" {
-        // A failed create leaves a stack that can only be deleted; delete it, then create afresh.
-        let attempts = next_attempt(
-            inner,
-            env.attempts,
-            &stack,
-            "failed to create",
-            "fix the template or settings and push again",
-        )?;
-        for bucket in inner.aws.stack_resources(&stack.id, "AWS::S3::Bucket").await? {
-            inner.aws.empty_bucket(&bucket).await?;
+    match (plan::converge(view.as_ref(), env.attempts, max), stack) {
+        (ConvergeStep::Create, _) => {
+            let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
+            let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("create", env.id) };
+            let stack_id = match inner.aws.create_stack(&req).await {
+                Ok(id) => Some(id),
+                // Created by an earlier attempt whose answer was lost: look again.
+                Err(e) if e.code() == "AlreadyExistsException" => {
+                    return Ok(Action::Requeue(inner.setup.tuning.poll_min));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let o = Observed { status: Status::Provisioning, stack_id, last_error: None, ..env.observed() };
+            let why = format!("creating stack {} at {}", env.stack_name, sha.short());
+            inner.store.update_observed(env.id, &o, Some(("create", &why))).await?;
+            Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
-        inner.aws.delete_stack(&stack.id, &token("delete-rollback", env.id)).await?;
-        let o = Observed { status: Status::Provisioning, attempts, ..env.observed() };
-        let why = format!(
-            "create rolled back ({}); deleting to create again",
-            stack.reason.as_deref().unwrap_or("no reason given")
-        );
-        inner.store.update_observed(env.id, &o, Some(("rollback", &why))).await?;
-        return Ok(Action::Requeue(inner.setup.tuning.poll_min));
-    }
-    if !UPDATABLE.contains(&status) {
-        let advice = match status {
-            "UPDATE_ROLLBACK_FAILED" => "continue the rollback (ContinueUpdateRollback) or delete the stack",
-            "DELETE_FAILED" => "remove what blocks the deletion, then delete the stack",
-            _ => "inspect the stack's events in the CloudFormation console",
-        };
-        return Err(ReconcileError::NeedsHuman(format!(
-            "stack {} is {status}: {}; {advice}",
-            stack.name,
-            stack.reason.as_deref().unwrap_or("no reason given")
-        )));
-    }
-
-    if stack.tag(TAG_SHA) != Some(sha.as_str()) || stack.tag(TAG_TEMPLATE) != Some(hash.as_str()) {
-        let attempts = if status == "UPDATE_ROLLBACK_COMPLETE" {
-            let what = format!("rolled back the update to {}", sha.short());
-            next_attempt(inner, env.attempts, &stack, &what, "fix the template or settings and push again")?
-        } else {
-            env.attempts + 1
-        };
-        let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
-        let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("update", env.id) };
-        if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
-            let o =
-                Observed { status: Status::Provisioning, stack_id: Some(stack.id.clone()), attempts, ..env.observed() };
-            let why = format!("updating stack {} to {}", stack.name, sha.short());
-            inner.store.update_observed(env.id, &o, Some(("update", &why))).await?;
-            return Ok(Action::Requeue(inner.setup.tuning.poll_min));
+        (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
+            let Some(_) = empty_buckets(inner, env, &stack).await? else { return Ok(Action::Requeue(Duration::ZERO)) };
+            inner.aws.delete_stack(&stack.id, &token("delete-rollback", env.id)).await?;
+            let o = Observed { status: Status::Provisioning, attempts: env.attempts + 1, ..env.observed() };
+            let why = format!(
+                "create rolled back ({}); deleting to create again",
+                stack.reason.as_deref().unwrap_or("no reason given")
+            );
+            inner.store.update_observed(env.id, &o, Some(("rollback", &why))).await?;
+            Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
-        inner.store.add_event(env.id, "update", "no updates are to be performed: the stack is up to date").await?;
+        (ConvergeStep::Update { counted }, Some(stack)) => {
+            let attempts = if counted { env.attempts + 1 } else { env.attempts };
+            let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
+            let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("update", env.id) };
+            if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
+                let o = Observed {
+                    status: Status::Provisioning,
+                    stack_id: Some(stack.id.clone()),
+                    attempts,
+                    ..env.observed()
+                };
+                let why = format!("updating stack {} to {}", stack.name, sha.short());
+                inner.store.update_observed(env.id, &o, Some(("update", &why))).await?;
+                return Ok(Action::Requeue(inner.setup.tuning.poll_min));
+            }
+            inner.store.add_event(env.id, "update", "no updates are to be performed: the stack is up to date").await?;
+            point_dns(inner, env, repo, sha, &stack).await
+        }
+        (ConvergeStep::PointDns, Some(stack)) => point_dns(inner, env, repo, sha, &stack).await,
+        (ConvergeStep::Refuse(why), Some(stack)) => Err(refuse(&stack, &why)),
+        (ConvergeStep::Wait, _) => Ok(Action::Requeue(poll_delay(inner, env))),
+        (step, None) => Err(ReconcileError::NeedsHuman(format!("{step:?} planned for a stack that does not exist"))),
     }
+}
 
-    // The stack is what was asked for: point the name at it.
+/// The stack is what was asked for: point the name at it (unless it already points there) and call the
+/// environment ready.
+async fn point_dns(
+    inner: &Inner,
+    env: &EnvRecord,
+    repo: &RepoSetup,
+    sha: &CommitSha,
+    stack: &Stack,
+) -> Result<Action, ReconcileError> {
     let endpoint = stack.outputs.get("Endpoint").ok_or_else(|| {
         ReconcileError::NeedsHuman(format!("stack {} has no Endpoint output for the DNS record", stack.name))
     })?;
-    let marker = OwnershipMarker::new(owner, env.repo.as_str(), env.env_key.as_str());
+    let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
     inner.aws.upsert_dns(&zone_id(inner, repo).await?, &env.dns_name, endpoint, &marker).await?;
     let url = stack.outputs.get("Url").cloned().unwrap_or_else(|| format!("https://{}", env.dns_name));
     let o = Observed {

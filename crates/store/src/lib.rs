@@ -84,6 +84,9 @@ pub struct EnvRecord {
     pub keep: bool,
     /// The last push or branch creation a webhook reported.
     pub pushed_at: Option<i64>,
+    /// When the reaper found it past its time-to-live: not wanted, although its branch exists, until the
+    /// next push.
+    pub expired_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -171,7 +174,7 @@ pub fn now_ms() -> i64 {
 
 const ENV_COLUMNS: &str = "id, repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
      desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, missing_since, \
-     keep, pushed_at, created_at, updated_at";
+     keep, pushed_at, expired_at, created_at, updated_at";
 
 fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
@@ -213,6 +216,7 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
         missing_since: get_oi("missing_since")?,
         keep: get_i("keep")? != 0,
         pushed_at: get_oi("pushed_at")?,
+        expired_at: get_oi("expired_at")?,
         created_at: get_i("created_at")?,
         updated_at: get_i("updated_at")?,
     })
@@ -530,6 +534,23 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Records that the environment outlived its time-to-live: it is torn down although its branch
+    /// exists, until the next push.
+    pub async fn expire(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query("UPDATE environments SET expired_at = $1, updated_at = $2 WHERE id = $3")
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("expire"))?;
+        append_event(&mut tx, id, now, "expired", reason).await?;
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(())
+    }
+
     /// Marks the environment kept (or not), with the reason in its event log.
     pub async fn set_keep(&self, id: i64, keep: bool, reason: &str) -> Result<(), StoreError> {
         let now = now_ms();
@@ -588,6 +609,22 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(db("record reaper pass"))
+    }
+
+    /// Reaper passes (not dry runs) by outcome, counted in SQL: a Prometheus counter that survives restarts.
+    pub async fn reaper_pass_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM reaper_passes WHERE dry_run = 0 GROUP BY outcome")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count reaper passes"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("outcome").map_err(db("count reaper passes"))?,
+                    r.try_get("n").map_err(db("count reaper passes"))?,
+                ))
+            })
+            .collect()
     }
 
     /// The newest reaper pass that was not a dry run, if any.
@@ -695,12 +732,14 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
             "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
              desired_at = $3, status = $4, attempts = 0, retries = 0, \
              missing_since = CASE WHEN $5 = 1 THEN NULL ELSE missing_since END, \
-             pushed_at = COALESCE($6, pushed_at), updated_at = $7 WHERE id = $8",
+             expired_at = CASE WHEN $6 = 1 THEN NULL ELSE expired_at END, \
+             pushed_at = COALESCE($7, pushed_at), updated_at = $8 WHERE id = $9",
         )
         .bind(present)
         .bind(sha)
         .bind(now)
         .bind(status.on_new_desire().as_str())
+        .bind(present)
         .bind(present)
         .bind(pushed_at)
         .bind(now)

@@ -65,6 +65,16 @@ pub(crate) async fn page(State(state): State<AppState>) -> Response {
             esc(v.last_error.as_deref().unwrap_or(""))
         );
     }
+    // The reaper's last pass: when, how it ended, what it removed or why it refused.
+    let reaper = match state.store.last_reaper_pass().await {
+        Ok(Some(p)) => format!(
+            "<p class=\"reaper {}\">Reaper, {}: {}</p>",
+            esc(&p.outcome),
+            esc(&crate::rfc3339(p.finished_at)),
+            esc(&p.summary)
+        ),
+        _ => "<p class=\"reaper muted\">The reaper has not run yet.</p>".to_owned(),
+    };
     if envs.is_empty() {
         rows.push_str("<tr><td colspan=\"7\" class=\"muted\">No environments yet: push a branch.</td></tr>");
     }
@@ -72,8 +82,8 @@ pub(crate) async fn page(State(state): State<AppState>) -> Response {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
 <title>previewd</title><style>body{{font:14px system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse;width:100%}}\
 th,td{{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}}.muted{{color:#888}}\
-.error{{color:#a00;max-width:30rem}}.ready{{color:#070}}.failed{{color:#a00}}</style></head><body>\
-<h1>previewd</h1><table><thead><tr><th>Repository</th><th>Branch</th><th>Status</th><th>URL</th><th>SHA</th><th>Age</th><th>Last error</th></tr></thead>\
+.error{{color:#a00;max-width:30rem}}.ready{{color:#070}}.failed{{color:#a00}}.refused{{color:#a00}}</style></head><body>\
+<h1>previewd</h1>{reaper}<table><thead><tr><th>Repository</th><th>Branch</th><th>Status</th><th>URL</th><th>SHA</th><th>Age</th><th>Last error</th></tr></thead>\
 <tbody>{rows}</tbody></table><p class=\"muted\">JSON: <a href=\"/api/environments\">/api/environments</a></p></body></html>"
     ))
     .into_response()

@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/environments", get(list_environments))
         .route("/api/environments/{id}/events", get(environment_events))
+        .route("/api/reaper", get(last_reaper_pass))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard::page))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
@@ -178,6 +179,12 @@ pub struct EnvView {
     pub dns_name: String,
     pub stack_name: String,
     pub last_error: Option<String>,
+    /// Since when a listing or a look-up has lacked the branch (the reaper's grace counts from it).
+    pub missing_since: Option<String>,
+    /// Kept on purpose: no time-to-live, never removed by the reaper.
+    pub keep: bool,
+    /// When the reaper found it past its time-to-live (it comes back with the next push).
+    pub expired_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -206,6 +213,9 @@ impl From<&EnvRecord> for EnvView {
             dns_name: e.dns_name.clone(),
             stack_name: e.stack_name.clone(),
             last_error: e.last_error.clone(),
+            missing_since: e.missing_since.map(rfc3339),
+            keep: e.keep,
+            expired_at: e.expired_at.map(rfc3339),
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
         }
@@ -232,6 +242,29 @@ async fn environment_events(State(state): State<AppState>, Path(id): Path<i64>) 
     }
 }
 
+/// The newest reaper pass (not a dry run): when, its outcome, its summary and its decisions; 404 before
+/// the first.
+async fn last_reaper_pass(State(state): State<AppState>) -> Response {
+    match state.store.last_reaper_pass().await {
+        Ok(Some(p)) => {
+            let decisions: serde_json::Value = serde_json::from_str(&p.decisions).unwrap_or_default();
+            axum::Json(serde_json::json!({
+                "started_at": rfc3339(p.started_at),
+                "finished_at": rfc3339(p.finished_at),
+                "outcome": p.outcome,
+                "summary": p.summary,
+                "decisions": decisions,
+            }))
+            .into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "no reaper pass yet").into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot read the reaper's last pass");
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot read the reaper's last pass now").into_response()
+        }
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
     use std::fmt::Write as _;
     let mut out = String::from(
@@ -248,6 +281,18 @@ async fn metrics(State(state): State<AppState>) -> Response {
         for status in previewd_domain::Status::ALL {
             let n = envs.iter().filter(|e| e.status == status).count();
             let _ = writeln!(out, "previewd_environments{{status=\"{status}\"}} {n}");
+        }
+    }
+    out.push_str(
+        "# HELP previewd_reaper_passes_total Reaper passes by outcome.\n# TYPE previewd_reaper_passes_total counter\n",
+    );
+    if let Ok(counts) = state.store.reaper_pass_counts().await {
+        for (outcome, n) in counts {
+            let _ = writeln!(
+                out,
+                "previewd_reaper_passes_total{{outcome=\"{}\"}} {n}",
+                outcome.replace(['"', '\\', '\n'], "_")
+            );
         }
     }
     let _ = writeln!(

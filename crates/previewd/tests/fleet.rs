@@ -1,0 +1,353 @@
+//! The fleet observer and the reaper, end to end: moto behind the fault proxy, the fake GitHub with its
+//! faults, the real router, reconciler and `previewd reap`. Calls are counted where they leave previewd
+//! (at the proxy and at the fake), never inferred.
+
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use previewd_domain::Status;
+use previewd_reconciler::{Outcome, Verdict};
+use previewd_testkit::{Fault, REPO, Target, TestEnv, ZONE, sha, webhook};
+
+async fn ready(t: &TestEnv, branch: &str, sha: &str) -> previewd_store::EnvRecord {
+    t.ready(branch, sha).await
+}
+
+/// AWS calls that change something.
+fn writes(t: &TestEnv) -> Vec<String> {
+    t.proxy
+        .calls()
+        .into_iter()
+        .filter(|c| !c.action.starts_with("List") && !c.action.starts_with("Describe") && c.action != "GET")
+        .map(|c| format!("{} {}", c.service, c.action))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fleet_costs_pages_not_environments() {
+    let mut t = TestEnv::start().await;
+    for n in 0..20 {
+        assert_eq!(t.push(&format!("feature/n{n}"), &sha(n + 1)).await, 202);
+    }
+    for n in 0..20 {
+        ready(&t, &format!("feature/n{n}"), &sha(n + 1)).await;
+    }
+    for pass in 1..=2 {
+        t.proxy.reset_calls();
+        t.github.reset_requests();
+        let enqueued = t.app().reconciler().resync().await;
+        let aws = t.proxy.calls().len();
+        let github = t.github.request_count();
+        eprintln!("idle resync pass {pass}: {aws} AWS calls, {github} GitHub calls, {enqueued} enqueued");
+        assert_eq!(enqueued, 0, "nothing differs");
+        assert!(aws + github <= 10, "pass {pass}: {aws} AWS + {github} GitHub calls: {:?}", t.proxy.calls());
+        assert_eq!(writes(&t), Vec::<String>::new(), "no AWS write");
+    }
+    assert!(t.github.not_modified_count() >= 1, "the second listing is answered 304 against its ETag");
+    // A push missed while previewd was away is found by the listing alone.
+    t.github.set_branch(REPO, "feature/n3", &sha(99));
+    assert_eq!(t.app().reconciler().resync().await, 1);
+    ready(&t, "feature/n3", &sha(99)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_ahead_of_githubs_api_and_a_quick_delete_and_push_end_ready() {
+    let mut t = TestEnv::start().await;
+    t.github.set_branch(REPO, "main", &sha(9));
+    // GitHub's API shows the branch only 3 s after its webhook.
+    let body = serde_json::to_vec(&webhook::push(REPO, "feat/lag", &"0".repeat(40), &sha(1))).expect("json");
+    assert_eq!(t.deliver("push", &body, None, None).await, 202);
+    t.wait_for("feat/lag", "waiting for proof", |e| e.last_error.as_deref().is_some_and(|m| m.contains("not proof")))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    t.github.set_branch(REPO, "feat/lag", &sha(1));
+    let env = ready(&t, "feat/lag", &sha(1)).await;
+    assert_eq!(t.proxy.count("DeleteStack", &env.stack_name), 0);
+
+    // Deleted and pushed again within moments: ends ready at the new commit.
+    assert_eq!(t.delete("feat/lag").await, 202);
+    assert_eq!(t.push("feat/lag", &sha(2)).await, 202);
+    ready(&t, "feat/lag", &sha(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_environment_whose_branch_went_while_previewd_was_down_is_removed() {
+    let mut t = TestEnv::start_opts("", "0s").await;
+    assert_eq!(t.push("feat/broken", &sha(1)).await, 202);
+    let env = ready(&t, "feat/broken", &sha(1)).await;
+    t.proxy.rollback_fails_after_update(&env.stack_name);
+    assert_eq!(t.push("feat/broken", &sha(2)).await, 202);
+    t.wait_for("feat/broken", "failed", |e| e.status == Status::Failed).await;
+
+    t.stop_app().await;
+    t.github.delete_branch(REPO, "feat/broken"); // no webhook: previewd is down
+    t.start_app().await;
+    let report = t.app().reconciler().reap(false).await;
+    assert!(report.outcome.is_success(), "{report:#?}");
+    t.wait_for("feat/broken", "deleted", |e| e.status == Status::Deleted).await;
+    assert!(t.stack(&env.stack_name).await.is_none());
+    t.assert_clean(&[]).await;
+}
+
+/// Puts `versions` object versions (several per key), some delete markers and an unfinished multipart
+/// upload into the bucket, as an application would.
+async fn fill(t: &TestEnv, bucket: &str, versions: usize) {
+    let s3 = t.s3().await;
+    s3.put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("versioning");
+    let puts = (0..versions).map(|i| {
+        let s3 = s3.clone();
+        async move {
+            let key = format!("data/{}.json", i % (versions / 2).max(1));
+            s3.put_object().bucket(bucket).key(key).body(ByteStream::from(vec![b'x'; 8])).send().await.expect("put");
+        }
+    });
+    futures::stream::iter(puts).buffer_unordered(16).collect::<Vec<_>>().await;
+    for i in 0..10 {
+        s3.delete_object().bucket(bucket).key(format!("data/{i}.json")).send().await.expect("delete marker");
+    }
+    s3.create_multipart_upload().bucket(bucket).key("big/upload.bin").send().await.expect("upload");
+}
+
+/// A stack in moto, as someone else (or previewd) might have made it.
+async fn foreign_stack(t: &TestEnv, name: &str, tags: &[(&str, &str)]) {
+    let cfn = aws_sdk_cloudformation::Client::new(&t.sdk_config().await);
+    let template = r#"{"Resources":{"Topic":{"Type":"AWS::SNS::Topic"}}}"#;
+    let mut call = cfn.create_stack().stack_name(name).template_body(template);
+    for (k, v) in tags {
+        call = call.tags(aws_sdk_cloudformation::types::Tag::builder().key(*k).value(*v).build());
+    }
+    call.send().await.expect("create foreign stack");
+}
+
+use futures::StreamExt as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pass_removes_exactly_the_orphans_and_never_a_foreign_stack() {
+    let mut t = TestEnv::start_opts("", "0s").await;
+    let branches = ["keep/a", "keep/b", "keep/c", "gone/d", "gone/e"];
+    for (n, b) in branches.iter().enumerate() {
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+    }
+    let mut envs = Vec::new();
+    for (n, b) in branches.iter().enumerate() {
+        envs.push(ready(&t, b, &sha(n + 1)).await);
+    }
+    let gone_d = &envs[3];
+    let bucket =
+        t.direct_aws().await.stack_resources(&gone_d.stack_name, "AWS::S3::Bucket").await.expect("res").remove(0);
+    fill(&t, &bucket, 2_500).await;
+    let foreign = [
+        ("previewd-acme-shop-gone-d-lookalike", vec![]),
+        ("previewd-acme-shop-other-owner", vec![("previewd:owner", "someone-else"), ("previewd:repo", REPO)]),
+        ("previewd-acme-shop-no-owner", vec![("previewd:repo", REPO), ("previewd:branch", "gone/e")]),
+    ];
+    for (name, tags) in &foreign {
+        foreign_stack(&t, name, tags).await;
+    }
+    t.github.delete_branch(REPO, "gone/d");
+    t.github.delete_branch(REPO, "gone/e");
+
+    // The dry run's decisions are what the real pass then does.
+    let dry = t.app().reconciler().reap(true).await;
+    assert_eq!(t.proxy.count("DeleteStack", &gone_d.stack_name), 0, "a dry run changes nothing");
+    t.proxy.reset_calls();
+    let report = t.app().reconciler().reap(false).await;
+    let verdicts = |r: &previewd_reconciler::Report| {
+        r.decisions.iter().map(|d| (d.verdict, d.subject.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(verdicts(&dry), verdicts(&report), "dry run {dry:#?}");
+    assert_eq!(report.outcome, Outcome::Removed, "{report:#?}");
+    let mut removed: Vec<_> =
+        report.decisions.iter().filter(|d| d.verdict == Verdict::Remove).map(|d| d.subject.as_str()).collect();
+    removed.sort_unstable();
+    assert_eq!(removed, ["gone/d", "gone/e"]);
+
+    for b in ["gone/d", "gone/e"] {
+        t.wait_for(b, "deleted", |e| e.status == Status::Deleted).await;
+    }
+    for b in ["keep/a", "keep/b", "keep/c"] {
+        assert_eq!(t.env(b).await.expect("env").status, Status::Ready);
+    }
+    for (name, _) in &foreign {
+        assert!(t.stack(name).await.is_some(), "{name} is not ours and stays");
+    }
+    let deletes: Vec<_> = t.proxy.calls().into_iter().filter(|c| c.action == "DeleteObjects").collect();
+    assert!(deletes.len() >= 3, "2,510 keys take at least 3 batches: {deletes:?}");
+    assert!(deletes.iter().all(|c| c.keys <= 1_000), "{deletes:?}");
+    assert!(t.s3().await.head_bucket().bucket(&bucket).send().await.is_err(), "bucket emptied and deleted");
+    let log: Vec<String> = t
+        .store
+        .events(gone_d.id, 200)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| format!("{}: {}", e.kind, e.message))
+        .collect();
+    assert!(log.iter().any(|e| e.starts_with("reaper: remove")), "{log:#?}");
+    assert!(log.iter().any(|e| e.starts_with("emptying:")), "bounded steps: {log:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_faults_delete_nothing_and_the_command_says_so() {
+    let mut t = TestEnv::start_opts("", "0s").await;
+    for (n, b) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+        ready(&t, b, &sha(n + 1)).await;
+    }
+    t.github.delete_branch(REPO, "c"); // an orphan a healthy pass would remove
+    for n in 0..100 {
+        t.github.set_branch(REPO, &format!("zz/filler-{n:03}"), &sha(1000 + n)); // two pages of branches
+    }
+    let faults = [
+        ("500", Target::BranchList, Fault::Status(500)),
+        ("401", Target::BranchList, Fault::Status(401)),
+        ("HTML", Target::BranchList, Fault::Html),
+        ("empty list", Target::BranchList, Fault::EmptyList),
+        ("failing second page", Target::BranchListPage(2), Fault::Status(502)),
+        ("broken pagination", Target::BranchList, Fault::NoLink),
+        ("timeout", Target::BranchList, Fault::Delay(Duration::from_secs(5))),
+    ];
+    for (name, target, fault) in faults {
+        t.github.inject(target, fault, 1);
+        let report = t.app().reconciler().reap(false).await;
+        eprintln!("{name}: {}", report.summary);
+        assert_eq!(report.outcome, Outcome::Refused, "{name}: {report:#?}");
+        assert!(!report.outcome.is_success());
+        assert!(report.decisions.iter().all(|d| d.verdict != Verdict::Remove), "{name}: {report:#?}");
+        assert!(report.summary.contains("refused"), "{name}: {}", report.summary);
+    }
+    let env = t.env("c").await.expect("env");
+    assert_eq!(env.status, Status::Ready, "nothing removed");
+    // Reported where people and monitoring look: the API, the metrics and the dashboard.
+    let last: serde_json::Value = reqwest::get(t.url("/api/reaper")).await.expect("api").json().await.expect("json");
+    assert_eq!(last["outcome"], "refused", "{last}");
+    let metrics = reqwest::get(t.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("previewd_reaper_passes_total{outcome=\"refused\"} 7"), "{metrics}");
+    let page = reqwest::get(t.url("/")).await.expect("page").text().await.expect("text");
+    assert!(page.contains("class=\"reaper refused\""), "{page}");
+    assert_eq!(t.proxy.count("DeleteStack", &env.stack_name), 0);
+
+    // `previewd reap` beside the running server: refuses, says why, exits non-zero.
+    t.github.inject(Target::BranchList, Fault::Status(500), 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_previewd")).arg("reap").envs(t.process_env()).output().expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("refuse") && stdout.contains("HTTP 500"), "{stdout}\n{stderr}");
+
+    // A healthy pass, by the command: the orphan goes, and a dry run first says so.
+    let dry = Command::new(env!("CARGO_BIN_EXE_previewd"))
+        .args(["reap", "--dry-run"])
+        .envs(t.process_env())
+        .output()
+        .expect("runs");
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success() && dry_out.contains("remove") && dry_out.contains(" c "), "{dry_out}");
+    assert_eq!(t.env("c").await.expect("env").status, Status::Ready, "the dry run changed nothing");
+    let out = Command::new(env!("CARGO_BIN_EXE_previewd")).arg("reap").envs(t.process_env()).output().expect("runs");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    t.wait_for("c", "deleted", |e| e.status == Status::Deleted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_recreated_before_the_removal_is_kept() {
+    let mut t = TestEnv::start_opts("", "0s").await;
+    assert_eq!(t.push("feat/back", &sha(1)).await, 202);
+    let env = ready(&t, "feat/back", &sha(1)).await;
+    t.github.delete_branch(REPO, "feat/back");
+    // Hold the environment's lease, so the removal waits until the branch is back.
+    assert!(t.store.claim(env.id, "test-holder", previewd_store::now_ms() + 60_000).await.expect("claim"));
+    let report = t.app().reconciler().reap(false).await;
+    assert!(report.decisions.iter().any(|d| d.verdict == Verdict::Remove && d.subject == "feat/back"), "{report:#?}");
+    t.github.set_branch(REPO, "feat/back", &sha(2));
+    t.store.release(env.id, "test-holder").await.expect("release");
+    ready(&t, "feat/back", &sha(2)).await;
+    assert_eq!(t.proxy.count("DeleteStack", &env.stack_name), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dangling_names_with_our_marker_go_and_hand_made_ones_stay() {
+    let t = TestEnv::start_opts("", "0s").await;
+    let aws = t.direct_aws().await;
+    let zone = t.seeded.zones[ZONE].hosted_zone_id.clone();
+    let ghost = format!("ghost.{ZONE}");
+    let marker = previewd_cloud::OwnershipMarker::new("test-owner", REPO, "ghost");
+    aws.upsert_dns(&zone, &ghost, "old-lb.example.com", &marker).await.expect("dangling record");
+    let other = previewd_cloud::OwnershipMarker::new("someone-else", REPO, "theirs");
+    aws.upsert_dns(&zone, &format!("theirs.{ZONE}"), "lb.example.com", &other).await.expect("another owner's");
+    let r53 = aws_sdk_route53::Client::new(&t.sdk_config().await);
+    let handmade = aws_sdk_route53::types::ResourceRecordSet::builder()
+        .name(format!("handmade.{ZONE}."))
+        .r#type(aws_sdk_route53::types::RrType::Cname)
+        .ttl(60)
+        .resource_records(
+            aws_sdk_route53::types::ResourceRecord::builder().value("lb.example.com").build().expect("rr"),
+        )
+        .build()
+        .expect("set");
+    let change = aws_sdk_route53::types::Change::builder()
+        .action(aws_sdk_route53::types::ChangeAction::Create)
+        .resource_record_set(handmade)
+        .build()
+        .expect("change");
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(aws_sdk_route53::types::ChangeBatch::builder().changes(change).build().expect("batch"))
+        .send()
+        .await
+        .expect("hand-made record");
+    t.github.set_branch(REPO, "main", &sha(1)); // a healthy repository
+
+    let report = t.app().reconciler().reap(false).await;
+    let dns: Vec<_> =
+        report.decisions.iter().filter(|d| d.verdict == Verdict::RemoveDns).map(|d| d.subject.as_str()).collect();
+    assert_eq!(dns, [ghost.as_str()], "{report:#?}");
+    let cname = aws_sdk_route53::types::RrType::Cname;
+    assert!(aws.dns_record(&zone, &ghost, cname.clone()).await.expect("dns").is_none(), "dangling name removed");
+    assert!(aws.dns_record(&zone, &format!("handmade.{ZONE}"), cname.clone()).await.expect("dns").is_some());
+    assert!(aws.dns_record(&zone, &format!("theirs.{ZONE}"), cname).await.expect("dns").is_some());
+
+    // One pass at a time: while another process holds the reaper's lock, a pass does nothing.
+    assert!(t.store.try_lock("reaper", "another-replica", previewd_store::now_ms() + 60_000).await.expect("lock"));
+    let report = t.app().reconciler().reap(false).await;
+    assert_eq!(report.outcome, Outcome::Failed, "{report:#?}");
+    assert!(report.summary.contains("another reaper pass is running"), "{}", report.summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_to_live_ends_quiet_environments_until_their_next_push() {
+    let extra = "[repos.\"acme/shop\".branches.\"short/*\"]\nlifecycle.ttl = \"1s\"\n";
+    let mut t = TestEnv::start_opts(extra, "10m").await;
+    for (n, b) in ["short/x", "short/kept", "long/y"].iter().enumerate() {
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+    }
+    let x = ready(&t, "short/x", &sha(1)).await;
+    let kept = ready(&t, "short/kept", &sha(2)).await;
+    ready(&t, "long/y", &sha(3)).await;
+    t.store.set_keep(kept.id, true, "kept by a test").await.expect("keep");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let report = t.app().reconciler().reap(false).await;
+    let removed: Vec<_> =
+        report.decisions.iter().filter(|d| d.verdict == Verdict::Remove).map(|d| d.subject.as_str()).collect();
+    assert_eq!(removed, ["short/x"], "{report:#?}");
+    assert!(report.decisions[0].reason.contains("time-to-live of 1s"), "{report:#?}");
+    t.deleted("short/x").await;
+    assert!(t.stack(&x.stack_name).await.is_none());
+    assert_eq!(t.env("short/kept").await.expect("env").status, Status::Ready);
+    assert_eq!(t.env("long/y").await.expect("env").status, Status::Ready);
+    // The branch still exists; the fleet observer does not bring the environment back on its own...
+    assert_eq!(t.app().reconciler().resync().await, 0);
+    // ...but its next push does.
+    assert_eq!(t.push("short/x", &sha(4)).await, 202);
+    ready(&t, "short/x", &sha(4)).await;
+}

@@ -1,0 +1,459 @@
+//! The reaper: hourly (or on `previewd reap`), it finds what previewd left behind and removes it, but only
+//! on proof. A branch is orphaned only when a complete listing (every page, HTTP 200, JSON) lacks it
+//! and a direct look-up answers 404 while the repository is visible; it is removed only once it has
+//! been orphaned for the grace period. Any error, an empty listing, or a pass that would remove more
+//! than a share of a repository's environments removes nothing in that repository and is reported.
+//! Removal is the reconciler's one teardown path; the reaper only records the verdict and enqueues.
+//! Stacks carrying this installation's owner tag but no record are adopted (and then judged like any
+//! other environment); names carrying our DNS marker whose environment is gone are removed. Nothing
+//! without our tag or marker is ever touched.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use previewd_cloud::{OwnershipMarker, Stack};
+use previewd_domain::{BranchName, CommitSha, Desired, EnvNames, RepoName, Status};
+use previewd_store::{DesiredChange, EnvRecord, ReaperPassRecord, now_ms};
+use serde::Serialize;
+
+use crate::fleet::{self, live, removal_limit};
+use crate::reconcile::{TAG_BRANCH, TAG_ENV, TAG_REPO, TAG_SHA, humanize};
+use crate::{Inner, Lane};
+
+/// The setting that gives an environment a time-to-live since its last push.
+pub const TTL_SETTING: &str = "lifecycle.ttl";
+
+/// The store lock that keeps reaper passes one at a time, across replicas and `previewd reap`.
+const LOCK: &str = "reaper";
+/// A pass holds the lock at most this long; one that died is overtaken after it.
+const LOCK_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// What the reaper does about one thing it looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Orphaned for the grace period: torn down through the reconciler.
+    Remove,
+    /// Orphaned, but not yet for the grace period.
+    Wait,
+    /// Its branch exists, or it is kept on purpose.
+    Keep,
+    /// An owner-tagged stack without a record: recorded, and judged like any environment from now on.
+    Adopt,
+    /// A DNS name with our marker whose environment is gone: removed.
+    RemoveDns,
+    /// Nothing is decided for this repository: the reason says why.
+    Refuse,
+}
+
+/// One decision and its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub repo: String,
+    /// The branch, or the DNS name or stack the decision is about.
+    pub subject: String,
+    pub verdict: Verdict,
+    pub reason: String,
+    #[serde(skip)]
+    pub env_id: Option<i64>,
+}
+
+/// How a pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Looked at everything; nothing to remove.
+    Clean,
+    /// Looked at everything and removed (or, in a dry run, would remove) something.
+    Removed,
+    /// Some repository could not be judged (an error, a suspicious listing): nothing removed there.
+    Refused,
+    /// Another pass holds the lock, or the pass could not read what it needs.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Clean => "clean",
+            Outcome::Removed => "removed",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// Whether `previewd reap` should exit 0.
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Clean | Outcome::Removed)
+    }
+}
+
+/// What one pass decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub dry_run: bool,
+    pub decisions: Vec<Decision>,
+    /// One line for logs and the dashboard.
+    pub summary: String,
+}
+
+/// How the reaper behaves.
+#[derive(Debug, Clone)]
+pub struct ReaperSetup {
+    /// Cron, seconds first.
+    pub schedule: String,
+    pub grace: Duration,
+    /// A pass that would remove more than this share of a repository's environments removes nothing.
+    pub max_share: f64,
+    /// ... unless it removes at most this many.
+    pub min_removals: usize,
+}
+
+impl Default for ReaperSetup {
+    fn default() -> Self {
+        Self { schedule: "0 0 * * * *".to_owned(), grace: Duration::from_secs(600), max_share: 0.5, min_removals: 3 }
+    }
+}
+
+struct Pass<'a> {
+    inner: &'a Inner,
+    dry_run: bool,
+    now: i64,
+    decisions: Vec<Decision>,
+}
+
+impl Pass<'_> {
+    fn decide(&mut self, repo: &str, subject: &str, env_id: Option<i64>, verdict: Verdict, reason: String) {
+        tracing::info!(repo, subject, ?verdict, reason, dry_run = self.dry_run, "reaper");
+        self.decisions.push(Decision { repo: repo.to_owned(), subject: subject.to_owned(), verdict, reason, env_id });
+    }
+
+    fn refuse(&mut self, repo: &RepoName, reason: String) {
+        tracing::warn!(%repo, reason, "reaper: nothing removed in this repository");
+        self.decide(repo.as_str(), repo.as_str(), None, Verdict::Refuse, reason);
+    }
+}
+
+impl Inner {
+    /// One reaper pass. In a dry run nothing is written, not even the evidence for the grace period.
+    pub(crate) async fn reap(&self, dry_run: bool) -> Report {
+        let started = now_ms();
+        let holder = &self.setup.instance;
+        let until = started + LOCK_TTL.as_millis() as i64;
+        let mut pass = Pass { inner: self, dry_run, now: started, decisions: Vec::new() };
+        let outcome = match self.store.try_lock(LOCK, holder, until).await {
+            Ok(true) => {
+                let outcome = match pass.run().await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reaper pass failed");
+                        pass.decide("", "", None, Verdict::Refuse, format!("the pass failed: {e}"));
+                        Some(Outcome::Failed)
+                    }
+                };
+                if let Err(e) = self.store.unlock(LOCK, holder).await {
+                    tracing::warn!(error = ?e, "cannot release the reaper lock; it expires by itself");
+                }
+                outcome
+            }
+            Ok(false) => {
+                pass.decide("", "", None, Verdict::Refuse, "another reaper pass is running: nothing done".into());
+                Some(Outcome::Failed)
+            }
+            Err(e) => {
+                pass.decide("", "", None, Verdict::Refuse, format!("cannot take the reaper lock: {e}"));
+                Some(Outcome::Failed)
+            }
+        };
+        let decisions = pass.decisions;
+        let outcome = outcome.unwrap_or_else(|| {
+            if decisions.iter().any(|d| d.verdict == Verdict::Refuse) {
+                Outcome::Refused
+            } else if decisions.iter().any(|d| matches!(d.verdict, Verdict::Remove | Verdict::RemoveDns)) {
+                Outcome::Removed
+            } else {
+                Outcome::Clean
+            }
+        });
+        let count = |v: Verdict| decisions.iter().filter(|d| d.verdict == v).count();
+        let mut summary = format!(
+            "{}{}: {} removed, {} waiting for the grace, {} adopted, {} dangling DNS names removed",
+            if dry_run { "dry run, " } else { "" },
+            outcome.as_str(),
+            count(Verdict::Remove),
+            count(Verdict::Wait),
+            count(Verdict::Adopt),
+            count(Verdict::RemoveDns),
+        );
+        for d in decisions.iter().filter(|d| d.verdict == Verdict::Refuse) {
+            summary.push_str(&format!("; refused {}: {}", d.repo, d.reason));
+        }
+        let report = Report { outcome, dry_run, decisions, summary };
+        let record = ReaperPassRecord {
+            id: 0,
+            started_at: started,
+            finished_at: now_ms(),
+            dry_run,
+            outcome: outcome.as_str().to_owned(),
+            summary: report.summary.clone(),
+            decisions: serde_json::to_string(&report.decisions).unwrap_or_default(),
+        };
+        if let Err(e) = self.store.record_reaper_pass(&record).await {
+            tracing::warn!(error = ?e, "cannot record the reaper pass");
+        }
+        tracing::info!(outcome = outcome.as_str(), summary = %report.summary, "reaper pass");
+        report
+    }
+}
+
+impl Pass<'_> {
+    async fn run(&mut self) -> Result<(), crate::ReconcileError> {
+        let inner = self.inner;
+        let fleet = fleet::observe(inner).await;
+        let stacks =
+            fleet.stacks.as_ref().map_err(|e| crate::ReconcileError::Transient(format!("cannot list stacks: {e}")))?;
+        let mut envs = inner.store.list().await?;
+        self.adopt(stacks, &mut envs).await?;
+        for (repo, listing) in &fleet.listings {
+            let repo_envs: Vec<&EnvRecord> = envs.iter().filter(|e| &e.repo == repo && live(e)).collect();
+            match listing {
+                Err(e) => self.refuse(repo, format!("cannot list branches: {e}")),
+                Ok(branches) => self.judge(repo, branches, &repo_envs).await?,
+            }
+        }
+        self.dangling_dns(&fleet, &envs).await?;
+        Ok(())
+    }
+
+    /// Owner-tagged environment stacks without a record (a lost database, a crash between CreateStack and
+    /// its record) are recorded from their tags, when those name a configured repository and a branch
+    /// whose names are exactly the stack's; others are reported and left alone.
+    async fn adopt(
+        &mut self,
+        stacks: &std::collections::HashMap<String, Stack>,
+        envs: &mut Vec<EnvRecord>,
+    ) -> Result<(), crate::ReconcileError> {
+        let recorded: HashSet<&str> = envs.iter().map(|e| e.stack_name.as_str()).collect();
+        let mut adopted = Vec::new();
+        for s in stacks.values() {
+            if recorded.contains(s.name.as_str()) || s.tag(TAG_ENV).is_none() {
+                continue; // recorded, or an application stack
+            }
+            let parsed = (|| {
+                let repo = RepoName::new(s.tag(TAG_REPO)?).ok()?;
+                let branch = BranchName::new(s.tag(TAG_BRANCH)?).ok()?;
+                let sha = s.tag(TAG_SHA).and_then(|t| CommitSha::new(t).ok());
+                Some((repo, branch, sha))
+            })();
+            let Some((repo, branch, sha)) = parsed else {
+                self.decide(
+                    "",
+                    &s.name,
+                    None,
+                    Verdict::Refuse,
+                    "owner-tagged stack whose tags name no branch: left for a person".into(),
+                );
+                continue;
+            };
+            let Some(setup) = self.inner.setup.repos.get(&repo) else { continue };
+            let names = EnvNames::new(&self.inner.setup.owner, &repo, &branch, &setup.zone);
+            if names.stack_name != s.name {
+                let why = format!(
+                    "its tags name {repo}:{branch}, whose stack would be {}: left for a person",
+                    names.stack_name
+                );
+                self.decide(repo.as_str(), &s.name, None, Verdict::Refuse, why);
+                continue;
+            }
+            let reason = format!("stack {} carries our owner tag but has no record: adopted", s.name);
+            if !self.dry_run {
+                let change = DesiredChange {
+                    repo: repo.clone(),
+                    branch: branch.clone(),
+                    names,
+                    desired: Desired::Present { sha },
+                    reason: format!("reaper: {reason}"),
+                };
+                let id = self.inner.store.record_desired(&change).await?;
+                if let Some(env) = self.inner.store.get(id).await? {
+                    adopted.push(env);
+                }
+            }
+            self.decide(repo.as_str(), branch.as_str(), None, Verdict::Adopt, reason);
+        }
+        envs.extend(adopted);
+        Ok(())
+    }
+
+    /// Judges one repository's environments against a complete listing.
+    async fn judge(
+        &mut self,
+        repo: &RepoName,
+        branches: &std::collections::HashMap<BranchName, CommitSha>,
+        envs: &[&EnvRecord],
+    ) -> Result<(), crate::ReconcileError> {
+        let inner = self.inner;
+        let mut orphans = Vec::new();
+        for env in envs.iter().filter(|e| !branches.contains_key(&e.branch)) {
+            // The listing may lag or race a push: a direct look-up must answer 404 as well.
+            match inner.github.branch_head(repo, &env.branch).await {
+                Ok(Some(_)) => self.decide(
+                    repo.as_str(),
+                    env.branch.as_str(),
+                    Some(env.id),
+                    Verdict::Keep,
+                    "not in the listing, but GitHub shows the branch".into(),
+                ),
+                Ok(None) => orphans.push(*env),
+                Err(e) => {
+                    self.refuse(repo, format!("cannot look up branch {}: {e}", env.branch));
+                    return Ok(());
+                }
+            }
+        }
+        if !orphans.is_empty() {
+            match inner.github.repo_visible(repo).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.refuse(repo, "GitHub does not show the repository to previewd's token (404)".into());
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.refuse(repo, format!("cannot look up the repository: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+        let limit = removal_limit(envs.len(), inner.setup.reaper.max_share, inner.setup.reaper.min_removals);
+        if orphans.len() > limit {
+            let why = format!(
+                "{} of {} environments look orphaned, more than the {} one pass may remove: is GitHub answering oddly?",
+                orphans.len(),
+                envs.len(),
+                limit
+            );
+            self.refuse(repo, why);
+            return Ok(());
+        }
+        let grace = inner.setup.reaper.grace.as_millis() as i64;
+        for env in envs.iter().filter(|e| branches.contains_key(&e.branch) && !e.keep && e.expired_at.is_none()) {
+            self.time_to_live(repo, env).await?;
+        }
+        for env in orphans {
+            let subject = env.branch.as_str();
+            let since = env.missing_since.unwrap_or(self.now).min(self.now);
+            if env.keep {
+                self.decide(
+                    repo.as_str(),
+                    subject,
+                    Some(env.id),
+                    Verdict::Keep,
+                    "orphaned, but kept on purpose".into(),
+                );
+            } else if self.now - since >= grace {
+                let why = format!(
+                    "orphaned for {}: a complete listing lacks the branch and GitHub answers 404",
+                    humanize(self.now - since)
+                );
+                if !self.dry_run {
+                    inner.store.set_desired(env.id, &Desired::Absent, &format!("reaper: {why}")).await?;
+                    inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO);
+                }
+                self.decide(repo.as_str(), subject, Some(env.id), Verdict::Remove, why);
+            } else {
+                if !self.dry_run && env.missing_since.is_none() {
+                    inner.store.mark_missing(env.id, self.now).await?;
+                }
+                let why = format!(
+                    "orphaned for {}; removed once that reaches the grace of {}",
+                    humanize(self.now - since),
+                    humanize(grace)
+                );
+                self.decide(repo.as_str(), subject, Some(env.id), Verdict::Wait, why);
+            }
+        }
+        if !self.dry_run {
+            for d in self.decisions.iter().filter(|d| d.repo == repo.as_str() && d.env_id.is_some()) {
+                if let Some(id) = d.env_id {
+                    inner
+                        .store
+                        .add_event(id, "reaper", &format!("{:?}: {}", d.verdict, d.reason).to_lowercase())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An environment whose branch exists but has had no push for its time-to-live (the `lifecycle.ttl`
+    /// setting, from its blueprint or a branch pattern; none by default) is torn down until its next push.
+    async fn time_to_live(&mut self, repo: &RepoName, env: &EnvRecord) -> Result<(), crate::ReconcileError> {
+        let inner = self.inner;
+        let Some(setup) = inner.setup.repos.get(repo) else { return Ok(()) };
+        let Some(blueprint) = inner.blueprints.get(&setup.blueprint) else { return Ok(()) };
+        let settings =
+            blueprint.environment_settings(previewd_domain::Stage::Staging, &env.branch, &setup.layers, None)?;
+        let Some(setting) = settings.get(TTL_SETTING) else { return Ok(()) };
+        let Some(text) = setting.value.as_str().filter(|t| !t.trim().is_empty()) else { return Ok(()) };
+        let ttl = match humantime::parse_duration(text) {
+            Ok(d) => d.as_millis() as i64,
+            Err(e) => {
+                let why = format!(
+                    "{TTL_SETTING} = {text:?} (set by {}) is not a duration such as 7d: {e}",
+                    setting.origin.source
+                );
+                self.decide(repo.as_str(), env.branch.as_str(), Some(env.id), Verdict::Keep, why);
+                return Ok(());
+            }
+        };
+        let since = env.pushed_at.unwrap_or(env.created_at);
+        if self.now - since < ttl {
+            return Ok(());
+        }
+        let why = format!(
+            "no push for {}, past its time-to-live of {text} (set by {}): torn down until the next push",
+            humanize(self.now - since),
+            setting.origin.source
+        );
+        if !self.dry_run {
+            inner.store.expire(env.id, &format!("reaper: {why}")).await?;
+            inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO);
+        }
+        self.decide(repo.as_str(), env.branch.as_str(), Some(env.id), Verdict::Remove, why);
+        Ok(())
+    }
+
+    /// Names carrying our marker whose environment no longer exists invite a subdomain takeover: they
+    /// go. Names without the marker, or with another owner's, are never touched.
+    async fn dangling_dns(&mut self, fleet: &fleet::Fleet, envs: &[EnvRecord]) -> Result<(), crate::ReconcileError> {
+        let inner = self.inner;
+        let owner = inner.setup.owner.as_str();
+        let mut seen = HashSet::new();
+        let by_key: BTreeMap<(String, String), &EnvRecord> =
+            envs.iter().map(|e| ((e.repo.as_str().to_ascii_lowercase(), e.env_key.to_string()), e)).collect();
+        for (repo, names) in &fleet.dns {
+            let Ok(names) = names else { continue };
+            let Some(setup) = inner.setup.repos.get(repo) else { continue };
+            for m in names.values() {
+                if m.owner != owner || !seen.insert(m.name.clone()) {
+                    continue;
+                }
+                let env = by_key.get(&(m.repo.to_ascii_lowercase(), m.env_key.clone()));
+                let gone = env.is_none_or(|e| e.status == Status::Deleted && e.desired == Desired::Absent);
+                if !gone {
+                    continue;
+                }
+                let why =
+                    format!("carries our marker for {}:{}, whose environment no longer exists", m.repo, m.env_key);
+                if !self.dry_run {
+                    let zone = crate::reconcile::zone_id(inner, setup).await?;
+                    let marker = OwnershipMarker::new(&m.owner, &m.repo, &m.env_key);
+                    inner.aws.delete_dns(&zone, &m.name, &marker).await?;
+                }
+                self.decide(&m.repo, &m.name, env.map(|e| e.id), Verdict::RemoveDns, why);
+            }
+        }
+        Ok(())
+    }
+}
