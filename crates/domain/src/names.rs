@@ -303,6 +303,17 @@ impl EnvKey {
         Self(format!("{slug}-{hash}"))
     }
 
+    /// The readable key a branch gets when no other environment of its repository holds it yet: its slug
+    /// (`feature/login` → `feature-login`). `None` when the slug would be empty, cut short (over 63
+    /// bytes) or shaped like a hashed key; then, and on a collision (`feat/x` after `feat-x`), the branch
+    /// gets [`EnvKey::for_branch`]. Which one an environment got is recorded once and kept for life.
+    pub fn readable(branch: &BranchName) -> Option<Self> {
+        let b = branch.as_str();
+        let slug = slugify(b, DNS_LABEL_MAX);
+        let whole = slugify(b, b.len());
+        (!slug.is_empty() && slug == whole && !ends_like_hash(&slug)).then_some(Self(slug))
+    }
+
     /// Is this key derived with a hash (the branch name was not a plain label)?
     pub fn is_hashed(&self) -> bool {
         ends_like_hash(&self.0)
@@ -341,8 +352,18 @@ pub struct EnvNames {
 }
 
 impl EnvNames {
+    /// The names with the hashed key ([`EnvKey::for_branch`]): unique whatever else exists.
     pub fn new(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone) -> Self {
-        let env_key = EnvKey::for_branch(branch);
+        Self::with_key(owner, repo, branch, zone, EnvKey::for_branch(branch))
+    }
+
+    /// The names with the readable key ([`EnvKey::readable`]) when the branch has one: a new
+    /// environment's first choice.
+    pub fn readable(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone) -> Option<Self> {
+        EnvKey::readable(branch).map(|key| Self::with_key(owner, repo, branch, zone, key))
+    }
+
+    fn with_key(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone, env_key: EnvKey) -> Self {
         let stack_name = format!("previewd-{}-{}-{}", repo.slug(REPO_SLUG_IN_STACK), env_key.as_str(), repo.hash());
         let dns_name = format!("{}.{}", env_key.as_str(), zone.as_str());
         let bucket_prefix = Self::bucket_prefix(owner, repo, branch, &env_key);

@@ -128,34 +128,60 @@ pub enum BranchDecision {
     /// GitHub answers 404, but something newer than the grace period says the branch exists (a webhook
     /// ahead of GitHub's API, a listing): not proof yet. Look again in this many milliseconds.
     NotYetProof { wait_ms: i64 },
+    /// The branch is gone, but the environment is kept on purpose: only an explicit deletion removes it.
+    Kept,
 }
 
-/// Decides whether the branch is present, from GitHub's answer and what was recorded. `missing_since` is
-/// when a listing or a look-up first lacked the branch (the caller records `now` on the first 404);
-/// `expired`: the reaper found the environment past its time-to-live, and no push has come since.
-pub fn branch(
-    desired: &Desired,
-    expired: bool,
-    github: &GitHubAnswer,
-    missing_since: Option<i64>,
-    now: i64,
-    grace_ms: i64,
-) -> BranchDecision {
-    if expired {
+/// What the store knows about the branch, besides GitHub's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    pub desired: Desired,
+    /// When the desired state last changed (a `delete` event's arrival, say).
+    pub desired_at: i64,
+    /// When a push or branch creation was last reported.
+    pub pushed_at: Option<i64>,
+    /// When a listing or a look-up first lacked the branch (the caller records `now` on the first 404).
+    pub missing_since: Option<i64>,
+    /// The reaper found the environment past its time-to-live, and no push has come since.
+    pub expired: bool,
+    /// Kept on purpose.
+    pub keep: bool,
+}
+
+/// How long GitHub's API may lag its webhooks, and how long a branch must be missing to be gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waits {
+    pub grace_ms: i64,
+    pub api_lag_ms: i64,
+}
+
+/// Decides whether the branch is present, from GitHub's answer and what was recorded.
+pub fn branch(e: &Evidence, github: &GitHubAnswer, now: i64, waits: Waits) -> BranchDecision {
+    if e.expired {
         return BranchDecision::Absent;
     }
     match github {
         GitHubAnswer::At(sha) => BranchDecision::Present(sha.clone()),
         GitHubAnswer::NotAsked => BranchDecision::Absent,
-        // An explicit deletion (a `delete` event, a push with `deleted: true`, a reaper's verdict) that
-        // GitHub confirms: at once.
-        GitHubAnswer::NotFound if *desired == Desired::Absent => BranchDecision::Absent,
+        GitHubAnswer::NotFound if e.desired == Desired::Absent => {
+            // An explicit deletion (a `delete` event, a push with `deleted: true`, a reaper's verdict)
+            // that GitHub confirms: at once; unless a push came just before it, which may be the
+            // branch's re-creation that GitHub's API does not show yet (the `delete` was late).
+            let since_delete = now - e.desired_at;
+            let push_just_before = e.pushed_at.is_some_and(|p| e.desired_at - p < waits.api_lag_ms);
+            if push_just_before && since_delete < waits.api_lag_ms {
+                BranchDecision::NotYetProof { wait_ms: waits.api_lag_ms - since_delete }
+            } else {
+                BranchDecision::Absent
+            }
+        }
+        GitHubAnswer::NotFound if e.keep => BranchDecision::Kept,
         GitHubAnswer::NotFound => {
-            let missing_for = now - missing_since.unwrap_or(now).min(now);
-            if missing_for >= grace_ms {
+            let missing_for = now - e.missing_since.unwrap_or(now).min(now);
+            if missing_for >= waits.grace_ms {
                 BranchDecision::Absent
             } else {
-                BranchDecision::NotYetProof { wait_ms: grace_ms - missing_for }
+                BranchDecision::NotYetProof { wait_ms: waits.grace_ms - missing_for }
             }
         }
     }
@@ -287,40 +313,91 @@ mod tests {
         assert!(!StackStatus::Other("NEW_THING".into()).updatable());
     }
 
+    fn evidence(desired: Desired, missing_since: Option<i64>) -> Evidence {
+        Evidence { desired, desired_at: 0, pushed_at: None, missing_since, expired: false, keep: false }
+    }
+
     #[test]
     fn branch_presence_needs_proof_of_absence() {
         let now = 100 * MIN;
         let grace = 10 * MIN;
+        let waits = Waits { grace_ms: grace, api_lag_ms: MIN / 2 };
         use BranchDecision::*;
         use GitHubAnswer::*;
-        let table: &[(&str, Desired, GitHubAnswer, Option<i64>, BranchDecision)] = &[
-            ("GitHub shows it: present at its head", present(), At(sha('b')), None, Present(sha('b'))),
-            ("a late delete while the branch was re-created", Desired::Absent, At(sha('c')), None, Present(sha('c'))),
-            ("explicit deletion confirmed", Desired::Absent, NotFound, None, Absent),
-            ("a push GitHub's API does not show yet", present(), NotFound, None, NotYetProof { wait_ms: grace }),
+        let table: &[(&str, Evidence, GitHubAnswer, BranchDecision)] = &[
+            ("GitHub shows it: present at its head", evidence(present(), None), At(sha('b')), Present(sha('b'))),
             (
-                "missing for less than the grace",
-                present(),
-                NotFound,
-                Some(now - 3 * MIN),
-                NotYetProof { wait_ms: 7 * MIN },
+                "a late delete while the branch was re-created",
+                evidence(Desired::Absent, None),
+                At(sha('c')),
+                Present(sha('c')),
             ),
-            ("missing for the whole grace", present(), NotFound, Some(now - grace), Absent),
-            ("missing long ago (previewd was down)", present(), NotFound, Some(now - 600 * MIN), Absent),
-            ("teardown under way", Desired::Absent, NotAsked, None, Absent),
+            ("explicit deletion confirmed", evidence(Desired::Absent, None), NotFound, Absent),
             (
-                "a clock that went backwards is no proof",
-                present(),
+                "a push GitHub's API does not show yet",
+                evidence(present(), None),
                 NotFound,
-                Some(now + MIN),
                 NotYetProof { wait_ms: grace },
             ),
+            (
+                "missing for less than the grace",
+                evidence(present(), Some(now - 3 * MIN)),
+                NotFound,
+                NotYetProof { wait_ms: 7 * MIN },
+            ),
+            ("missing for the whole grace", evidence(present(), Some(now - grace)), NotFound, Absent),
+            ("missing long ago (previewd was down)", evidence(present(), Some(now - 600 * MIN)), NotFound, Absent),
+            ("teardown under way", evidence(Desired::Absent, None), NotAsked, Absent),
+            (
+                "a clock that went backwards is no proof",
+                evidence(present(), Some(now + MIN)),
+                NotFound,
+                NotYetProof { wait_ms: grace },
+            ),
+            ("kept on purpose", Evidence { keep: true, ..evidence(present(), Some(0)) }, NotFound, Kept),
+            (
+                "kept, but deleted explicitly",
+                Evidence { keep: true, ..evidence(Desired::Absent, None) },
+                NotFound,
+                Absent,
+            ),
+            ("past its time-to-live", Evidence { expired: true, ..evidence(present(), None) }, At(sha('a')), Absent),
+            (
+                "a late delete right after a re-creating push GitHub does not show yet",
+                Evidence { desired_at: now - 1_000, pushed_at: Some(now - 2_000), ..evidence(Desired::Absent, None) },
+                NotFound,
+                NotYetProof { wait_ms: MIN / 2 - 1_000 },
+            ),
+            (
+                "... and once GitHub had time to catch up",
+                Evidence {
+                    desired_at: now - MIN,
+                    pushed_at: Some(now - MIN - 2_000),
+                    ..evidence(Desired::Absent, None)
+                },
+                NotFound,
+                Absent,
+            ),
+            (
+                "a delete long after the last push: at once",
+                Evidence {
+                    desired_at: now - 1_000,
+                    pushed_at: Some(now - 60 * MIN),
+                    ..evidence(Desired::Absent, None)
+                },
+                NotFound,
+                Absent,
+            ),
         ];
-        for (case, desired, gh, missing, want) in table {
-            assert_eq!(&branch(desired, false, gh, *missing, now, grace), want, "{case}");
+        for (case, e, gh, want) in table {
+            assert_eq!(&branch(e, gh, now, waits), want, "{case}");
         }
-        assert_eq!(branch(&present(), false, &NotFound, None, now, 0), Absent, "grace 0s: the first 404 is proof");
-        assert_eq!(branch(&present(), true, &At(sha('a')), None, now, grace), Absent, "past its time-to-live");
+        let zero = Waits { grace_ms: 0, api_lag_ms: 0 };
+        assert_eq!(
+            branch(&evidence(present(), None), &NotFound, now, zero),
+            Absent,
+            "grace 0s: the first 404 is proof"
+        );
     }
 
     fn view(status: StackStatus, current: bool) -> StackView {

@@ -31,8 +31,13 @@ pub enum GithubError {
     Status { what: String, status: u16, message: String },
     #[error("GitHub API {what}: {message}")]
     Transport { what: String, message: String },
+    /// An answer that will not change by asking again (a settings "file" that is a folder, say).
     #[error("GitHub API {what}: unexpected answer: {message}")]
     Unexpected { what: String, message: String },
+    /// An answer that is no answer (an HTML page from a proxy, a listing that does not add up): proves
+    /// nothing, and may well be right next time.
+    #[error("GitHub API {what}: garbled answer: {message}")]
+    Garbled { what: String, message: String },
 }
 
 /// A complete listing of a repository's branches: every page answered 200.
@@ -109,7 +114,7 @@ impl GitHub {
             None => Ok(None),
             Some(b) => CommitSha::new(&b.commit.sha)
                 .map(Some)
-                .map_err(|e| GithubError::Unexpected { what, message: e.to_string() }),
+                .map_err(|e| GithubError::Garbled { what, message: e.to_string() }),
         }
     }
 
@@ -140,30 +145,33 @@ impl GitHub {
     /// are answered 304 against their ETag (free of GitHub's rate limit) and taken from the cache.
     pub async fn list_branches(&self, repo: &RepoName) -> Result<BranchListing, GithubError> {
         let what = format!("list branches of {repo}");
+        let garbled = |message: String| GithubError::Garbled { what: what.clone(), message };
         let mut branches = Vec::new();
-        let mut route = format!("{}/branches?per_page={PAGE_SIZE}", Self::repo_path(repo));
-        for _ in 0..MAX_PAGES {
+        let first = format!("{}/branches?per_page={PAGE_SIZE}", Self::repo_path(repo));
+        let mut route = first.clone();
+        // A full last page carries no next link (a repository of exactly 100 branches): then the page
+        // after it is asked for by number, and must be empty for the listing to be complete.
+        let mut probing = false;
+        for number in 1..=MAX_PAGES {
             let page = self.fetch(&route, &what, true).await?.ok_or_else(|| GithubError::Status {
                 what: what.clone(),
                 status: 404,
                 message: "repository not found".into(),
             })?;
-            let batch: Vec<Branch> = serde_json::from_slice(&page.body).map_err(|e| GithubError::Unexpected {
-                what: what.clone(),
-                message: format!("not a branch list: {e}"),
-            })?;
-            let full = batch.len() >= PAGE_SIZE;
-            if batch.is_empty() && page.next.is_some() {
-                return Err(GithubError::Unexpected {
-                    what,
-                    message: "an empty page before the last: the listing may be incomplete".into(),
-                });
-            }
-            for b in batch {
-                let unexpected = |e: previewd_domain::NameError| GithubError::Unexpected {
-                    what: what.clone(),
-                    message: e.to_string(),
+            let batch: Vec<Branch> =
+                serde_json::from_slice(&page.body).map_err(|e| garbled(format!("not a branch list: {e}")))?;
+            if probing {
+                return match batch.is_empty() {
+                    true => Ok(BranchListing { branches }),
+                    false => Err(garbled("a full page without a link to the next, though more exist".into())),
                 };
+            }
+            if batch.is_empty() && page.next.is_some() {
+                return Err(garbled("an empty page before the last: the listing may be incomplete".into()));
+            }
+            let full = batch.len() >= PAGE_SIZE;
+            for b in batch {
+                let unexpected = |e: previewd_domain::NameError| garbled(e.to_string());
                 branches.push((
                     BranchName::new(&b.name).map_err(unexpected)?,
                     CommitSha::new(&b.commit.sha).map_err(unexpected)?,
@@ -172,12 +180,8 @@ impl GitHub {
             match page.next {
                 Some(next) => route = next,
                 None if full => {
-                    return Err(GithubError::Unexpected {
-                        what,
-                        message: format!(
-                            "a full page of {PAGE_SIZE} without a link to the next: the listing may be incomplete"
-                        ),
-                    });
+                    probing = true;
+                    route = format!("{first}&page={}", number + 1);
                 }
                 None => return Ok(BranchListing { branches }),
             }
@@ -190,7 +194,7 @@ impl GitHub {
         let Some(page) = self.fetch(route, what, false).await? else { return Ok(None) };
         serde_json::from_slice(&page.body)
             .map(Some)
-            .map_err(|e| GithubError::Unexpected { what: what.to_owned(), message: e.to_string() })
+            .map_err(|e| GithubError::Garbled { what: what.to_owned(), message: e.to_string() })
     }
 
     /// GET `route` (a path, or an absolute URL from a `Link` header): its body and the next page's URL;
@@ -228,7 +232,8 @@ impl GitHub {
         };
         let etag = header(http::header::ETAG);
         let next = header(http::header::LINK).and_then(|l| next_link(&l));
-        let json = header(http::header::CONTENT_TYPE).is_none_or(|t| t.contains("json"));
+        let content_type = header(http::header::CONTENT_TYPE);
+        let json = content_type.as_deref().is_none_or(|t| t.contains("json"));
         if status == http::StatusCode::NOT_MODIFIED
             && let Some(c) = cached
         {
@@ -242,12 +247,22 @@ impl GitHub {
         // An HTML page (a proxy's, a captive portal's) is no answer from GitHub, whatever its status:
         // a 404 in HTML proves nothing about a branch.
         if !json {
-            return Err(GithubError::Unexpected {
+            return Err(GithubError::Garbled {
                 what: what.to_owned(),
                 message: format!("HTTP {} answered with a body that is not JSON", status.as_u16()),
             });
         }
         if status == http::StatusCode::NOT_FOUND {
+            // GitHub's own 404: JSON with a message. Anything else (a bare 404 from something in between)
+            // says nothing about the branch.
+            let genuine = content_type.is_some()
+                && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v.get("message").is_some());
+            if !genuine {
+                return Err(GithubError::Garbled {
+                    what: what.to_owned(),
+                    message: "HTTP 404 that is not GitHub's JSON error".into(),
+                });
+            }
             return Ok(None);
         }
         if !status.is_success() {

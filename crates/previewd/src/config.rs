@@ -69,6 +69,7 @@ struct ReconcilerFile {
     lease: Option<String>,
     max_stack_attempts: Option<i64>,
     empty_batches_per_step: Option<usize>,
+    api_lag: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +198,7 @@ impl Config {
         dur("retry_max", &r.retry_max, &mut tuning.retry_max)?;
         dur("resync_every", &r.resync_every, &mut tuning.resync_every)?;
         dur("lease", &r.lease, &mut tuning.lease)?;
+        dur("api_lag", &r.api_lag, &mut tuning.api_lag)?;
         if tuning.poll_min > tuning.poll_max || tuning.retry_min > tuning.retry_max {
             bail!("{source}: [reconciler] poll_min and retry_min must not exceed poll_max and retry_max");
         }

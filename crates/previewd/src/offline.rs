@@ -123,7 +123,9 @@ pub fn render(config: &Config, args: &RenderArgs, out: &mut String, notes: &mut 
                 notes.push("no --sha given: the image tag uses a placeholder commit".to_owned());
                 CommitSha::new(PLACEHOLDER_SHA).expect("valid placeholder")
             });
-            let names = EnvNames::new(&owner, &t.repo, &t.branch, &zone);
+            // The names a new environment of this branch takes when no other one holds its readable key.
+            let names = EnvNames::readable(&owner, &t.repo, &t.branch, &zone)
+                .unwrap_or_else(|| EnvNames::new(&owner, &t.repo, &t.branch, &zone));
             let ctx = ctx.with_environment(t.branch.as_str(), sha.as_str(), &names, names.env_key.rule_priority_hint());
             let settings = environment_settings(config, t, &r, t.stage)?;
             r.blueprint.render(TemplateKind::Environment, &settings, &ctx)?

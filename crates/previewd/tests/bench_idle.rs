@@ -62,6 +62,7 @@ async fn idle_resync_over_a_large_fleet() {
             repo: repo.clone(),
             branch: branch.clone(),
             names: names.clone(),
+            fallback: None,
             desired: Desired::Present { sha: Some(sha.clone()) },
             reason: "bench".into(),
         };

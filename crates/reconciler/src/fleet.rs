@@ -98,11 +98,22 @@ pub(crate) fn differs(
         (Some(Some(h)), true) if !expired && env.desired != (Desired::Present { sha: Some(h.clone()) }) => {
             return Some("the branch moved (a push was missed)");
         }
-        (Some(None), true) if env.status != Status::Deleted => return Some("the listing lacks the branch"),
+        (Some(None), true) if env.status != Status::Deleted && !env.keep => {
+            return Some("the listing lacks the branch");
+        }
         _ => {}
     }
     match env.status {
         Status::Ready => {
+            // Asked for something else while it looked settled (the queue that held it was lost in a
+            // restart, say): a deletion, an expiry, another commit.
+            let desired_sha = match &env.desired {
+                Desired::Present { sha } => sha.as_ref(),
+                Desired::Absent => None,
+            };
+            if !wanted || expired || desired_sha.is_some_and(|d| Some(d) != env.deployed_sha.as_ref()) {
+                return Some("asked for a change not yet made");
+            }
             let stack = stack?;
             let Some(s) = stack else { return Some("its stack is gone") };
             if s.tag(TAG_OWNER) != Some(owner) || s.tag(TAG_ENV) != Some(env.env_key.as_str()) {
@@ -114,11 +125,7 @@ pub(crate) fn differs(
             }
             match dns {
                 Some(None) => Some("its DNS name is gone"),
-                Some(Some(m))
-                    if m.owner != owner
-                        || m.target.as_deref().map(|t| t.trim_end_matches('.'))
-                            != s.outputs.get("Endpoint").map(|e| e.trim_end_matches('.')) =>
-                {
+                Some(Some(m)) if m.owner != owner || !same_name(m.target.as_deref(), s.outputs.get("Endpoint")) => {
                     Some("its DNS name points elsewhere")
                 }
                 _ => None,
@@ -127,6 +134,14 @@ pub(crate) fn differs(
         // A teardown that gave up, or a record that says gone while a stack remains: it costs money.
         Status::Failed | Status::Deleted if !wanted || expired => stack.flatten().map(|_| "a stack remains"),
         _ => None,
+    }
+}
+
+/// DNS names compare without case and without the final dot, as Route53 and `upsert_dns` do.
+fn same_name(a: Option<&str>, b: Option<&String>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.')),
+        _ => false,
     }
 }
 
@@ -290,6 +305,18 @@ mod tests {
         let rolled = stack(&ready, "UPDATE_ROLLBACK_FAILED", a.as_str());
         assert!(differs(&ready, "me", Some(Some(&a)), Some(Some(&rolled)), ok_dns).is_some(), "stack broken");
         assert!(differs(&ready, "me", Some(Some(&a)), Some(Some(&s)), Some(None)).is_some(), "DNS gone");
+        let upper = marked(&ready, "LB.Example.com.");
+        assert_eq!(
+            differs(&ready, "me", Some(Some(&a)), Some(Some(&s)), Some(Some(&upper))),
+            None,
+            "DNS is case-blind"
+        );
+        let asked = env(Status::Ready, Desired::Present { sha: Some(b.clone()) });
+        assert!(differs(&asked, "me", None, None, None).is_some(), "a push whose work was lost in a restart");
+        let deleted = env(Status::Ready, Desired::Absent);
+        assert!(differs(&deleted, "me", None, None, None).is_some(), "a deletion whose work was lost");
+        let kept = previewd_store::EnvRecord { keep: true, ..ready.clone() };
+        assert_eq!(differs(&kept, "me", Some(None), Some(Some(&s)), ok_dns), None, "a kept orphan costs nothing");
         let elsewhere = marked(&ready, "other.example.com");
         assert!(differs(&ready, "me", Some(Some(&a)), Some(Some(&s)), Some(Some(&elsewhere))).is_some(), "DNS moved");
         let failed_teardown = env(Status::Failed, Desired::Absent);

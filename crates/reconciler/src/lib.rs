@@ -59,6 +59,9 @@ pub struct Tuning {
     pub lease: Duration,
     /// DeleteObjects batches (1,000 keys each) one teardown step may take before the next step.
     pub empty_batches_per_step: usize,
+    /// GitHub's API may lag its webhooks this long: a `delete` arriving this soon after a push is
+    /// confirmed only once GitHub has had the time to show a re-created branch.
+    pub api_lag: Duration,
 }
 
 impl Default for Tuning {
@@ -73,6 +76,7 @@ impl Default for Tuning {
             max_stack_attempts: 3,
             lease: Duration::from_secs(120),
             empty_batches_per_step: previewd_cloud::EMPTY_STEP_BATCHES,
+            api_lag: Duration::from_secs(30),
         }
     }
 }

@@ -139,7 +139,8 @@ impl Inner {
     /// One reaper pass. In a dry run nothing is written, not even the evidence for the grace period.
     pub(crate) async fn reap(&self, dry_run: bool) -> Report {
         let started = now_ms();
-        let holder = &self.setup.instance;
+        // One holder per pass, so two passes of one process (or two replicas on one host) exclude each other.
+        let holder = &format!("{}/reaper-{:016x}", self.setup.instance, fastrand::u64(..));
         let until = started + LOCK_TTL.as_millis() as i64;
         let mut pass = Pass { inner: self, dry_run, now: started, decisions: Vec::new() };
         let outcome = match self.store.try_lock(LOCK, holder, until).await {
@@ -257,21 +258,27 @@ impl Pass<'_> {
                 continue;
             };
             let Some(setup) = self.inner.setup.repos.get(&repo) else { continue };
-            let names = EnvNames::new(&self.inner.setup.owner, &repo, &branch, &setup.zone);
-            if names.stack_name != s.name {
+            // Its names are the readable or the hashed ones its branch gives, exactly; anything else is
+            // not a stack previewd made for this branch.
+            let owner = &self.inner.setup.owner;
+            let hashed = EnvNames::new(owner, &repo, &branch, &setup.zone);
+            let readable = EnvNames::readable(owner, &repo, &branch, &setup.zone);
+            let Some(names) = [readable, Some(hashed.clone())].into_iter().flatten().find(|n| n.stack_name == s.name)
+            else {
                 let why = format!(
                     "its tags name {repo}:{branch}, whose stack would be {}: left for a person",
-                    names.stack_name
+                    hashed.stack_name
                 );
                 self.decide(repo.as_str(), &s.name, None, Verdict::Refuse, why);
                 continue;
-            }
+            };
             let reason = format!("stack {} carries our owner tag but has no record: adopted", s.name);
             if !self.dry_run {
                 let change = DesiredChange {
                     repo: repo.clone(),
                     branch: branch.clone(),
                     names,
+                    fallback: None,
                     desired: Desired::Present { sha },
                     reason: format!("reaper: {reason}"),
                 };
@@ -298,13 +305,18 @@ impl Pass<'_> {
         for env in envs.iter().filter(|e| !branches.contains_key(&e.branch)) {
             // The listing may lag or race a push: a direct look-up must answer 404 as well.
             match inner.github.branch_head(repo, &env.branch).await {
-                Ok(Some(_)) => self.decide(
-                    repo.as_str(),
-                    env.branch.as_str(),
-                    Some(env.id),
-                    Verdict::Keep,
-                    "not in the listing, but GitHub shows the branch".into(),
-                ),
+                Ok(Some(_)) => {
+                    if !self.dry_run && env.missing_since.is_some() {
+                        inner.store.mark_seen(env.id).await?;
+                    }
+                    self.decide(
+                        repo.as_str(),
+                        env.branch.as_str(),
+                        Some(env.id),
+                        Verdict::Keep,
+                        "not in the listing, but GitHub shows the branch".into(),
+                    );
+                }
                 Ok(None) => orphans.push(*env),
                 Err(e) => {
                     self.refuse(repo, format!("cannot look up branch {}: {e}", env.branch));
@@ -325,20 +337,34 @@ impl Pass<'_> {
                 }
             }
         }
+        let mut expiries = Vec::new();
+        for env in envs.iter().filter(|e| branches.contains_key(&e.branch) && !e.keep && e.expired_at.is_none()) {
+            if let Some(why) = self.expiry(repo, env)? {
+                expiries.push((*env, why));
+            }
+        }
         let limit = removal_limit(envs.len(), inner.setup.reaper.max_share, inner.setup.reaper.min_removals);
-        if orphans.len() > limit {
+        if orphans.len() + expiries.len() > limit {
             let why = format!(
-                "{} of {} environments look orphaned, more than the {} one pass may remove: is GitHub answering oddly?",
+                "{} of {} environments look orphaned and {} are past their time-to-live, more than the {} one pass \
+                 may remove: is GitHub answering oddly, or a time-to-live mistaken?",
                 orphans.len(),
                 envs.len(),
+                expiries.len(),
                 limit
             );
             self.refuse(repo, why);
             return Ok(());
         }
         let grace = inner.setup.reaper.grace.as_millis() as i64;
-        for env in envs.iter().filter(|e| branches.contains_key(&e.branch) && !e.keep && e.expired_at.is_none()) {
-            self.time_to_live(repo, env).await?;
+        for (env, why) in expiries {
+            if !self.dry_run {
+                if !inner.store.expire(env.id, env.desired_seq, &format!("reaper: {why}")).await? {
+                    continue; // pushed during the pass: alive
+                }
+                inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO);
+            }
+            self.decide(repo.as_str(), env.branch.as_str(), Some(env.id), Verdict::Remove, why);
         }
         for env in orphans {
             let subject = env.branch.as_str();
@@ -357,7 +383,12 @@ impl Pass<'_> {
                     humanize(self.now - since)
                 );
                 if !self.dry_run {
-                    inner.store.set_desired(env.id, &Desired::Absent, &format!("reaper: {why}")).await?;
+                    let reason = format!("reaper: {why}");
+                    if !inner.store.set_desired(env.id, env.desired_seq, &Desired::Absent, &reason).await? {
+                        let why = "a webhook arrived during the pass: it wins".to_owned();
+                        self.decide(repo.as_str(), subject, Some(env.id), Verdict::Keep, why);
+                        continue;
+                    }
                     inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO);
                 }
                 self.decide(repo.as_str(), subject, Some(env.id), Verdict::Remove, why);
@@ -386,16 +417,17 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// An environment whose branch exists but has had no push for its time-to-live (the `lifecycle.ttl`
-    /// setting, from its blueprint or a branch pattern; none by default) is torn down until its next push.
-    async fn time_to_live(&mut self, repo: &RepoName, env: &EnvRecord) -> Result<(), crate::ReconcileError> {
+    /// Why an environment whose branch exists is past its time-to-live (the `lifecycle.ttl` setting, from
+    /// its blueprint or a branch pattern; none by default), if it is: then it is torn down until its next
+    /// push.
+    fn expiry(&mut self, repo: &RepoName, env: &EnvRecord) -> Result<Option<String>, crate::ReconcileError> {
         let inner = self.inner;
-        let Some(setup) = inner.setup.repos.get(repo) else { return Ok(()) };
-        let Some(blueprint) = inner.blueprints.get(&setup.blueprint) else { return Ok(()) };
+        let Some(setup) = inner.setup.repos.get(repo) else { return Ok(None) };
+        let Some(blueprint) = inner.blueprints.get(&setup.blueprint) else { return Ok(None) };
         let settings =
             blueprint.environment_settings(previewd_domain::Stage::Staging, &env.branch, &setup.layers, None)?;
-        let Some(setting) = settings.get(TTL_SETTING) else { return Ok(()) };
-        let Some(text) = setting.value.as_str().filter(|t| !t.trim().is_empty()) else { return Ok(()) };
+        let Some(setting) = settings.get(TTL_SETTING) else { return Ok(None) };
+        let Some(text) = setting.value.as_str().filter(|t| !t.trim().is_empty()) else { return Ok(None) };
         let ttl = match humantime::parse_duration(text) {
             Ok(d) => d.as_millis() as i64,
             Err(e) => {
@@ -404,24 +436,17 @@ impl Pass<'_> {
                     setting.origin.source
                 );
                 self.decide(repo.as_str(), env.branch.as_str(), Some(env.id), Verdict::Keep, why);
-                return Ok(());
+                return Ok(None);
             }
         };
         let since = env.pushed_at.unwrap_or(env.created_at);
-        if self.now - since < ttl {
-            return Ok(());
-        }
-        let why = format!(
-            "no push for {}, past its time-to-live of {text} (set by {}): torn down until the next push",
-            humanize(self.now - since),
-            setting.origin.source
-        );
-        if !self.dry_run {
-            inner.store.expire(env.id, &format!("reaper: {why}")).await?;
-            inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO);
-        }
-        self.decide(repo.as_str(), env.branch.as_str(), Some(env.id), Verdict::Remove, why);
-        Ok(())
+        Ok((self.now - since >= ttl).then(|| {
+            format!(
+                "no push for {}, past its time-to-live of {text} (set by {}): torn down until the next push",
+                humanize(self.now - since),
+                setting.origin.source
+            )
+        }))
     }
 
     /// Names carrying our marker whose environment no longer exists invite a subdomain takeover: they
@@ -432,6 +457,12 @@ impl Pass<'_> {
         let mut seen = HashSet::new();
         let by_key: BTreeMap<(String, String), &EnvRecord> =
             envs.iter().map(|e| ((e.repo.as_str().to_ascii_lowercase(), e.env_key.to_string()), e)).collect();
+        // A stack of ours for that environment keeps its name, whatever the store says (a lost record).
+        let Ok(stacks) = &fleet.stacks else { return Ok(()) };
+        let stacked: HashSet<(String, String)> = stacks
+            .values()
+            .filter_map(|s| Some((s.tag(TAG_REPO)?.to_ascii_lowercase(), s.tag(TAG_ENV)?.to_owned())))
+            .collect();
         for (repo, names) in &fleet.dns {
             let Ok(names) = names else { continue };
             let Some(setup) = inner.setup.repos.get(repo) else { continue };
@@ -439,8 +470,10 @@ impl Pass<'_> {
                 if m.owner != owner || !seen.insert(m.name.clone()) {
                     continue;
                 }
-                let env = by_key.get(&(m.repo.to_ascii_lowercase(), m.env_key.clone()));
-                let gone = env.is_none_or(|e| e.status == Status::Deleted && e.desired == Desired::Absent);
+                let key = (m.repo.to_ascii_lowercase(), m.env_key.clone());
+                let env = by_key.get(&key);
+                let gone = env.is_none_or(|e| e.status == Status::Deleted && e.desired == Desired::Absent)
+                    && !stacked.contains(&key);
                 if !gone {
                     continue;
                 }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use previewd_cloud::{OwnershipMarker, Stack, StackRequest, Template, UpdateOutcome};
-use previewd_domain::plan::{self, BranchDecision, ConvergeStep, GitHubAnswer, StackView, TeardownStep};
+use previewd_domain::plan::{
+    self, BranchDecision, ConvergeStep, Evidence, GitHubAnswer, StackView, TeardownStep, Waits,
+};
 use previewd_domain::{CommitSha, Desired, RULE_PRIORITY_MAX, Stage, Status, app_stack_name, tag_value};
 use previewd_render::{Context, Layer, LayerKind, TemplateKind};
 use previewd_store::{EnvRecord, Observed, now_ms};
@@ -61,21 +63,40 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
         _ => env.missing_since,
     };
     let grace = inner.setup.reaper.grace.as_millis() as i64;
-    match plan::branch(&env.desired, env.expired_at.is_some(), &answer, missing_since, now, grace) {
+    let evidence = Evidence {
+        desired: env.desired.clone(),
+        desired_at: env.desired_at,
+        pushed_at: env.pushed_at,
+        missing_since,
+        expired: env.expired_at.is_some(),
+        keep: env.keep,
+    };
+    let waits = Waits { grace_ms: grace, api_lag_ms: inner.setup.tuning.api_lag.as_millis() as i64 };
+    match plan::branch(&evidence, &answer, now, waits) {
+        BranchDecision::Kept => {
+            let why = format!("GitHub no longer shows branch {}; the environment is kept on purpose", env.branch);
+            if env.last_error.as_deref() != Some(why.as_str()) {
+                let o = Observed { last_error: Some(why.clone()), ..env.observed() };
+                inner.store.update_observed(env.id, &o, Some(("kept", &why))).await?;
+            }
+            Ok(Action::Done)
+        }
         BranchDecision::Absent => {
             if env.desired != Desired::Absent && env.expired_at.is_none() {
                 let why = format!(
                     "GitHub: the branch does not exist (404), and no webhook or listing has shown it for {}",
                     humanize(grace)
                 );
-                inner.store.set_desired(env.id, &Desired::Absent, &why).await?;
+                if !inner.store.set_desired(env.id, env.desired_seq, &Desired::Absent, &why).await? {
+                    return Ok(Action::Requeue(Duration::ZERO)); // a webhook came meanwhile: look again
+                }
             }
             teardown(inner, &env, repo, stack).await
         }
         BranchDecision::NotYetProof { wait_ms } => {
             let why = format!(
-                "GitHub does not show branch {} (404), but it was said to exist less than {} ago: not proof of \
-                 absence yet; looking again",
+                "GitHub does not show branch {} (404), but a webhook or listing said it exists too recently: \
+                 not proof of absence yet; looking again (grace {})",
                 env.branch,
                 humanize(grace)
             );
@@ -89,7 +110,10 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
         BranchDecision::Present(sha) => {
             let truth = Desired::Present { sha: Some(sha.clone()) };
             if truth != env.desired {
-                inner.store.set_desired(env.id, &truth, &format!("GitHub: the branch is at {}", sha.short())).await?;
+                let why = format!("GitHub: the branch is at {}", sha.short());
+                if !inner.store.set_desired(env.id, env.desired_seq, &truth, &why).await? {
+                    return Ok(Action::Requeue(Duration::ZERO));
+                }
             }
             converge(inner, &env, repo, &sha, stack).await
         }

@@ -119,7 +119,11 @@ pub struct ReaperPassRecord {
 pub struct DesiredChange {
     pub repo: RepoName,
     pub branch: BranchName,
+    /// The names a new environment takes (readable), unless another environment of the repository holds
+    /// its key...
     pub names: EnvNames,
+    /// ...then these (hashed, unique). An existing environment keeps the names it has.
+    pub fallback: Option<EnvNames>,
     pub desired: Desired,
     /// Why, for the event log ("push a1b2c3d", "delete").
     pub reason: String,
@@ -312,15 +316,23 @@ impl Store {
     }
 
     /// Changes an environment's desired state (the reconciler does when GitHub's answer differs from what
-    /// webhooks said), with the reason in the event log.
-    pub async fn set_desired(&self, id: i64, desired: &Desired, reason: &str) -> Result<(), StoreError> {
+    /// webhooks said; the reaper when it has proof of absence), with the reason in the event log, but only
+    /// while it is still at generation `seen_seq`: a webhook recorded since the caller looked wins, and
+    /// `false` says so.
+    pub async fn set_desired(
+        &self,
+        id: i64,
+        seen_seq: i64,
+        desired: &Desired,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let (present, sha) = desired_columns(desired);
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
              desired_at = $3, missing_since = CASE WHEN $4 = 1 THEN NULL ELSE missing_since END, updated_at = $5 \
-             WHERE id = $6",
+             WHERE id = $6 AND desired_seq = $7",
         )
         .bind(present)
         .bind(sha)
@@ -328,12 +340,17 @@ impl Store {
         .bind(present)
         .bind(now)
         .bind(id)
+        .bind(seen_seq)
         .execute(&mut *tx)
         .await
         .map_err(db("set desired"))?;
+        if r.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rollback"))?;
+            return Ok(false);
+        }
         append_event(&mut tx, id, now, "desired", reason).await?;
         tx.commit().await.map_err(db("commit"))?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<EnvRecord>, StoreError> {
@@ -535,20 +552,26 @@ impl Store {
     }
 
     /// Records that the environment outlived its time-to-live: it is torn down although its branch
-    /// exists, until the next push.
-    pub async fn expire(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+    /// exists, until the next push. Only while it is still at generation `seen_seq` (a push since wins).
+    pub async fn expire(&self, id: i64, seen_seq: i64, reason: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query("UPDATE environments SET expired_at = $1, updated_at = $2 WHERE id = $3")
-            .bind(now)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("expire"))?;
+        let r =
+            sqlx::query("UPDATE environments SET expired_at = $1, updated_at = $2 WHERE id = $3 AND desired_seq = $4")
+                .bind(now)
+                .bind(now)
+                .bind(id)
+                .bind(seen_seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("expire"))?;
+        if r.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rollback"))?;
+            return Ok(false);
+        }
         append_event(&mut tx, id, now, "expired", reason).await?;
         tx.commit().await.map_err(db("commit"))?;
-        Ok(())
+        Ok(true)
     }
 
     /// Marks the environment kept (or not), with the reason in its event log.
@@ -686,42 +709,65 @@ async fn append_event(
     Ok(())
 }
 
+async fn exists(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM environments WHERE repo = $1 AND branch = $2")
+        .bind(c.repo.as_str())
+        .bind(c.branch.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("read environment"))?;
+    Ok(n > 0)
+}
+
 /// Inserts the environment or records its new desired state. A branch said to exist is no longer missing
 /// and its push time is noted; the status an existing environment shows next is the domain's to say
 /// ([`Status::on_new_desire`]).
 async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i64) -> Result<i64, StoreError> {
     let (present, sha) = desired_columns(&c.desired);
     let pushed_at = (present == 1).then_some(now);
-    let inserted = sqlx::query(
-        "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
-         desired_at, status, pushed_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-         ON CONFLICT (repo, branch) DO NOTHING",
-    )
-    .bind(c.repo.as_str())
-    .bind(c.branch.as_str())
-    .bind(c.names.env_key.as_str())
-    .bind(c.names.stack_name.as_str())
-    .bind(c.names.dns_name.as_str())
-    .bind(present)
-    .bind(sha.clone())
-    .bind(now)
-    .bind(Status::Pending.as_str())
-    .bind(pushed_at)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("insert environment"))?;
+    // The first choice of names, then the fallback: the unique index on (repo, env_key) decides which is
+    // free, across replicas (a conflict on (repo, branch) means the environment exists already).
+    let mut inserted = false;
+    for names in std::iter::once(&c.names).chain(c.fallback.as_ref()) {
+        let r = sqlx::query(
+            "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
+             desired_at, status, pushed_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(c.repo.as_str())
+        .bind(c.branch.as_str())
+        .bind(names.env_key.as_str())
+        .bind(names.stack_name.as_str())
+        .bind(names.dns_name.as_str())
+        .bind(present)
+        .bind(sha.clone())
+        .bind(now)
+        .bind(Status::Pending.as_str())
+        .bind(pushed_at)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("insert environment"))?;
+        inserted = r.rows_affected() == 1;
+        if inserted || exists(tx, c).await? {
+            break;
+        }
+    }
     let row = sqlx::query(
         "SELECT id, desired_present, desired_sha, status FROM environments WHERE repo = $1 AND branch = $2",
     )
     .bind(c.repo.as_str())
     .bind(c.branch.as_str())
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
-    .map_err(db("read environment"))?;
+    .map_err(db("read environment"))?
+    .ok_or_else(|| StoreError::Corrupt {
+        what: "environment key",
+        value: format!("every key for {}:{} is taken", c.repo, c.branch),
+    })?;
     let id: i64 = row.try_get("id").map_err(db("read environment"))?;
-    if inserted.rows_affected() == 0 {
+    if !inserted {
         let was_present: i64 = row.try_get("desired_present").map_err(db("read environment"))?;
         let old_sha: Option<String> = row.try_get("desired_sha").map_err(db("read environment"))?;
         let status: String = row.try_get("status").map_err(db("read environment"))?;

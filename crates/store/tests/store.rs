@@ -57,7 +57,7 @@ fn change(branch: &str, desired: Desired) -> DesiredChange {
     let branch = BranchName::new(branch).expect("branch");
     let names =
         EnvNames::new(&OwnerId::new("t").expect("o"), &repo, &branch, &DnsZone::new("p.example.com").expect("z"));
-    DesiredChange { repo, branch, names, desired, reason: "test".into() }
+    DesiredChange { repo, branch, names, fallback: None, desired, reason: "test".into() }
 }
 
 fn sha(c: char) -> CommitSha {
@@ -86,6 +86,7 @@ both!(
     absence_evidence_keeps_the_first_sighting,
     named_locks_exclude_other_holders_until_they_expire,
     reaper_passes_round_trip,
+    readable_keys_are_allocated_once_and_hashed_on_a_collision,
 );
 
 async fn webhooks_record_desired_state_once_per_delivery(store: Store) {
@@ -142,7 +143,9 @@ async fn observed_state_and_events_round_trip(store: Store) {
     assert_eq!(store.get(id).await.expect("get").expect("env").retries, 0);
     let events = store.events(id, 10).await.expect("events");
     assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["webhook", "ready"]);
-    store.set_desired(id, &Desired::Absent, "GitHub: branch not found").await.expect("set");
+    let seq = store.get(id).await.expect("get").expect("env").desired_seq;
+    assert!(!store.set_desired(id, seq - 1, &Desired::Absent, "stale").await.expect("stale"), "a newer desire wins");
+    assert!(store.set_desired(id, seq, &Desired::Absent, "GitHub: branch not found").await.expect("set"));
     let env = store.get(id).await.expect("get").expect("env");
     assert_eq!((env.desired, env.desired_seq), (Desired::Absent, 2));
     store.mark_seeded(id).await.expect("seed");
@@ -246,4 +249,28 @@ async fn reaper_passes_round_trip(store: Store) {
     store.record_reaper_pass(&pass(true, "clean")).await.expect("record dry run");
     let last = store.last_reaper_pass().await.expect("read").expect("one");
     assert_eq!((last.outcome.as_str(), last.dry_run), ("removed", false), "dry runs are not the last pass");
+}
+
+/// A webhook's change: the readable names first, the hashed ones on a collision.
+fn readable_change(branch: &str) -> DesiredChange {
+    let repo = RepoName::new("acme/shop").expect("repo");
+    let branch = BranchName::new(branch).expect("branch");
+    let (owner, zone) = (OwnerId::new("t").expect("o"), DnsZone::new("p.example.com").expect("z"));
+    let hashed = EnvNames::new(&owner, &repo, &branch, &zone);
+    let names = EnvNames::readable(&owner, &repo, &branch, &zone).expect("readable");
+    DesiredChange { repo, branch, names, fallback: Some(hashed), desired: present('a'), reason: "test".into() }
+}
+
+async fn readable_keys_are_allocated_once_and_hashed_on_a_collision(store: Store) {
+    let first = store.record_desired(&readable_change("feat-x")).await.expect("feat-x");
+    let second = store.record_desired(&readable_change("feat/x")).await.expect("feat/x");
+    let (a, b) = (store.get(first).await.expect("get").expect("a"), store.get(second).await.expect("get").expect("b"));
+    assert_eq!(a.env_key.as_str(), "feat-x");
+    assert!(b.env_key.is_hashed() && b.env_key.as_str().starts_with("feat-x-"), "{}", b.env_key);
+    assert_eq!(b.dns_name, format!("{}.p.example.com", b.env_key));
+    // The key stays with the environment: a later change of the first never moves it.
+    store.record_desired(&readable_change("feat-x")).await.expect("again");
+    assert_eq!(store.get(first).await.expect("get").expect("a").env_key.as_str(), "feat-x");
+    let c = store.record_desired(&readable_change("feature/login")).await.expect("login");
+    assert_eq!(store.get(c).await.expect("get").expect("c").dns_name, "feature-login.p.example.com");
 }

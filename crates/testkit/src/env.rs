@@ -118,14 +118,12 @@ impl TestEnv {
         }
     }
 
-    /// The names previewd gives the branch's environment.
+    /// The names previewd gives the branch's environment when no other environment holds its readable key.
     pub fn names(&self, branch: &str) -> EnvNames {
-        EnvNames::new(
-            &OwnerId::new("test-owner").expect("owner"),
-            &RepoName::new(REPO).expect("repo"),
-            &BranchName::new(branch).expect("branch"),
-            &DnsZone::new(ZONE).expect("zone"),
-        )
+        let (owner, repo) = (OwnerId::new("test-owner").expect("owner"), RepoName::new(REPO).expect("repo"));
+        let (branch, zone) = (BranchName::new(branch).expect("branch"), DnsZone::new(ZONE).expect("zone"));
+        EnvNames::readable(&owner, &repo, &branch, &zone)
+            .unwrap_or_else(|| EnvNames::new(&owner, &repo, &branch, &zone))
     }
 
     pub fn app(&self) -> &Application {
@@ -327,6 +325,7 @@ retry_min = "50ms"
 retry_max = "400ms"
 resync_every = "1h"
 lease = "2s"
+api_lag = "300ms"
 # One DeleteObjects batch per teardown step, so bounded emptying shows in tests.
 empty_batches_per_step = 1
 

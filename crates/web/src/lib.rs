@@ -140,8 +140,13 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
         state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::OK, format!("ignored: repository {repo} is not configured")).into_response();
     };
-    let names = EnvNames::new(&state.owner, &repo, &branch, zone);
-    let change = DesiredChange { repo, branch, names, desired, reason };
+    // A readable name when it is free (`feature-login`), the hashed one on a collision.
+    let hashed = EnvNames::new(&state.owner, &repo, &branch, zone);
+    let (names, fallback) = match EnvNames::readable(&state.owner, &repo, &branch, zone) {
+        Some(readable) if readable != hashed => (readable, Some(hashed)),
+        _ => (hashed, None),
+    };
+    let change = DesiredChange { repo, branch, names, fallback, desired, reason };
     match state.store.record_webhook(delivery, event, Some(&change)).await {
         Ok(Recorded::Duplicate) => {
             state.metrics.duplicate.fetch_add(1, Ordering::Relaxed);

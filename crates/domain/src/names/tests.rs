@@ -287,3 +287,20 @@ proptest! {
         prop_assert_eq!(BranchName::new(&s).is_ok(), git.status.success(), "{:?}", s);
     }
 }
+
+#[test]
+fn readable_keys_are_slugs_that_cannot_pass_for_hashed_ones() {
+    let key = |b: &str| EnvKey::readable(&BranchName::new(b).expect("branch")).map(|k| k.to_string());
+    assert_eq!(key("feature/login").as_deref(), Some("feature-login"));
+    assert_eq!(key("main").as_deref(), Some("main"));
+    assert_eq!(key("Feature/Login_v2").as_deref(), Some("feature-login-v2"));
+    assert_eq!(key("fix-0123abcd"), None, "shaped like a hashed key");
+    assert_eq!(key("ü/ñ"), None, "nothing readable is left");
+    assert_eq!(key("ümlaut").as_deref(), Some("mlaut"));
+    assert_eq!(key(&"a".repeat(64)), None, "cut short would not be whole");
+    assert_eq!(key(&"a".repeat(63)).map(|k| k.len()), Some(63));
+    for b in ["feature/login", "main", "x"] {
+        let readable = EnvKey::readable(&BranchName::new(b).expect("branch")).expect("readable");
+        assert!(EnvKey::new(readable.as_str()).is_ok(), "{b}: a valid key");
+    }
+}
