@@ -55,6 +55,7 @@ impl Application {
             repos: Arc::new(zones),
             metrics: Arc::new(Metrics::default()),
             dashboard_token: config.dashboard_token.clone(),
+            public: !config.listen.ip().is_loopback(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

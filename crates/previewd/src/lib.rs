@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod envs;
 pub mod offline;
 pub mod reap;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use previewd::{Application, Config, offline, reap};
+use previewd::{Application, Config, envs, offline, reap};
 
 #[derive(Debug, Parser)]
 #[command(name = "previewd", version, about = "Short-lived AWS environments for every Git branch.")]
@@ -28,6 +28,8 @@ enum Command {
     Explain(offline::ExplainArgs),
     /// One reaper pass now: print each decision and its reason; exit non-zero when it refused or failed.
     Reap(reap::ReapArgs),
+    /// Look at and act on environments through a running previewd's API.
+    Envs(envs::EnvsArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Explain(args) => offline::explain(&config, &args, &mut out)?,
+        Command::Envs(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(envs::envs(&args, config.dashboard_token.as_ref(), &mut out))?;
+        }
         Command::Reap(args) => {
             init_tracing();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -351,3 +351,39 @@ async fn a_time_to_live_ends_quiet_environments_until_their_next_push() {
     assert_eq!(t.push("short/x", &sha(4)).await, 202);
     ready(&t, "short/x", &sha(4)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envs_command_lists_shows_and_says_why_it_is_refused() {
+    let mut t = TestEnv::start().await;
+    assert_eq!(t.push("feature/login", &sha(1)).await, 202);
+    let env = ready(&t, "feature/login", &sha(1)).await;
+    assert_eq!(env.dns_name, format!("feature-login.{ZONE}"), "a readable name");
+    let base = t.url("");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_previewd"))
+            .args(["envs", "--url", &base])
+            .args(args)
+            .env_remove("PREVIEWD_DASHBOARD_TOKEN")
+            .output()
+            .expect("runs")
+    };
+    let out = run(&["list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("feature/login") && stdout.contains("ready"), "{stdout}");
+    let out = run(&["--json", "list", "--status", "ready"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list[0]["env"], "feature-login");
+    let out = run(&["show", &env.id.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("ready at"), "{stdout}");
+    // Without a token the server is read-only: the refusal says what to do.
+    let out = run(&["redeploy", &env.id.to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("PREVIEWD_DASHBOARD_TOKEN"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_previewd"))
+        .args(["envs", "--url", &format!("http://127.0.0.1:{}", previewd_testkit::free_port()), "list"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("cannot reach previewd"), "{stderr}");
+}

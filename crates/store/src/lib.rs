@@ -91,6 +91,18 @@ pub struct EnvRecord {
     pub updated_at: i64,
 }
 
+/// Which environments a listing shows: all filters optional; deleted ones only when asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvFilter {
+    pub repo: Option<RepoName>,
+    pub status: Option<Status>,
+    /// Part of the branch name or key, case-blind.
+    pub text: Option<String>,
+    pub include_deleted: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
 /// One entry of an environment's event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRecord {
@@ -379,6 +391,86 @@ impl Store {
             .await
             .map_err(db("list environments"))?;
         rows.iter().map(env_from_row).collect()
+    }
+
+    /// One page of environments matching `filter` (newest activity first), and how many match in all.
+    /// Filtered and counted in SQL: a fleet of thousands is never loaded to show fifty.
+    pub async fn list_page(&self, filter: &EnvFilter) -> Result<(Vec<EnvRecord>, i64), StoreError> {
+        let mut clauses = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(repo) = &filter.repo {
+            binds.push(repo.to_string());
+            clauses.push(format!("repo = ${}", binds.len()));
+        }
+        if let Some(status) = filter.status {
+            binds.push(status.as_str().to_owned());
+            clauses.push(format!("status = ${}", binds.len()));
+        } else if !filter.include_deleted {
+            binds.push(Status::Deleted.as_str().to_owned());
+            clauses.push(format!("status <> ${}", binds.len()));
+        }
+        if let Some(text) = filter.text.as_deref().filter(|t| !t.is_empty()) {
+            // LIKE's own wildcards in the text match themselves.
+            let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            // Each placeholder is bound once (SQLite and PostgreSQL agree on that much).
+            binds.push(format!("%{escaped}%"));
+            binds.push(format!("%{escaped}%"));
+            let n = binds.len();
+            clauses.push(format!("(LOWER(branch) LIKE ${} ESCAPE '\\' OR env_key LIKE ${n} ESCAPE '\\')", n - 1));
+        }
+        let filter_sql = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+        let count_sql = format!("SELECT COUNT(*) FROM environments{filter_sql}");
+        let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+        for b in &binds {
+            count = count.bind(b.clone());
+        }
+        let total = count.fetch_one(&self.pool).await.map_err(db("count environments"))?;
+        let sql = format!(
+            "SELECT {ENV_COLUMNS} FROM environments{filter_sql} ORDER BY updated_at DESC, id DESC LIMIT ${} OFFSET ${}",
+            binds.len() + 1,
+            binds.len() + 2
+        );
+        let mut query = sqlx::query(&sql);
+        for b in &binds {
+            query = query.bind(b.clone());
+        }
+        let rows = query
+            .bind(filter.limit.max(0))
+            .bind(filter.offset.max(0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list environments"))?;
+        Ok((rows.iter().map(env_from_row).collect::<Result<_, _>>()?, total))
+    }
+
+    /// Asks for the environment to be deployed again at its desired commit: a new generation of its
+    /// desired state, attempts forgotten, a `failed` one back to `pending`, an expired one alive again.
+    pub async fn redeploy(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let Some(status) = sqlx::query_scalar::<_, String>("SELECT status FROM environments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("read environment"))?
+        else {
+            return Ok(false);
+        };
+        let status = Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
+        sqlx::query(
+            "UPDATE environments SET desired_seq = desired_seq + 1, desired_at = $1, status = $2, attempts = 0, \
+             retries = 0, expired_at = NULL, updated_at = $3 WHERE id = $4",
+        )
+        .bind(now)
+        .bind(status.on_new_desire().as_str())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("redeploy"))?;
+        append_event(&mut tx, id, now, "redeploy", reason).await?;
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(true)
     }
 
     /// Writes what the reconciler observed, and (if given) an event, in one transaction.

@@ -87,6 +87,7 @@ both!(
     named_locks_exclude_other_holders_until_they_expire,
     reaper_passes_round_trip,
     readable_keys_are_allocated_once_and_hashed_on_a_collision,
+    pages_are_filtered_and_counted_in_sql,
 );
 
 async fn webhooks_record_desired_state_once_per_delivery(store: Store) {
@@ -273,4 +274,30 @@ async fn readable_keys_are_allocated_once_and_hashed_on_a_collision(store: Store
     assert_eq!(store.get(first).await.expect("get").expect("a").env_key.as_str(), "feat-x");
     let c = store.record_desired(&readable_change("feature/login")).await.expect("login");
     assert_eq!(store.get(c).await.expect("get").expect("c").dns_name, "feature-login.p.example.com");
+}
+
+async fn pages_are_filtered_and_counted_in_sql(store: Store) {
+    for b in ["feat/a_b", "feat/axb", "main", "gone"] {
+        store.record_desired(&change(b, present('a'))).await.expect("record");
+    }
+    let gone = store.find(&RepoName::new("acme/shop").expect("repo"), &BranchName::new("gone").expect("b")).await;
+    let gone = gone.expect("find").expect("env");
+    let o = Observed { status: Status::Deleted, ..gone.observed() };
+    store.update_observed(gone.id, &o, None).await.expect("deleted");
+    let page = |text: Option<&str>, include_deleted: bool, limit: i64, offset: i64| previewd_store::EnvFilter {
+        text: text.map(str::to_owned),
+        include_deleted,
+        limit,
+        offset,
+        ..Default::default()
+    };
+    let (envs, total) = store.list_page(&page(None, false, 2, 0)).await.expect("page");
+    assert_eq!((envs.len(), total), (2, 3), "deleted ones hidden, the page bounded, the total counted");
+    assert_eq!(store.list_page(&page(None, true, 10, 0)).await.expect("all").1, 4);
+    assert_eq!(store.list_page(&page(None, false, 10, 2)).await.expect("offset").0.len(), 1);
+    // `_` in the text is a character, not LIKE's wildcard.
+    let (envs, _) = store.list_page(&page(Some("A_B"), false, 10, 0)).await.expect("text");
+    assert_eq!(envs.iter().map(|e| e.branch.as_str()).collect::<Vec<_>>(), ["feat/a_b"]);
+    let by_status = previewd_store::EnvFilter { status: Some(Status::Deleted), limit: 10, ..Default::default() };
+    assert_eq!(store.list_page(&by_status).await.expect("status").1, 1);
 }

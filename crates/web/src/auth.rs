@@ -1,18 +1,33 @@
-//! The dashboard token (`PREVIEWD_DASHBOARD_TOKEN`): when set, the dashboard, the API and the metrics
-//! need it, as `Authorization: Bearer <token>` or, in a browser, through a login form that sets an
-//! HttpOnly cookie. Webhooks carry their own signature and `/healthz` stays open for load balancers.
+//! Who may see and act. With `PREVIEWD_DASHBOARD_TOKEN` set, the dashboard, the API and the metrics need
+//! it: `Authorization: Bearer <token>` for programs, and for browsers a login form that sets a session
+//! cookie. The cookie is not the token: it is an expiry signed with a key derived from the token
+//! (HMAC-SHA256), so it works on every replica, dies with a changed token, and never reveals the token.
+//! Actions (POST) refuse requests from another site (their `Origin` names another host) with 403.
+//! Without a token the dashboard and API are read-only, and served only when previewd listens on
+//! loopback. Webhooks carry their own signature and `/healthz` stays open for load balancers.
+
+use std::time::Duration;
 
 use axum::extract::{Form, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use hmac::{Hmac, Mac};
 use previewd_domain::Secret;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
 
-const COOKIE: &str = "previewd_token";
+const COOKIE: &str = "previewd_session";
+/// A browser session lasts a working day.
+const SESSION: Duration = Duration::from_secs(12 * 3600);
+/// A wrong token is answered this late: guessing by the thousand is slowed to a crawl.
+const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
+
+const NO_TOKEN_PUBLIC: &str = "previewd listens beyond loopback without PREVIEWD_DASHBOARD_TOKEN: the dashboard \
+     and API are refused; set PREVIEWD_DASHBOARD_TOKEN (or dashboard_token) to serve them here";
+const NO_TOKEN_ACTIONS: &str = "actions need PREVIEWD_DASHBOARD_TOKEN: without it the dashboard and API are read-only";
 
 /// Equal digests, compared in full: the time taken says nothing about where a guess went wrong.
 fn matches(given: &str, token: &Secret) -> bool {
@@ -20,30 +35,72 @@ fn matches(given: &str, token: &Secret) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn presented(req: &Request) -> Option<String> {
-    let headers = req.headers();
-    if let Some(bearer) =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(bearer.trim().to_owned());
-    }
+fn session_mac(token: &Secret, expires_ms: i64) -> Hmac<Sha256> {
+    // The key is derived from the token, so a cookie is useless once the token changes.
+    let key = Sha256::digest([b"previewd-session-key:".as_slice(), token.expose().as_bytes()].concat());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(format!("previewd-session:{expires_ms}").as_bytes());
+    mac
+}
+
+/// A session value: `<expiry ms>.<hex HMAC>`.
+fn new_session(token: &Secret) -> String {
+    let expires = previewd_store::now_ms() + SESSION.as_millis() as i64;
+    format!("{expires}.{}", hex::encode(session_mac(token, expires).finalize().into_bytes()))
+}
+
+fn valid_session(value: &str, token: &Secret) -> bool {
+    let Some((expires, sig)) = value.split_once('.') else { return false };
+    let (Ok(expires), Ok(sig)) = (expires.parse::<i64>(), hex::decode(sig)) else { return false };
+    expires > previewd_store::now_ms() && session_mac(token, expires).verify_slice(&sig).is_ok()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn session(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+}
+
+/// A POST whose `Origin` names another host than the one it was sent to comes from another site.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
 }
 
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = &state.dashboard_token else { return next.run(req).await };
-    if presented(&req).is_some_and(|t| matches(&t, token)) {
+    let action = req.method() == Method::POST;
+    let Some(token) = &state.dashboard_token else {
+        if state.public {
+            return (StatusCode::FORBIDDEN, NO_TOKEN_PUBLIC).into_response();
+        }
+        if action {
+            return (StatusCode::FORBIDDEN, NO_TOKEN_ACTIONS).into_response();
+        }
         return next.run(req).await;
+    };
+    let headers = req.headers();
+    let authorized =
+        bearer(headers).is_some_and(|t| matches(t, token)) || session(headers).is_some_and(|s| valid_session(s, token));
+    if !authorized {
+        if req.uri().path() == "/" {
+            return login_page(false, StatusCode::UNAUTHORIZED);
+        }
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a dashboard token is required")
+            .into_response();
     }
-    if req.uri().path() == "/" {
-        return login_page(false, StatusCode::UNAUTHORIZED);
+    if action && cross_site(headers) {
+        return (StatusCode::FORBIDDEN, "a cross-site request: refused").into_response();
     }
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a dashboard token is required").into_response()
+    next.run(req).await
 }
 
 fn login_page(failed: bool, status: StatusCode) -> Response {
@@ -61,17 +118,63 @@ pub(crate) struct Login {
     token: String,
 }
 
-pub(crate) async fn login(State(state): State<AppState>, Form(login): Form<Login>) -> Response {
+pub(crate) async fn login(State(state): State<AppState>, headers: HeaderMap, Form(login): Form<Login>) -> Response {
     match &state.dashboard_token {
         Some(token) if matches(&login.token, token) => {
-            let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", login.token);
+            // Secure whenever the browser reached us over HTTPS (a load balancer in front says so).
+            let https = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+            let cookie = format!(
+                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+                new_session(token),
+                SESSION.as_secs(),
+                if https { "; Secure" } else { "" }
+            );
             let mut r = Redirect::to("/").into_response();
             if let Ok(v) = cookie.parse() {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
             r
         }
-        Some(_) => login_page(true, StatusCode::UNAUTHORIZED),
+        Some(_) => {
+            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+            login_page(true, StatusCode::UNAUTHORIZED)
+        }
         None => Redirect::to("/").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_signed_expiring_and_not_the_token() {
+        let token = Secret::new("s3cret-dash");
+        let s = new_session(&token);
+        assert!(!s.contains("s3cret-dash"));
+        assert!(valid_session(&s, &token));
+        assert!(!valid_session(&s, &Secret::new("another-token")), "dies with a changed token");
+        let (expires, sig) = s.split_once('.').expect("shape");
+        let later = expires.parse::<i64>().expect("ms") + 1_000_000;
+        assert!(!valid_session(&format!("{later}.{sig}"), &token), "the expiry is signed");
+        let past = previewd_store::now_ms() - 1;
+        let old = format!("{past}.{}", hex::encode(session_mac(&token, past).finalize().into_bytes()));
+        assert!(!valid_session(&old, &token), "expired");
+    }
+
+    #[test]
+    fn cross_site_posts_are_recognised() {
+        let headers = |origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "previewd.example.com".parse().expect("host"));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, o.parse().expect("origin"));
+            }
+            h
+        };
+        assert!(!cross_site(&headers(None)), "programs send no Origin");
+        assert!(!cross_site(&headers(Some("https://previewd.example.com"))));
+        assert!(cross_site(&headers(Some("https://evil.example.net"))));
+        assert!(cross_site(&headers(Some("null"))));
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,8 +20,8 @@ use http_body_util::BodyExt as _;
 use previewd_domain::{Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
 use previewd_github::{MAX_BODY_BYTES, WebhookEvent, parse_event, verify_signature};
 use previewd_reconciler::Queue;
-use previewd_store::{DesiredChange, EnvRecord, Recorded, Store};
-use serde::Serialize;
+use previewd_store::{DesiredChange, EnvFilter, EnvRecord, Recorded, Store};
+use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 /// GitHub's delivery ids are UUIDs; anything much longer is not one.
@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// When set, the dashboard, the API and the metrics require it.
     pub dashboard_token: Option<Secret>,
+    /// Listening beyond loopback: then, without a token, the dashboard and API are refused.
+    pub public: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -63,7 +65,9 @@ pub struct Metrics {
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/environments", get(list_environments))
+        .route("/api/environments/{id}", get(show_environment))
         .route("/api/environments/{id}/events", get(environment_events))
+        .route("/api/environments/{id}/{action}", post(act))
         .route("/api/reaper", get(last_reaper_pass))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard::page))
@@ -227,12 +231,138 @@ impl From<&EnvRecord> for EnvView {
     }
 }
 
-async fn list_environments(State(state): State<AppState>) -> Response {
-    match state.store.list().await {
-        Ok(envs) => axum::Json(envs.iter().map(EnvView::from).collect::<Vec<_>>()).into_response(),
+/// At most this many environments per page of the API; the default page is smaller.
+const PAGE_MAX: i64 = 1_000;
+const PAGE_DEFAULT: i64 = 100;
+
+/// Filters and paging of `GET /api/environments`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    pub repo: Option<String>,
+    pub status: Option<String>,
+    /// Part of the branch name.
+    pub q: Option<String>,
+    /// Show deleted environments too.
+    #[serde(default)]
+    pub deleted: bool,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl ListQuery {
+    /// The store's filter, or a message saying which parameter is wrong.
+    pub fn filter(&self) -> Result<EnvFilter, String> {
+        let repo = match self.repo.as_deref().filter(|r| !r.is_empty()) {
+            Some(r) => Some(RepoName::new(r).map_err(|e| format!("repo: {e}"))?),
+            None => None,
+        };
+        let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => Some(s.parse::<previewd_domain::Status>().map_err(|e| format!("status: {e}"))?),
+            None => None,
+        };
+        Ok(EnvFilter {
+            repo,
+            status,
+            text: self.q.clone().filter(|q| !q.trim().is_empty()),
+            include_deleted: self.deleted,
+            limit: self.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX),
+            offset: self.offset.unwrap_or(0).max(0),
+        })
+    }
+}
+
+/// A page of environments as a JSON array, newest activity first; `X-Total-Count` says how many match.
+async fn list_environments(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Response {
+    let filter = match query.filter() {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    match state.store.list_page(&filter).await {
+        Ok((envs, total)) => {
+            ([("x-total-count", total.to_string())], axum::Json(envs.iter().map(EnvView::from).collect::<Vec<_>>()))
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(error = ?e, "cannot list environments");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response()
+        }
+    }
+}
+
+/// Events shown with one environment.
+const RECENT_EVENTS: i64 = 50;
+
+/// One environment, with its recent events.
+async fn show_environment(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
+    let env = match state.store.get(id).await {
+        Ok(Some(env)) => env,
+        Ok(None) => return (StatusCode::NOT_FOUND, format!("no environment {id}")).into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot read environment");
+            return (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response();
+        }
+    };
+    let events = state.store.events(id, RECENT_EVENTS).await.unwrap_or_default();
+    let mut value = serde_json::to_value(EnvView::from(&env)).unwrap_or_default();
+    value["events"] = serde_json::to_value(events).unwrap_or_default();
+    axum::Json(value).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ActQuery {
+    /// `keep` only: `false` lifts it.
+    value: Option<bool>,
+}
+
+/// An action on one environment. Like a webhook, it only changes desired state and enqueues.
+async fn act(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(i64, String)>,
+    Query(q): Query<ActQuery>,
+) -> Response {
+    let env = match state.store.get(id).await {
+        Ok(Some(env)) => env,
+        Ok(None) => return (StatusCode::NOT_FOUND, format!("no environment {id}")).into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot read environment");
+            return (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response();
+        }
+    };
+    let done = match action.as_str() {
+        "redeploy" => state.store.redeploy(id, "redeploy asked for through the API").await,
+        "destroy" => {
+            let why = "destroy asked for through the API: torn down until the branch's next push";
+            state.store.expire(id, env.desired_seq, why).await
+        }
+        "keep" => {
+            let keep = q.value.unwrap_or(true);
+            let why = if keep { "kept on purpose: no time-to-live, never reaped" } else { "no longer kept" };
+            state.store.set_keep(id, keep, why).await.map(|()| true)
+        }
+        "reseed" => {
+            return (
+                StatusCode::CONFLICT,
+                "nothing to reseed: no blueprint declares seed steps yet (seeding is not built)",
+            )
+                .into_response();
+        }
+        other => {
+            return (StatusCode::NOT_FOUND, format!("no action {other:?}: redeploy, reseed, destroy, keep"))
+                .into_response();
+        }
+    };
+    match done {
+        Ok(true) => {
+            state.queue.enqueue(id);
+            tracing::info!(env_id = id, action, "recorded");
+            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": id, "action": action, "recorded": true})))
+                .into_response()
+        }
+        // The environment changed meanwhile (a push): nothing recorded; asking again acts on the new state.
+        Ok(false) => (StatusCode::CONFLICT, "the environment changed meanwhile: look again").into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot record action");
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot record the action now").into_response()
         }
     }
 }

@@ -6,25 +6,31 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use previewd_domain::{OwnerId, Secret};
+use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
 use previewd_reconciler::Queue;
-use previewd_store::Store;
+use previewd_store::{DesiredChange, Store};
 use previewd_web::{AppState, Metrics, router};
 use tower::ServiceExt as _;
 
 async fn app(token: Option<&str>) -> (axum::Router, tempfile::TempDir) {
+    let (router, _, dir) = app_on(token, false).await;
+    (router, dir)
+}
+
+async fn app_on(token: Option<&str>, public: bool) -> (axum::Router, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
     let state = AppState {
-        store,
+        store: store.clone(),
         queue: Queue::new(),
         owner: OwnerId::new("t").expect("owner"),
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),
         metrics: Arc::new(Metrics::default()),
         dashboard_token: token.map(Secret::new),
+        public,
     };
-    (router(state), dir)
+    (router(state), store, dir)
 }
 
 async fn get(app: &axum::Router, path: &str, auth: Option<(&str, String)>) -> (StatusCode, String) {
@@ -72,6 +78,7 @@ async fn a_token_guards_dashboard_api_and_metrics() {
     assert_eq!(right.status(), StatusCode::SEE_OTHER);
     let cookie = right.headers()[header::SET_COOKIE].to_str().expect("cookie").to_owned();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("Max-Age=") && !cookie.contains("s3cret-dash"), "the cookie is not the token: {cookie}");
     let pair = cookie.split(';').next().expect("pair").to_owned();
     let (status, page) = get(&app, "/", Some(("cookie", pair))).await;
     assert_eq!(status, StatusCode::OK);
@@ -86,4 +93,94 @@ async fn a_token_guards_dashboard_api_and_metrics() {
         .await
         .expect("response");
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "no signature");
+}
+
+/// An environment to act on.
+async fn one_env(store: &Store) -> i64 {
+    let (owner, repo) = (OwnerId::new("t").expect("owner"), RepoName::new("acme/shop").expect("repo"));
+    let branch = BranchName::new("<img/src=x/onerror=alert(1)>").expect("branch");
+    let names = EnvNames::new(&owner, &repo, &branch, &DnsZone::new("p.example.com").expect("zone"));
+    let desired = Desired::Present { sha: Some(CommitSha::new(&"a".repeat(40)).expect("sha")) };
+    let change = DesiredChange { repo, branch, names, fallback: None, desired, reason: "test".into() };
+    store.record_desired(&change).await.expect("record")
+}
+
+async fn post(app: &axum::Router, path: &str, headers: &[(&str, String)]) -> (StatusCode, String) {
+    let mut req = Request::post(path).header(header::HOST, "previewd.test");
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let res = app.clone().oneshot(req.body(Body::empty()).expect("request")).await.expect("response");
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn without_a_token_read_only_on_loopback_and_nothing_beyond() {
+    let (app, store, _dir) = app_on(None, false).await;
+    let id = one_env(&store).await;
+    let (status, body) = post(&app, &format!("/api/environments/{id}/redeploy"), &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("PREVIEWD_DASHBOARD_TOKEN"), "{body}");
+    assert_eq!(get(&app, &format!("/api/environments/{id}"), None).await.0, StatusCode::OK);
+
+    let (public, _store, _dir) = app_on(None, true).await;
+    for path in ["/", "/api/environments", "/metrics"] {
+        let (status, body) = get(&public, path, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(body.contains("set PREVIEWD_DASHBOARD_TOKEN"), "{body}");
+    }
+    assert_eq!(get(&public, "/healthz", None).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn actions_need_the_token_and_refuse_other_sites() {
+    let (app, store, _dir) = app_on(Some("s3cret-dash"), true).await;
+    let id = one_env(&store).await;
+    let path = format!("/api/environments/{id}/redeploy");
+    assert_eq!(post(&app, &path, &[]).await.0, StatusCode::UNAUTHORIZED);
+    let bearer = ("authorization", "Bearer s3cret-dash".to_owned());
+    assert_eq!(post(&app, &path, std::slice::from_ref(&bearer)).await.0, StatusCode::ACCEPTED);
+    let events = store.events(id, 10).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "redeploy"), "{events:?}");
+
+    let res = app
+        .clone()
+        .oneshot(
+            Request::post("/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from("token=s3cret-dash"))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let cookie =
+        res.headers()[header::SET_COOKIE].to_str().expect("cookie").split(';').next().expect("pair").to_owned();
+    let evil = [("cookie", cookie.clone()), ("origin", "https://evil.example.net".to_owned())];
+    assert_eq!(post(&app, &path, &evil).await.0, StatusCode::FORBIDDEN, "cross-site with the session cookie");
+    let same = [("cookie", cookie.clone()), ("origin", "http://previewd.test".to_owned())];
+    assert_eq!(post(&app, &path, &same).await.0, StatusCode::ACCEPTED);
+    assert_eq!(post(&app, &format!("/api/environments/{id}/keep"), &same).await.0, StatusCode::ACCEPTED);
+    assert!(store.get(id).await.expect("get").expect("env").keep);
+    let (status, body) = post(&app, &format!("/api/environments/{id}/reseed"), &same).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(post(&app, &format!("/api/environments/{id}/destroy"), &same).await.0, StatusCode::ACCEPTED);
+    assert!(store.get(id).await.expect("get").expect("env").expired_at.is_some());
+    assert_eq!(post(&app, "/api/environments/999/redeploy", &same).await.0, StatusCode::NOT_FOUND);
+
+    // Filters and paging, decided in SQL.
+    let auth = Some(("authorization", "Bearer s3cret-dash".to_owned()));
+    let (status, body) = get(&app, "/api/environments?q=ONERROR&repo=acme/shop&limit=5", auth.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list[0]["branch"], "<img/src=x/onerror=alert(1)>", "{body}");
+    let (_, body) = get(&app, "/api/environments?q=nothing-like-it", auth.clone()).await;
+    assert_eq!(body, "[]");
+    let (status, body) = get(&app, "/api/environments?status=bogus", auth.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = get(&app, &format!("/api/environments/{id}"), auth).await;
+    assert_eq!(status, StatusCode::OK);
+    let one: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(one["events"].as_array().is_some_and(|e| e.len() >= 3), "{body}");
 }
