@@ -387,3 +387,29 @@ async fn the_envs_command_lists_shows_and_says_why_it_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("cannot reach previewd"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_tagged_stack_without_a_record_is_adopted_and_judged() {
+    let t = TestEnv::start_opts("", "0s").await;
+    // A crash between CreateStack and its record, or a lost database: our tags, no record.
+    let names = t.names("lost/one");
+    let tags = [
+        ("previewd:owner", "test-owner"),
+        ("previewd:repo", REPO),
+        ("previewd:branch", "lost/one"),
+        ("previewd:env", names.env_key.as_str()),
+        ("previewd:sha", "1111111111111111111111111111111111111111"),
+    ];
+    foreign_stack(&t, &names.stack_name, &tags).await;
+    // The same tags on a stack whose name previewd would never give that branch: left alone.
+    foreign_stack(&t, "previewd-acme-shop-lost-one-lookalike", &tags).await;
+
+    let report = t.app().reconciler().reap(false).await;
+    let about =
+        |subject: &str| report.decisions.iter().filter(|d| d.subject == subject).map(|d| d.verdict).collect::<Vec<_>>();
+    assert_eq!(about("lost/one"), [Verdict::Adopt, Verdict::Remove], "{report:#?}");
+    assert_eq!(about("previewd-acme-shop-lost-one-lookalike"), [Verdict::Refuse], "{report:#?}");
+    t.deleted("lost/one").await;
+    assert!(t.stack(&names.stack_name).await.is_none(), "removed through the teardown path");
+    assert!(t.stack("previewd-acme-shop-lost-one-lookalike").await.is_some(), "never touched");
+}
