@@ -56,6 +56,7 @@ impl Application {
             metrics: Arc::new(Metrics::default()),
             dashboard_token: config.dashboard_token.clone(),
             public: !config.listen.ip().is_loopback(),
+            github_web_url: previewd_web::github_web_url(&config.github_api_url),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

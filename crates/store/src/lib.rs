@@ -99,8 +99,41 @@ pub struct EnvFilter {
     /// Part of the branch name or key, case-blind.
     pub text: Option<String>,
     pub include_deleted: bool,
+    pub sort: Sort,
     pub limit: i64,
     pub offset: i64,
+}
+
+/// The order of a listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// Newest activity first.
+    #[default]
+    Updated,
+    Branch,
+    Status,
+    Repo,
+}
+
+impl Sort {
+    pub fn parse(s: &str) -> Option<Sort> {
+        Some(match s {
+            "updated" => Sort::Updated,
+            "branch" => Sort::Branch,
+            "status" => Sort::Status,
+            "repo" => Sort::Repo,
+            _ => return None,
+        })
+    }
+
+    fn order_by(self) -> &'static str {
+        match self {
+            Sort::Updated => "updated_at DESC, id DESC",
+            Sort::Branch => "branch, repo, id",
+            Sort::Status => "status, updated_at DESC, id DESC",
+            Sort::Repo => "repo, branch, id",
+        }
+    }
 }
 
 /// One entry of an environment's event log.
@@ -426,7 +459,8 @@ impl Store {
         }
         let total = count.fetch_one(&self.pool).await.map_err(db("count environments"))?;
         let sql = format!(
-            "SELECT {ENV_COLUMNS} FROM environments{filter_sql} ORDER BY updated_at DESC, id DESC LIMIT ${} OFFSET ${}",
+            "SELECT {ENV_COLUMNS} FROM environments{filter_sql} ORDER BY {} LIMIT ${} OFFSET ${}",
+            filter.sort.order_by(),
             binds.len() + 1,
             binds.len() + 2
         );

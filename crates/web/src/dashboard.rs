@@ -1,31 +1,27 @@
-//! The dashboard: one server-rendered page listing environments (branch, status, URL, commit, age, last
-//! error). Every value is HTML-escaped; branch names may hold `<script>`.
+//! The dashboard, server-rendered with maud (every value escaped: branch names may hold `<script>` or a
+//! right-to-left mark). `GET /` lists environments across repositories, filtered, sorted and paged in
+//! SQL, with the reaper's last pass on top; a small script swaps in fresh rows every few seconds
+//! (`?fragment=rows`), and the page reads the same without it. `GET /environments/{id}` shows one
+//! environment, its event log and its actions.
 
-use std::fmt::Write as _;
-
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use previewd_store::EnvRecord;
+use serde::Deserialize;
 
-use crate::{AppState, EnvView};
+use crate::{AppState, EnvView, ListQuery};
 
-/// The page reloads itself this often, in seconds, so it follows provisioning without a script.
-const REFRESH_SECONDS: u32 = 5;
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Rows per page.
+const PAGE_SIZE: i64 = 50;
+/// The rows refresh this often, in milliseconds, while the page is open.
+const REFRESH_MS: u32 = 3_000;
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;width:100%}\
+th,td{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}.muted{color:#888}\
+.status::before{content:'●';margin-right:.3rem}.ready{color:#070}.failed,.refused{color:#a00}\
+.pending,.provisioning,.deleting{color:#a60}.deleted,.skipped{color:#888}.error{color:#a00;max-width:30rem}\
+form.filters{margin:1rem 0}form.filters *{margin-right:.5rem}button{cursor:pointer}";
 
 fn age(ms: i64) -> String {
     let secs = ((previewd_store::now_ms() - ms).max(0) / 1000) as u64;
@@ -37,62 +33,224 @@ fn age(ms: i64) -> String {
     }
 }
 
-pub(crate) async fn page(State(state): State<AppState>) -> Response {
-    let envs = match state.store.list().await {
-        Ok(envs) => envs,
-        Err(e) => {
-            tracing::error!(error = ?e, "cannot list environments");
-            return (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response();
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body { (body) }
         }
-    };
-    let mut rows = String::new();
-    for e in &envs {
-        let v = EnvView::from(e);
-        let url = match &v.url {
-            Some(u) if v.status == "ready" => format!("<a href=\"{0}\">{0}</a>", esc(u)),
-            _ => format!("<span class=\"muted\">{}</span>", esc(&v.dns_name)),
-        };
-        let sha = v.sha.as_deref().map_or(String::new(), |s| esc(&s[..7.min(s.len())]));
-        let _ = write!(
-            rows,
-            "<tr data-env=\"{}\"><td>{}</td><td>{}</td><td class=\"status {}\">{}</td><td>{url}</td><td><code>{sha}</code></td><td>{}</td><td class=\"error\">{}</td></tr>",
-            esc(&v.env),
-            esc(&v.repo),
-            esc(&v.branch),
-            esc(&v.status),
-            esc(&v.status),
-            age(e.created_at),
-            esc(v.last_error.as_deref().unwrap_or(""))
-        );
     }
-    // The reaper's last pass: when, how it ended, what it removed or why it refused.
-    let reaper = match state.store.last_reaper_pass().await {
-        Ok(Some(p)) => format!(
-            "<p class=\"reaper {}\">Reaper, {}: {}</p>",
-            esc(&p.outcome),
-            esc(&crate::rfc3339(p.finished_at)),
-            esc(&p.summary)
-        ),
-        _ => "<p class=\"reaper muted\">The reaper has not run yet.</p>".to_owned(),
-    };
-    if envs.is_empty() {
-        rows.push_str("<tr><td colspan=\"7\" class=\"muted\">No environments yet: push a branch.</td></tr>");
-    }
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
-<title>previewd</title><style>body{{font:14px system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse;width:100%}}\
-th,td{{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}}.muted{{color:#888}}\
-.error{{color:#a00;max-width:30rem}}.ready{{color:#070}}.failed{{color:#a00}}.refused{{color:#a00}}</style></head><body>\
-<h1>previewd</h1>{reaper}<table><thead><tr><th>Repository</th><th>Branch</th><th>Status</th><th>URL</th><th>SHA</th><th>Age</th><th>Last error</th></tr></thead>\
-<tbody>{rows}</tbody></table><p class=\"muted\">JSON: <a href=\"/api/environments\">/api/environments</a></p></body></html>"
-    ))
-    .into_response()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(super::esc("<script>\"'&"), "&lt;script&gt;&quot;&#39;&amp;");
+fn unavailable(e: impl std::fmt::Debug) -> Response {
+    tracing::error!(error = ?e, "cannot read environments");
+    (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response()
+}
+
+/// The page's query: strings only, as a browser's form sends them (an empty field is no filter).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PageQuery {
+    repo: Option<String>,
+    status: Option<String>,
+    q: Option<String>,
+    sort: Option<String>,
+    deleted: Option<String>,
+    page: Option<String>,
+    /// `rows`: only the table's rows, for the live refresh.
+    fragment: Option<String>,
+}
+
+impl PageQuery {
+    fn list(&self) -> ListQuery {
+        ListQuery {
+            repo: self.repo.clone(),
+            status: self.status.clone(),
+            q: self.q.clone(),
+            sort: self.sort.clone(),
+            deleted: self.deleted.as_deref().is_some_and(|d| d == "true" || d == "on" || d == "1"),
+            limit: None,
+            offset: None,
+        }
     }
+}
+
+struct PageQueryView {
+    list: ListQuery,
+}
+
+fn commit_link(state: &AppState, e: &EnvView) -> Markup {
+    match &e.sha {
+        Some(sha) => {
+            let short = &sha[..7.min(sha.len())];
+            html! { a href=(format!("{}/{}/commit/{sha}", state.github_web_url, e.repo)) { code { (short) } } }
+        }
+        None => html! { span.muted { "—" } },
+    }
+}
+
+fn rows(state: &AppState, envs: &[EnvRecord]) -> Markup {
+    html! {
+        @for e in envs {
+            @let v = EnvView::from(e);
+            tr data-env=(v.id) data-status=(v.status) {
+                td { (v.repo) }
+                // <bdi>: a right-to-left mark in a branch name cannot reorder the rest of the row.
+                td { a href=(format!("/environments/{}", v.id)) { bdi { (v.branch) } } }
+                td { span class={ "status " (v.status) } { (v.status) } @if v.keep { " (kept)" } }
+                td {
+                    @match (&v.url, v.status.as_str()) {
+                        (Some(url), "ready") => a href=(url) { (url) },
+                        _ => span.muted { (v.dns_name) },
+                    }
+                }
+                td { (commit_link(state, &v)) }
+                td title=(v.created_at) { (age(e.created_at)) }
+                td title=(v.updated_at) { (age(e.updated_at)) }
+                td.error {
+                    @if let Some(err) = &v.last_error {
+                        details { summary { (err.chars().take(60).collect::<String>()) } (err) }
+                    }
+                }
+            }
+        }
+        @if envs.is_empty() {
+            tr { td colspan="8" .muted { "No environments match." } }
+        }
+    }
+}
+
+async fn reaper_banner(state: &AppState) -> Markup {
+    match state.store.last_reaper_pass().await {
+        Ok(Some(p)) => html! {
+            p class={ "reaper " (p.outcome) } {
+                "Reaper, " (crate::rfc3339(p.finished_at)) ": " (p.summary)
+            }
+        },
+        _ => html! { p.reaper.muted { "The reaper has not run yet." } },
+    }
+}
+
+pub(crate) async fn page(State(state): State<AppState>, Query(pq): Query<PageQuery>) -> Response {
+    let q = PageQueryView { list: pq.list() };
+    let mut filter = match q.list.filter() {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let page = pq.page.as_deref().and_then(|p| p.parse::<i64>().ok()).unwrap_or(1).max(1);
+    filter.limit = PAGE_SIZE;
+    filter.offset = (page - 1) * PAGE_SIZE;
+    let (envs, total) = match state.store.list_page(&filter).await {
+        Ok(found) => found,
+        Err(e) => return unavailable(e),
+    };
+    if pq.fragment.as_deref() == Some("rows") {
+        return Html(rows(&state, &envs).into_string()).into_response();
+    }
+    let query_without_page = |page: i64| {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("repo", &q.list.repo), ("status", &q.list.status), ("q", &q.list.q), ("sort", &q.list.sort)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                s.append_pair(k, v);
+            }
+        }
+        if q.list.deleted {
+            s.append_pair("deleted", "true");
+        }
+        s.append_pair("page", &page.to_string());
+        s.finish()
+    };
+    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    let repos: Vec<String> = state.repos.keys().map(|r| r.to_string()).collect();
+    let selected = |a: &Option<String>, b: &str| a.as_deref() == Some(b);
+    let body = html! {
+        h1 { "previewd" }
+        (reaper_banner(&state).await)
+        form.filters method="get" action="/" {
+            select name="repo" {
+                option value="" { "every repository" }
+                @for r in &repos { option value=(r) selected[selected(&q.list.repo, r)] { (r) } }
+            }
+            select name="status" {
+                option value="" { "any status" }
+                @for s in previewd_domain::Status::ALL {
+                    option value=(s.as_str()) selected[selected(&q.list.status, s.as_str())] { (s.as_str()) }
+                }
+            }
+            input type="search" name="q" placeholder="branch" value=(q.list.q.clone().unwrap_or_default());
+            select name="sort" {
+                @for (v, label) in [("updated", "last change"), ("branch", "branch"), ("status", "status"), ("repo", "repository")] {
+                    option value=(v) selected[selected(&q.list.sort, v)] { "by " (label) }
+                }
+            }
+            label { input type="checkbox" name="deleted" value="true" checked[q.list.deleted]; " deleted too" }
+            button { "Show" }
+        }
+        table {
+            thead { tr { th { "Repository" } th { "Branch" } th { "Status" } th { "URL" } th { "Commit" } th { "Age" } th { "Last change" } th { "Last error" } } }
+            tbody #rows data-query=(query_without_page(page)) { (rows(&state, &envs)) }
+        }
+        p.muted {
+            (total) " environments"
+            @if page > 1 { " · " a href=(format!("/?{}", query_without_page(page - 1))) { "newer" } }
+            " · page " (page) " of " (pages)
+            @if page < pages { " · " a href=(format!("/?{}", query_without_page(page + 1))) { "older" } }
+            " · JSON: " a href="/api/environments" { "/api/environments" }
+        }
+        script { (PreEscaped(format!(
+            "setInterval(async()=>{{const t=document.getElementById('rows');\
+             const r=await fetch('/?'+t.dataset.query+'&fragment=rows',{{credentials:'same-origin'}});\
+             if(r.ok)t.innerHTML=await r.text();}},{REFRESH_MS});"
+        ))) }
+    };
+    Html(layout("previewd", body).into_string()).into_response()
+}
+
+pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
+    let env = match state.store.get(id).await {
+        Ok(Some(env)) => env,
+        Ok(None) => return (StatusCode::NOT_FOUND, format!("no environment {id}")).into_response(),
+        Err(e) => return unavailable(e),
+    };
+    let events = state.store.events(id, crate::RECENT_EVENTS).await.unwrap_or_default();
+    let v = EnvView::from(&env);
+    let actions = state.dashboard_token.is_some();
+    let body = html! {
+        p { a href="/" { "← every environment" } }
+        h1 { bdi { (v.branch) } " " span.muted { "(" (v.repo) ")" } }
+        table {
+            tr { th { "Status" } td { span class={ "status " (v.status) } #status { (v.status) } @if v.keep { " (kept)" } } }
+            tr { th { "URL" } td { @if let Some(u) = &v.url { a href=(u) { (u) } } @else { span.muted { (v.dns_name) } } } }
+            tr { th { "Commit" } td { (commit_link(&state, &v)) " deployed: " (v.deployed_sha.clone().unwrap_or_else(|| "—".into())) } }
+            tr { th { "Stack" } td { code { (v.stack_name) } } }
+            tr { th { "Created" } td { (v.created_at) } }
+            tr { th { "Last change" } td { (v.updated_at) } }
+            @if let Some(err) = &v.last_error { tr { th { "Last error" } td.error { (err) } } }
+        }
+        @if actions {
+            p.actions {
+                @for action in ["redeploy", "destroy", "keep"] {
+                    button data-action=(action) { (action) } " "
+                }
+            }
+            script { (PreEscaped(format!(
+                "document.querySelectorAll('button[data-action]').forEach(b=>b.onclick=async()=>{{\
+                 const r=await fetch('/api/environments/{id}/'+b.dataset.action,{{method:'POST',credentials:'same-origin'}});\
+                 b.textContent=b.dataset.action+(r.ok?' ✓':' ✗ '+r.status);}});"
+            ))) }
+        } @else {
+            p.muted { "Read-only: actions need PREVIEWD_DASHBOARD_TOKEN." }
+        }
+        h2 { "Events" }
+        table {
+            @for e in events.iter().rev() {
+                tr { td { (crate::rfc3339(e.at)) } td { (e.kind) } td { (e.message) } }
+            }
+        }
+    };
+    Html(layout(&format!("previewd: {}", v.branch), body).into_string()).into_response()
 }

@@ -20,7 +20,7 @@ use http_body_util::BodyExt as _;
 use previewd_domain::{Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
 use previewd_github::{MAX_BODY_BYTES, WebhookEvent, parse_event, verify_signature};
 use previewd_reconciler::Queue;
-use previewd_store::{DesiredChange, EnvFilter, EnvRecord, Recorded, Store};
+use previewd_store::{DesiredChange, EnvFilter, EnvRecord, Recorded, Sort, Store};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -42,6 +42,18 @@ pub struct AppState {
     pub dashboard_token: Option<Secret>,
     /// Listening beyond loopback: then, without a token, the dashboard and API are refused.
     pub public: bool,
+    /// GitHub's web address, for links to commits (`https://github.com`, or a GitHub Enterprise host).
+    pub github_web_url: String,
+}
+
+/// GitHub's web address for an API base URL: `https://api.github.com` → `https://github.com`,
+/// `https://HOST/api/v3` → `https://HOST`.
+pub fn github_web_url(api_url: &str) -> String {
+    let api = api_url.trim_end_matches('/');
+    if api == "https://api.github.com" {
+        return "https://github.com".to_owned();
+    }
+    api.strip_suffix("/api/v3").unwrap_or(api).to_owned()
 }
 
 impl std::fmt::Debug for AppState {
@@ -71,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/reaper", get(last_reaper_pass))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard::page))
+        .route("/environments/{id}", get(dashboard::environment))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
         .route("/webhooks/github", post(webhook))
@@ -236,7 +249,7 @@ const PAGE_MAX: i64 = 1_000;
 const PAGE_DEFAULT: i64 = 100;
 
 /// Filters and paging of `GET /api/environments`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct ListQuery {
     pub repo: Option<String>,
     pub status: Option<String>,
@@ -245,6 +258,8 @@ pub struct ListQuery {
     /// Show deleted environments too.
     #[serde(default)]
     pub deleted: bool,
+    /// `updated` (default), `branch`, `status` or `repo`.
+    pub sort: Option<String>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
@@ -260,9 +275,14 @@ impl ListQuery {
             Some(s) => Some(s.parse::<previewd_domain::Status>().map_err(|e| format!("status: {e}"))?),
             None => None,
         };
+        let sort = match self.sort.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => Sort::parse(s).ok_or_else(|| format!("sort: {s:?} is not updated, branch, status or repo"))?,
+            None => Sort::default(),
+        };
         Ok(EnvFilter {
             repo,
             status,
+            sort,
             text: self.q.clone().filter(|q| !q.trim().is_empty()),
             include_deleted: self.deleted,
             limit: self.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX),
@@ -290,7 +310,7 @@ async fn list_environments(State(state): State<AppState>, Query(query): Query<Li
 }
 
 /// Events shown with one environment.
-const RECENT_EVENTS: i64 = 50;
+pub(crate) const RECENT_EVENTS: i64 = 50;
 
 /// One environment, with its recent events.
 async fn show_environment(State(state): State<AppState>, Path(id): Path<i64>) -> Response {

@@ -29,6 +29,7 @@ async fn app_on(token: Option<&str>, public: bool) -> (axum::Router, Store, temp
         metrics: Arc::new(Metrics::default()),
         dashboard_token: token.map(Secret::new),
         public,
+        github_web_url: "https://github.com".into(),
     };
     (router(state), store, dir)
 }
@@ -183,4 +184,28 @@ async fn actions_need_the_token_and_refuse_other_sites() {
     assert_eq!(status, StatusCode::OK);
     let one: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert!(one["events"].as_array().is_some_and(|e| e.len() >= 3), "{body}");
+}
+
+#[tokio::test]
+async fn the_dashboard_escapes_filters_pages_and_refreshes_rows() {
+    let (app, store, _dir) = app_on(None, false).await;
+    let id = one_env(&store).await;
+    let (status, page) = get(&app, "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("&lt;img/src=x/onerror=alert(1)&gt;") && !page.contains("<img/src"), "{page}");
+    assert!(page.contains("The reaper has not run yet."), "{page}");
+    assert!(page.contains("https://github.com/acme/shop/commit/aaaaaaa"), "commits link to GitHub: {page}");
+    let (_, none) = get(&app, "/?q=nothing-like-it&status=", None).await;
+    assert!(none.contains("No environments match."), "{none}");
+    let (_, pending) = get(&app, "/?status=pending&sort=branch&page=1", None).await;
+    assert!(pending.contains(&format!("data-env=\"{id}\"")), "{pending}");
+    let (status, _) = get(&app, "/?status=bogus", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, rows) = get(&app, "/?fragment=rows", None).await;
+    assert!(rows.starts_with("<tr") && !rows.contains("<html"), "only the rows: {rows}");
+    let (status, detail) = get(&app, &format!("/environments/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(detail.contains("<bdi>&lt;img/src=x/onerror=alert(1)&gt;</bdi>"), "{detail}");
+    assert!(detail.contains("Read-only: actions need PREVIEWD_DASHBOARD_TOKEN."), "{detail}");
+    assert_eq!(get(&app, "/environments/999", None).await.0, StatusCode::NOT_FOUND);
 }
