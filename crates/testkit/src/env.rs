@@ -72,6 +72,12 @@ impl TestEnv {
 
     /// As [`TestEnv::start_with`], with the reaper's grace period (`0s`: the first proof of absence counts).
     pub async fn start_opts(extra: &str, grace: &str) -> Self {
+        Self::start_full("", extra, grace).await
+    }
+
+    /// As [`TestEnv::start_opts`], with `top` put among the configuration's top-level keys
+    /// (`dashboard_token = "…"`, say).
+    pub async fn start_full(top: &str, extra: &str, grace: &str) -> Self {
         let moto = Moto::start().await;
         let seeded = moto.seed(&[ZONE]).await;
         let proxy = AwsProxy::start(&moto.endpoint).await;
@@ -80,7 +86,7 @@ impl TestEnv {
         github.set_branch(REPO, "main", &"f".repeat(40));
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("previewd.toml");
-        std::fs::write(&config_path, config_text(&dir, &github, &seeded, extra, grace)).expect("config");
+        std::fs::write(&config_path, config_text(&dir, &github, &seeded, top, extra, grace)).expect("config");
         let db = format!("sqlite://{}", dir.path().join("previewd.db").display());
         let store = previewd_store::Store::connect(&db).await.expect("test database");
         let mut env = Self {
@@ -302,7 +308,14 @@ impl TestEnv {
     }
 }
 
-fn config_text(dir: &tempfile::TempDir, github: &FakeGitHub, seeded: &Seeded, extra: &str, grace: &str) -> String {
+fn config_text(
+    dir: &tempfile::TempDir,
+    github: &FakeGitHub,
+    seeded: &Seeded,
+    top: &str,
+    extra: &str,
+    grace: &str,
+) -> String {
     let zone = &seeded.zones[ZONE];
     let subnets: Vec<String> = seeded.subnet_ids.iter().map(|s| format!("{s:?}")).collect();
     format!(
@@ -312,6 +325,7 @@ listen = "127.0.0.1:0"
 database_url = "sqlite://{db}"
 webhook_secrets = ["{SECRET}"]
 stacks_dir = "{stacks}"
+{top}
 
 [github]
 api_url = "{api}"

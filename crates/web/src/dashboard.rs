@@ -17,6 +17,8 @@ use crate::{AppState, EnvView, ListQuery};
 const PAGE_SIZE: i64 = 50;
 /// The rows refresh this often, in milliseconds, while the page is open.
 const REFRESH_MS: u32 = 3_000;
+/// An environment's own page follows its status this often, in milliseconds.
+const STATUS_REFRESH_MS: u32 = 1_000;
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;width:100%}\
 th,td{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #ddd;vertical-align:top}.muted{color:#888}\
 .status::before{content:'●';margin-right:.3rem}.ready{color:#070}.failed,.refused{color:#a00}\
@@ -245,6 +247,12 @@ pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i6
         } @else {
             p.muted { "Read-only: actions need PREVIEWD_DASHBOARD_TOKEN." }
         }
+        // The status follows the reconciler without a reload.
+        script { (PreEscaped(format!(
+            "setInterval(async()=>{{const r=await fetch('/api/environments/{id}',{{credentials:'same-origin'}});\
+             if(!r.ok)return;const e=await r.json();const s=document.getElementById('status');\
+             s.textContent=e.status;s.className='status '+e.status;}},{STATUS_REFRESH_MS});"
+        ))) }
         h2 { "Events" }
         table {
             @for e in events.iter().rev() {
