@@ -57,6 +57,7 @@ impl Application {
             dashboard_token: config.dashboard_token.clone(),
             public: !config.listen.ip().is_loopback(),
             github_web_url: previewd_web::github_web_url(&config.github_api_url),
+            reconciler: Some(reconciler.clone()),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

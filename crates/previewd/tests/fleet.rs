@@ -376,6 +376,16 @@ async fn the_envs_command_lists_shows_and_says_why_it_is_refused() {
     let out = run(&["show", &env.id.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("ready at"), "{stdout}");
+    let out = run(&["--json", "show", &env.id.to_string()]);
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let cpu = one["settings"].as_array().and_then(|s| s.iter().find(|s| s["key"] == "service.cpu")).cloned();
+    assert_eq!(cpu.as_ref().map(|c| c["layer"].clone()), Some(serde_json::json!("preview")), "{one}");
+    let page =
+        reqwest::get(t.url(&format!("/environments/{}", env.id))).await.expect("page").text().await.expect("html");
+    assert!(
+        page.contains("Recent stack events") && page.contains("Endpoint") && page.contains("blueprint defaults"),
+        "{page}"
+    );
     // Without a token the server is read-only: the refusal says what to do.
     let out = run(&["redeploy", &env.id.to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);

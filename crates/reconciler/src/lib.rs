@@ -109,6 +109,30 @@ pub enum Action {
 #[error("reaper schedule: {0}")]
 pub struct ReaperScheduleError(#[from] JobSchedulerError);
 
+/// One setting of an environment, with the layer that set it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SettingView {
+    pub key: String,
+    pub value: serde_json::Value,
+    /// `blueprint defaults`, `stage staging`, `preview`, `branch pattern <glob>`, `branch overrides`.
+    pub layer: String,
+    pub source: String,
+}
+
+/// What AWS shows of an environment's stack, for people.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StackView {
+    pub status: Option<String>,
+    pub outputs: std::collections::BTreeMap<String, String>,
+    /// Newest first: `timestamp, logical id, status, reason`.
+    pub events: Vec<(String, String, String, Option<String>)>,
+    /// Why AWS could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// Stack events shown on an environment's page.
+const STACK_EVENTS_SHOWN: usize = 20;
+
 /// Checks a reaper schedule (cron, seconds first) before anything starts.
 pub fn check_schedule(schedule: &str) -> Result<(), ReaperScheduleError> {
     Job::new_async(schedule, |_, _| Box::pin(async {}))?;
@@ -279,6 +303,51 @@ impl Reconciler {
         let _ = stop.send(true);
         while workers.join_next().await.is_some() {}
         drained
+    }
+
+    /// The environment's settings and the layer that set each, as its last reconcile rendered them: the
+    /// branch's `.previewd.toml` is included when this process has read it at the deployed commit (no
+    /// GitHub call is made here). Empty for a repository no longer configured.
+    pub fn settings(&self, env: &previewd_store::EnvRecord) -> Result<Vec<SettingView>, RenderError> {
+        let Some(repo) = self.inner.setup.repos.get(&env.repo) else { return Ok(Vec::new()) };
+        let Some(blueprint) = self.inner.blueprints.get(&repo.blueprint) else { return Ok(Vec::new()) };
+        let own = env.deployed_sha.as_ref().and_then(|sha| {
+            let files = self.inner.settings_files.lock().unwrap_or_else(|p| p.into_inner());
+            let text = files.get(&(env.repo.clone(), sha.clone()))?.clone()?;
+            let source = format!("{} at {}", reconcile::BRANCH_SETTINGS_FILE, sha.short());
+            previewd_render::Layer::parse(previewd_render::LayerKind::Branch, source, &text).ok()
+        });
+        let settings =
+            blueprint.environment_settings(previewd_domain::Stage::Staging, &env.branch, &repo.layers, own.as_ref())?;
+        Ok(settings
+            .iter()
+            .map(|(key, s)| SettingView {
+                key: key.to_owned(),
+                value: serde_json::to_value(&s.value).unwrap_or_default(),
+                layer: s.origin.kind.to_string(),
+                source: s.origin.source.clone(),
+            })
+            .collect())
+    }
+
+    /// The environment's stack as AWS shows it now: status, outputs, newest events. Read-only; an AWS
+    /// error is reported in the view, not raised.
+    pub async fn stack(&self, env: &previewd_store::EnvRecord) -> StackView {
+        let aws = &self.inner.aws;
+        let stack = match aws.describe_stack(&env.stack_name).await {
+            Ok(Some(s)) if s.tag(reconcile::TAG_OWNER) == Some(self.inner.setup.owner.as_str()) => s,
+            Ok(_) => return StackView::default(),
+            Err(e) => return StackView { error: Some(e.to_string()), ..StackView::default() },
+        };
+        let events = match aws.stack_events(&stack.id).await {
+            Ok(events) => events
+                .into_iter()
+                .take(STACK_EVENTS_SHOWN)
+                .map(|e| (e.timestamp, e.logical_id, e.status, e.reason))
+                .collect(),
+            Err(e) => return StackView { error: Some(e.to_string()), ..StackView::default() },
+        };
+        StackView { status: Some(stack.status), outputs: stack.outputs, events, error: None }
     }
 
     /// One reaper pass now (see [`reaper`](crate::reaper)); a dry run changes nothing.

@@ -219,6 +219,11 @@ pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i6
         Err(e) => return unavailable(e),
     };
     let events = state.store.events(id, crate::RECENT_EVENTS).await.unwrap_or_default();
+    // What the reconciler knows: the settings and their layers; the stack as AWS shows it now.
+    let (settings, stack) = match &state.reconciler {
+        Some(r) => (r.settings(&env).map_err(|e| e.to_string()), Some(r.stack(&env).await)),
+        None => (Ok(Vec::new()), None),
+    };
     let v = EnvView::from(&env);
     let actions = state.dashboard_token.is_some();
     let body = html! {
@@ -253,6 +258,31 @@ pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i6
              if(!r.ok)return;const e=await r.json();const s=document.getElementById('status');\
              s.textContent=e.status;s.className='status '+e.status;}},{STATUS_REFRESH_MS});"
         ))) }
+        @if let Some(stack) = &stack {
+            h2 { "Stack" }
+            @if let Some(err) = &stack.error { p.error { "AWS: " (err) } }
+            p { code { (v.stack_name) } " " (stack.status.clone().unwrap_or_else(|| "not found".into())) " · "
+                a href=(format!("https://console.aws.amazon.com/cloudformation/home#/stacks?filteringText={}", v.stack_name)) { "AWS console" } }
+            @if !stack.outputs.is_empty() {
+                table { @for (k, val) in &stack.outputs { tr { th { (k) } td { code { (val) } } } } }
+            }
+            @if !stack.events.is_empty() {
+                details { summary { "Recent stack events" }
+                    table { @for (at, logical, status, reason) in &stack.events {
+                        tr { td { (at) } td { (logical) } td { (status) } td { (reason.clone().unwrap_or_default()) } }
+                    } }
+                }
+            }
+        }
+        h2 { "Settings" }
+        @match &settings {
+            Ok(list) if !list.is_empty() => table {
+                tr { th { "Key" } th { "Value" } th { "Layer" } }
+                @for s in list { tr { td { code { (s.key) } } td { code { (s.value) } } td title=(s.source) { (s.layer) } } }
+            },
+            Ok(_) => p.muted { "No settings: the repository is not configured." },
+            Err(e) => p.error { (e) },
+        }
         h2 { "Events" }
         table {
             @for e in events.iter().rev() {

@@ -44,6 +44,9 @@ pub struct AppState {
     pub public: bool,
     /// GitHub's web address, for links to commits (`https://github.com`, or a GitHub Enterprise host).
     pub github_web_url: String,
+    /// For an environment's settings and its stack as AWS shows it (read-only); absent in tests of the
+    /// HTTP surface alone.
+    pub reconciler: Option<previewd_reconciler::Reconciler>,
 }
 
 /// GitHub's web address for an API base URL: `https://api.github.com` → `https://github.com`,
@@ -325,6 +328,12 @@ async fn show_environment(State(state): State<AppState>, Path(id): Path<i64>) ->
     let events = state.store.events(id, RECENT_EVENTS).await.unwrap_or_default();
     let mut value = serde_json::to_value(EnvView::from(&env)).unwrap_or_default();
     value["events"] = serde_json::to_value(events).unwrap_or_default();
+    if let Some(r) = &state.reconciler {
+        value["settings"] = match r.settings(&env) {
+            Ok(settings) => serde_json::to_value(settings).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+    }
     axum::Json(value).into_response()
 }
 

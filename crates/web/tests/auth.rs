@@ -30,6 +30,7 @@ async fn app_on(token: Option<&str>, public: bool) -> (axum::Router, Store, temp
         dashboard_token: token.map(Secret::new),
         public,
         github_web_url: "https://github.com".into(),
+        reconciler: None,
     };
     (router(state), store, dir)
 }
