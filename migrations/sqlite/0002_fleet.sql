@@ -12,6 +12,13 @@ UPDATE environments SET pushed_at = desired_at WHERE desired_present = 1;
 -- until the next push.
 ALTER TABLE environments ADD COLUMN expired_at INTEGER;
 
+-- The repository as GitHub spells it (`Codertocat/Hello-World`); `repo` is its lower-cased key.
+ALTER TABLE environments ADD COLUMN repo_display TEXT;
+
+-- The dashboard and the API list by last change, and count and filter by status.
+CREATE INDEX environments_updated ON environments (updated_at, id);
+CREATE INDEX environments_status ON environments (status);
+
 -- Named locks with an expiry, held by one process at a time (one reaper pass across replicas and CLIs).
 CREATE TABLE locks (
     name   TEXT    PRIMARY KEY,

@@ -44,12 +44,15 @@ pub enum WebhookEvent {
     /// The branch exists; at `sha` when the event says (a `create` event does not).
     BranchPresent {
         repo: RepoName,
+        /// The repository as GitHub spells it (`Codertocat/Hello-World`); `repo` compares case-blind.
+        display: String,
         branch: BranchName,
         sha: Option<CommitSha>,
     },
     /// The branch is gone.
     BranchDeleted {
         repo: RepoName,
+        display: String,
         branch: BranchName,
     },
     /// Acknowledged and otherwise ignored: tags, other events.
@@ -122,11 +125,12 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, ParseError>
                 return Ok(WebhookEvent::Ignored { reason: format!("push to {} is not a branch", clip(&p.git_ref)) });
             };
             let (repo, branch) = (repo(&p.repository)?, branch(name)?);
+            let display = p.repository.full_name;
             let after = CommitSha::new(&p.after).map_err(|e| invalid(e.to_string()))?;
             if p.deleted || after.is_zero() {
-                Ok(WebhookEvent::BranchDeleted { repo, branch })
+                Ok(WebhookEvent::BranchDeleted { repo, display, branch })
             } else {
-                Ok(WebhookEvent::BranchPresent { repo, branch, sha: Some(after) })
+                Ok(WebhookEvent::BranchPresent { repo, display, branch, sha: Some(after) })
             }
         }
         "create" | "delete" => {
@@ -135,10 +139,11 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, ParseError>
                 return Ok(WebhookEvent::Ignored { reason: format!("{event} of a {}", clip(&p.ref_type)) });
             }
             let (repo, branch) = (repo(&p.repository)?, branch(&p.git_ref)?);
+            let display = p.repository.full_name;
             Ok(if event == "create" {
-                WebhookEvent::BranchPresent { repo, branch, sha: None }
+                WebhookEvent::BranchPresent { repo, display, branch, sha: None }
             } else {
-                WebhookEvent::BranchDeleted { repo, branch }
+                WebhookEvent::BranchDeleted { repo, display, branch }
             })
         }
         other => Ok(WebhookEvent::Ignored { reason: format!("event {} is not handled", clip(other)) }),
@@ -191,6 +196,7 @@ mod tests {
             parse_event("push", push("refs/heads/feature/x", &sha, false).as_bytes()).expect("parses"),
             WebhookEvent::BranchPresent {
                 repo: RepoName::new("acme/shop").expect("repo"),
+                display: "Acme/Shop".into(),
                 branch: BranchName::new("feature/x").expect("branch"),
                 sha: Some(CommitSha::new(&sha).expect("sha")),
             }

@@ -60,6 +60,7 @@ async fn idle_resync_over_a_large_fleet() {
         t.github.set_branch(REPO, branch.as_str(), sha.as_str());
         let change = DesiredChange {
             repo: repo.clone(),
+            repo_display: None,
             branch: branch.clone(),
             names: names.clone(),
             fallback: None,

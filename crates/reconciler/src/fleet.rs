@@ -221,6 +221,7 @@ mod tests {
         EnvRecord {
             id: 1,
             repo,
+            repo_display: None,
             branch,
             env_key: names.env_key,
             stack_name: names.stack_name,

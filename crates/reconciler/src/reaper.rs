@@ -276,6 +276,7 @@ impl Pass<'_> {
             if !self.dry_run {
                 let change = DesiredChange {
                     repo: repo.clone(),
+                    repo_display: None,
                     branch: branch.clone(),
                     names,
                     fallback: None,

@@ -62,6 +62,8 @@ pub struct Store {
 pub struct EnvRecord {
     pub id: i64,
     pub repo: RepoName,
+    /// The repository as GitHub spelled it in the last webhook, when one said.
+    pub repo_display: Option<String>,
     pub branch: BranchName,
     pub env_key: EnvKey,
     pub stack_name: String,
@@ -163,6 +165,8 @@ pub struct ReaperPassRecord {
 #[derive(Debug, Clone)]
 pub struct DesiredChange {
     pub repo: RepoName,
+    /// The repository as GitHub spells it, when the change came from GitHub.
+    pub repo_display: Option<String>,
     pub branch: BranchName,
     /// The names a new environment takes (readable), unless another environment of the repository holds
     /// its key...
@@ -221,7 +225,7 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-const ENV_COLUMNS: &str = "id, repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
+const ENV_COLUMNS: &str = "id, repo, repo_display, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
      desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, missing_since, \
      keep, pushed_at, expired_at, created_at, updated_at";
 
@@ -246,6 +250,7 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     Ok(EnvRecord {
         id: get_i("id")?,
         repo: RepoName::new(&repo).map_err(|_| corrupt("repository", &repo))?,
+        repo_display: get_os("repo_display")?,
         branch: BranchName::new(&branch).map_err(|_| corrupt("branch", &branch))?,
         env_key: EnvKey::new(&env_key).map_err(|_| corrupt("environment key", &env_key))?,
         stack_name: get_s("stack_name")?,
@@ -857,8 +862,8 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
     for names in std::iter::once(&c.names).chain(c.fallback.as_ref()) {
         let r = sqlx::query(
             "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
-             desired_at, status, pushed_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT DO NOTHING",
+             desired_at, status, pushed_at, created_at, updated_at, repo_display) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
         )
         .bind(c.repo.as_str())
         .bind(c.branch.as_str())
@@ -872,6 +877,7 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
         .bind(pushed_at)
         .bind(now)
         .bind(now)
+        .bind(c.repo_display.clone())
         .execute(&mut *tx)
         .await
         .map_err(db("insert environment"))?;
@@ -905,7 +911,8 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
              desired_at = $3, status = $4, attempts = 0, retries = 0, \
              missing_since = CASE WHEN $5 = 1 THEN NULL ELSE missing_since END, \
              expired_at = CASE WHEN $6 = 1 THEN NULL ELSE expired_at END, \
-             pushed_at = COALESCE($7, pushed_at), updated_at = $8 WHERE id = $9",
+             pushed_at = COALESCE($7, pushed_at), repo_display = COALESCE($8, repo_display), updated_at = $9 \
+             WHERE id = $10",
         )
         .bind(present)
         .bind(sha)
@@ -914,6 +921,7 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
         .bind(present)
         .bind(present)
         .bind(pushed_at)
+        .bind(c.repo_display.clone())
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

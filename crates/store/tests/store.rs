@@ -57,7 +57,7 @@ fn change(branch: &str, desired: Desired) -> DesiredChange {
     let branch = BranchName::new(branch).expect("branch");
     let names =
         EnvNames::new(&OwnerId::new("t").expect("o"), &repo, &branch, &DnsZone::new("p.example.com").expect("z"));
-    DesiredChange { repo, branch, names, fallback: None, desired, reason: "test".into() }
+    DesiredChange { repo, repo_display: None, branch, names, fallback: None, desired, reason: "test".into() }
 }
 
 fn sha(c: char) -> CommitSha {
@@ -88,6 +88,7 @@ both!(
     reaper_passes_round_trip,
     readable_keys_are_allocated_once_and_hashed_on_a_collision,
     pages_are_filtered_and_counted_in_sql,
+    repositories_keep_githubs_spelling,
 );
 
 async fn webhooks_record_desired_state_once_per_delivery(store: Store) {
@@ -259,7 +260,15 @@ fn readable_change(branch: &str) -> DesiredChange {
     let (owner, zone) = (OwnerId::new("t").expect("o"), DnsZone::new("p.example.com").expect("z"));
     let hashed = EnvNames::new(&owner, &repo, &branch, &zone);
     let names = EnvNames::readable(&owner, &repo, &branch, &zone).expect("readable");
-    DesiredChange { repo, branch, names, fallback: Some(hashed), desired: present('a'), reason: "test".into() }
+    DesiredChange {
+        repo,
+        repo_display: None,
+        branch,
+        names,
+        fallback: Some(hashed),
+        desired: present('a'),
+        reason: "test".into(),
+    }
 }
 
 async fn readable_keys_are_allocated_once_and_hashed_on_a_collision(store: Store) {
@@ -300,4 +309,15 @@ async fn pages_are_filtered_and_counted_in_sql(store: Store) {
     assert_eq!(envs.iter().map(|e| e.branch.as_str()).collect::<Vec<_>>(), ["feat/a_b"]);
     let by_status = previewd_store::EnvFilter { status: Some(Status::Deleted), limit: 10, ..Default::default() };
     assert_eq!(store.list_page(&by_status).await.expect("status").1, 1);
+}
+
+async fn repositories_keep_githubs_spelling(store: Store) {
+    let first = DesiredChange { repo_display: Some("Acme/Shop".into()), ..change("x", present('a')) };
+    let id = store.record_desired(&first).await.expect("record");
+    assert_eq!(store.get(id).await.expect("get").expect("env").repo_display.as_deref(), Some("Acme/Shop"));
+    // Compared case-blind: the same repository, whatever the spelling; a change without one keeps it.
+    let again = DesiredChange { repo_display: Some("ACME/shop".into()), ..change("x", present('b')) };
+    assert_eq!(store.record_desired(&again).await.expect("again"), id);
+    store.record_desired(&change("x", present('c'))).await.expect("no spelling");
+    assert_eq!(store.get(id).await.expect("get").expect("env").repo_display.as_deref(), Some("ACME/shop"));
 }

@@ -137,7 +137,7 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) 
 
 /// Records what a verified, parsed webhook asks for, and enqueues the environment.
 async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEvent) -> Response {
-    let (repo, branch, desired, reason) = match parsed {
+    let (repo, display, branch, desired, reason) = match parsed {
         WebhookEvent::Ping => {
             state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
             return (StatusCode::OK, "pong").into_response();
@@ -147,12 +147,12 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
             state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
             return (StatusCode::OK, format!("ignored: {reason}")).into_response();
         }
-        WebhookEvent::BranchPresent { repo, branch, sha } => {
+        WebhookEvent::BranchPresent { repo, display, branch, sha } => {
             let reason = format!("{event} {} (delivery {delivery})", sha.as_ref().map_or("", |s| s.short()));
-            (repo, branch, Desired::Present { sha }, reason)
+            (repo, display, branch, Desired::Present { sha }, reason)
         }
-        WebhookEvent::BranchDeleted { repo, branch } => {
-            (repo, branch, Desired::Absent, format!("{event}: branch deleted (delivery {delivery})"))
+        WebhookEvent::BranchDeleted { repo, display, branch } => {
+            (repo, display, branch, Desired::Absent, format!("{event}: branch deleted (delivery {delivery})"))
         }
     };
     let Some(zone) = state.repos.get(&repo) else {
@@ -166,7 +166,7 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
         Some(readable) if readable != hashed => (readable, Some(hashed)),
         _ => (hashed, None),
     };
-    let change = DesiredChange { repo, branch, names, fallback, desired, reason };
+    let change = DesiredChange { repo, repo_display: Some(display), branch, names, fallback, desired, reason };
     match state.store.record_webhook(delivery, event, Some(&change)).await {
         Ok(Recorded::Duplicate) => {
             state.metrics.duplicate.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +227,7 @@ impl From<&EnvRecord> for EnvView {
         };
         Self {
             id: e.id,
-            repo: e.repo.to_string(),
+            repo: e.repo_display.clone().unwrap_or_else(|| e.repo.to_string()),
             branch: e.branch.to_string(),
             env: e.env_key.to_string(),
             status: e.status.to_string(),

@@ -103,7 +103,8 @@ async fn one_env(store: &Store) -> i64 {
     let branch = BranchName::new("<img/src=x/onerror=alert(1)>").expect("branch");
     let names = EnvNames::new(&owner, &repo, &branch, &DnsZone::new("p.example.com").expect("zone"));
     let desired = Desired::Present { sha: Some(CommitSha::new(&"a".repeat(40)).expect("sha")) };
-    let change = DesiredChange { repo, branch, names, fallback: None, desired, reason: "test".into() };
+    let change =
+        DesiredChange { repo, repo_display: None, branch, names, fallback: None, desired, reason: "test".into() };
     store.record_desired(&change).await.expect("record")
 }
 

@@ -34,7 +34,8 @@ async fn the_list_with_many_environments() {
         let branch = BranchName::new(&format!("feature/b{i:05}")).expect("branch");
         let names = EnvNames::new(&owner, &repo, &branch, &zone);
         let desired = Desired::Present { sha: Some(CommitSha::new(&format!("{:040x}", i + 1)).expect("sha")) };
-        let change = DesiredChange { repo, branch, names, fallback: None, desired, reason: "bench".into() };
+        let change =
+            DesiredChange { repo, repo_display: None, branch, names, fallback: None, desired, reason: "bench".into() };
         store.record_desired(&change).await.expect("record");
     }
     eprintln!("set-up of {n} environments: {:.1?}", started.elapsed());
