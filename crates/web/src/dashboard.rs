@@ -113,6 +113,8 @@ fn rows(state: &AppState, envs: &[EnvRecord]) -> Markup {
                 td { (commit_link(state, &v)) }
                 td title=(v.created_at) { (age(e.created_at)) }
                 td title=(v.updated_at) { (age(e.updated_at)) }
+                // Seeding lands with issue 7: until a blueprint declares seed steps, nothing was seeded.
+                td { @match e.seeded_at { Some(at) => span title=(crate::rfc3339(at)) { "seeded " (age(at)) }, None => span.muted { "—" } } }
                 td.error {
                     @if let Some(err) = &v.last_error {
                         details { summary { (err.chars().take(60).collect::<String>()) } (err) }
@@ -121,7 +123,7 @@ fn rows(state: &AppState, envs: &[EnvRecord]) -> Markup {
             }
         }
         @if envs.is_empty() {
-            tr { td colspan="8" .muted { "No environments match." } }
+            tr { td colspan="9" .muted { "No environments match." } }
         }
     }
 }
@@ -193,7 +195,7 @@ pub(crate) async fn page(State(state): State<AppState>, Query(pq): Query<PageQue
             button { "Show" }
         }
         table {
-            thead { tr { th { "Repository" } th { "Branch" } th { "Status" } th { "URL" } th { "Commit" } th { "Age" } th { "Last change" } th { "Last error" } } }
+            thead { tr { th { "Repository" } th { "Branch" } th { "Status" } th { "URL" } th { "Commit" } th { "Age" } th { "Last change" } th { "Seeded" } th { "Last error" } } }
             tbody #rows data-query=(query_without_page(page)) { (rows(&state, &envs)) }
         }
         p.muted {
