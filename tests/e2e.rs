@@ -33,16 +33,7 @@ async fn events(t: &TestEnv, id: i64) -> Vec<String> {
 async fn fill_bucket(t: &TestEnv, stack: &str) -> String {
     let bucket = t.direct_aws().await.stack_resources(stack, "AWS::S3::Bucket").await.expect("resources").remove(0);
     let s3 = t.s3().await;
-    s3.put_bucket_versioning()
-        .bucket(&bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
+    t.enable_versioning(&bucket).await;
     for i in 0..3 {
         s3.put_object()
             .bucket(&bucket)

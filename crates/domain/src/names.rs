@@ -297,10 +297,7 @@ impl EnvKey {
         if is_plain_label(b) && !ends_like_hash(b) {
             return Self(b.to_owned());
         }
-        let hash = short_hash(&[b.as_bytes()], ENV_HASH_HEX);
-        let slug = slugify(b, DNS_LABEL_MAX - 1 - ENV_HASH_HEX);
-        let slug = if slug.is_empty() { "branch".to_owned() } else { slug };
-        Self(format!("{slug}-{hash}"))
+        Self::hashed(branch)
     }
 
     /// The readable key a branch gets when no other environment of its repository holds it yet: its slug
@@ -312,6 +309,17 @@ impl EnvKey {
         let slug = slugify(b, DNS_LABEL_MAX);
         let whole = slugify(b, b.len());
         (!slug.is_empty() && slug == whole && !ends_like_hash(&slug)).then_some(Self(slug))
+    }
+
+    /// The hashed key, always: slug, `-`, 8 hex digits of the exact branch name. A readable key never
+    /// ends like this, so it is the fallback that cannot collide with one (`feat-x` arriving after
+    /// `feat/x` took `feat-x` gets `feat-x-<8 hex>`).
+    pub fn hashed(branch: &BranchName) -> Self {
+        let b = branch.as_str();
+        let hash = short_hash(&[b.as_bytes()], ENV_HASH_HEX);
+        let slug = slugify(b, DNS_LABEL_MAX - 1 - ENV_HASH_HEX);
+        let slug = if slug.is_empty() { "branch".to_owned() } else { slug };
+        Self(format!("{slug}-{hash}"))
     }
 
     /// Is this key derived with a hash (the branch name was not a plain label)?
@@ -355,6 +363,12 @@ impl EnvNames {
     /// The names with the hashed key ([`EnvKey::for_branch`]): unique whatever else exists.
     pub fn new(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone) -> Self {
         Self::with_key(owner, repo, branch, zone, EnvKey::for_branch(branch))
+    }
+
+    /// The names with the always-hashed key ([`EnvKey::hashed`]): a new environment's fallback when
+    /// another environment holds its readable key.
+    pub fn hashed(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone) -> Self {
+        Self::with_key(owner, repo, branch, zone, EnvKey::hashed(branch))
     }
 
     /// The names with the readable key ([`EnvKey::readable`]) when the branch has one: a new

@@ -13,6 +13,10 @@ use previewd_reconciler::{ReaperSetup, Tuning};
 use previewd_render::{Layer, LayerKind, PatternOverride, RepoLayers};
 use serde::Deserialize;
 
+/// A dashboard token shorter than this is refused: it is all that stands between the network and the
+/// actions, and a session cookie is as strong as the token it is keyed by.
+pub const MIN_DASHBOARD_TOKEN: usize = 16;
+
 /// The blueprint a repository gets when `PREVIEWD_REPOS` names none.
 pub const DEFAULT_BLUEPRINT: &str = "webapp";
 /// The reaper runs hourly (cron with seconds first).
@@ -299,6 +303,14 @@ impl Config {
     /// What no single field shows: two repositories must not share a DNS zone (their `main` branches
     /// would claim one name) nor a repository hash (it keeps stack names apart).
     fn check(&self) -> anyhow::Result<()> {
+        if let Some(t) = &self.dashboard_token
+            && t.expose().len() < MIN_DASHBOARD_TOKEN
+        {
+            bail!(
+                "PREVIEWD_DASHBOARD_TOKEN (dashboard_token) is shorter than {MIN_DASHBOARD_TOKEN} bytes: use a long \
+                 random one (e.g. openssl rand -hex 24)"
+            );
+        }
         let mut zones = BTreeMap::new();
         let mut hashes = BTreeMap::new();
         for (name, repo) in &self.repos {
@@ -405,6 +417,13 @@ mod tests {
         assert!(e.contains(&f.path().display().to_string()) && e.contains("ownr"), "{e}");
         let e = format!("{:#}", Config::load(None, env(&[("PREVIEWD_REPOS", "not-a-repo")])).expect_err("bad repo"));
         assert!(e.contains("PREVIEWD_REPOS"), "{e}");
+    }
+
+    #[test]
+    fn a_short_dashboard_token_is_refused() {
+        let e = Config::load(None, env(&[("PREVIEWD_DASHBOARD_TOKEN", "short")])).expect_err("too short").to_string();
+        assert!(e.contains("shorter than 16 bytes") && !e.contains("short\""), "{e}");
+        assert!(Config::load(None, env(&[("PREVIEWD_DASHBOARD_TOKEN", &"x".repeat(16))])).is_ok());
     }
 
     #[test]

@@ -94,16 +94,7 @@ async fn a_failed_environment_whose_branch_went_while_previewd_was_down_is_remov
 /// upload into the bucket, as an application would.
 async fn fill(t: &TestEnv, bucket: &str, versions: usize) {
     let s3 = t.s3().await;
-    s3.put_bucket_versioning()
-        .bucket(bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
+    t.enable_versioning(bucket).await;
     let puts = (0..versions).map(|i| {
         let s3 = s3.clone();
         async move {

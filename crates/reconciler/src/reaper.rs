@@ -263,7 +263,11 @@ impl Pass<'_> {
             let owner = &self.inner.setup.owner;
             let hashed = EnvNames::new(owner, &repo, &branch, &setup.zone);
             let readable = EnvNames::readable(owner, &repo, &branch, &setup.zone);
-            let Some(names) = [readable, Some(hashed.clone())].into_iter().flatten().find(|n| n.stack_name == s.name)
+            let always_hashed = EnvNames::hashed(owner, &repo, &branch, &setup.zone);
+            let Some(names) = [readable, Some(hashed.clone()), Some(always_hashed)]
+                .into_iter()
+                .flatten()
+                .find(|n| n.stack_name == s.name)
             else {
                 let why = format!(
                     "its tags name {repo}:{branch}, whose stack would be {}: left for a person",

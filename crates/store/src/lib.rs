@@ -483,7 +483,8 @@ impl Store {
     }
 
     /// Asks for the environment to be deployed again at its desired commit: a new generation of its
-    /// desired state, attempts forgotten, a `failed` one back to `pending`, an expired one alive again.
+    /// desired state, attempts forgotten, a `failed` one back to `pending`, an expired one alive again
+    /// (its time-to-live counts afresh, as after a push).
     pub async fn redeploy(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
@@ -498,10 +499,11 @@ impl Store {
         let status = Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
         sqlx::query(
             "UPDATE environments SET desired_seq = desired_seq + 1, desired_at = $1, status = $2, attempts = 0, \
-             retries = 0, expired_at = NULL, updated_at = $3 WHERE id = $4",
+             retries = 0, expired_at = NULL, pushed_at = $3, updated_at = $4 WHERE id = $5",
         )
         .bind(now)
         .bind(status.on_new_desire().as_str())
+        .bind(now)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

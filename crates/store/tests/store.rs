@@ -258,7 +258,7 @@ fn readable_change(branch: &str) -> DesiredChange {
     let repo = RepoName::new("acme/shop").expect("repo");
     let branch = BranchName::new(branch).expect("branch");
     let (owner, zone) = (OwnerId::new("t").expect("o"), DnsZone::new("p.example.com").expect("z"));
-    let hashed = EnvNames::new(&owner, &repo, &branch, &zone);
+    let hashed = EnvNames::hashed(&owner, &repo, &branch, &zone);
     let names = EnvNames::readable(&owner, &repo, &branch, &zone).expect("readable");
     DesiredChange {
         repo,
@@ -272,6 +272,12 @@ fn readable_change(branch: &str) -> DesiredChange {
 }
 
 async fn readable_keys_are_allocated_once_and_hashed_on_a_collision(store: Store) {
+    // The slug first, then the plain label that is its own slug: each order gets two keys.
+    let early = store.record_desired(&readable_change("fix/y")).await.expect("fix/y");
+    let late = store.record_desired(&readable_change("fix-y")).await.expect("fix-y");
+    let (e, l) = (store.get(early).await.expect("get").expect("e"), store.get(late).await.expect("get").expect("l"));
+    assert_eq!(e.env_key.as_str(), "fix-y");
+    assert!(l.env_key.is_hashed() && l.env_key.as_str().starts_with("fix-y-"), "{}", l.env_key);
     let first = store.record_desired(&readable_change("feat-x")).await.expect("feat-x");
     let second = store.record_desired(&readable_change("feat/x")).await.expect("feat/x");
     let (a, b) = (store.get(first).await.expect("get").expect("a"), store.get(second).await.expect("get").expect("b"));

@@ -239,6 +239,22 @@ impl TestEnv {
         aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build())
     }
 
+    /// Turns versioning on for a bucket, as an application keeping history would.
+    pub async fn enable_versioning(&self, bucket: &str) {
+        self.s3()
+            .await
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("versioning");
+    }
+
     /// Sends webhooks to a previewd running elsewhere (a child process) instead.
     pub fn set_target(&mut self, addr: std::net::SocketAddr) {
         self.base = format!("http://{addr}");

@@ -4,7 +4,7 @@
 //! (HMAC-SHA256), so it works on every replica, dies with a changed token, and never reveals the token.
 //! Actions (POST) refuse requests from another site (their `Origin` names another host) with 403.
 //! Without a token the dashboard and API are read-only, and served only when previewd listens on
-//! loopback. Webhooks carry their own signature and `/healthz` stays open for load balancers.
+//! loopback and is asked by a loopback name (a DNS-rebinding page gets nothing). Webhooks carry their own signature and `/healthz` stays open for load balancers.
 
 use std::time::Duration;
 
@@ -59,27 +59,54 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
-fn session(headers: &HeaderMap) -> Option<&str> {
+/// Every session cookie the request carries (a site under the same zone can plant a junk one beside ours).
+fn sessions(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
 }
 
-/// A POST whose `Origin` names another host than the one it was sent to comes from another site.
+fn host(headers: &HeaderMap) -> &str {
+    headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, on any port: a browser that reached us by another name came
+/// through DNS someone else controls (a rebinding attack), and gets nothing without a token.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let h = host(headers).to_ascii_lowercase();
+    let name = match h.strip_prefix('[') {
+        Some(rest) => format!("[{}]", rest.split(']').next().unwrap_or("")),
+        None => h.split(':').next().unwrap_or("").to_owned(),
+    };
+    name == "localhost" || name == "[::1]" || name.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A POST from another site: the browser says so (`Sec-Fetch-Site`), or its `Origin` names another host
+/// than the one it was sent to. Programs send neither and pass.
 fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+    origin == "null" || !origin_host.eq_ignore_ascii_case(host(headers))
+}
+
+/// Failures wait here one at a time: guesses in parallel are slowed to one a second in all.
+static FAILURES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn slow_down() {
+    let _one_at_a_time = FAILURES.lock().await;
+    tokio::time::sleep(FAILED_LOGIN_DELAY).await;
 }
 
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let action = req.method() == Method::POST;
     let Some(token) = &state.dashboard_token else {
-        if state.public {
+        if state.public || !loopback_host(req.headers()) {
             return (StatusCode::FORBIDDEN, NO_TOKEN_PUBLIC).into_response();
         }
         if action {
@@ -88,9 +115,12 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
         return next.run(req).await;
     };
     let headers = req.headers();
-    let authorized =
-        bearer(headers).is_some_and(|t| matches(t, token)) || session(headers).is_some_and(|s| valid_session(s, token));
+    let presented = bearer(headers);
+    let authorized = presented.is_some_and(|t| matches(t, token)) || sessions(headers).any(|s| valid_session(s, token));
     if !authorized {
+        if presented.is_some() {
+            slow_down().await; // a wrong bearer token is a guess too
+        }
         if req.uri().path() == "/" {
             return login_page(false, StatusCode::UNAUTHORIZED);
         }
@@ -121,8 +151,8 @@ pub(crate) struct Login {
 pub(crate) async fn login(State(state): State<AppState>, headers: HeaderMap, Form(login): Form<Login>) -> Response {
     match &state.dashboard_token {
         Some(token) if matches(&login.token, token) => {
-            // Secure whenever the browser reached us over HTTPS (a load balancer in front says so).
-            let https = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+            // Secure everywhere but on loopback (plain http://localhost has no TLS to demand).
+            let https = !loopback_host(&headers);
             let cookie = format!(
                 "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
                 new_session(token),
@@ -136,7 +166,7 @@ pub(crate) async fn login(State(state): State<AppState>, headers: HeaderMap, For
             r
         }
         Some(_) => {
-            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+            slow_down().await;
             login_page(true, StatusCode::UNAUTHORIZED)
         }
         None => Redirect::to("/").into_response(),
@@ -176,5 +206,26 @@ mod tests {
         assert!(!cross_site(&headers(Some("https://previewd.example.com"))));
         assert!(cross_site(&headers(Some("https://evil.example.net"))));
         assert!(cross_site(&headers(Some("null"))));
+        let mut proxied = headers(Some("https://previewd.example.com:443"));
+        proxied.insert("sec-fetch-site", "same-origin".parse().expect("value"));
+        assert!(!cross_site(&proxied), "the browser's own word wins over a rewritten Host");
+        let mut evil = headers(None);
+        evil.insert("sec-fetch-site", "cross-site".parse().expect("value"));
+        assert!(cross_site(&evil));
+    }
+
+    #[test]
+    fn loopback_names_only() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().expect("host"));
+            loopback_host(&m)
+        };
+        for h in ["localhost:8080", "127.0.0.1:8080", "127.0.0.1", "[::1]:8080", "LOCALHOST"] {
+            assert!(host(h), "{h}");
+        }
+        for h in ["evil.example.com", "evil.example.com:8080", "10.0.0.1:8080", "localhost.evil.com"] {
+            assert!(!host(h), "{h}");
+        }
     }
 }

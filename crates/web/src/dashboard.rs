@@ -35,6 +35,13 @@ fn age(ms: i64) -> String {
     }
 }
 
+/// Only web addresses become links: a stack output is the template's to choose, and `javascript:` in an
+/// `href` would run in the dashboard's origin.
+fn web_link(url: &str) -> bool {
+    let lower = url.trim_start().to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
+
 fn layout(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -106,7 +113,8 @@ fn rows(state: &AppState, envs: &[EnvRecord]) -> Markup {
                 td { span class={ "status " (v.status) } { (v.status) } @if v.keep { " (kept)" } }
                 td {
                     @match (&v.url, v.status.as_str()) {
-                        (Some(url), "ready") => a href=(url) { (url) },
+                        (Some(url), "ready") if web_link(url) => a href=(url) { (url) },
+                        (Some(url), "ready") => span { (url) },
                         _ => span.muted { (v.dns_name) },
                     }
                 }
@@ -147,7 +155,7 @@ pub(crate) async fn page(State(state): State<AppState>, Query(pq): Query<PageQue
     };
     let page = pq.page.as_deref().and_then(|p| p.parse::<i64>().ok()).unwrap_or(1).max(1);
     filter.limit = PAGE_SIZE;
-    filter.offset = (page - 1) * PAGE_SIZE;
+    filter.offset = (page - 1).saturating_mul(PAGE_SIZE);
     let (envs, total) = match state.store.list_page(&filter).await {
         Ok(found) => found,
         Err(e) => return unavailable(e),
@@ -215,10 +223,9 @@ pub(crate) async fn page(State(state): State<AppState>, Query(pq): Query<PageQue
 }
 
 pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
-    let env = match state.store.get(id).await {
-        Ok(Some(env)) => env,
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no environment {id}")).into_response(),
-        Err(e) => return unavailable(e),
+    let env = match crate::load(&state, id).await {
+        Ok(env) => env,
+        Err(answer) => return answer,
     };
     let events = state.store.events(id, crate::RECENT_EVENTS).await.unwrap_or_default();
     // What the reconciler knows: the settings and their layers; the stack as AWS shows it now.
@@ -233,7 +240,7 @@ pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i6
         h1 { bdi { (v.branch) } " " span.muted { "(" (v.repo) ")" } }
         table {
             tr { th { "Status" } td { span class={ "status " (v.status) } #status { (v.status) } @if v.keep { " (kept)" } } }
-            tr { th { "URL" } td { @if let Some(u) = &v.url { a href=(u) { (u) } } @else { span.muted { (v.dns_name) } } } }
+            tr { th { "URL" } td { @match &v.url { Some(u) if web_link(u) => a href=(u) { (u) }, Some(u) => span { (u) }, None => span.muted { (v.dns_name) } } } }
             tr { th { "Commit" } td { (commit_link(&state, &v)) " deployed: " (v.deployed_sha.clone().unwrap_or_else(|| "—".into())) } }
             tr { th { "Stack" } td { code { (v.stack_name) } } }
             tr { th { "Created" } td { (v.created_at) } }

@@ -160,11 +160,11 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
         state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::OK, format!("ignored: repository {repo} is not configured")).into_response();
     };
-    // A readable name when it is free (`feature-login`), the hashed one on a collision.
-    let hashed = EnvNames::new(&state.owner, &repo, &branch, zone);
+    // A readable name when it is free (`feature-login`), the always-hashed one on a collision.
+    let hashed = EnvNames::hashed(&state.owner, &repo, &branch, zone);
     let (names, fallback) = match EnvNames::readable(&state.owner, &repo, &branch, zone) {
-        Some(readable) if readable != hashed => (readable, Some(hashed)),
-        _ => (hashed, None),
+        Some(readable) => (readable, Some(hashed)),
+        None => (hashed, None),
     };
     let change = DesiredChange { repo, repo_display: Some(display), branch, names, fallback, desired, reason };
     match state.store.record_webhook(delivery, event, Some(&change)).await {
@@ -312,18 +312,26 @@ async fn list_environments(State(state): State<AppState>, Query(query): Query<Li
     }
 }
 
+/// The environment, or the answer to give instead: 404 when there is none, 503 when the store fails.
+pub(crate) async fn load(state: &AppState, id: i64) -> Result<EnvRecord, Response> {
+    match state.store.get(id).await {
+        Ok(Some(env)) => Ok(env),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no environment {id}")).into_response()),
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot read environment");
+            Err((StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response())
+        }
+    }
+}
+
 /// Events shown with one environment.
 pub(crate) const RECENT_EVENTS: i64 = 50;
 
 /// One environment, with its recent events.
 async fn show_environment(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
-    let env = match state.store.get(id).await {
-        Ok(Some(env)) => env,
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no environment {id}")).into_response(),
-        Err(e) => {
-            tracing::error!(error = ?e, "cannot read environment");
-            return (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response();
-        }
+    let env = match load(&state, id).await {
+        Ok(env) => env,
+        Err(answer) => return answer,
     };
     let events = state.store.events(id, RECENT_EVENTS).await.unwrap_or_default();
     let mut value = serde_json::to_value(EnvView::from(&env)).unwrap_or_default();
@@ -349,13 +357,9 @@ async fn act(
     Path((id, action)): Path<(i64, String)>,
     Query(q): Query<ActQuery>,
 ) -> Response {
-    let env = match state.store.get(id).await {
-        Ok(Some(env)) => env,
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no environment {id}")).into_response(),
-        Err(e) => {
-            tracing::error!(error = ?e, "cannot read environment");
-            return (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response();
-        }
+    let env = match load(&state, id).await {
+        Ok(env) => env,
+        Err(answer) => return answer,
     };
     let done = match action.as_str() {
         "redeploy" => state.store.redeploy(id, "redeploy asked for through the API").await,

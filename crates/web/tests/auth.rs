@@ -36,7 +36,8 @@ async fn app_on(token: Option<&str>, public: bool) -> (axum::Router, Store, temp
 }
 
 async fn get(app: &axum::Router, path: &str, auth: Option<(&str, String)>) -> (StatusCode, String) {
-    let mut req = Request::get(path);
+    // As a browser on this machine asks.
+    let mut req = Request::get(path).header(header::HOST, "localhost:8080");
     if let Some((name, value)) = auth {
         req = req.header(name, value);
     }
@@ -127,6 +128,19 @@ async fn without_a_token_read_only_on_loopback_and_nothing_beyond() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("PREVIEWD_DASHBOARD_TOKEN"), "{body}");
     assert_eq!(get(&app, &format!("/api/environments/{id}"), None).await.0, StatusCode::OK);
+
+    // A page whose name was rebound to 127.0.0.1 asks with its own name: nothing for it.
+    let res = app
+        .clone()
+        .oneshot(
+            Request::get("/api/environments")
+                .header(header::HOST, "rebound.example.com")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "DNS rebinding");
 
     let (public, _store, _dir) = app_on(None, true).await;
     for path in ["/", "/api/environments", "/metrics"] {
