@@ -767,6 +767,22 @@ impl Store {
         .map_err(db("record reaper pass"))
     }
 
+    /// Environments by status, counted in SQL (a metric must not load the fleet).
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM environments GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count environments"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("status").map_err(db("count environments"))?,
+                    r.try_get("n").map_err(db("count environments"))?,
+                ))
+            })
+            .collect()
+    }
+
     /// Reaper passes (not dry runs) by outcome, counted in SQL: a Prometheus counter that survives restarts.
     pub async fn reaper_pass_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM reaper_passes WHERE dry_run = 0 GROUP BY outcome")

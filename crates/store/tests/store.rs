@@ -315,6 +315,9 @@ async fn pages_are_filtered_and_counted_in_sql(store: Store) {
     assert_eq!(envs.iter().map(|e| e.branch.as_str()).collect::<Vec<_>>(), ["feat/a_b"]);
     let by_status = previewd_store::EnvFilter { status: Some(Status::Deleted), limit: 10, ..Default::default() };
     assert_eq!(store.list_page(&by_status).await.expect("status").1, 1);
+    let mut counts = store.status_counts().await.expect("counts");
+    counts.sort();
+    assert_eq!(counts, [("deleted".to_owned(), 1), ("pending".to_owned(), 3)]);
 }
 
 async fn repositories_keep_githubs_spelling(store: Store) {

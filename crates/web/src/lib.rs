@@ -445,9 +445,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         let _ = writeln!(out, "previewd_webhooks_total{{outcome=\"{outcome}\"}} {}", n.load(Ordering::Relaxed));
     }
     out.push_str("# HELP previewd_environments Environments by status.\n# TYPE previewd_environments gauge\n");
-    if let Ok(envs) = state.store.list().await {
+    if let Ok(counts) = state.store.status_counts().await {
         for status in previewd_domain::Status::ALL {
-            let n = envs.iter().filter(|e| e.status == status).count();
+            let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
             let _ = writeln!(out, "previewd_environments{{status=\"{status}\"}} {n}");
         }
     }

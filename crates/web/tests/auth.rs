@@ -224,4 +224,10 @@ async fn the_dashboard_escapes_filters_pages_and_refreshes_rows() {
     assert!(detail.contains("<bdi>&lt;img/src=x/onerror=alert(1)&gt;</bdi>"), "{detail}");
     assert!(detail.contains("Read-only: actions need PREVIEWD_DASHBOARD_TOKEN."), "{detail}");
     assert_eq!(get(&app, "/environments/999", None).await.0, StatusCode::NOT_FOUND);
+    let (_, metrics) = get(&app, "/metrics", None).await;
+    assert!(
+        metrics.contains("previewd_environments{status=\"pending\"} 1")
+            && metrics.contains("previewd_environments{status=\"ready\"} 0"),
+        "counted in SQL: {metrics}"
+    );
 }
