@@ -394,13 +394,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db("set desired"))?;
-        if r.rows_affected() == 0 {
-            tx.rollback().await.map_err(db("rollback"))?;
-            return Ok(false);
-        }
-        append_event(&mut tx, id, now, "desired", reason).await?;
-        tx.commit().await.map_err(db("commit"))?;
-        Ok(true)
+        commit_with_event(tx, r.rows_affected() == 1, id, now, "desired", reason).await
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<EnvRecord>, StoreError> {
@@ -509,9 +503,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db("redeploy"))?;
-        append_event(&mut tx, id, now, "redeploy", reason).await?;
-        tx.commit().await.map_err(db("commit"))?;
-        Ok(true)
+        commit_with_event(tx, true, id, now, "redeploy", reason).await
     }
 
     /// Writes what the reconciler observed, and (if given) an event, in one transaction.
@@ -698,13 +690,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("expire"))?;
-        if r.rows_affected() == 0 {
-            tx.rollback().await.map_err(db("rollback"))?;
-            return Ok(false);
-        }
-        append_event(&mut tx, id, now, "expired", reason).await?;
-        tx.commit().await.map_err(db("commit"))?;
-        Ok(true)
+        commit_with_event(tx, r.rows_affected() == 1, id, now, "expired", reason).await
     }
 
     /// Marks the environment kept (or not), with the reason in its event log.
@@ -718,9 +704,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db("set keep"))?;
-        append_event(&mut tx, id, now, "keep", reason).await?;
-        tx.commit().await.map_err(db("commit"))?;
-        Ok(())
+        commit_with_event(tx, true, id, now, "keep", reason).await.map(|_| ())
     }
 
     /// Takes the named lock for `holder` until `until_ms`, unless another holder has an unexpired one.
@@ -838,6 +822,24 @@ impl Store {
             .await
             .map_err(db("count deliveries"))
     }
+}
+
+/// Ends a change of one environment: with its event when `changed`, else rolled back. Returns `changed`.
+async fn commit_with_event(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    changed: bool,
+    id: i64,
+    at: i64,
+    kind: &str,
+    message: &str,
+) -> Result<bool, StoreError> {
+    if !changed {
+        tx.rollback().await.map_err(db("rollback"))?;
+        return Ok(false);
+    }
+    append_event(&mut tx, id, at, kind, message).await?;
+    tx.commit().await.map_err(db("commit"))?;
+    Ok(true)
 }
 
 async fn append_event(

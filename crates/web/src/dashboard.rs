@@ -2,7 +2,8 @@
 //! right-to-left mark). `GET /` lists environments across repositories, filtered, sorted and paged in
 //! SQL, with the reaper's last pass on top; a small script swaps in fresh rows every few seconds
 //! (`?fragment=rows`), and the page reads the same without it. `GET /environments/{id}` shows one
-//! environment, its event log and its actions.
+//! environment, its event log and its actions; its status refreshes from `?fragment=status`, which reads
+//! one row and nothing else.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -222,11 +223,24 @@ pub(crate) async fn page(State(state): State<AppState>, Query(pq): Query<PageQue
     Html(layout("previewd", body).into_string()).into_response()
 }
 
-pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct EnvironmentQuery {
+    /// `status`: only the status word, for the page's live refresh (no events, settings or AWS).
+    fragment: Option<String>,
+}
+
+pub(crate) async fn environment(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<EnvironmentQuery>,
+) -> Response {
     let env = match crate::load(&state, id).await {
         Ok(env) => env,
         Err(answer) => return answer,
     };
+    if q.fragment.as_deref() == Some("status") {
+        return env.status.as_str().into_response();
+    }
     let events = state.store.events(id, crate::RECENT_EVENTS).await.unwrap_or_default();
     // What the reconciler knows: the settings and their layers; the stack as AWS shows it now.
     let (settings, stack) = match &state.reconciler {
@@ -263,9 +277,9 @@ pub(crate) async fn environment(State(state): State<AppState>, Path(id): Path<i6
         }
         // The status follows the reconciler without a reload.
         script { (PreEscaped(format!(
-            "setInterval(async()=>{{const r=await fetch('/api/environments/{id}',{{credentials:'same-origin'}});\
-             if(!r.ok)return;const e=await r.json();const s=document.getElementById('status');\
-             s.textContent=e.status;s.className='status '+e.status;}},{STATUS_REFRESH_MS});"
+            "setInterval(async()=>{{const r=await fetch('/environments/{id}?fragment=status',{{credentials:'same-origin'}});\
+             if(!r.ok)return;const st=await r.text();const s=document.getElementById('status');\
+             s.textContent=st;s.className='status '+st;}},{STATUS_REFRESH_MS});"
         ))) }
         @if let Some(stack) = &stack {
             h2 { "Stack" }

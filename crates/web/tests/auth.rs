@@ -37,9 +37,18 @@ async fn app_on(token: Option<&str>, public: bool) -> (axum::Router, Store, temp
 
 async fn get(app: &axum::Router, path: &str, auth: Option<(&str, String)>) -> (StatusCode, String) {
     // As a browser on this machine asks.
-    let mut req = Request::get(path).header(header::HOST, "localhost:8080");
-    if let Some((name, value)) = auth {
-        req = req.header(name, value);
+    let headers: Vec<(&str, String)> = auth.into_iter().collect();
+    send(app, Request::get(path).header(header::HOST, "localhost:8080"), &headers).await
+}
+
+/// Sends the request with `headers` added; the status and the body as text.
+async fn send(
+    app: &axum::Router,
+    mut req: axum::http::request::Builder,
+    headers: &[(&str, String)],
+) -> (StatusCode, String) {
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
     let res = app.clone().oneshot(req.body(Body::empty()).expect("request")).await.expect("response");
     let status = res.status();
@@ -110,14 +119,7 @@ async fn one_env(store: &Store) -> i64 {
 }
 
 async fn post(app: &axum::Router, path: &str, headers: &[(&str, String)]) -> (StatusCode, String) {
-    let mut req = Request::post(path).header(header::HOST, "previewd.test");
-    for (name, value) in headers {
-        req = req.header(*name, value);
-    }
-    let res = app.clone().oneshot(req.body(Body::empty()).expect("request")).await.expect("response");
-    let status = res.status();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
-    (status, String::from_utf8_lossy(&body).into_owned())
+    send(app, Request::post(path).header(header::HOST, "previewd.test"), headers).await
 }
 
 #[tokio::test]
@@ -223,6 +225,7 @@ async fn the_dashboard_escapes_filters_pages_and_refreshes_rows() {
     assert_eq!(status, StatusCode::OK);
     assert!(detail.contains("<bdi>&lt;img/src=x/onerror=alert(1)&gt;</bdi>"), "{detail}");
     assert!(detail.contains("Read-only: actions need PREVIEWD_DASHBOARD_TOKEN."), "{detail}");
+    assert_eq!(get(&app, &format!("/environments/{id}?fragment=status"), None).await.1, "pending", "the live status");
     assert_eq!(get(&app, "/environments/999", None).await.0, StatusCode::NOT_FOUND);
     let (_, metrics) = get(&app, "/metrics", None).await;
     assert!(
