@@ -48,9 +48,9 @@ seed=$(python crates/testkit/moto_seed.py "http://127.0.0.1:$moto_port" "$zone")
 echo "==> starting a fake GitHub on :$gh_port with acme/shop:$branch at ${sha:0:7}" >&2
 ./target/debug/fake-github "127.0.0.1:$gh_port" "acme/shop:$branch:$sha" >"$work/github.log" 2>&1 & pids+=($!)
 
-python - "$seed" "$work" "$zone" "$gh_port" "$secret" <<'PY'
+python - "$seed" "$work" "$zone" "$gh_port" "$secret" "$pd_port" <<'PY'
 import json, sys
-seed, work, zone, gh_port, secret = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+seed, work, zone, gh_port, secret, pd_port = json.loads(sys.argv[1]), *sys.argv[2:]
 subnets = ", ".join(json.dumps(s) for s in seed["subnet_ids"])
 open(f"{work}/previewd.toml", "w").write(f'''# Written by demo.sh for the local AWS emulator.
 owner = "local-demo"
@@ -58,8 +58,12 @@ dns_zone = "{zone}"
 database_url = "sqlite://{work}/previewd.db"
 webhook_secrets = ["{secret}"]
 
+public_url = "http://127.0.0.1:{pd_port}"
+
 [github]
 api_url = "http://127.0.0.1:{gh_port}"
+# The fake GitHub takes any token; with one, previewd reports deployments and pull-request comments.
+token = "demo-token"
 
 [reconciler]
 poll_min = "500ms"
@@ -72,6 +76,9 @@ blueprint = "webapp"
 network.vpc_id = "{seed["vpc_id"]}"
 network.subnet_ids = [{subnets}]
 load_balancer.certificate_arn = "{seed["zones"][zone]["certificate_arn"]}"
+# The emulator's RDS is no database to run SQL against (nor can it name the managed password's secret):
+# the demo's environments have none, so seeding puts the fixtures into the bucket only.
+database.enabled = false
 ''')
 PY
 
@@ -117,6 +124,8 @@ print()
 print(f"    status:    {env['status']}" + (f"  ({env['last_error']})" if env["last_error"] else ""))
 print(f"    stack:     {env['stack_name']}")
 print(f"    preview:   {env['url']}")
+for step in env.get("seed", []):
+    print(f"    seeded:    {step['name']} ({step['kind']}): {step['outcome']}: {step['detail']}")
 print(f"    dashboard: http://127.0.0.1:{port}/")
 sys.exit(0 if env["status"] == "ready" else 1)
 PY

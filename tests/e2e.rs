@@ -410,7 +410,12 @@ fn padded_stacks(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::create_dir_all(stacks.join("webapp")).expect("mkdir");
     for f in std::fs::read_dir(&src).expect("blueprint") {
         let f = f.expect("entry");
-        std::fs::copy(f.path(), stacks.join("webapp").join(f.file_name())).expect("copy");
+        let to = stacks.join("webapp").join(f.file_name());
+        if f.path().is_dir() {
+            std::os::unix::fs::symlink(f.path(), to).expect("link"); // the seed fixtures
+        } else {
+            std::fs::copy(f.path(), to).expect("copy");
+        }
     }
     let path = stacks.join("webapp/environment.json");
     let mut t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");

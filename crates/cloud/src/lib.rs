@@ -8,6 +8,7 @@
 
 mod dns;
 mod s3;
+mod seed;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use aws_sdk_cloudformation::types::{Capability, Tag};
 
 pub use dns::{DnsRecord, MarkedName, OwnershipMarker};
 pub use s3::{EMPTY_STEP_BATCHES, EmptyReport};
+pub use seed::{TaskRequest, TaskState};
 
 /// Attempts per AWS call, first included, before the error reaches the reconciler (which then requeues
 /// with its own, longer backoff).
@@ -170,12 +172,14 @@ macro_rules! stack_call {
     }};
 }
 
-/// The three AWS clients, built once from one configuration.
+/// The AWS clients, built once from one configuration.
 #[derive(Debug, Clone)]
 pub struct Aws {
     cfn: cfn::Client,
     pub(crate) s3: aws_sdk_s3::Client,
     pub(crate) route53: aws_sdk_route53::Client,
+    pub(crate) secrets: aws_sdk_secretsmanager::Client,
+    pub(crate) ecs: aws_sdk_ecs::Client,
     region: String,
 }
 
@@ -199,6 +203,8 @@ impl Aws {
             cfn: cfn::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             route53: aws_sdk_route53::Client::new(config),
+            secrets: aws_sdk_secretsmanager::Client::new(config),
+            ecs: aws_sdk_ecs::Client::new(config),
             region: config.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string()),
         }
     }

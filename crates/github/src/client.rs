@@ -13,6 +13,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use previewd_domain::{BranchName, CommitSha, RepoName, Secret};
 use serde::Deserialize;
 
+use crate::auth::{AppAuth, Credentials, InstallationToken, REFRESH_MARGIN, expiry};
+use std::sync::atomic::{AtomicI64, Ordering};
+
 /// GitHub answers in well under a second; past this something is wrong and the reconciler should retry.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// GitHub's largest page.
@@ -38,6 +41,19 @@ pub enum GithubError {
     /// nothing, and may well be right next time.
     #[error("GitHub API {what}: garbled answer: {message}")]
     Garbled { what: String, message: String },
+    /// GitHub's rate limit (primary or secondary): nothing is to be sent before `retry_after`.
+    #[error("GitHub API {what}: rate limited; retrying in {}s", retry_after.as_secs())]
+    RateLimited { what: String, retry_after: Duration },
+}
+
+impl GithubError {
+    /// How long GitHub asked to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GithubError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
 }
 
 /// A complete listing of a repository's branches: every page answered 200.
@@ -55,6 +71,23 @@ pub struct GitHub {
     etags: Arc<Mutex<HashMap<String, Cached>>>,
     /// One call (and reading its answer) may take this long.
     timeout: Duration,
+    auth: Arc<Auth>,
+    /// `x-ratelimit-remaining` of the latest answer that had one (-1: none yet).
+    rate_remaining: Arc<AtomicI64>,
+}
+
+#[derive(Debug)]
+enum Auth {
+    None,
+    Token(Secret),
+    App(AppAuth),
+}
+
+/// An answer: status, headers and body.
+pub(crate) struct Answer {
+    pub(crate) status: http::StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: String,
 }
 
 #[derive(Deserialize)]
@@ -77,32 +110,49 @@ struct Contents {
 }
 
 impl GitHub {
-    /// `api_url`: `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise Server.
-    pub fn new(api_url: &str, token: Option<&Secret>) -> Result<Self, GithubError> {
-        Self::with_timeout(api_url, token, CALL_TIMEOUT)
-    }
-
-    /// As [`GitHub::new`], with another bound on each call.
-    pub fn with_timeout(api_url: &str, token: Option<&Secret>, timeout: Duration) -> Result<Self, GithubError> {
-        let setup = |e: octocrab::Error| GithubError::Transport { what: "set-up".into(), message: e.to_string() };
-        let mut builder = Octocrab::builder()
+    /// `api_url`: `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise Server; each call
+    /// (and reading its answer) may take `timeout`.
+    pub fn new(api_url: &str, credentials: &Credentials, timeout: Duration) -> Result<Self, GithubError> {
+        let setup = |message: String| GithubError::Transport { what: "set-up".into(), message };
+        let client = Octocrab::builder()
             .base_uri(api_url)
-            .map_err(setup)?
+            .map_err(|e| setup(e.to_string()))?
             .set_connect_timeout(Some(timeout))
             .set_read_timeout(Some(timeout))
-            .set_write_timeout(Some(timeout));
-        if let Some(token) = token {
-            builder = builder.personal_token(token.expose().to_owned());
-        }
+            .set_write_timeout(Some(timeout))
+            .build()
+            .map_err(|e| setup(e.to_string()))?;
+        let auth = match credentials {
+            Credentials::None => Auth::None,
+            Credentials::Token(t) => Auth::Token(t.clone()),
+            Credentials::App { app_id, private_key } => {
+                Auth::App(AppAuth::new(*app_id, private_key, REFRESH_MARGIN).map_err(|e| setup(e.to_string()))?)
+            }
+        };
         Ok(Self {
-            client: builder.build().map_err(setup)?,
+            client,
             base: api_url.to_owned(),
             etags: Arc::new(Mutex::new(HashMap::new())),
             timeout,
+            auth: Arc::new(auth),
+            rate_remaining: Arc::new(AtomicI64::new(-1)),
         })
     }
 
-    fn repo_path(repo: &RepoName) -> String {
+    /// Renews a GitHub App's installation tokens this long before they expire (five minutes unless set).
+    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+        if let Some(Auth::App(app)) = Arc::get_mut(&mut self.auth) {
+            app.margin = margin;
+        }
+        self
+    }
+
+    /// GitHub's `x-ratelimit-remaining` in its latest answer, if any answer had one.
+    pub fn rate_limit_remaining(&self) -> Option<i64> {
+        Some(self.rate_remaining.load(Ordering::Relaxed)).filter(|n| *n >= 0)
+    }
+
+    pub(crate) fn repo_path(repo: &RepoName) -> String {
         format!("/repos/{}/{}", enc(repo.owner()), enc(repo.name()))
     }
 
@@ -110,7 +160,7 @@ impl GitHub {
     pub async fn branch_head(&self, repo: &RepoName, branch: &BranchName) -> Result<Option<CommitSha>, GithubError> {
         let what = format!("get branch {repo}:{branch}");
         let route = format!("{}/branches/{}", Self::repo_path(repo), enc(branch.as_str()));
-        match self.get::<Branch>(&route, &what).await? {
+        match self.get::<Branch>(repo, &route, &what).await? {
             None => Ok(None),
             Some(b) => CommitSha::new(&b.commit.sha)
                 .map(Some)
@@ -121,7 +171,7 @@ impl GitHub {
     /// Does GitHub show the repository to this token? (A branch 404 proves absence only if it does.)
     pub async fn repo_visible(&self, repo: &RepoName) -> Result<bool, GithubError> {
         let what = format!("get repository {repo}");
-        Ok(self.get::<serde_json::Value>(&Self::repo_path(repo), &what).await?.is_some())
+        Ok(self.get::<serde_json::Value>(repo, &Self::repo_path(repo), &what).await?.is_some())
     }
 
     /// A file's text at a commit, or `None` when it does not exist there.
@@ -129,7 +179,7 @@ impl GitHub {
         let what = format!("get {path} of {repo} at {}", sha.short());
         let path_enc: Vec<String> = path.split('/').map(enc).collect();
         let route = format!("{}/contents/{}?ref={}", Self::repo_path(repo), path_enc.join("/"), sha);
-        let Some(c) = self.get::<Contents>(&route, &what).await? else { return Ok(None) };
+        let Some(c) = self.get::<Contents>(repo, &route, &what).await? else { return Ok(None) };
         let unexpected = |message: String| GithubError::Unexpected { what: what.clone(), message };
         if c.encoding.as_deref() != Some("base64") {
             return Err(unexpected(format!("{path} is not a file")));
@@ -153,7 +203,7 @@ impl GitHub {
         // after it is asked for by number, and must be empty for the listing to be complete.
         let mut probing = false;
         for number in 1..=MAX_PAGES {
-            let page = self.fetch(&route, &what, true).await?.ok_or_else(|| GithubError::Status {
+            let page = self.fetch(repo, &route, &what, true).await?.ok_or_else(|| GithubError::Status {
                 what: what.clone(),
                 status: 404,
                 message: "repository not found".into(),
@@ -189,20 +239,30 @@ impl GitHub {
         Err(GithubError::Unexpected { what, message: format!("more than {} branches", MAX_PAGES * PAGE_SIZE) })
     }
 
-    /// GET `route` and parse its JSON; `Ok(None)` on 404, an error on any other non-success.
-    async fn get<T: serde::de::DeserializeOwned>(&self, route: &str, what: &str) -> Result<Option<T>, GithubError> {
-        let Some(page) = self.fetch(route, what, false).await? else { return Ok(None) };
+    /// GET `route` of `repo` and parse its JSON; `Ok(None)` on 404, an error on any other non-success.
+    pub(crate) async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        repo: &RepoName,
+        route: &str,
+        what: &str,
+    ) -> Result<Option<T>, GithubError> {
+        let Some(page) = self.fetch(repo, route, what, false).await? else { return Ok(None) };
         serde_json::from_slice(&page.body)
             .map(Some)
             .map_err(|e| GithubError::Garbled { what: what.to_owned(), message: e.to_string() })
     }
 
-    /// GET `route` (a path, or an absolute URL from a `Link` header): its body and the next page's URL;
-    /// `Ok(None)` on 404. With `conditional`, the answer is cached by ETag and asked for with
+    /// GET `route` (a path, or an absolute URL from a `Link` header) of `repo`: its body and the next
+    /// page's URL; `Ok(None)` on 404. With `conditional`, the answer is cached by ETag and asked for with
     /// `If-None-Match`. A body that is not JSON (an HTML error page from a proxy) is an error, whatever the
     /// status said.
-    async fn fetch(&self, route: &str, what: &str, conditional: bool) -> Result<Option<Page>, GithubError> {
-        let err = |message: String| GithubError::Transport { what: what.to_owned(), message };
+    async fn fetch(
+        &self,
+        repo: &RepoName,
+        route: &str,
+        what: &str,
+        conditional: bool,
+    ) -> Result<Option<Page>, GithubError> {
         let cached =
             if conditional { self.etags.lock().unwrap_or_else(|p| p.into_inner()).get(route).cloned() } else { None };
         let mut headers = http::HeaderMap::new();
@@ -211,39 +271,42 @@ impl GitHub {
         {
             headers.insert(http::header::IF_NONE_MATCH, v);
         }
-        let uri = if route.starts_with("http://") || route.starts_with("https://") {
-            route.to_owned()
-        } else {
-            format!("{}{}", self.base.trim_end_matches('/'), route)
-        };
-        let response = match tokio::time::timeout(
-            self.timeout,
-            self.client._get_with_headers(uri.as_str(), Some(headers)),
-        )
-        .await
-        {
-            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
-            Ok(Err(e)) => return Err(err(e.to_string())),
-            Ok(Ok(r)) => r,
-        };
-        let status = response.status();
-        let header = |name: http::header::HeaderName| {
-            response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
-        };
-        let etag = header(http::header::ETAG);
+        let answer = self.request(http::Method::GET, route, Some(repo), headers, None, what).await?;
+        let header =
+            |name: http::header::HeaderName| answer.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let next = header(http::header::LINK).and_then(|l| next_link(&l));
-        let content_type = header(http::header::CONTENT_TYPE);
-        let json = content_type.as_deref().is_none_or(|t| t.contains("json"));
-        if status == http::StatusCode::NOT_MODIFIED
+        if answer.status == http::StatusCode::NOT_MODIFIED
             && let Some(c) = cached
         {
             return Ok(Some(Page { body: c.body, next: c.next }));
         }
-        let body = match tokio::time::timeout(self.timeout, self.client.body_to_string(response)).await {
-            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
-            Ok(Err(e)) => return Err(err(e.to_string())),
-            Ok(Ok(b)) => b,
-        };
+        let Some(body) = self.judge(answer.status, &answer.headers, answer.body, what)? else { return Ok(None) };
+        let body = bytes::Bytes::from(body);
+        if conditional && let Some(etag) = header(http::header::ETAG) {
+            let mut etags = self.etags.lock().unwrap_or_else(|p| p.into_inner());
+            if etags.len() >= ETAG_CACHE_MAX {
+                etags.clear();
+            }
+            etags.insert(route.to_owned(), Cached { etag, body: body.clone(), next: next.clone() });
+        }
+        Ok(Some(Page { body, next }))
+    }
+
+    /// The body of a successful answer; `Ok(None)` for GitHub's own 404; an error for anything else: a
+    /// rate limit (with when to try again), another status, or a body that is not JSON.
+    pub(crate) fn judge(
+        &self,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        body: String,
+        what: &str,
+    ) -> Result<Option<String>, GithubError> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(n) = header("x-ratelimit-remaining").and_then(|v| v.parse::<i64>().ok()) {
+            self.rate_remaining.store(n, Ordering::Relaxed);
+        }
+        let content_type = header("content-type");
+        let json = content_type.is_none_or(|t| t.contains("json"));
         // An HTML page (a proxy's, a captive portal's) is no answer from GitHub, whatever its status:
         // a 404 in HTML proves nothing about a branch.
         if !json {
@@ -251,6 +314,9 @@ impl GitHub {
                 what: what.to_owned(),
                 message: format!("HTTP {} answered with a body that is not JSON", status.as_u16()),
             });
+        }
+        if let Some(wait) = rate_limited(status, headers) {
+            return Err(GithubError::RateLimited { what: what.to_owned(), retry_after: wait });
         }
         if status == http::StatusCode::NOT_FOUND {
             // GitHub's own 404: JSON with a message. Anything else (a bare 404 from something in between)
@@ -272,16 +338,144 @@ impl GitHub {
                 .unwrap_or_else(|| status.canonical_reason().unwrap_or("no message").to_owned());
             return Err(GithubError::Status { what: what.to_owned(), status: status.as_u16(), message });
         }
-        let body = bytes::Bytes::from(body);
-        if conditional && let Some(etag) = etag {
-            let mut etags = self.etags.lock().unwrap_or_else(|p| p.into_inner());
-            if etags.len() >= ETAG_CACHE_MAX {
-                etags.clear();
-            }
-            etags.insert(route.to_owned(), Cached { etag, body: body.clone(), next: next.clone() });
-        }
-        Ok(Some(Page { body, next }))
+        Ok(Some(body))
     }
+
+    /// Sends one request to `route` (a path under the API, or an absolute URL) with previewd's
+    /// credentials for `repo`, bounded by the timeout, and reads the whole answer.
+    pub(crate) async fn request(
+        &self,
+        method: http::Method,
+        route: &str,
+        repo: Option<&RepoName>,
+        headers: http::HeaderMap,
+        body: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<Answer, GithubError> {
+        let authorization = self.authorization(repo, what).await?;
+        self.send(method, route, authorization.as_ref(), headers, body, what).await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        route: &str,
+        authorization: Option<&Secret>,
+        headers: http::HeaderMap,
+        body: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<Answer, GithubError> {
+        let err = |message: String| GithubError::Transport { what: what.to_owned(), message };
+        let uri = if route.starts_with("http://") || route.starts_with("https://") {
+            route.to_owned()
+        } else {
+            format!("{}{}", self.base.trim_end_matches('/'), route)
+        };
+        let mut builder = http::Request::builder().method(method).uri(uri.as_str());
+        for (k, v) in &headers {
+            builder = builder.header(k, v);
+        }
+        if let Some(secret) = authorization {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+                .map_err(|_| err("the credentials are not a valid header value".into()))?;
+            v.set_sensitive(true);
+            builder = builder.header(http::header::AUTHORIZATION, v);
+        }
+        let request = self.client.build_request(builder, body).map_err(|e| err(e.to_string()))?;
+        let response = match tokio::time::timeout(self.timeout, self.client.execute(request)).await {
+            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
+            Ok(Err(e)) => return Err(err(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = match tokio::time::timeout(self.timeout, self.client.body_to_string(response)).await {
+            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
+            Ok(Err(e)) => return Err(err(e.to_string())),
+            Ok(Ok(b)) => b,
+        };
+        Ok(Answer { status, headers, body })
+    }
+
+    /// The credentials for a request about `repo`: the token, or the App installation's token (renewed
+    /// before it expires).
+    async fn authorization(&self, repo: Option<&RepoName>, what: &str) -> Result<Option<Secret>, GithubError> {
+        let app = match self.auth.as_ref() {
+            Auth::None => return Ok(None),
+            Auth::Token(t) => return Ok(Some(t.clone())),
+            Auth::App(app) => app,
+        };
+        let jwt = |app: &AppAuth| {
+            app.jwt().map_err(|e| GithubError::Unexpected { what: what.to_owned(), message: e.to_string() })
+        };
+        let Some(repo) = repo else { return jwt(app).map(Some) };
+        let cached = app.installations.lock().unwrap_or_else(|p| p.into_inner()).get(repo.as_str()).copied();
+        let installation = match cached {
+            Some(id) => id,
+            None => {
+                let what = format!("find the GitHub App installation for {repo}");
+                let route = format!("{}/installation", Self::repo_path(repo));
+                let answer =
+                    self.send(http::Method::GET, &route, Some(&jwt(app)?), http::HeaderMap::new(), None, &what).await?;
+                let body = self.judge(answer.status, &answer.headers, answer.body, &what)?.ok_or_else(|| {
+                    GithubError::Status {
+                        what: what.clone(),
+                        status: 404,
+                        message: "the App is not installed on this repository".into(),
+                    }
+                })?;
+                #[derive(Deserialize)]
+                struct Installation {
+                    id: u64,
+                }
+                let id = serde_json::from_str::<Installation>(&body)
+                    .map_err(|e| GithubError::Garbled { what: what.clone(), message: e.to_string() })?
+                    .id;
+                app.installations.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.as_str().to_owned(), id);
+                id
+            }
+        };
+        let mut tokens = app.tokens.lock().await;
+        if let Some((token, expires)) = tokens.get(&installation)
+            && std::time::SystemTime::now() + app.margin < *expires
+        {
+            return Ok(Some(token.clone()));
+        }
+        let what = format!("get an installation token for {repo}");
+        let route = format!("/app/installations/{installation}/access_tokens");
+        let answer =
+            self.send(http::Method::POST, &route, Some(&jwt(app)?), http::HeaderMap::new(), None, &what).await?;
+        let body = self.judge(answer.status, &answer.headers, answer.body, &what)?.ok_or_else(|| {
+            // The App was uninstalled since: look the installation up again next time.
+            app.installations.lock().unwrap_or_else(|p| p.into_inner()).remove(repo.as_str());
+            GithubError::Status { what: what.clone(), status: 404, message: "no such installation".into() }
+        })?;
+        let t: InstallationToken =
+            serde_json::from_str(&body).map_err(|e| GithubError::Garbled { what, message: e.to_string() })?;
+        let token = Secret::new(t.token);
+        tokens.insert(installation, (token.clone(), expiry(&t.expires_at)));
+        tracing::debug!(installation, "GitHub App installation token renewed");
+        Ok(Some(token))
+    }
+}
+
+/// How long a rate-limited answer asks to wait: `Retry-After` (the secondary limits), else the primary
+/// limit's reset time when nothing remains; a 429 without either waits a minute. `None`: not a limit.
+fn rate_limited(status: http::StatusCode, headers: &http::HeaderMap) -> Option<Duration> {
+    if status != http::StatusCode::FORBIDDEN && status != http::StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(secs) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    if header("x-ratelimit-remaining") == Some("0")
+        && let Some(reset) = header("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok())
+    {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        return Some(Duration::from_secs(reset.saturating_sub(now).max(1)));
+    }
+    (status == http::StatusCode::TOO_MANY_REQUESTS).then_some(Duration::from_secs(60))
 }
 
 /// One answer: its body, and the next page from its `Link` header.
@@ -308,7 +502,7 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 

@@ -2,8 +2,12 @@
 //! API calls the reconciler and the reaper make (branch heads, a file at a commit, branch listings).
 //! No AWS, no database.
 
+mod auth;
 mod client;
+mod feedback;
 mod webhook;
 
+pub use auth::{AuthError, Credentials, REFRESH_MARGIN};
 pub use client::{BranchListing, CALL_TIMEOUT, GitHub, GithubError};
+pub use feedback::{DESCRIPTION_MAX, DeploymentState, DeploymentStatus, truncate};
 pub use webhook::{MAX_BODY_BYTES, ParseError, SignatureError, WebhookEvent, parse_event, verify_signature};

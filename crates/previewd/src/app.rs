@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use previewd_cloud::Aws;
 use previewd_github::GitHub;
-use previewd_reconciler::{Reconciler, RepoSetup, Setup};
+use previewd_reconciler::{FeedbackSetup, Reconciler, RepoSetup, Setup};
 use previewd_store::Store;
 use previewd_web::{AppState, Metrics};
 use tokio::sync::watch;
@@ -128,7 +128,10 @@ pub async fn build_reconciler(config: &Config, aws: Aws, role: &str) -> anyhow::
     let store = Store::connect(config.database_url.expose())
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(config.database_url.expose())))?;
-    let github = GitHub::with_timeout(&config.github_api_url, config.github_token.as_ref(), config.github_timeout)?;
+    let credentials = config.github_credentials()?;
+    let feedback = (config.github_feedback && !matches!(credentials, previewd_github::Credentials::None))
+        .then(|| FeedbackSetup { dashboard_url: config.public_url.clone(), write_gap: config.github_write_gap });
+    let github = GitHub::new(&config.github_api_url, &credentials, config.github_timeout)?;
     let setup = Setup {
         owner,
         stacks_dir: config.stacks_dir.clone(),
@@ -139,6 +142,8 @@ pub async fn build_reconciler(config: &Config, aws: Aws, role: &str) -> anyhow::
         instance: if role.is_empty() { hostname() } else { format!("{}/{role}", hostname()) },
         tuning: config.tuning.clone(),
         reaper: config.reaper.clone(),
+        seed_hook_secret: config.seed_hook_secret.clone(),
+        feedback,
     };
     Ok(Reconciler::new(setup, store, aws, github)?)
 }

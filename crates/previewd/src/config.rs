@@ -19,6 +19,8 @@ pub const MIN_DASHBOARD_TOKEN: usize = 16;
 
 /// The blueprint a repository gets when `PREVIEWD_REPOS` names none.
 pub const DEFAULT_BLUEPRINT: &str = "webapp";
+/// GitHub allows 80 content-creating requests a minute: one every 750 ms stays under it.
+pub const DEFAULT_GITHUB_WRITE_GAP: Duration = Duration::from_millis(750);
 /// The reaper runs hourly (cron with seconds first).
 pub const DEFAULT_REAPER_SCHEDULE: &str = "0 0 * * * *";
 /// An environment must stay orphaned this long before the reaper removes it: a branch that is deleted and
@@ -41,8 +43,12 @@ struct File {
     webhook_secrets: Option<Vec<String>>,
     dashboard_token: Option<String>,
     template_bucket: Option<String>,
+    /// The dashboard's address as people reach it, for links from GitHub.
+    public_url: Option<String>,
     #[serde(default)]
     github: GithubFile,
+    #[serde(default)]
+    seed: SeedFile,
     #[serde(default)]
     reconciler: ReconcilerFile,
     #[serde(default)]
@@ -58,6 +64,20 @@ struct GithubFile {
     token: Option<String>,
     /// One GitHub call may take this long (`15s`).
     timeout: Option<String>,
+    /// A GitHub App instead of a token: its id and the path of its private key (PEM).
+    app_id: Option<u64>,
+    app_key: Option<PathBuf>,
+    /// Deployments and pull-request comments (on unless `false`, whenever there are credentials).
+    feedback: Option<bool>,
+    /// At least this long between two content-creating requests (`750ms`: GitHub allows 80 a minute).
+    write_gap: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedFile {
+    /// Signs the bodies seed hooks receive.
+    hook_secret: Option<String>,
 }
 
 /// Waits and limits of the reconciler (durations such as `5s`); the defaults suit real AWS.
@@ -109,7 +129,15 @@ pub struct Config {
     pub database_url: Secret,
     pub github_api_url: String,
     pub github_token: Option<Secret>,
+    /// A GitHub App: its id and the path of its private key (PEM); used instead of the token.
+    pub github_app: Option<(u64, PathBuf)>,
     pub github_timeout: Duration,
+    /// Deployments and pull-request comments on GitHub.
+    pub github_feedback: bool,
+    pub github_write_gap: Duration,
+    /// The dashboard's address as people reach it (`https://previewd.example.com`).
+    pub public_url: Option<String>,
+    pub seed_hook_secret: Option<Secret>,
     pub webhook_secrets: Vec<Secret>,
     pub owner: Option<OwnerId>,
     pub dns_zone: Option<DnsZone>,
@@ -182,6 +210,30 @@ impl Config {
                 .with_context(|| format!("{source}: [github] timeout = {t:?} is not a duration such as 15s"))?,
             None => previewd_github::CALL_TIMEOUT,
         };
+        let github_write_gap = match &file.github.write_gap {
+            Some(t) => humantime::parse_duration(t)
+                .with_context(|| format!("{source}: [github] write_gap = {t:?} is not a duration such as 750ms"))?,
+            None => DEFAULT_GITHUB_WRITE_GAP,
+        };
+        let github_app = match (
+            var("PREVIEWD_GITHUB_APP_ID").or(file.github.app_id.map(|i| i.to_string())),
+            var("PREVIEWD_GITHUB_APP_KEY").map(PathBuf::from).or(file.github.app_key),
+        ) {
+            (None, None) => None,
+            (Some(id), Some(key)) => {
+                let id = id.parse().with_context(|| format!("PREVIEWD_GITHUB_APP_ID {id:?} is not a number"))?;
+                Some((id, key))
+            }
+            _ => bail!(
+                "a GitHub App needs both PREVIEWD_GITHUB_APP_ID and PREVIEWD_GITHUB_APP_KEY ([github] app_id, app_key)"
+            ),
+        };
+        let public_url = var("PREVIEWD_PUBLIC_URL").or(file.public_url);
+        if let Some(u) = &public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            bail!("PREVIEWD_PUBLIC_URL (public_url) {u:?} must start with https:// or http://");
+        }
         let max_share = file.reaper.max_share.unwrap_or(DEFAULT_REAPER_MAX_SHARE);
         if !(0.0..=1.0).contains(&max_share) {
             bail!("{source}: [reaper] max_share = {max_share} must be a share between 0 and 1, such as 0.5");
@@ -275,7 +327,12 @@ impl Config {
                 .or(file.github.api_url)
                 .unwrap_or_else(|| "https://api.github.com".to_owned()),
             github_token: var("PREVIEWD_GITHUB_TOKEN").or(file.github.token).map(Secret::new),
+            github_app,
             github_timeout,
+            github_feedback: file.github.feedback.unwrap_or(true),
+            github_write_gap,
+            public_url,
+            seed_hook_secret: var("PREVIEWD_SEED_HOOK_SECRET").or(file.seed.hook_secret).map(Secret::new),
             webhook_secrets,
             owner,
             dns_zone,
@@ -324,6 +381,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The GitHub credentials: the App when one is configured (its key read from its file), else the token.
+    pub fn github_credentials(&self) -> anyhow::Result<previewd_github::Credentials> {
+        Ok(match (&self.github_app, &self.github_token) {
+            (Some((app_id, key)), _) => {
+                let pem = std::fs::read_to_string(key)
+                    .with_context(|| format!("cannot read the GitHub App's private key {}", key.display()))?;
+                previewd_github::Credentials::App { app_id: *app_id, private_key: Secret::new(pem) }
+            }
+            (None, Some(token)) => previewd_github::Credentials::Token(token.clone()),
+            (None, None) => previewd_github::Credentials::None,
+        })
     }
 
     pub fn repo(&self, name: &RepoName) -> anyhow::Result<&RepoConfig> {

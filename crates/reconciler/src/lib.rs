@@ -4,10 +4,12 @@
 //! agree. Every reconcile looks at the current state, never at the event that woke it, so duplicates,
 //! reordering and restarts are harmless.
 
+mod feedback;
 mod fleet;
 mod queue;
 mod reaper;
 mod reconcile;
+mod seed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use tracing::Instrument as _;
 
 pub use queue::{Lane, Queue};
 pub use reaper::{Decision, Outcome, ReaperSetup, Report, Verdict};
+pub use seed::HOOK_SIGNATURE_HEADER;
 
 /// Deliveries are kept this long for deduplication (GitHub redelivers for up to 3 days).
 pub const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -93,6 +96,19 @@ pub struct Setup {
     pub instance: String,
     pub tuning: Tuning,
     pub reaper: ReaperSetup,
+    /// Signs the body a seed step's HTTP hook receives (`x-previewd-signature-256`).
+    pub seed_hook_secret: Option<previewd_domain::Secret>,
+    /// How GitHub hears about environments; `None`: it does not.
+    pub feedback: Option<FeedbackSetup>,
+}
+
+/// GitHub feedback: deployments with statuses, and one comment on each open pull request.
+#[derive(Debug, Clone)]
+pub struct FeedbackSetup {
+    /// The dashboard's address as people reach it (`https://previewd.example.com`), for `log_url`.
+    pub dashboard_url: Option<String>,
+    /// At least this long between two content-creating requests: GitHub's secondary limit is 80 a minute.
+    pub write_gap: Duration,
 }
 
 /// What a reconcile step decided.
@@ -185,6 +201,8 @@ pub(crate) struct Inner {
     /// One application-stack step per repository at a time in this process: environments of one
     /// repository share that stack, and two of them must not both create it.
     pub(crate) app_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
+    /// For seed hooks.
+    pub(crate) http: reqwest::Client,
 }
 
 /// The reconciler; cheap to clone.
@@ -218,6 +236,7 @@ impl Reconciler {
             zone_ids: Mutex::new(HashMap::new()),
             settings_files: Mutex::new(HashMap::new()),
             app_locks: Mutex::new(HashMap::new()),
+            http: reqwest::Client::new(),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -241,6 +260,9 @@ impl Reconciler {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), ReaperScheduleError> {
         let mut scheduler = self.schedule_reaper().await?;
         let mut workers = self.spawn_workers(shutdown.clone());
+        let this = self.clone();
+        let stop = shutdown.clone();
+        workers.spawn(async move { feedback::run(&this.inner, stop).await });
         let this = self.clone();
         workers.spawn(async move {
             loop {
@@ -328,6 +350,12 @@ impl Reconciler {
                 source: s.origin.source.clone(),
             })
             .collect())
+    }
+
+    /// How many seed steps the environment's blueprint declares (0 for a repository no longer configured).
+    pub fn seed_steps(&self, env: &previewd_store::EnvRecord) -> usize {
+        let Some(repo) = self.inner.setup.repos.get(&env.repo) else { return 0 };
+        self.inner.blueprints.get(&repo.blueprint).map_or(0, |b| b.seed.len())
     }
 
     /// The environment's stack as AWS shows it now: status, outputs, newest events. Read-only; an AWS

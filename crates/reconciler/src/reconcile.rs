@@ -13,7 +13,7 @@ use previewd_render::{Context, Layer, LayerKind, TemplateKind};
 use previewd_store::{EnvRecord, Observed, now_ms};
 use sha2::{Digest, Sha256};
 
-use crate::{Action, Inner, ReconcileError, RepoSetup};
+use crate::{Action, Inner, ReconcileError, RepoSetup, seed};
 
 /// The file a branch commits to override settings of its own environment.
 pub const BRANCH_SETTINGS_FILE: &str = ".previewd.toml";
@@ -382,6 +382,12 @@ async fn converge(
 
     match (plan::converge(view.as_ref(), env.attempts, max), stack) {
         (ConvergeStep::Create, _) => {
+            // Asked before the create, so a crash right after it cannot lose the seeding; from the first
+            // step, whatever an earlier stack of this environment got through.
+            if !blueprint.seed.is_empty() {
+                let why = format!("a new stack: {} seed steps will run once it is created", blueprint.seed.len());
+                inner.store.request_seed(env.id, &why).await?;
+            }
             let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
             let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("create", env.id) };
             let stack_id = match inner.aws.create_stack(&req).await {
@@ -424,23 +430,25 @@ async fn converge(
                 return Ok(Action::Requeue(inner.setup.tuning.poll_min));
             }
             inner.store.add_event(env.id, "update", "no updates are to be performed: the stack is up to date").await?;
-            point_dns(inner, env, repo, sha, &stack).await
+            point_dns(inner, env, repo, sha, &stack, blueprint, &settings).await
         }
-        (ConvergeStep::PointDns, Some(stack)) => point_dns(inner, env, repo, sha, &stack).await,
+        (ConvergeStep::PointDns, Some(stack)) => point_dns(inner, env, repo, sha, &stack, blueprint, &settings).await,
         (ConvergeStep::Refuse(why), Some(stack)) => Err(refuse(&stack, &why)),
         (ConvergeStep::Wait, _) => Ok(Action::Requeue(poll_delay(inner, env))),
         (step, None) => Err(ReconcileError::NeedsHuman(format!("{step:?} planned for a stack that does not exist"))),
     }
 }
 
-/// The stack is what was asked for: point the name at it (unless it already points there) and call the
-/// environment ready.
+/// The stack is what was asked for: point the name at it (unless it already points there), seed a new
+/// environment, and call it ready.
 async fn point_dns(
     inner: &Inner,
     env: &EnvRecord,
     repo: &RepoSetup,
     sha: &CommitSha,
     stack: &Stack,
+    blueprint: &previewd_render::Blueprint,
+    settings: &previewd_render::Settings,
 ) -> Result<Action, ReconcileError> {
     let endpoint = stack.outputs.get("Endpoint").ok_or_else(|| {
         ReconcileError::NeedsHuman(format!("stack {} has no Endpoint output for the DNS record", stack.name))
@@ -448,6 +456,16 @@ async fn point_dns(
     let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
     inner.aws.upsert_dns(&zone_id(inner, repo).await?, &env.dns_name, endpoint, &marker).await?;
     let url = stack.outputs.get("Url").cloned().unwrap_or_else(|| format!("https://{}", env.dns_name));
+    if env.seed_pending {
+        if env.seed_step == 0 && env.seed_log.is_empty() && env.seed_task.is_none() {
+            let o = Observed { status: Status::Provisioning, url: Some(url.clone()), ..env.observed() };
+            record(inner, env, o, Some(("seed", "the stack is ready: seeding"))).await?;
+        }
+        let cx = seed::SeedContext { env, blueprint, settings, outputs: &stack.outputs, sha, url: &url };
+        if let Some(action) = seed::step(inner, &cx).await? {
+            return Ok(action);
+        }
+    }
     let o = Observed {
         status: Status::Ready,
         deployed_sha: Some(sha.clone()),

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 use toml::Table;
 
+use crate::seed::SeedStep;
 use crate::template::{self, Context, Rendered};
 use crate::{Layer, LayerKind, RenderError, Settings};
 
@@ -41,6 +42,9 @@ struct Meta {
     description: String,
     #[serde(default)]
     overridable: Vec<String>,
+    /// `[[seed]]` tables, checked by [`crate::seed`].
+    #[serde(default)]
+    seed: Vec<Table>,
 }
 
 /// A loaded blueprint; loading reads and checks every file, rendering does no I/O.
@@ -51,6 +55,8 @@ pub struct Blueprint {
     pub description: String,
     /// Keys (or tables) a branch may set in its `.previewd.toml`.
     pub overridable: Vec<String>,
+    /// Test data put into a new environment once, in order.
+    pub seed: Vec<SeedStep>,
     defaults: Layer,
     staging: Option<Layer>,
     production: Option<Layer>,
@@ -144,15 +150,29 @@ impl Blueprint {
             layer: LayerKind::Defaults.to_string(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })?;
+        let environment = read_template(&dir, TemplateKind::Environment)?;
+        let outputs: Vec<String> = environment
+            .get("Outputs")
+            .and_then(Json::as_object)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let seed = crate::seed::parse(
+            &meta_file.display().to_string(),
+            &dir,
+            meta.seed,
+            &Settings::merge(std::slice::from_ref(&defaults), &[])?,
+            &outputs,
+        )?;
         let blueprint = Self {
             name: name.to_owned(),
             description: meta.description,
             overridable: meta.overridable,
+            seed,
             staging: layer("staging.toml", LayerKind::Stage(Stage::Staging))?,
             production: layer("production.toml", LayerKind::Stage(Stage::Production))?,
             preview: layer("preview.toml", LayerKind::Preview)?,
             application: read_template(&dir, TemplateKind::Application)?,
-            environment: read_template(&dir, TemplateKind::Environment)?,
+            environment,
             defaults,
             dir,
         };

@@ -7,11 +7,13 @@
 
 mod blueprint;
 mod error;
+pub mod seed;
 mod settings;
 pub mod template;
 
 pub use blueprint::{Blueprint, PatternOverride, RepoLayers, TemplateKind};
 pub use error::RenderError;
+pub use seed::{EcsTaskStep, HttpStep, Ref, RefError, SeedKind, SeedSource, SeedStep, SqlStep};
 pub use settings::{Layer, LayerKind, Origin, Setting, Settings};
 pub use template::{Context, Rendered, TEMPLATE_BODY_MAX};
 

@@ -89,8 +89,63 @@ pub struct EnvRecord {
     /// When the reaper found it past its time-to-live: not wanted, although its branch exists, until the
     /// next push.
     pub expired_at: Option<i64>,
+    /// The blueprint's seed steps are to run (from the first create, or a reseed) until `seeded_at`.
+    pub seed_pending: bool,
+    /// The next seed step (0-based), and the ECS task a running step waits for.
+    pub seed_step: i64,
+    pub seed_task: Option<String>,
+    /// Each seed step's outcome, oldest first.
+    pub seed_log: Vec<SeedOutcome>,
+    /// Bumped by every write of observed state; GitHub is told about each revision.
+    pub observed_rev: i64,
+    /// When GitHub is next to be told; `None` once it knows the current state.
+    pub feedback_due: Option<i64>,
+    pub feedback_retries: i64,
+    /// Why GitHub could not be told, the last time it could not.
+    pub feedback_error: Option<String>,
+    /// The GitHub deployment of the commit last reported, and the last state posted to it.
+    pub deployment: Option<DeploymentRecord>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// One seed step's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SeedOutcome {
+    pub step: i64,
+    pub name: String,
+    pub kind: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    pub detail: String,
+    pub at: i64,
+}
+
+/// A GitHub deployment previewd created for an environment at a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeploymentRecord {
+    pub sha: CommitSha,
+    pub id: i64,
+    /// The last state posted (`in_progress`, `success`, `failure`, `inactive`), if any.
+    pub state: Option<String>,
+}
+
+/// Seeding progress to record; see [`Store::seed_progress`].
+#[derive(Debug, Clone, Default)]
+pub struct SeedProgress {
+    pub next_step: i64,
+    pub task: Option<String>,
+    pub outcome: Option<SeedOutcome>,
+    /// Seeding is over: no step is pending any more (`seeded_at` is set when it ended well).
+    pub finished: bool,
+}
+
+/// The comment previewd keeps on a pull request, with a hash of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrComment {
+    pub pr_number: i64,
+    pub comment_id: i64,
+    pub body_hash: String,
 }
 
 /// Which environments a listing shows: all filters optional; deleted ones only when asked for.
@@ -227,7 +282,13 @@ pub fn now_ms() -> i64 {
 
 const ENV_COLUMNS: &str = "id, repo, repo_display, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
      desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, missing_since, \
-     keep, pushed_at, expired_at, created_at, updated_at";
+     keep, pushed_at, expired_at, seed_pending, seed_step, seed_task, seed_log, observed_rev, feedback_due, \
+     feedback_retries, feedback_error, deployment_sha, deployment_id, deployment_state, created_at, updated_at";
+
+/// What every write of observed state sets besides: GitHub is to be told; `$n` binds the time now.
+fn feedback_due(n: usize) -> String {
+    format!("observed_rev = observed_rev + 1, feedback_due = COALESCE(feedback_due, ${n})")
+}
 
 fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
@@ -271,6 +332,25 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
         keep: get_i("keep")? != 0,
         pushed_at: get_oi("pushed_at")?,
         expired_at: get_oi("expired_at")?,
+        seed_pending: get_i("seed_pending")? != 0,
+        seed_step: get_i("seed_step")?,
+        seed_task: get_os("seed_task")?,
+        seed_log: match get_os("seed_log")? {
+            None => Vec::new(),
+            Some(log) => serde_json::from_str(&log).map_err(|_| corrupt("seed log", &log))?,
+        },
+        observed_rev: get_i("observed_rev")?,
+        feedback_due: get_oi("feedback_due")?,
+        feedback_retries: get_i("feedback_retries")?,
+        feedback_error: get_os("feedback_error")?,
+        deployment: match (get_os("deployment_sha")?, get_oi("deployment_id")?) {
+            (Some(s), Some(id)) => Some(DeploymentRecord {
+                sha: CommitSha::new(&s).map_err(|_| corrupt("commit", &s))?,
+                id,
+                state: get_os("deployment_state")?,
+            }),
+            _ => None,
+        },
         created_at: get_i("created_at")?,
         updated_at: get_i("updated_at")?,
     })
@@ -491,12 +571,14 @@ impl Store {
             return Ok(false);
         };
         let status = Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
-        sqlx::query(
+        sqlx::query(&format!(
             "UPDATE environments SET desired_seq = desired_seq + 1, desired_at = $1, status = $2, attempts = 0, \
-             retries = 0, expired_at = NULL, pushed_at = $3, updated_at = $4 WHERE id = $5",
-        )
+                 retries = 0, expired_at = NULL, pushed_at = $3, updated_at = $4, {} WHERE id = $6",
+            feedback_due(5)
+        ))
         .bind(now)
         .bind(status.on_new_desire().as_str())
+        .bind(now)
         .bind(now)
         .bind(now)
         .bind(id)
@@ -510,10 +592,11 @@ impl Store {
     pub async fn update_observed(&self, id: i64, o: &Observed, event: Option<(&str, &str)>) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query(
+        sqlx::query(&format!(
             "UPDATE environments SET status = $1, deployed_sha = $2, stack_id = $3, url = $4, last_error = $5, \
-             attempts = $6, retries = $7, updated_at = $8 WHERE id = $9",
-        )
+                 attempts = $6, retries = $7, updated_at = $8, {} WHERE id = $10",
+            feedback_due(9)
+        ))
         .bind(o.status.as_str())
         .bind(o.deployed_sha.as_ref().map(|s| s.to_string()))
         .bind(o.stack_id.clone())
@@ -521,6 +604,7 @@ impl Store {
         .bind(o.last_error.clone())
         .bind(o.attempts)
         .bind(o.retries)
+        .bind(now)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)
@@ -635,13 +719,204 @@ impl Store {
         Ok(())
     }
 
-    pub async fn mark_seeded(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE environments SET seeded_at = $1 WHERE id = $2 AND seeded_at IS NULL")
+    /// Asks for the blueprint's seed steps to run (again) from the first: after the stack's first create,
+    /// or on a reseed. The earlier outcomes are forgotten.
+    pub async fn request_seed(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let r = sqlx::query(&format!(
+            "UPDATE environments SET seed_pending = 1, seed_step = 0, seed_task = NULL, seed_log = NULL, \
+             seeded_at = NULL, updated_at = $1, {} WHERE id = $3",
+            feedback_due(2)
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("request seed"))?;
+        commit_with_event(tx, r.rows_affected() == 1, id, now, "seed", reason).await
+    }
+
+    /// Records seeding progress: the step to run next, the ECS task it waits for, the outcome of the step
+    /// that ended (appended to the log, and to the event log), and whether seeding is over (`seeded_at`
+    /// set when it ended well).
+    pub async fn seed_progress(&self, id: i64, progress: SeedProgress) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let log: Option<String> = sqlx::query_scalar("SELECT seed_log FROM environments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("read seed log"))?
+            .flatten();
+        let mut log: Vec<SeedOutcome> = match log {
+            None => Vec::new(),
+            Some(l) => serde_json::from_str(&l).map_err(|_| StoreError::Corrupt { what: "seed log", value: l })?,
+        };
+        if let Some(o) = &progress.outcome {
+            log.push(o.clone());
+        }
+        let log =
+            serde_json::to_string(&log).map_err(|e| StoreError::Corrupt { what: "seed log", value: e.to_string() })?;
+        let seeded = progress.finished.then_some(now);
+        sqlx::query(&format!(
+            "UPDATE environments SET seed_step = $1, seed_task = $2, seed_log = $3, \
+             seed_pending = CASE WHEN $4 = 1 THEN 0 ELSE seed_pending END, seeded_at = COALESCE($5, seeded_at), \
+             updated_at = $6, {} WHERE id = $8",
+            feedback_due(7)
+        ))
+        .bind(progress.next_step)
+        .bind(progress.task.clone())
+        .bind(log)
+        .bind(i64::from(progress.finished))
+        .bind(seeded)
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("seed progress"))?;
+        if let Some(o) = &progress.outcome {
+            let message = format!("step {} ({}, {}): {}: {}", o.step + 1, o.name, o.kind, o.outcome, o.detail);
+            append_event(&mut tx, id, now, "seed", &message).await?;
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(())
+    }
+
+    /// Environments GitHub is due to be told about, soonest first.
+    pub async fn feedback_due(&self, now: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM environments WHERE feedback_due IS NOT NULL AND feedback_due <= $1 \
+             ORDER BY feedback_due, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("feedback due"))
+    }
+
+    /// The soonest time GitHub is due to be told about anything.
+    pub async fn next_feedback_due(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT MIN(feedback_due) FROM environments")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("next feedback"))
+    }
+
+    /// Notes the GitHub deployment for `sha` and the last state posted to it.
+    pub async fn set_deployment(&self, id: i64, d: &DeploymentRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE environments SET deployment_sha = $1, deployment_id = $2, deployment_state = $3 WHERE id = $4",
+        )
+        .bind(d.sha.to_string())
+        .bind(d.id)
+        .bind(d.state.clone())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("set deployment"))?;
+        Ok(())
+    }
+
+    /// GitHub has been told about revision `rev`: nothing more is due unless the environment changed since.
+    pub async fn feedback_done(&self, id: i64, rev: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE environments SET feedback_due = CASE WHEN observed_rev = $1 THEN NULL ELSE feedback_due END, \
+             feedback_retries = 0, feedback_error = NULL WHERE id = $2",
+        )
+        .bind(rev)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("feedback done"))?;
+        Ok(())
+    }
+
+    /// GitHub could not be told: try again at `retry_at`. The error is noted, and written to the event log
+    /// when it differs from the last one (a retry loop does not flood the log).
+    pub async fn feedback_failed(&self, id: i64, retry_at: i64, counted: bool, error: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let last: Option<String> = sqlx::query_scalar("SELECT feedback_error FROM environments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("read feedback error"))?
+            .flatten();
+        sqlx::query(
+            "UPDATE environments SET feedback_due = $1, feedback_error = $2, \
+             feedback_retries = feedback_retries + $3 WHERE id = $4",
+        )
+        .bind(retry_at)
+        .bind(error)
+        .bind(i64::from(counted))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("feedback failed"))?;
+        if last.as_deref() != Some(error) {
+            append_event(&mut tx, id, now, "github", error).await?;
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(())
+    }
+
+    /// Asks for GitHub to be told about the environment again (a pull request was opened, say).
+    pub async fn touch_feedback(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(&format!("UPDATE environments SET {} WHERE id = $2", feedback_due(1)))
             .bind(now_ms())
             .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(db("mark seeded"))?;
+            .map_err(db("touch feedback"))?;
+        Ok(())
+    }
+
+    /// The comments previewd keeps on the environment's pull requests.
+    pub async fn pr_comments(&self, env_id: i64) -> Result<Vec<PrComment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pr_number, comment_id, body_hash FROM pr_comments WHERE env_id = $1 ORDER BY pr_number",
+        )
+        .bind(env_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read comments"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(PrComment {
+                    pr_number: r.try_get("pr_number").map_err(db("read comments"))?,
+                    comment_id: r.try_get("comment_id").map_err(db("read comments"))?,
+                    body_hash: r.try_get("body_hash").map_err(db("read comments"))?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn set_pr_comment(&self, env_id: i64, c: &PrComment) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pr_comments (env_id, pr_number, comment_id, body_hash) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (env_id, pr_number) DO UPDATE SET comment_id = excluded.comment_id, body_hash = excluded.body_hash",
+        )
+        .bind(env_id)
+        .bind(c.pr_number)
+        .bind(c.comment_id)
+        .bind(c.body_hash.clone())
+        .execute(&self.pool)
+        .await
+        .map_err(db("set comment"))?;
+        Ok(())
+    }
+
+    pub async fn forget_pr_comment(&self, env_id: i64, pr_number: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM pr_comments WHERE env_id = $1 AND pr_number = $2")
+            .bind(env_id)
+            .bind(pr_number)
+            .execute(&self.pool)
+            .await
+            .map_err(db("forget comment"))?;
         Ok(())
     }
 
@@ -882,8 +1157,8 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
     for names in std::iter::once(&c.names).chain(c.fallback.as_ref()) {
         let r = sqlx::query(
             "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
-             desired_at, status, pushed_at, created_at, updated_at, repo_display) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+             desired_at, status, pushed_at, created_at, updated_at, repo_display, observed_rev, feedback_due) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14) ON CONFLICT DO NOTHING",
         )
         .bind(c.repo.as_str())
         .bind(c.branch.as_str())
@@ -898,6 +1173,7 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
         .bind(now)
         .bind(now)
         .bind(c.repo_display.clone())
+        .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(db("insert environment"))?;
@@ -931,8 +1207,8 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
              desired_at = $3, status = $4, attempts = 0, retries = 0, \
              missing_since = CASE WHEN $5 = 1 THEN NULL ELSE missing_since END, \
              expired_at = CASE WHEN $6 = 1 THEN NULL ELSE expired_at END, \
-             pushed_at = COALESCE($7, pushed_at), repo_display = COALESCE($8, repo_display), updated_at = $9 \
-             WHERE id = $10",
+             pushed_at = COALESCE($7, pushed_at), repo_display = COALESCE($8, repo_display), updated_at = $9, \
+             observed_rev = observed_rev + 1, feedback_due = COALESCE(feedback_due, $10) WHERE id = $11",
         )
         .bind(present)
         .bind(sha)
@@ -942,6 +1218,7 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
         .bind(present)
         .bind(pushed_at)
         .bind(c.repo_display.clone())
+        .bind(now)
         .bind(now)
         .bind(id)
         .execute(&mut *tx)

@@ -150,10 +150,69 @@ async fn observed_state_and_events_round_trip(store: Store) {
     assert!(store.set_desired(id, seq, &Desired::Absent, "GitHub: branch not found").await.expect("set"));
     let env = store.get(id).await.expect("get").expect("env");
     assert_eq!((env.desired, env.desired_seq), (Desired::Absent, 2));
-    store.mark_seeded(id).await.expect("seed");
-    let seeded = store.get(id).await.expect("get").expect("env").seeded_at.expect("seeded");
-    store.mark_seeded(id).await.expect("seed again");
-    assert_eq!(store.get(id).await.expect("get").expect("env").seeded_at, Some(seeded), "seeded once");
+
+    // Seeding: asked for, stepped through with each outcome logged, then done.
+    assert!(store.request_seed(id, "new stack").await.expect("request seed"));
+    let env = store.get(id).await.expect("get").expect("env");
+    assert!(env.seed_pending && env.seed_step == 0 && env.seed_log.is_empty() && env.seeded_at.is_none());
+    let outcome = |step: i64, result: &str| previewd_store::SeedOutcome {
+        step,
+        name: format!("step {step}"),
+        kind: "http".into(),
+        outcome: result.into(),
+        detail: "HTTP 500".into(),
+        at: 1,
+    };
+    let progress = |next_step, task: Option<&str>, o, finished| previewd_store::SeedProgress {
+        next_step,
+        task: task.map(str::to_owned),
+        outcome: o,
+        finished,
+    };
+    store.seed_progress(id, progress(0, Some("arn:task"), Some(outcome(0, "failed")), false)).await.expect("fail");
+    store.seed_progress(id, progress(1, None, Some(outcome(0, "ok")), false)).await.expect("ok");
+    store.seed_progress(id, progress(1, None, None, true)).await.expect("done");
+    let env = store.get(id).await.expect("get").expect("env");
+    assert!(!env.seed_pending && env.seeded_at.is_some() && env.seed_task.is_none(), "{env:#?}");
+    assert_eq!(env.seed_log.iter().map(|o| o.outcome.as_str()).collect::<Vec<_>>(), ["failed", "ok"]);
+    let kinds: Vec<_> = store.events(id, 20).await.expect("events").into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "seed").count(), 3, "{kinds:?}");
+
+    // Feedback: every write of observed state makes it due; done only for the revision told.
+    let env = store.get(id).await.expect("get").expect("env");
+    assert!(env.feedback_due.is_some());
+    let due = store.feedback_due(previewd_store::now_ms(), 10).await.expect("due");
+    assert_eq!(due, [id]);
+    let rev = env.observed_rev;
+    store.update_observed(id, &env.observed(), None).await.expect("update");
+    store.feedback_done(id, rev).await.expect("done");
+    assert!(store.get(id).await.expect("get").expect("env").feedback_due.is_some(), "a newer revision is still due");
+    store.feedback_failed(id, 42, true, "GitHub API: HTTP 500").await.expect("failed");
+    store.feedback_failed(id, 43, true, "GitHub API: HTTP 500").await.expect("failed again");
+    let env = store.get(id).await.expect("get").expect("env");
+    assert_eq!((env.feedback_due, env.feedback_retries), (Some(43), 2));
+    let github_events = store.events(id, 50).await.expect("events").iter().filter(|e| e.kind == "github").count();
+    assert_eq!(github_events, 1, "the same error is logged once");
+    store.feedback_done(id, env.observed_rev).await.expect("done");
+    let env = store.get(id).await.expect("get").expect("env");
+    assert_eq!((env.feedback_due, env.feedback_retries, env.feedback_error), (None, 0, None));
+    assert!(store.feedback_due(i64::MAX, 10).await.expect("due").is_empty());
+    let d = previewd_store::DeploymentRecord { sha: sha('b'), id: 9, state: Some("success".into()) };
+    store.set_deployment(id, &d).await.expect("deployment");
+    assert_eq!(store.get(id).await.expect("get").expect("env").deployment, Some(d));
+
+    // Pull-request comments: one per pull request, replaced, forgotten.
+    let c = |pr, comment| previewd_store::PrComment {
+        pr_number: pr,
+        comment_id: comment,
+        body_hash: format!("h{comment}"),
+    };
+    store.set_pr_comment(id, &c(7, 100)).await.expect("comment");
+    store.set_pr_comment(id, &c(7, 101)).await.expect("comment replaced");
+    store.set_pr_comment(id, &c(8, 200)).await.expect("comment");
+    assert_eq!(store.pr_comments(id).await.expect("comments"), [c(7, 101), c(8, 200)]);
+    store.forget_pr_comment(id, 7).await.expect("forget");
+    assert_eq!(store.pr_comments(id).await.expect("comments"), [c(8, 200)]);
 }
 
 async fn leases_exclude_other_owners(store: Store) {

@@ -39,6 +39,30 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// How [`TestEnv::start_custom`] configures previewd; every field has a default.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// Top-level configuration keys (`dashboard_token = "…"`).
+    pub top: &'a str,
+    /// Keys of the `[github]` table: `token = "…"` turns GitHub feedback on (it is off without
+    /// credentials).
+    pub github: &'a str,
+    /// Appended to the configuration (more repositories, pattern overrides).
+    pub extra: &'a str,
+    /// The reaper's grace.
+    pub grace: &'a str,
+    /// Blueprints from here instead of the workspace's `stacks/`.
+    pub stacks_dir: Option<&'a str>,
+    /// Hosted zones made besides [`ZONE`] (for more repositories).
+    pub zones: &'a [&'a str],
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self { top: "", github: "", extra: "", grace: "10m", stacks_dir: None, zones: &[] }
+    }
+}
+
 pub struct TestEnv {
     /// The test's own connection to previewd's database (SQLite in WAL mode takes several).
     pub store: previewd_store::Store,
@@ -78,15 +102,24 @@ impl TestEnv {
     /// As [`TestEnv::start_opts`], with `top` put among the configuration's top-level keys
     /// (`dashboard_token = "…"`, say).
     pub async fn start_full(top: &str, extra: &str, grace: &str) -> Self {
+        Self::start_custom(&Options { top, extra, grace, ..Options::default() }).await
+    }
+
+    /// The most general start: see [`Options`].
+    pub async fn start_custom(opts: &Options<'_>) -> Self {
+        let (top, extra, grace) = (opts.top, opts.extra, opts.grace);
         let moto = Moto::start().await;
-        let seeded = moto.seed(&[ZONE]).await;
+        let zones: Vec<&str> = std::iter::once(ZONE).chain(opts.zones.iter().copied()).collect();
+        let seeded = moto.seed(&zones).await;
         let proxy = AwsProxy::start(&moto.endpoint).await;
         let github = FakeGitHub::start("/api/v3").await;
         // Every repository has its default branch (a listing of none is a fault the reaper refuses).
         github.set_branch(REPO, "main", &"f".repeat(40));
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("previewd.toml");
-        std::fs::write(&config_path, config_text(&dir, &github, &seeded, top, extra, grace)).expect("config");
+        let stacks = opts.stacks_dir.map_or_else(|| workspace_root().join("stacks"), PathBuf::from);
+        let text = config_text(&dir, &github, &seeded, &stacks, top, opts.github, extra, grace);
+        std::fs::write(&config_path, text).expect("config");
         let db = format!("sqlite://{}", dir.path().join("previewd.db").display());
         let store = previewd_store::Store::connect(&db).await.expect("test database");
         let mut env = Self {
@@ -324,11 +357,14 @@ impl TestEnv {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn config_text(
     dir: &tempfile::TempDir,
     github: &FakeGitHub,
     seeded: &Seeded,
+    stacks: &std::path::Path,
     top: &str,
+    github_keys: &str,
     extra: &str,
     grace: &str,
 ) -> String {
@@ -346,6 +382,8 @@ stacks_dir = "{stacks}"
 [github]
 api_url = "{api}"
 timeout = "2s"
+write_gap = "0s"
+{github_keys}
 
 [reconciler]
 workers = 4
@@ -371,10 +409,12 @@ blueprint = "webapp"
 network.vpc_id = "{vpc}"
 network.subnet_ids = [{subnets}]
 load_balancer.certificate_arn = "{cert}"
+# moto's RDS is no database to seed (nor can it name the managed password's secret).
+database.enabled = false
 {extra}
 "#,
         db = dir.path().join("previewd.db").display(),
-        stacks = workspace_root().join("stacks").display(),
+        stacks = stacks.display(),
         api = github.api_url(),
         vpc = seeded.vpc_id,
         subnets = subnets.join(", "),

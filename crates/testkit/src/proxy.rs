@@ -318,7 +318,11 @@ fn identify(
             (m, _) => m,
         }
         .to_owned(),
-        _ => form.get("Action").cloned().unwrap_or_default(),
+        // JSON protocols (ECS, Secrets Manager): `X-Amz-Target: AmazonEC2ContainerServiceV20141113.RunTask`.
+        _ => match headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+            Some(target) => target.rsplit('.').next().unwrap_or(target).to_owned(),
+            None => form.get("Action").cloned().unwrap_or_default(),
+        },
     };
     (service, action)
 }

@@ -210,6 +210,12 @@ pub struct EnvView {
     pub keep: bool,
     /// When the reaper found it past its time-to-live (it comes back with the next push).
     pub expired_at: Option<String>,
+    /// When seeding last ended well; `seeding` while seed steps are to run; each step's outcome.
+    pub seeded_at: Option<String>,
+    pub seeding: bool,
+    pub seed: Vec<previewd_store::SeedOutcome>,
+    /// Why GitHub could not be told about the environment, the last time it could not.
+    pub github_error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -241,6 +247,10 @@ impl From<&EnvRecord> for EnvView {
             missing_since: e.missing_since.map(rfc3339),
             keep: e.keep,
             expired_at: e.expired_at.map(rfc3339),
+            seeded_at: e.seeded_at.map(rfc3339),
+            seeding: e.seed_pending,
+            seed: e.seed_log.clone(),
+            github_error: e.feedback_error.clone(),
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
         }
@@ -373,11 +383,18 @@ async fn act(
             state.store.set_keep(id, keep, why).await.map(|()| true)
         }
         "reseed" => {
-            return (
-                StatusCode::CONFLICT,
-                "nothing to reseed: no blueprint declares seed steps yet (seeding is not built)",
-            )
-                .into_response();
+            let steps = state.reconciler.as_ref().map_or(0, |r| r.seed_steps(&env));
+            if steps == 0 {
+                let why = "nothing to reseed: the environment's blueprint declares no seed steps";
+                return (StatusCode::CONFLICT, why).into_response();
+            }
+            let standing = env.desired != Desired::Absent
+                && matches!(env.status, previewd_domain::Status::Ready | previewd_domain::Status::Failed);
+            if !standing {
+                let why = format!("only a ready (or failed) environment can be reseeded; this one is {}", env.status);
+                return (StatusCode::CONFLICT, why).into_response();
+            }
+            state.store.request_seed(id, "reseed asked for through the API: every seed step runs again").await
         }
         other => {
             return (StatusCode::NOT_FOUND, format!("no action {other:?}: redeploy, reseed, destroy, keep"))

@@ -1,0 +1,504 @@
+//! Seeding and GitHub feedback, end to end: moto behind the fault proxy, the local PostgreSQL, a hook
+//! server of the test's own, and the stateful fake GitHub, which records every deployment, status and
+//! comment in the order they arrived.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use previewd_domain::Status;
+use previewd_testkit::{Fault, Options, REPO, Target, TestEnv};
+use sha2::Sha256;
+
+/// GitHub feedback on, with a token the fake accepts.
+const FEEDBACK: &str = r#"token = "test-token""#;
+const HOOK_SECRET: &str = "test-hook-secret";
+const TOKEN: &str = "test-dashboard-token-0123456789";
+/// The `n`th commit, its short form (the first 7 characters) unlike every other's.
+fn sha(n: u32) -> String {
+    format!("{n:07x}{}", "a".repeat(33))
+}
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn bucket_keys(t: &TestEnv, bucket: &str) -> Vec<String> {
+    let out = t.s3().await.list_objects_v2().bucket(bucket).send().await.expect("list objects");
+    out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_once_deployments_in_order_and_one_comment_edited_in_place() {
+    let mut t = TestEnv::start_custom(&Options {
+        github: FEEDBACK,
+        top: r#"public_url = "https://previewd.test.example""#,
+        ..Options::default()
+    })
+    .await;
+    t.github.open_pull(REPO, 7, "feature/login");
+    assert_eq!(t.push("feature/login", &sha(1)).await, 202);
+    let env = t.ready("feature/login", &sha(1)).await;
+
+    // Seeding: the fixtures in the bucket, the SQL step skipped (no database), both recorded.
+    assert!(env.seeded_at.is_some(), "{env:#?}");
+    let steps: Vec<_> = env.seed_log.iter().map(|s| (s.name.as_str(), s.outcome.as_str())).collect();
+    assert_eq!(steps, [("fixtures", "ok"), ("sample rows", "skipped")]);
+    let stack = t.stack(&env.stack_name).await.expect("stack");
+    let bucket = stack.outputs["BucketName"].clone();
+    let keys = bucket_keys(&t, &bucket).await;
+    assert_eq!(keys, ["fixtures/README.txt", "fixtures/products/catalog.json"]);
+    let puts = t.proxy.calls().iter().filter(|c| c.action == "PutObject").count();
+
+    // GitHub: a deployment of the commit, in_progress then success, and one comment.
+    let log = eventually("success and a comment", || {
+        let log = t.github.feedback_log(REPO);
+        (log.iter().any(|l| l.ends_with(" success")) && log.iter().any(|l| l.starts_with("comment"))).then_some(log)
+    })
+    .await;
+    let deployments = t.github.deployments(REPO);
+    assert_eq!(deployments.len(), 1, "{deployments:#?}");
+    let d = &deployments[0];
+    let id = d["id"].as_u64().expect("id");
+    assert_eq!(d["ref"], sha(1));
+    assert_eq!(d["environment"], "preview/feature/login");
+    assert_eq!(d["transient_environment"], true);
+    assert_eq!(d["production_environment"], false);
+    assert_eq!(d["auto_merge"], false);
+    assert_eq!(d["required_contexts"], serde_json::json!([]));
+    let statuses = t.github.deployment_statuses(REPO, id);
+    let states: Vec<_> = statuses.iter().map(|s| s["state"].as_str().unwrap_or_default()).collect();
+    assert_eq!(states, ["in_progress", "success"]);
+    let env = t.env("feature/login").await.expect("env");
+    assert_eq!(statuses[1]["environment_url"].as_str(), env.url.as_deref());
+    assert_eq!(statuses[1]["log_url"], format!("https://previewd.test.example/environments/{}", env.id));
+    let deploy_log: Vec<_> = log.iter().filter(|l| !l.starts_with("comment")).cloned().collect();
+    let expected = [
+        format!("deployment {id} {} preview/feature/login", sha(1)),
+        format!("status {id} in_progress"),
+        format!("status {id} success"),
+    ];
+    assert_eq!(deploy_log, expected);
+    let comments = t.github.comments(REPO, 7);
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(comments[0].1.contains(&sha(1)[..7]) && comments[0].1.contains("ready"), "{}", comments[0].1);
+
+    // A second push: the stack is updated, the fixtures are not put again, the comment is edited.
+    assert_eq!(t.push("feature/login", &sha(2)).await, 202);
+    t.ready("feature/login", &sha(2)).await;
+    let comment = eventually("the comment shows the new commit", || {
+        let c = t.github.comments(REPO, 7);
+        c.first()
+            .filter(|c| c.1.contains(&sha(2)[..7]) && c.1.contains("ready"))
+            .cloned()
+            .map(|c| (c, t.github.comments(REPO, 7).len()))
+    })
+    .await;
+    assert_eq!(comment.1, 1, "one comment, edited in place");
+    assert!(t.github.feedback_log(REPO).iter().any(|l| l == &format!("comment edit {}", comment.0.0)));
+    assert_eq!(t.proxy.calls().iter().filter(|c| c.action == "PutObject").count(), puts, "no fixture put again");
+    assert_eq!(bucket_keys(&t, &bucket).await.len(), 2);
+    assert_eq!(t.github.deployments(REPO).len(), 2, "one deployment per commit");
+
+    // previewd restarted, its record of the comment lost: the comment is found again by its hidden
+    // marker and edited, not duplicated.
+    let github = t.github.clone();
+    let edits = move || github.feedback_log(REPO).iter().filter(|l| l.starts_with("comment edit")).count();
+    let edits_before = edits();
+    t.stop_app().await;
+    t.store.forget_pr_comment(env.id, 7).await.expect("forget");
+    t.start_app().await;
+    t.store.touch_feedback(env.id).await.expect("touch");
+    eventually("the comment edited again", || (edits() == edits_before + 1).then_some(())).await;
+    assert_eq!(t.github.comments(REPO, 7).len(), 1);
+
+    // A person deletes the comment; the next change makes it again.
+    t.github.delete_comment(comment.0.0);
+    // Teardown: the last deployment goes inactive.
+    assert_eq!(t.delete("feature/login").await, 202);
+    t.deleted("feature/login").await;
+    let second = t.github.deployments(REPO)[1]["id"].as_u64().expect("id");
+    eventually("inactive", || {
+        let s = t.github.deployment_statuses(REPO, second);
+        (s.last().map(|s| s["state"].clone()) == Some(serde_json::json!("inactive"))).then_some(())
+    })
+    .await;
+    let comments = eventually("a new comment after the deleted one", || {
+        let c = t.github.comments(REPO, 7);
+        (c.len() == 1 && c[0].1.contains("deleted")).then_some(c)
+    })
+    .await;
+    assert_ne!(comments[0].0, comment.0.0);
+}
+
+/// A request the hook received: its body and its signature header.
+type HookCall = (Vec<u8>, Option<String>);
+
+/// A hook server: records each request's body and signature, answers with the next status given.
+#[derive(Clone, Default)]
+struct Hook {
+    seen: Arc<Mutex<Vec<HookCall>>>,
+    status: Arc<Mutex<u16>>,
+}
+
+impl Hook {
+    async fn start(status: u16) -> (Self, String) {
+        let hook = Hook { status: Arc::new(Mutex::new(status)), ..Hook::default() };
+        let h = hook.clone();
+        let app = axum::Router::new().route(
+            "/seed",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let h = h.clone();
+                async move {
+                    let sig = headers.get("x-previewd-signature-256").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    h.seen.lock().expect("lock").push((body.to_vec(), sig));
+                    axum::http::StatusCode::from_u16(*h.status.lock().expect("lock")).expect("status")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/seed?token=do-not-log-me", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (hook, url)
+    }
+
+    fn seen(&self) -> Vec<HookCall> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+/// A blueprint of the test's own: an ECS cluster and task definition and a bucket, with SQL, hook and
+/// ECS seed steps. SQL goes to the local PostgreSQL, into a table of this test's own.
+fn seeded_blueprint(dir: &std::path::Path, table: &str, hook_url: &str, secret_arn: &str) {
+    let bp = dir.join("seeded");
+    std::fs::create_dir_all(bp.join("seed")).expect("mkdir");
+    std::fs::write(
+        bp.join("blueprint.toml"),
+        r#"description = "Seeding under test."
+overridable = []
+
+[[seed]]
+name = "rows"
+kind = "sql"
+files = ["seed/rows.sql"]
+host = { setting = "db.host" }
+port = { setting = "db.port" }
+database = { setting = "db.name" }
+secret = { setting = "db.secret" }
+
+[[seed]]
+name = "tell the app"
+kind = "http"
+url = { setting = "hook.url" }
+
+[[seed]]
+name = "migrations"
+kind = "ecs_task"
+cluster = { output = "ClusterName" }
+task_definition = { output = "SeedTaskDefinition" }
+container = "seed"
+command = ["bin/seed", "--sample", "it's; rm -rf /"]
+subnets = { output = "Subnets" }
+"#,
+    )
+    .expect("blueprint");
+    std::fs::write(
+        bp.join("defaults.toml"),
+        format!(
+            r#"[db]
+host = "127.0.0.1"
+port = "5432"
+name = "test"
+secret = "{secret_arn}"
+[hook]
+url = "{hook_url}"
+"#
+        ),
+    )
+    .expect("defaults");
+    std::fs::write(
+        bp.join("seed/rows.sql"),
+        format!("CREATE TABLE {table} (n INTEGER);\nINSERT INTO {table} VALUES (1), (2), (3);\n"),
+    )
+    .expect("sql");
+    std::fs::write(
+        bp.join("application.json"),
+        r#"{"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"Logs": {"Type": "AWS::Logs::LogGroup", "Properties": {"RetentionInDays": 1}}}}"#,
+    )
+    .expect("application");
+    std::fs::write(
+        bp.join("environment.json"),
+        r#"{
+  "AWSTemplateFormatVersion": "2010-09-09",
+  "Resources": {
+    "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.9.0.0/16"}},
+    "Subnet": {"Type": "AWS::EC2::Subnet", "Properties": {"VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.9.1.0/24"}},
+    "Cluster": {"Type": "AWS::ECS::Cluster"},
+    "SeedTask": {"Type": "AWS::ECS::TaskDefinition", "Properties": {
+      "Family": {"Previewd::Join": [{"Previewd::Context": "bucket_prefix"}, "-seed"]},
+      "RequiresCompatibilities": ["FARGATE"], "NetworkMode": "awsvpc", "Cpu": "256", "Memory": "512",
+      "ContainerDefinitions": [{"Name": "seed", "Image": "busybox", "Essential": true, "Memory": 512}]}},
+    "Bucket": {"Type": "AWS::S3::Bucket"}
+  },
+  "Outputs": {
+    "Endpoint": {"Value": "lb.seeded.test"},
+    "BucketName": {"Value": {"Ref": "Bucket"}},
+    "ClusterName": {"Value": {"Ref": "Cluster"}},
+    "Subnets": {"Value": {"Ref": "Subnet"}},
+    "SeedTaskDefinition": {"Value": {"Ref": "SeedTask"}}
+  }
+}"#,
+    )
+    .expect("environment");
+}
+
+async fn postgres() -> sqlx::PgPool {
+    sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test").await.expect("the local PostgreSQL")
+}
+
+const SEEDED: &str = "acme/seeded";
+const SEEDED_ZONE: &str = "seeded.test.example";
+
+/// previewd with the `seeded` blueprint for repository `acme/seeded` (beside the workspace's `webapp`),
+/// the database secret in moto, and a hook answering `hook_status`.
+async fn start_seeded(hook_status: u16) -> Seeded {
+    let (hook, hook_url) = Hook::start(hook_status).await;
+    let table = format!("seed_rows_{:08x}", fastrand::u32(..));
+    let secret = format!("previewd-test/db-{:08x}", fastrand::u32(..));
+    let stacks = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(previewd_testkit::workspace_root().join("stacks/webapp"), stacks.path().join("webapp"))
+        .expect("symlink");
+    seeded_blueprint(stacks.path(), &table, &hook_url, &secret);
+    let t = TestEnv::start_custom(&Options {
+        github: FEEDBACK,
+        top: &format!("dashboard_token = \"{TOKEN}\"\n[seed]\nhook_secret = \"{HOOK_SECRET}\""),
+        extra: &format!("[repos.\"{SEEDED}\"]\nblueprint = \"seeded\"\ndns_zone = \"{SEEDED_ZONE}\""),
+        zones: &[SEEDED_ZONE],
+        stacks_dir: Some(stacks.path().to_str().expect("utf-8")),
+        ..Options::default()
+    })
+    .await;
+    let sm = aws_sdk_secretsmanager::Client::new(&t.sdk_config().await);
+    sm.create_secret()
+        .name(&secret)
+        .secret_string(r#"{"username": "postgres", "password": "hunter2-never-shown"}"#)
+        .send()
+        .await
+        .expect("secret");
+    t.github.set_branch(SEEDED, "main", &"f".repeat(40));
+    Seeded { t, hook, table, _stacks: stacks }
+}
+
+struct Seeded {
+    t: TestEnv,
+    hook: Hook,
+    table: String,
+    _stacks: tempfile::TempDir,
+}
+
+impl Seeded {
+    async fn push(&mut self, branch: &str, sha: &str) {
+        self.t.github.set_branch(SEEDED, branch, sha);
+        let body =
+            serde_json::to_vec(&previewd_testkit::webhook::push(SEEDED, branch, &"0".repeat(40), sha)).expect("json");
+        assert_eq!(self.t.deliver("push", &body, None, None).await, 202);
+    }
+
+    async fn wait(
+        &self,
+        branch: &str,
+        what: &str,
+        done: impl Fn(&previewd_store::EnvRecord) -> bool,
+    ) -> previewd_store::EnvRecord {
+        let repo = previewd_domain::RepoName::new(SEEDED).expect("repo");
+        let b = previewd_domain::BranchName::new(branch).expect("branch");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let env = self.t.store.find(&repo, &b).await.expect("store");
+            if let Some(e) = env.as_ref().filter(|e| done(e)) {
+                return e.clone();
+            }
+            if tokio::time::Instant::now() > deadline {
+                let events = match &env {
+                    Some(e) => self.t.store.events(e.id, 50).await.unwrap_or_default(),
+                    None => vec![],
+                };
+                panic!("{branch}: not {what}: {env:#?}\n{events:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_hook_and_ecs_steps_run_once_in_order() {
+    let mut s = start_seeded(200).await;
+    s.push("feat/seed", &sha(1)).await;
+    let env = s.wait("feat/seed", "ready", |e| e.status == Status::Ready).await;
+    let outcomes: Vec<_> = env.seed_log.iter().map(|o| (o.kind.as_str(), o.outcome.as_str())).collect();
+    assert_eq!(outcomes, [("sql", "ok"), ("http", "ok"), ("ecs_task", "ok")], "{:#?}", env.seed_log);
+
+    // The SQL rows, in the local PostgreSQL.
+    let pg = postgres().await;
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", s.table)).fetch_one(&pg).await.expect("rows");
+    assert_eq!(n, 3);
+
+    // The hook: called once, with a valid signature over a body naming the environment.
+    let seen = s.hook.seen();
+    assert_eq!(seen.len(), 1);
+    let (body, sig) = &seen[0];
+    let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    assert_eq!(sig.as_deref(), Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes()))).as_deref());
+    let body: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+    assert_eq!(body["repository"], SEEDED);
+    assert_eq!(body["branch"], "feat/seed");
+    assert_eq!(body["commit"], sha(1));
+    assert_eq!(body["url"].as_str(), env.url.as_deref());
+
+    // The ECS task: one RunTask with the command.
+    let runs: Vec<_> = s.t.proxy.calls().into_iter().filter(|c| c.action == "RunTask").collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let ecs = aws_sdk_ecs::Client::new(&s.t.sdk_config().await);
+    let stack = s.t.stack(&env.stack_name).await.expect("stack");
+    let cluster = &stack.outputs["ClusterName"];
+    let tasks = ecs.list_tasks().cluster(cluster).send().await.expect("tasks");
+    let arns = tasks.task_arns().to_vec();
+    let described = ecs.describe_tasks().cluster(cluster).set_tasks(Some(arns)).send().await.expect("describe");
+    let overrides = described.tasks()[0].overrides().expect("overrides");
+    assert_eq!(overrides.container_overrides()[0].command(), ["bin/seed", "--sample", "it's; rm -rf /"]);
+
+    // An update runs nothing again; a reseed runs every step again (the SQL step fails: its table exists,
+    // which shows it ran; the rows are untouched).
+    s.push("feat/seed", &sha(2)).await;
+    s.wait("feat/seed", "ready at the new commit", |e| {
+        e.status == Status::Ready && e.deployed_sha.as_ref().is_some_and(|x| x.as_str() == sha(2))
+    })
+    .await;
+    assert_eq!(s.hook.seen().len(), 1, "an update does not seed");
+    let r = reqwest::Client::new()
+        .post(s.t.url(&format!("/api/environments/{}/reseed", env.id)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("reseed");
+    assert_eq!(r.status(), 202);
+    let failed = s.wait("feat/seed", "failed at the SQL step", |e| e.status == Status::Failed).await;
+    let error = failed.last_error.expect("an error");
+    assert!(
+        error.contains("seed step 1 of 3") && error.contains("already exists") && error.contains("reseed"),
+        "{error}"
+    );
+    assert!(!error.contains("hunter2"), "{error}");
+    sqlx::query(&format!("DROP TABLE {}", s.table)).execute(&pg).await.expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_hook_fails_the_environment_and_its_deployment() {
+    let mut s = start_seeded(500).await;
+    s.push("feat/hook", &sha(1)).await;
+    let env = s.wait("feat/hook", "failed", |e| e.status == Status::Failed).await;
+    let error = env.last_error.clone().expect("an error");
+    assert!(
+        error.contains("seed step 2 of 3") && error.contains("HTTP 500") && error.contains("3 attempts"),
+        "{error}"
+    );
+    assert!(!error.contains("do-not-log-me"), "the hook's query stays out of errors: {error}");
+    assert_eq!(s.hook.seen().len(), 3, "bounded retries");
+    let stack = s.t.stack(&env.stack_name).await;
+    assert!(stack.is_some(), "the environment is not torn down");
+    let statuses = eventually("a failure status", || {
+        let d = s.t.github.deployments(SEEDED);
+        let id = d.first()?["id"].as_u64()?;
+        let st = s.t.github.deployment_statuses(SEEDED, id);
+        (st.last()?["state"] == "failure").then_some(st)
+    })
+    .await;
+    let description = statuses.last().expect("status")["description"].as_str().expect("text").to_owned();
+    assert!(description.chars().count() <= 140 && description.contains("seed step 2"), "{description}");
+    assert!(statuses.last().expect("status")["log_url"].is_null(), "no public_url configured");
+    let pg = postgres().await;
+    sqlx::query(&format!("DROP TABLE {}", s.table)).execute(&pg).await.expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_limits_and_outages_delay_feedback_never_provisioning() {
+    let mut t = TestEnv::start_custom(&Options { github: FEEDBACK, ..Options::default() }).await;
+    t.github.open_pull(REPO, 3, "feature/slow");
+    t.github.inject(Target::Writes, Fault::RetryAfter { status: 403, seconds: 1 }, 1);
+    t.github.inject(Target::Deployments, Fault::Status(500), 2);
+    t.github.inject(Target::Pulls, Fault::RateLimited { status: 429 }, 1);
+    assert_eq!(t.push("feature/slow", &sha(1)).await, 202);
+    t.ready("feature/slow", &sha(1)).await;
+    // Everything arrives in the end, once each, in order.
+    eventually("feedback complete", || {
+        let log = t.github.feedback_log(REPO);
+        (log.iter().any(|l| l.ends_with(" success")) && log.iter().any(|l| l.starts_with("comment"))).then_some(())
+    })
+    .await;
+    let env = t.wait_for("feature/slow", "told GitHub everything", |e| e.feedback_due.is_none()).await;
+    let log = t.github.feedback_log(REPO);
+    let deploy_log: Vec<_> = log.iter().filter(|l| !l.starts_with("comment")).collect();
+    assert!(deploy_log[0].starts_with("deployment ") && deploy_log[1].ends_with(" in_progress"), "{log:?}");
+    assert!(deploy_log[2].ends_with(" success"), "{log:?}");
+    assert_eq!(log.iter().filter(|l| l.starts_with("comment create 3 ")).count(), 1, "{log:?}");
+    assert_eq!(env.feedback_error, None);
+    let events = t.store.events(env.id, 100).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "github" && e.message.contains("rate limited")), "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_app_gets_installation_tokens_and_renews_them() {
+    use rsa::pkcs1::EncodeRsaPrivateKey as _;
+    use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
+
+    let fake = previewd_testkit::FakeGitHub::start("/api/v3").await;
+    fake.set_branch(REPO, "main", &sha(1));
+    let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("an RSA key");
+    let private_pem = key.to_pkcs1_pem(LineEnding::LF).expect("PEM").to_string();
+    let public_pem = key.to_public_key().to_public_key_pem(LineEnding::LF).expect("PEM");
+    fake.enable_app(4242, &public_pem, Duration::from_secs(3));
+
+    // The key as a file, as PREVIEWD_GITHUB_APP_KEY names it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem_path = dir.path().join("app.pem");
+    std::fs::write(&pem_path, &private_pem).expect("key file");
+    let config = previewd::Config::load(None, |name| match name {
+        "PREVIEWD_GITHUB_APP_ID" => Some("4242".to_owned()),
+        "PREVIEWD_GITHUB_APP_KEY" => Some(pem_path.display().to_string()),
+        _ => None,
+    })
+    .expect("configuration");
+    let credentials = config.github_credentials().expect("credentials");
+    assert!(!format!("{credentials:?}").contains("PRIVATE KEY"), "the key never shows in Debug");
+
+    let github = previewd_github::GitHub::new(&fake.api_url(), &credentials, Duration::from_secs(2))
+        .expect("client")
+        .with_refresh_margin(Duration::from_secs(1));
+    let repo = previewd_domain::RepoName::new(REPO).expect("repo");
+    let main = previewd_domain::BranchName::new("main").expect("branch");
+    let head = github.branch_head(&repo, &main).await.expect("an answer");
+    assert_eq!(head.map(|h| h.to_string()), Some(sha(1)));
+    assert!(github.repo_visible(&repo).await.expect("an answer"));
+    assert_eq!(fake.tokens_issued(), 1, "one token for both calls");
+    // Within a second of its expiry (3 s), the token is renewed before the next call.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert!(github.branch_head(&repo, &main).await.expect("an answer").is_some());
+    assert_eq!(fake.tokens_issued(), 2, "renewed");
+    assert_eq!(fake.unauthenticated_count(), 0);
+
+    // Without credentials the App-only fake refuses, and the refusal is an error, not "no branch".
+    let anonymous =
+        previewd_github::GitHub::new(&fake.api_url(), &previewd_github::Credentials::None, Duration::from_secs(2))
+            .expect("client");
+    assert!(anonymous.branch_head(&repo, &main).await.is_err());
+}

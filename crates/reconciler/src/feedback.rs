@@ -1,0 +1,307 @@
+//! Telling GitHub what became of each environment, on its own loop so that GitHub being slow, down or
+//! rate-limiting never delays provisioning.
+//!
+//! Level-triggered like the reconciler: every write of an environment's observed state marks it due
+//! (durably, in the same transaction); this loop compares what GitHub was last told (the deployment, its
+//! last state, each comment's hash) with the environment now and sends only the difference. A commit
+//! superseded before it was reported is never reported (its statuses are coalesced away); a restart
+//! resumes from the record; a deployment or comment whose creation answer was lost is found again, never
+//! duplicated.
+
+use std::time::Duration;
+
+use previewd_domain::{CommitSha, Desired, Status};
+use previewd_github::{DeploymentState, DeploymentStatus};
+use previewd_store::{DeploymentRecord, EnvRecord, PrComment, now_ms};
+use sha2::{Digest, Sha256};
+
+use crate::{Inner, ReconcileError};
+
+/// Environments taken per look at the store.
+const BATCH: i64 = 20;
+/// How often the loop looks for due feedback when nothing woke it.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// The loop: until `shutdown`, tells GitHub about every environment that is due.
+pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(setup) = &inner.setup.feedback else { return };
+    let mut paused_until = 0i64;
+    let mut last_write = tokio::time::Instant::now() - setup.write_gap;
+    loop {
+        let now = now_ms();
+        let due = if now < paused_until { Ok(Vec::new()) } else { inner.store.feedback_due(now, BATCH).await };
+        let due = due.unwrap_or_else(|e| {
+            tracing::warn!(error = ?e, "cannot read due feedback");
+            Vec::new()
+        });
+        for id in &due {
+            if *shutdown.borrow() {
+                return;
+            }
+            match tell(inner, *id, setup, &mut last_write).await {
+                Ok(()) => {}
+                Err(e) => {
+                    let retry_after = match &e {
+                        ReconcileError::GitHub(g) => g.retry_after(),
+                        _ => None,
+                    };
+                    if let Some(wait) = retry_after {
+                        // GitHub asked everyone to wait: nothing is sent before then.
+                        paused_until = now_ms() + wait.as_millis() as i64;
+                    }
+                    failed(inner, *id, &e, retry_after).await;
+                    if retry_after.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        if due.len() as i64 == BATCH && now_ms() >= paused_until {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn failed(inner: &Inner, id: i64, e: &ReconcileError, retry_after: Option<Duration>) {
+    let retries = inner.store.get(id).await.ok().flatten().map_or(0, |env| env.feedback_retries);
+    // The reconciler's backoff: from `retry_min`, doubling, up to `retry_max`.
+    let t = &inner.setup.tuning;
+    let wait = retry_after.unwrap_or_else(|| {
+        let exp = retries.clamp(0, 16) as u32;
+        crate::jitter(t.retry_min.saturating_mul(2u32.saturating_pow(exp)).min(t.retry_max))
+    });
+    let message =
+        format!("GitHub feedback: {e}; trying again in {}", crate::reconcile::humanize(wait.as_millis() as i64));
+    tracing::warn!(env_id = id, error = %e, "GitHub feedback failed");
+    if let Err(e) =
+        inner.store.feedback_failed(id, now_ms() + wait.as_millis() as i64, retry_after.is_none(), &message).await
+    {
+        tracing::warn!(error = ?e, "cannot record a feedback failure");
+    }
+}
+
+/// The commit and the state GitHub should show for the environment now; `None`: nothing to report
+/// (a `-no-infra` or skipped branch, or a push whose commit is not known yet).
+fn target(env: &EnvRecord) -> Option<(Option<CommitSha>, DeploymentState)> {
+    let desired_sha = match &env.desired {
+        Desired::Present { sha } => sha.clone(),
+        Desired::Absent => None,
+    };
+    match env.status {
+        Status::Skipped => None,
+        Status::Deleting | Status::Deleted => Some((None, DeploymentState::Inactive)),
+        Status::Ready => Some((env.deployed_sha.clone(), DeploymentState::Success)),
+        Status::Failed => Some((desired_sha.or(env.deployed_sha.clone()), DeploymentState::Failure)),
+        Status::Pending | Status::Provisioning => desired_sha.map(|s| (Some(s), DeploymentState::InProgress)),
+    }
+}
+
+/// GitHub's environment name for a branch's previews.
+pub(crate) fn environment_name(env: &EnvRecord) -> String {
+    format!("preview/{}", env.branch)
+}
+
+/// Waits out the gap GitHub's secondary limit asks between content-creating requests.
+async fn pace(setup: &crate::FeedbackSetup, last_write: &mut tokio::time::Instant) {
+    tokio::time::sleep_until(*last_write + setup.write_gap).await;
+    *last_write = tokio::time::Instant::now();
+}
+
+async fn tell(
+    inner: &Inner,
+    id: i64,
+    setup: &crate::FeedbackSetup,
+    last_write: &mut tokio::time::Instant,
+) -> Result<(), ReconcileError> {
+    let Some(env) = inner.store.get(id).await? else { return Ok(()) };
+    let rev = env.observed_rev;
+    let log_url =
+        setup.dashboard_url.as_ref().map(|base| format!("{}/environments/{}", base.trim_end_matches('/'), env.id));
+    if let Some((sha, state)) = target(&env) {
+        deployment(inner, &env, sha, state, log_url.clone(), setup, last_write).await?;
+    }
+    if !matches!(env.status, Status::Skipped) {
+        comments(inner, &env, log_url.as_deref(), setup, last_write).await?;
+    }
+    inner.store.feedback_done(id, rev).await?;
+    Ok(())
+}
+
+async fn deployment(
+    inner: &Inner,
+    env: &EnvRecord,
+    sha: Option<CommitSha>,
+    state: DeploymentState,
+    log_url: Option<String>,
+    setup: &crate::FeedbackSetup,
+    last_write: &mut tokio::time::Instant,
+) -> Result<(), ReconcileError> {
+    let github = &inner.github;
+    let mut current = env.deployment.clone();
+    let post = |state: DeploymentState| {
+        let description = match state {
+            DeploymentState::InProgress => format!("previewd is provisioning {}", env.branch),
+            DeploymentState::Success => format!("ready at {}", env.url.as_deref().unwrap_or(&env.dns_name)),
+            DeploymentState::Failure => env.last_error.clone().unwrap_or_else(|| "the environment failed".to_owned()),
+            DeploymentState::Inactive => "the environment is torn down".to_owned(),
+        };
+        DeploymentStatus {
+            state,
+            environment_url: (state == DeploymentState::Success).then(|| env.url.clone()).flatten(),
+            log_url: log_url.clone(),
+            description,
+        }
+    };
+    let Some(sha) = sha else {
+        // Torn down: the last deployment goes inactive (nothing was ever reported: nothing to say).
+        if let Some(d) = current.filter(|d| d.state.as_deref() != Some(DeploymentState::Inactive.as_str())) {
+            pace(setup, last_write).await;
+            github.create_deployment_status(&env.repo, d.id as u64, &post(DeploymentState::Inactive)).await?;
+            let d = DeploymentRecord { state: Some(DeploymentState::Inactive.as_str().to_owned()), ..d };
+            inner.store.set_deployment(env.id, &d).await?;
+        }
+        return Ok(());
+    };
+    if current.as_ref().is_none_or(|d| d.sha != sha) {
+        let environment = environment_name(env);
+        let id = match github.find_deployment(&env.repo, &sha, &environment).await? {
+            Some(id) => id,
+            None => {
+                pace(setup, last_write).await;
+                let description = format!("previewd: {} at {}", env.branch, sha.short());
+                github.create_deployment(&env.repo, &sha, &environment, &description).await?
+            }
+        };
+        let d = DeploymentRecord { sha: sha.clone(), id: id as i64, state: None };
+        inner.store.set_deployment(env.id, &d).await?;
+        current = Some(d);
+    }
+    let Some(mut d) = current else { return Ok(()) };
+    // Every deployment shows `in_progress` first, then where it ended.
+    let mut steps = Vec::new();
+    if d.state.is_none() {
+        steps.push(DeploymentState::InProgress);
+    }
+    if state != DeploymentState::InProgress && d.state.as_deref() != Some(state.as_str()) {
+        steps.push(state);
+    }
+    for step in steps {
+        pace(setup, last_write).await;
+        github.create_deployment_status(&env.repo, d.id as u64, &post(step)).await?;
+        d.state = Some(step.as_str().to_owned());
+        inner.store.set_deployment(env.id, &d).await?;
+    }
+    Ok(())
+}
+
+/// The marker that finds previewd's comment again (after a restart, or a lost answer).
+pub(crate) fn marker(inner: &Inner, env: &EnvRecord) -> String {
+    format!("<!-- previewd:{}:{} -->", inner.setup.owner, env.env_key)
+}
+
+/// `text` as Markdown shows it literally: punctuation escaped, HTML and mentions defused, one line.
+pub(crate) fn markdown_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '@' => out.push_str("&#64;"),
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_ascii_punctuation() => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn comment_body(inner: &Inner, env: &EnvRecord, log_url: Option<&str>) -> String {
+    let mut rows = vec![("Branch", markdown_text(env.branch.as_str()))];
+    let url = match (&env.url, env.status) {
+        (Some(url), Status::Ready | Status::Provisioning) => format!("<{}>", url.replace(['<', '>', ' '], "")),
+        _ => "—".to_owned(),
+    };
+    rows.push(("URL", url));
+    rows.push(("Status", format!("**{}**", env.status)));
+    let sha = if env.status == Status::Ready { env.deployed_sha.clone() } else { None }.or(match &env.desired {
+        Desired::Present { sha } => sha.clone(),
+        Desired::Absent => env.deployed_sha.clone(),
+    });
+    rows.push(("Commit", sha.map_or_else(|| "—".to_owned(), |s| format!("`{}`", s.short()))));
+    let seed = match (env.seeded_at, env.seed_log.last()) {
+        (Some(_), _) => format!("seeded ({} steps)", env.seed_log.len()),
+        (None, Some(last)) if last.outcome == "failed" => {
+            format!("step {} ({}) failed", last.step + 1, markdown_text(&last.name))
+        }
+        (None, Some(_)) if env.seed_pending => "seeding…".to_owned(),
+        (None, None) if env.seed_pending => "waiting for the stack".to_owned(),
+        _ => "—".to_owned(),
+    };
+    rows.push(("Test data", seed));
+    if let Some(e) = &env.last_error {
+        rows.push(("Last error", markdown_text(&previewd_github::truncate(e, 500))));
+    }
+    if let Some(url) = log_url {
+        rows.push(("Details", format!("[previewd dashboard]({url})")));
+    }
+    let table: Vec<String> = rows.iter().map(|(k, v)| format!("| {k} | {v} |")).collect();
+    format!("{}\n### Preview environment\n\n| | |\n|---|---|\n{}\n", marker(inner, env), table.join("\n"))
+}
+
+async fn comments(
+    inner: &Inner,
+    env: &EnvRecord,
+    log_url: Option<&str>,
+    setup: &crate::FeedbackSetup,
+    last_write: &mut tokio::time::Instant,
+) -> Result<(), ReconcileError> {
+    let github = &inner.github;
+    let pulls = github.open_pulls(&env.repo, &env.branch).await?;
+    if pulls.is_empty() {
+        return Ok(());
+    }
+    let body = comment_body(inner, env, log_url);
+    let hash = format!("{:x}", Sha256::digest(body.as_bytes()));
+    let known = inner.store.pr_comments(env.id).await?;
+    let marker = marker(inner, env);
+    for number in pulls {
+        let mine = known.iter().find(|c| c.pr_number == number as i64);
+        if mine.is_some_and(|c| c.body_hash == hash) {
+            continue;
+        }
+        let mut comment_id = mine.map(|c| c.comment_id as u64);
+        if comment_id.is_none() {
+            comment_id = github.find_comment(&env.repo, number, &marker).await?;
+        }
+        pace(setup, last_write).await;
+        let id = match comment_id {
+            Some(id) if github.edit_comment(&env.repo, id, &body).await? => id,
+            // Never made, or deleted by a person since: made (again).
+            _ => github.create_comment(&env.repo, number, &body).await?,
+        };
+        let c = PrComment { pr_number: number as i64, comment_id: id as i64, body_hash: hash.clone() };
+        inner.store.set_pr_comment(env.id, &c).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_shows_hostile_text_literally() {
+        let s = markdown_text("<img src=x onerror=alert(1)> **bold** [a](b) @team `x`\n# h");
+        assert!(!s.contains('<') && !s.contains('@') && !s.contains('\n'), "{s}");
+        assert!(s.contains("\\*\\*bold\\*\\*") && s.contains("\\[a\\]\\(b\\)") && s.contains("\\`x\\`"), "{s}");
+    }
+}
