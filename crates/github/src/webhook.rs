@@ -55,6 +55,11 @@ pub enum WebhookEvent {
         display: String,
         branch: BranchName,
     },
+    /// A pull request from the branch was opened (or reopened): it should get previewd's comment.
+    PullRequestOpened {
+        repo: RepoName,
+        branch: BranchName,
+    },
     /// Acknowledged and otherwise ignored: tags, other events.
     Ignored {
         reason: String,
@@ -64,7 +69,9 @@ pub enum WebhookEvent {
 impl WebhookEvent {
     pub fn repo(&self) -> Option<&RepoName> {
         match self {
-            WebhookEvent::BranchPresent { repo, .. } | WebhookEvent::BranchDeleted { repo, .. } => Some(repo),
+            WebhookEvent::BranchPresent { repo, .. }
+            | WebhookEvent::BranchDeleted { repo, .. }
+            | WebhookEvent::PullRequestOpened { repo, .. } => Some(repo),
             _ => None,
         }
     }
@@ -107,6 +114,26 @@ struct RefPayload {
     repository: Repository,
 }
 
+#[derive(Deserialize)]
+struct PullRequestPayload {
+    action: String,
+    pull_request: PullRequest,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    head: Head,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    /// `null` when the fork it came from was deleted.
+    repo: Option<Repository>,
+}
+
 /// Parses a verified body for the `X-GitHub-Event` name `event`.
 pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, ParseError> {
     let json_err = |source| ParseError::Json { event: event.to_owned(), source };
@@ -145,6 +172,24 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, ParseError>
             } else {
                 WebhookEvent::BranchDeleted { repo, display, branch }
             })
+        }
+        "pull_request" => {
+            let p: PullRequestPayload = serde_json::from_slice(body).map_err(json_err)?;
+            if !matches!(p.action.as_str(), "opened" | "reopened") {
+                return Ok(WebhookEvent::Ignored { reason: format!("pull request {}", clip(&p.action)) });
+            }
+            let repo = repo(&p.repository)?;
+            // A fork's branch of the same name is not the branch previewd provisions.
+            let same = p
+                .pull_request
+                .head
+                .repo
+                .as_ref()
+                .is_some_and(|h| h.full_name.eq_ignore_ascii_case(&p.repository.full_name));
+            if !same {
+                return Ok(WebhookEvent::Ignored { reason: "pull request from a fork".into() });
+            }
+            Ok(WebhookEvent::PullRequestOpened { repo, branch: branch(&p.pull_request.head.git_ref)? })
         }
         other => Ok(WebhookEvent::Ignored { reason: format!("event {} is not handled", clip(other)) }),
     }
@@ -210,6 +255,30 @@ mod tests {
             WebhookEvent::Ignored { .. }
         ));
         assert!(matches!(parse_event("issues", b"{}").expect("parses"), WebhookEvent::Ignored { .. }));
+    }
+
+    #[test]
+    fn pull_requests_from_the_repository_itself() {
+        let pr = |action: &str, head_repo: &str| {
+            format!(
+                r#"{{"action":"{action}","number":7,"pull_request":{{"head":{{"ref":"feature/x","repo":{head_repo}}}}},"repository":{{"full_name":"Acme/Shop"}}}}"#
+            )
+        };
+        assert_eq!(
+            parse_event("pull_request", pr("opened", r#"{"full_name":"acme/shop"}"#).as_bytes()).expect("parses"),
+            WebhookEvent::PullRequestOpened {
+                repo: RepoName::new("acme/shop").expect("repo"),
+                branch: BranchName::new("feature/x").expect("branch"),
+            }
+        );
+        for (action, head) in [
+            ("opened", r#"{"full_name":"someone/shop"}"#),
+            ("opened", "null"),
+            ("closed", r#"{"full_name":"acme/shop"}"#),
+        ] {
+            let parsed = parse_event("pull_request", pr(action, head).as_bytes()).expect("parses");
+            assert!(matches!(parsed, WebhookEvent::Ignored { .. }), "{action} {head}: {parsed:?}");
+        }
     }
 
     #[test]

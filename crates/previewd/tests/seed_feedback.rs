@@ -59,6 +59,16 @@ async fn fixtures_once_deployments_in_order_and_one_comment_edited_in_place() {
     assert_eq!(keys, ["fixtures/README.txt", "fixtures/products/catalog.json"]);
     let puts = t.proxy.calls().iter().filter(|c| c.action == "PutObject").count();
 
+    // The API and the environment's page show each step.
+    let api: serde_json::Value =
+        reqwest::get(t.url(&format!("/api/environments/{}", env.id))).await.expect("api").json().await.expect("json");
+    assert_eq!(api["seed"][0]["outcome"], "ok");
+    assert_eq!(api["seeding"], false);
+    assert!(api["seeded_at"].is_string());
+    let page =
+        reqwest::get(t.url(&format!("/environments/{}", env.id))).await.expect("page").text().await.expect("html");
+    assert!(page.contains("Seed steps") && page.contains("objects into bucket"), "{page}");
+
     // GitHub: a deployment of the commit, in_progress then success, and one comment.
     let log = eventually("success and a comment", || {
         let log = t.github.feedback_log(REPO);
@@ -178,13 +188,20 @@ impl Hook {
 
 /// A blueprint of the test's own: an ECS cluster and task definition and a bucket, with SQL, hook and
 /// ECS seed steps. SQL goes to the local PostgreSQL, into a table of this test's own.
-fn seeded_blueprint(dir: &std::path::Path, table: &str, hook_url: &str, secret_arn: &str) {
+fn seeded_blueprint(dir: &std::path::Path, table: &str, hook_url: &str, secret_arn: &str, source: &str) {
     let bp = dir.join("seeded");
     std::fs::create_dir_all(bp.join("seed")).expect("mkdir");
     std::fs::write(
         bp.join("blueprint.toml"),
         r#"description = "Seeding under test."
 overridable = []
+
+[[seed]]
+name = "data set"
+kind = "s3_copy"
+from = "s3://SOURCE/sets/small/"
+bucket = { output = "BucketName" }
+prefix = "data/"
 
 [[seed]]
 name = "rows"
@@ -208,7 +225,8 @@ task_definition = { output = "SeedTaskDefinition" }
 container = "seed"
 command = ["bin/seed", "--sample", "it's; rm -rf /"]
 subnets = { output = "Subnets" }
-"#,
+"#
+        .replace("SOURCE", source),
     )
     .expect("blueprint");
     std::fs::write(
@@ -277,7 +295,8 @@ async fn start_seeded(hook_status: u16) -> Seeded {
     let stacks = tempfile::tempdir().expect("tempdir");
     std::os::unix::fs::symlink(previewd_testkit::workspace_root().join("stacks/webapp"), stacks.path().join("webapp"))
         .expect("symlink");
-    seeded_blueprint(stacks.path(), &table, &hook_url, &secret);
+    let source = format!("seed-source-{:08x}", fastrand::u32(..));
+    seeded_blueprint(stacks.path(), &table, &hook_url, &secret, &source);
     let t = TestEnv::start_custom(&Options {
         github: FEEDBACK,
         top: &format!("dashboard_token = \"{TOKEN}\"\n[seed]\nhook_secret = \"{HOOK_SECRET}\""),
@@ -294,6 +313,12 @@ async fn start_seeded(hook_status: u16) -> Seeded {
         .send()
         .await
         .expect("secret");
+    // A data set kept in S3, two objects under the prefix and one beside it.
+    let s3 = t.s3().await;
+    s3.create_bucket().bucket(&source).send().await.expect("bucket");
+    for key in ["sets/small/a.json", "sets/small/nested/b.json", "sets/large/c.json"] {
+        s3.put_object().bucket(&source).key(key).body(b"{}".to_vec().into()).send().await.expect("object");
+    }
     t.github.set_branch(SEEDED, "main", &"f".repeat(40));
     Seeded { t, hook, table, _stacks: stacks }
 }
@@ -340,12 +365,17 @@ impl Seeded {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_hook_and_ecs_steps_run_once_in_order() {
+async fn s3_sql_hook_and_ecs_steps_run_once_in_order() {
     let mut s = start_seeded(200).await;
     s.push("feat/seed", &sha(1)).await;
     let env = s.wait("feat/seed", "ready", |e| e.status == Status::Ready).await;
     let outcomes: Vec<_> = env.seed_log.iter().map(|o| (o.kind.as_str(), o.outcome.as_str())).collect();
-    assert_eq!(outcomes, [("sql", "ok"), ("http", "ok"), ("ecs_task", "ok")], "{:#?}", env.seed_log);
+    assert_eq!(outcomes, [("s3_copy", "ok"), ("sql", "ok"), ("http", "ok"), ("ecs_task", "ok")], "{:#?}", env.seed_log);
+
+    // The data set, copied from its S3 prefix.
+    let stack = s.t.stack(&env.stack_name).await.expect("stack");
+    let keys = bucket_keys(&s.t, &stack.outputs["BucketName"]).await;
+    assert_eq!(keys, ["data/a.json", "data/nested/b.json"]);
 
     // The SQL rows, in the local PostgreSQL.
     let pg = postgres().await;
@@ -369,7 +399,6 @@ async fn sql_hook_and_ecs_steps_run_once_in_order() {
     let runs: Vec<_> = s.t.proxy.calls().into_iter().filter(|c| c.action == "RunTask").collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let ecs = aws_sdk_ecs::Client::new(&s.t.sdk_config().await);
-    let stack = s.t.stack(&env.stack_name).await.expect("stack");
     let cluster = &stack.outputs["ClusterName"];
     let tasks = ecs.list_tasks().cluster(cluster).send().await.expect("tasks");
     let arns = tasks.task_arns().to_vec();
@@ -395,7 +424,7 @@ async fn sql_hook_and_ecs_steps_run_once_in_order() {
     let failed = s.wait("feat/seed", "failed at the SQL step", |e| e.status == Status::Failed).await;
     let error = failed.last_error.expect("an error");
     assert!(
-        error.contains("seed step 1 of 3") && error.contains("already exists") && error.contains("reseed"),
+        error.contains("seed step 2 of 4") && error.contains("already exists") && error.contains("reseed"),
         "{error}"
     );
     assert!(!error.contains("hunter2"), "{error}");
@@ -409,7 +438,7 @@ async fn a_failing_hook_fails_the_environment_and_its_deployment() {
     let env = s.wait("feat/hook", "failed", |e| e.status == Status::Failed).await;
     let error = env.last_error.clone().expect("an error");
     assert!(
-        error.contains("seed step 2 of 3") && error.contains("HTTP 500") && error.contains("3 attempts"),
+        error.contains("seed step 3 of 4") && error.contains("HTTP 500") && error.contains("3 attempts"),
         "{error}"
     );
     assert!(!error.contains("do-not-log-me"), "the hook's query stays out of errors: {error}");
@@ -424,7 +453,7 @@ async fn a_failing_hook_fails_the_environment_and_its_deployment() {
     })
     .await;
     let description = statuses.last().expect("status")["description"].as_str().expect("text").to_owned();
-    assert!(description.chars().count() <= 140 && description.contains("seed step 2"), "{description}");
+    assert!(description.chars().count() <= 140 && description.contains("seed step 3"), "{description}");
     assert!(statuses.last().expect("status")["log_url"].is_null(), "no public_url configured");
     let pg = postgres().await;
     sqlx::query(&format!("DROP TABLE {}", s.table)).execute(&pg).await.expect("drop");
@@ -501,4 +530,34 @@ async fn a_github_app_gets_installation_tokens_and_renews_them() {
         previewd_github::GitHub::new(&fake.api_url(), &previewd_github::Credentials::None, Duration::from_secs(2))
             .expect("client");
     assert!(anonymous.branch_head(&repo, &main).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_opened_later_gets_the_comment_with_the_branch_escaped() {
+    let mut t = TestEnv::start_custom(&Options { github: FEEDBACK, ..Options::default() }).await;
+    let branch = "feat/<img_src=x>@team|#1";
+    assert_eq!(t.push(branch, &sha(1)).await, 202);
+    let env = t.ready(branch, &sha(1)).await;
+    t.wait_for(branch, "told GitHub", |e| e.feedback_due.is_none() && e.observed_rev == env.observed_rev).await;
+    assert!(t.github.comments(REPO, 12).is_empty());
+
+    t.github.open_pull(REPO, 12, branch);
+    let body = serde_json::json!({
+        "action": "opened",
+        "number": 12,
+        "pull_request": { "number": 12, "head": { "ref": branch, "repo": { "full_name": REPO } } },
+        "repository": { "full_name": REPO },
+    });
+    let body = serde_json::to_vec(&body).expect("json");
+    assert_eq!(t.deliver("pull_request", &body, None, Some("pr-12")).await, 202);
+    assert_eq!(t.deliver("pull_request", &body, None, Some("pr-12")).await, 200, "a duplicate");
+    let comments = eventually("the comment", || {
+        let c = t.github.comments(REPO, 12);
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(comments.len(), 1);
+    let text = &comments[0].1;
+    assert!(text.contains("&lt;img") && !text.contains("<img") && !text.contains("@team"), "{text}");
+    assert!(text.contains(r"| Branch | feat\/&lt;img\_src\=x&gt;&#64;team\|\#1 |"), "{text}");
 }

@@ -445,7 +445,12 @@ impl Reconciler {
                 let exp = observed.retries.clamp(1, 16) as u32 - 1;
                 let base = t.retry_min.saturating_mul(2u32.saturating_pow(exp)).min(t.retry_max);
                 tracing::warn!(error = ?error, retries = observed.retries, "will retry");
-                Some(jitter(base))
+                // GitHub said when: not before then.
+                let asked = match &error {
+                    ReconcileError::GitHub(g) => g.retry_after(),
+                    _ => None,
+                };
+                Some(jitter(base).max(asked.unwrap_or_default()))
             }
             true => {
                 observed.status = previewd_domain::Status::Failed;

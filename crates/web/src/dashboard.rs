@@ -260,10 +260,27 @@ pub(crate) async fn environment(
             tr { th { "Created" } td { (v.created_at) } }
             tr { th { "Last change" } td { (v.updated_at) } }
             @if let Some(err) = &v.last_error { tr { th { "Last error" } td.error { (err) } } }
+            tr { th { "Test data" } td {
+                @match (&v.seeded_at, v.seeding) {
+                    (_, true) => "seeding…",
+                    (Some(at), false) => { "seeded " (at) },
+                    (None, false) => span.muted { "—" },
+                }
+            } }
+            @if let Some(err) = &v.github_error { tr { th { "GitHub" } td.error { (err) } } }
+        }
+        @if !v.seed.is_empty() {
+            h2 { "Seed steps" }
+            table {
+                tr { th { "Step" } th { "Kind" } th { "Outcome" } th { "Detail" } th { "At" } }
+                @for o in &v.seed {
+                    tr { td { (o.step + 1) " " (o.name) } td { code { (o.kind) } } td class={ "status " (if o.outcome == "failed" { "failed" } else { "ready" }) } { (o.outcome) } td { (o.detail) } td { (crate::rfc3339(o.at)) } }
+                }
+            }
         }
         @if actions {
             p.actions {
-                @for action in ["redeploy", "destroy", "keep"] {
+                @for action in ["redeploy", "reseed", "destroy", "keep"] {
                     button data-action=(action) { (action) } " "
                 }
             }

@@ -154,6 +154,9 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
         WebhookEvent::BranchDeleted { repo, display, branch } => {
             (repo, display, branch, Desired::Absent, format!("{event}: branch deleted (delivery {delivery})"))
         }
+        WebhookEvent::PullRequestOpened { repo, branch } => {
+            return pull_request_opened(state, event, delivery, repo, branch).await;
+        }
     };
     let Some(zone) = state.repos.get(&repo) else {
         tracing::info!(%repo, "repository not configured: ignored");
@@ -183,6 +186,50 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
         Err(e) => {
             tracing::error!(error = ?e, "cannot record webhook");
             // Not acknowledged: GitHub shows the delivery as failed and it can be redelivered.
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event now").into_response()
+        }
+    }
+}
+
+/// A pull request from a branch with an environment: GitHub is to be told about that environment again,
+/// so the new pull request gets its comment. Nothing else changes.
+async fn pull_request_opened(
+    state: &AppState,
+    event: &str,
+    delivery: &str,
+    repo: RepoName,
+    branch: previewd_domain::BranchName,
+) -> Response {
+    if !state.repos.contains_key(&repo) {
+        state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::OK, format!("ignored: repository {repo} is not configured")).into_response();
+    }
+    // Marked before the delivery is recorded: a crash between the two leaves a redelivery to mark it again
+    // (harmless), never a recorded delivery whose mark was lost.
+    let touched = match state.store.find(&repo, &branch).await {
+        Ok(Some(env)) => state.store.touch_feedback(env.id).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    let recorded = match touched {
+        Ok(()) => state.store.record_webhook(delivery, event, None).await.map(|r| r == Recorded::Duplicate),
+        Err(e) => Err(e),
+    };
+    let recorded = match recorded {
+        Ok(true) => {
+            state.metrics.duplicate.fetch_add(1, Ordering::Relaxed);
+            return (StatusCode::OK, "duplicate delivery: already recorded").into_response();
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match recorded {
+        Ok(()) => {
+            state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::ACCEPTED, "recorded").into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot record webhook");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event now").into_response()
         }
     }
