@@ -37,6 +37,8 @@ pub struct TaskRequest {
     pub assign_public_ip: bool,
     /// Shown by ECS as who started the task (at most 128 characters).
     pub started_by: String,
+    /// ECS starts one task per token (at most 64 characters): a retried request starts no second.
+    pub client_token: String,
 }
 
 impl Aws {
@@ -113,6 +115,7 @@ impl Aws {
             .cluster(&req.cluster)
             .task_definition(&req.task_definition)
             .count(1)
+            .client_token(req.client_token.chars().take(64).collect::<String>())
             .started_by(req.started_by.chars().take(128).collect::<String>())
             .overrides(
                 aws_sdk_ecs::types::TaskOverride::builder()

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use previewd_domain::{CommitSha, Desired, Status};
-use previewd_github::{DeploymentState, DeploymentStatus};
+use previewd_github::{DeploymentState, DeploymentStatus, GithubError};
 use previewd_store::{DeploymentRecord, EnvRecord, PrComment, now_ms};
 use sha2::{Digest, Sha256};
 
@@ -19,6 +19,9 @@ use crate::{Inner, ReconcileError};
 
 /// Environments taken per look at the store.
 const BATCH: i64 = 20;
+/// How long a replica holds an environment's feedback while it tells GitHub (a replica that dies
+/// meanwhile hands it over after this).
+const CLAIM: Duration = Duration::from_secs(120);
 /// How often the loop looks for due feedback when nothing woke it.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -34,11 +37,20 @@ pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receive
             tracing::warn!(error = ?e, "cannot read due feedback");
             Vec::new()
         });
-        for id in &due {
+        for &(id, seen) in &due {
             if *shutdown.borrow() {
                 return;
             }
-            match tell(inner, *id, setup, &mut last_write).await {
+            // Replicas share the table: whoever claims the environment tells GitHub, the others skip it.
+            match inner.store.claim_feedback(id, seen, now_ms() + CLAIM.as_millis() as i64).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "cannot claim feedback");
+                    continue;
+                }
+            }
+            match tell(inner, id, setup, &mut last_write).await {
                 Ok(()) => {}
                 Err(e) => {
                     let retry_after = match &e {
@@ -49,7 +61,7 @@ pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receive
                         // GitHub asked everyone to wait: nothing is sent before then.
                         paused_until = now_ms() + wait.as_millis() as i64;
                     }
-                    failed(inner, *id, &e, retry_after).await;
+                    failed(inner, id, &e, retry_after).await;
                     if retry_after.is_some() {
                         break;
                     }
@@ -160,13 +172,31 @@ async fn deployment(
         // Torn down: the last deployment goes inactive (nothing was ever reported: nothing to say).
         if let Some(d) = current.filter(|d| d.state.as_deref() != Some(DeploymentState::Inactive.as_str())) {
             pace(setup, last_write).await;
-            github.create_deployment_status(&env.repo, d.id as u64, &post(DeploymentState::Inactive)).await?;
+            match github.create_deployment_status(&env.repo, d.id as u64, &post(DeploymentState::Inactive)).await {
+                Ok(()) | Err(GithubError::Status { status: 404, .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
             let d = DeploymentRecord { state: Some(DeploymentState::Inactive.as_str().to_owned()), ..d };
             inner.store.set_deployment(env.id, &d).await?;
         }
         return Ok(());
     };
     if current.as_ref().is_none_or(|d| d.sha != sha) {
+        // GitHub marks older deployments inactive only for non-transient environments: previewd does it
+        // for the commit it replaces.
+        if let Some(old) = current.take().filter(|d| d.state.as_deref() != Some(DeploymentState::Inactive.as_str())) {
+            pace(setup, last_write).await;
+            let mut superseded = post(DeploymentState::Inactive);
+            superseded.description = format!("superseded by {}", sha.short());
+            match github.create_deployment_status(&env.repo, old.id as u64, &superseded).await {
+                Ok(()) => {}
+                // Deleted on GitHub: nothing left to mark.
+                Err(GithubError::Status { status: 404, .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let old = DeploymentRecord { state: Some(DeploymentState::Inactive.as_str().to_owned()), ..old };
+            inner.store.set_deployment(env.id, &old).await?;
+        }
         let environment = environment_name(env);
         let id = match github.find_deployment(&env.repo, &sha, &environment).await? {
             Some(id) => id,
@@ -191,7 +221,13 @@ async fn deployment(
     }
     for step in steps {
         pace(setup, last_write).await;
-        github.create_deployment_status(&env.repo, d.id as u64, &post(step)).await?;
+        if let Err(e) = github.create_deployment_status(&env.repo, d.id as u64, &post(step)).await {
+            if matches!(e, GithubError::Status { status: 404, .. }) {
+                // Deleted on GitHub: forgotten, made again on the next turn.
+                inner.store.forget_deployment(env.id).await?;
+            }
+            return Err(e.into());
+        }
         d.state = Some(step.as_str().to_owned());
         inner.store.set_deployment(env.id, &d).await?;
     }
@@ -203,7 +239,8 @@ pub(crate) fn marker(inner: &Inner, env: &EnvRecord) -> String {
     format!("<!-- previewd:{}:{} -->", inner.setup.owner, env.env_key)
 }
 
-/// `text` as Markdown shows it literally: punctuation escaped, HTML and mentions defused, one line.
+/// `text` as Markdown shows it literally: punctuation escaped, HTML defused, one line; an `@` is followed
+/// by a zero-width space, so no name in a branch or an error mentions (notifies) anyone.
 pub(crate) fn markdown_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -211,7 +248,7 @@ pub(crate) fn markdown_text(text: &str) -> String {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '@' => out.push_str("&#64;"),
+            '@' => out.push_str("@\u{200B}"),
             '\n' | '\r' | '\t' => out.push(' '),
             c if c.is_ascii_punctuation() => {
                 out.push('\\');
@@ -301,7 +338,7 @@ mod tests {
     #[test]
     fn markdown_shows_hostile_text_literally() {
         let s = markdown_text("<img src=x onerror=alert(1)> **bold** [a](b) @team `x`\n# h");
-        assert!(!s.contains('<') && !s.contains('@') && !s.contains('\n'), "{s}");
+        assert!(!s.contains('<') && !s.contains("@team") && !s.contains('\n'), "{s}");
         assert!(s.contains("\\*\\*bold\\*\\*") && s.contains("\\[a\\]\\(b\\)") && s.contains("\\`x\\`"), "{s}");
     }
 }

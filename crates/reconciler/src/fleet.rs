@@ -114,6 +114,9 @@ pub(crate) fn differs(
             if !wanted || expired || desired_sha.is_some_and(|d| Some(d) != env.deployed_sha.as_ref()) {
                 return Some("asked for a change not yet made");
             }
+            if env.seed_pending {
+                return Some("seeding asked for and not done");
+            }
             let stack = stack?;
             let Some(s) = stack else { return Some("its stack is gone") };
             if s.tag(TAG_OWNER) != Some(owner) || s.tag(TAG_ENV) != Some(env.env_key.as_str()) {
@@ -243,6 +246,7 @@ mod tests {
             pushed_at: None,
             expired_at: None,
             seed_pending: false,
+            seed_requested_at: None,
             seed_step: 0,
             seed_task: None,
             seed_log: Vec::new(),

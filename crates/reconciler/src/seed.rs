@@ -24,6 +24,9 @@ pub const HOOK_SIGNATURE_HEADER: &str = "x-previewd-signature-256";
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts at a hook that answers 5xx, 429 or not at all, before the step fails.
 const HOOK_ATTEMPTS: usize = 3;
+/// Connection attempts at a seed step's database (each after the reconciler's backoff) before the step
+/// fails.
+const SQL_CONNECT_ATTEMPTS: i64 = 10;
 /// At most this many fixture files a step (a blueprint's folder, not a data set).
 const MAX_FIXTURE_FILES: usize = 10_000;
 
@@ -159,6 +162,14 @@ async fn run(inner: &Inner, cx: &SeedContext<'_>, step: &SeedStep) -> Result<Ste
                 security_groups: list(cx, &step_task.security_groups)?,
                 assign_public_ip: step_task.assign_public_ip,
                 started_by: format!("previewd/{}", cx.env.env_key),
+                // The same for every try at this step of this seeding: a retry after a lost answer starts
+                // no second task.
+                client_token: format!(
+                    "previewd-{}-{}-{}",
+                    cx.env.id,
+                    cx.env.seed_requested_at.unwrap_or_default(),
+                    cx.env.seed_step
+                ),
             };
             let arn = inner.aws.run_task(&req).await?;
             let progress =
@@ -244,7 +255,9 @@ async fn run_sql(
         .port(port)
         .database(database)
         .username(&credentials.username)
-        .password(&credentials.password);
+        .password(&credentials.password)
+        // TLS whenever the server offers it (RDS forces it from PostgreSQL 15 on).
+        .ssl_mode(sqlx::postgres::PgSslMode::Prefer);
     let mut scripts = Vec::new();
     for file in files {
         let path = cx.blueprint.dir.join(file);
@@ -255,6 +268,12 @@ async fn run_sql(
     let place = format!("{host}:{port}/{database}");
     match run_scripts(options, scripts, place.clone()).await {
         Ok(n) => Ok(StepResult::Done(format!("{n} SQL files run against {place}"))),
+        // A database just created may take a while to accept connections; one that never does is a
+        // network matter for a person (previewd must reach it: the same VPC, a security group rule).
+        Err(SqlFailure::Connect(why)) if cx.env.retries + 1 >= SQL_CONNECT_ATTEMPTS => Err(StepError::Failed(format!(
+            "{why} ({SQL_CONNECT_ATTEMPTS} attempts): previewd must be able to reach the database (run it in the \
+             VPC, or allow it in the database's security group)"
+        ))),
         Err(SqlFailure::Connect(why)) => Err(StepError::Transient(ReconcileError::Transient(why))),
         Err(SqlFailure::Failed(why)) => Err(StepError::Failed(why)),
     }
@@ -280,14 +299,15 @@ async fn run_scripts(
         Ok(Err(e)) => return Err(SqlFailure::Failed(format!("database {place} refused: {e}"))),
         Ok(Ok(conn)) => conn,
     };
+    // One transaction for the step: a step that fails leaves nothing behind, and runs whole next time.
+    let mut tx = conn.begin().await.map_err(|e| SqlFailure::Failed(e.to_string()))?;
     for (file, sql) in &scripts {
-        // One transaction a file: a file that fails leaves nothing behind, and runs whole next time.
-        let failed = |e: sqlx::Error| SqlFailure::Failed(format!("{file}: {e}"));
-        let mut tx = conn.begin().await.map_err(failed)?;
         // A plain string goes by the simple query protocol: a file of several statements runs as is.
-        sqlx::Executor::execute(&mut *tx, sql.as_str()).await.map_err(failed)?;
-        tx.commit().await.map_err(failed)?;
+        sqlx::Executor::execute(&mut *tx, sql.as_str())
+            .await
+            .map_err(|e| SqlFailure::Failed(format!("{file}: {e}")))?;
     }
+    tx.commit().await.map_err(|e| SqlFailure::Failed(e.to_string()))?;
     let _ = conn.close().await;
     Ok(scripts.len())
 }
@@ -303,9 +323,10 @@ struct HookBody<'a> {
     environment: &'a str,
 }
 
-/// Where a hook is, for messages: scheme, host and path, never a query (which may hold a token).
+/// Where a hook is, for messages (which reach pull-request comments): scheme and host only, as a path
+/// or a query may hold a token.
 fn hook_place(url: &reqwest::Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
+    format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""))
 }
 
 async fn call_hook(inner: &Inner, cx: &SeedContext<'_>, url: &str) -> Result<StepResult, StepError> {

@@ -91,6 +91,8 @@ pub struct EnvRecord {
     pub expired_at: Option<i64>,
     /// The blueprint's seed steps are to run (from the first create, or a reseed) until `seeded_at`.
     pub seed_pending: bool,
+    /// When seeding was last asked for.
+    pub seed_requested_at: Option<i64>,
     /// The next seed step (0-based), and the ECS task a running step waits for.
     pub seed_step: i64,
     pub seed_task: Option<String>,
@@ -282,7 +284,7 @@ pub fn now_ms() -> i64 {
 
 const ENV_COLUMNS: &str = "id, repo, repo_display, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
      desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, missing_since, \
-     keep, pushed_at, expired_at, seed_pending, seed_step, seed_task, seed_log, observed_rev, feedback_due, \
+     keep, pushed_at, expired_at, seed_pending, seed_requested_at, seed_step, seed_task, seed_log, observed_rev, feedback_due, \
      feedback_retries, feedback_error, deployment_sha, deployment_id, deployment_state, created_at, updated_at";
 
 /// What every write of observed state sets besides: GitHub is to be told; `$n` binds the time now.
@@ -333,6 +335,7 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
         pushed_at: get_oi("pushed_at")?,
         expired_at: get_oi("expired_at")?,
         seed_pending: get_i("seed_pending")? != 0,
+        seed_requested_at: get_oi("seed_requested_at")?,
         seed_step: get_i("seed_step")?,
         seed_task: get_os("seed_task")?,
         seed_log: match get_os("seed_log")? {
@@ -725,10 +728,11 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         let r = sqlx::query(&format!(
-            "UPDATE environments SET seed_pending = 1, seed_step = 0, seed_task = NULL, seed_log = NULL, \
-             seeded_at = NULL, updated_at = $1, {} WHERE id = $3",
-            feedback_due(2)
+            "UPDATE environments SET seed_pending = 1, seed_requested_at = $1, seed_step = 0, seed_task = NULL, \
+             seed_log = NULL, seeded_at = NULL, updated_at = $2, {} WHERE id = $4",
+            feedback_due(3)
         ))
+        .bind(now)
         .bind(now)
         .bind(now)
         .bind(id)
@@ -785,17 +789,39 @@ impl Store {
         Ok(())
     }
 
-    /// Environments GitHub is due to be told about, soonest first.
-    pub async fn feedback_due(&self, now: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT id FROM environments WHERE feedback_due IS NOT NULL AND feedback_due <= $1 \
+    /// Environments GitHub is due to be told about, soonest first, with the due time read (for
+    /// [`Store::claim_feedback`]).
+    pub async fn feedback_due(&self, now: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, feedback_due FROM environments WHERE feedback_due IS NOT NULL AND feedback_due <= $1 \
              ORDER BY feedback_due, id LIMIT $2",
         )
         .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(db("feedback due"))
+        .map_err(db("feedback due"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id").map_err(db("feedback due"))?,
+                    r.try_get("feedback_due").map_err(db("feedback due"))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Takes the environment's feedback until `until_ms`, if it is still due at `seen` (no other replica
+    /// took it meanwhile): one replica tells GitHub about an environment at a time.
+    pub async fn claim_feedback(&self, id: i64, seen: i64, until_ms: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE environments SET feedback_due = $1 WHERE id = $2 AND feedback_due = $3")
+            .bind(until_ms)
+            .bind(id)
+            .bind(seen)
+            .execute(&self.pool)
+            .await
+            .map_err(db("claim feedback"))?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// The soonest time GitHub is due to be told about anything.
@@ -821,13 +847,27 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the GitHub deployment (deleted on GitHub): the next turn creates one again.
+    pub async fn forget_deployment(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE environments SET deployment_sha = NULL, deployment_id = NULL, deployment_state = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("forget deployment"))?;
+        Ok(())
+    }
+
     /// GitHub has been told about revision `rev`: nothing more is due unless the environment changed since.
     pub async fn feedback_done(&self, id: i64, rev: i64) -> Result<(), StoreError> {
+        // Changed while GitHub was being told: due again now (the claim held the due time meanwhile).
         sqlx::query(
-            "UPDATE environments SET feedback_due = CASE WHEN observed_rev = $1 THEN NULL ELSE feedback_due END, \
-             feedback_retries = 0, feedback_error = NULL WHERE id = $2",
+            "UPDATE environments SET feedback_due = CASE WHEN observed_rev = $1 THEN NULL ELSE $2 END, \
+             feedback_retries = 0, feedback_error = NULL WHERE id = $3",
         )
         .bind(rev)
+        .bind(now_ms())
         .bind(id)
         .execute(&self.pool)
         .await

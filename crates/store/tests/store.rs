@@ -182,7 +182,12 @@ async fn observed_state_and_events_round_trip(store: Store) {
     let env = store.get(id).await.expect("get").expect("env");
     assert!(env.feedback_due.is_some());
     let due = store.feedback_due(previewd_store::now_ms(), 10).await.expect("due");
-    assert_eq!(due, [id]);
+    assert_eq!(due.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [id]);
+    // One replica at a time: the claim holds only against the due time it read.
+    let until = previewd_store::now_ms() + 60_000;
+    assert!(store.claim_feedback(id, due[0].1, until).await.expect("claim"));
+    assert!(!store.claim_feedback(id, due[0].1, until).await.expect("claim again"), "taken");
+    assert!(store.feedback_due(previewd_store::now_ms(), 10).await.expect("due").is_empty(), "claimed");
     let rev = env.observed_rev;
     store.update_observed(id, &env.observed(), None).await.expect("update");
     store.feedback_done(id, rev).await.expect("done");
