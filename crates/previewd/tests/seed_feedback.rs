@@ -581,5 +581,6 @@ async fn a_deployment_whose_answer_was_lost_is_found_not_made_twice() {
     let states: Vec<_> = t.github.deployment_statuses(REPO, id).iter().map(|s| s["state"].clone()).collect();
     assert_eq!(states, [serde_json::json!("in_progress"), serde_json::json!("success")]);
     let events = t.store.events(env.id, 100).await.expect("events");
-    assert!(events.iter().any(|e| e.kind == "github" && e.message.contains("no answer")), "{events:#?}");
+    // The lost answer shows as a timeout or a broken connection, whichever the client saw first.
+    assert!(events.iter().any(|e| e.kind == "github" && e.message.contains("create a deployment")), "{events:#?}");
 }

@@ -45,6 +45,9 @@ struct Meta {
     /// `[[seed]]` tables, checked by [`crate::seed`].
     #[serde(default)]
     seed: Vec<Table>,
+    /// Overridable key → the only values a branch may give it.
+    #[serde(default)]
+    allowed: Table,
 }
 
 /// A loaded blueprint; loading reads and checks every file, rendering does no I/O.
@@ -57,6 +60,8 @@ pub struct Blueprint {
     pub overridable: Vec<String>,
     /// Test data put into a new environment once, in order.
     pub seed: Vec<SeedStep>,
+    /// Overridable key → the only values a branch's `.previewd.toml` may give it.
+    pub allowed: std::collections::BTreeMap<String, Vec<toml::Value>>,
     defaults: Layer,
     staging: Option<Layer>,
     production: Option<Layer>,
@@ -163,11 +168,25 @@ impl Blueprint {
             &Settings::merge(std::slice::from_ref(&defaults), &[])?,
             &outputs,
         )?;
+        let meta_source = meta_file.display().to_string();
+        let mut allowed = std::collections::BTreeMap::new();
+        for (key, values) in meta.allowed {
+            let toml::Value::Array(values) = values else {
+                return Err(RenderError::Setting {
+                    file: meta_source,
+                    layer: "blueprint".to_owned(),
+                    key: format!("allowed.{key}"),
+                    reason: "must be a list of the values a branch may set".to_owned(),
+                });
+            };
+            allowed.insert(key, values);
+        }
         let blueprint = Self {
             name: name.to_owned(),
             description: meta.description,
             overridable: meta.overridable,
             seed,
+            allowed,
             staging: layer("staging.toml", LayerKind::Stage(Stage::Staging))?,
             production: layer("production.toml", LayerKind::Stage(Stage::Production))?,
             preview: layer("preview.toml", LayerKind::Preview)?,
@@ -193,6 +212,39 @@ impl Blueprint {
                     layer: "blueprint".to_owned(),
                     key: key.clone(),
                     reason: "listed as overridable but not declared in defaults.toml".to_owned(),
+                });
+            }
+        }
+        let defaults = Settings::merge(std::slice::from_ref(&self.defaults), &[])?;
+        for (key, values) in &self.allowed {
+            let err = |reason: String| RenderError::Setting {
+                file: self.dir.join("blueprint.toml").display().to_string(),
+                layer: "blueprint".to_owned(),
+                key: format!("allowed.{key}"),
+                reason,
+            };
+            if !self.overridable.iter().any(|o| o == key || key.starts_with(&format!("{o}."))) {
+                return Err(err("restricts a key that is not overridable".to_owned()));
+            }
+            let default = defaults.get(key).ok_or_else(|| err("not declared in defaults.toml".to_owned()))?;
+            if let Some(v) = values.iter().find(|v| v.type_str() != default.value.type_str()) {
+                return Err(err(format!("{v} is a {}, the default a {}", v.type_str(), default.value.type_str())));
+            }
+        }
+        Ok(())
+    }
+
+    /// A branch's own value outside its key's allowed values is refused, naming file, key and layer.
+    fn check_allowed(&self, settings: &Settings) -> Result<(), RenderError> {
+        for (key, values) in &self.allowed {
+            let Some(s) = settings.get(key).filter(|s| s.origin.kind == LayerKind::Branch) else { continue };
+            if !values.contains(&s.value) {
+                let list: Vec<String> = values.iter().map(ToString::to_string).collect();
+                return Err(RenderError::Setting {
+                    file: s.origin.source.clone(),
+                    layer: s.origin.kind.to_string(),
+                    key: key.clone(),
+                    reason: format!("{} is not allowed here; allowed: {}", s.value, list.join(", ")),
                 });
             }
         }
@@ -229,7 +281,9 @@ impl Blueprint {
             layers.extend(repo.patterns.iter().filter(|p| p.matches(branch)).map(|p| p.layer.clone()));
             layers.extend(own.cloned());
         }
-        Settings::merge(&layers, &self.overridable)
+        let settings = Settings::merge(&layers, &self.overridable)?;
+        self.check_allowed(&settings)?;
+        Ok(settings)
     }
 
     pub fn render(&self, kind: TemplateKind, settings: &Settings, ctx: &Context) -> Result<Rendered, RenderError> {

@@ -161,3 +161,57 @@ Resources:
     assert_eq!(shape(&r.template), shape(&reference.template));
     assert!(r.body.contains(&serde_json::to_string(evil).expect("json")), "the value is there, as one string");
 }
+
+#[test]
+fn a_branch_may_give_restricted_keys_only_their_allowed_values() {
+    let bp = Blueprint::load(&stacks_dir(), "webapp").expect("webapp");
+    let branch = BranchName::new("feat/big").expect("branch");
+    let own = |text: &str| Layer::parse(LayerKind::Branch, ".previewd.toml at abc1234", text).expect("layer");
+    let ok = bp
+        .environment_settings(Stage::Staging, &branch, &RepoLayers::default(), Some(&own("service.cpu = \"512\"")))
+        .expect("an allowed value");
+    assert_eq!(ok.get("service.cpu").map(|s| s.value.to_string()), Some("\"512\"".to_owned()));
+    let e = bp
+        .environment_settings(Stage::Staging, &branch, &RepoLayers::default(), Some(&own("service.cpu = \"4096\"")))
+        .expect_err("a value outside the list")
+        .to_string();
+    assert!(
+        e.contains(".previewd.toml at abc1234") && e.contains("branch overrides") && e.contains("service.cpu"),
+        "{e}"
+    );
+    assert!(e.contains("\"4096\" is not allowed here; allowed: \"256\", \"512\", \"1024\""), "{e}");
+    // The configuration's own patterns are not restricted: operators may size a branch as they like.
+    let patterns = RepoLayers {
+        patterns: vec![
+            PatternOverride::new("feat/*", "previewd.toml", toml::from_str("service.cpu = \"4096\"").expect("table"))
+                .expect("pattern"),
+        ],
+        ..RepoLayers::default()
+    };
+    assert!(bp.environment_settings(Stage::Staging, &branch, &patterns, None).is_ok());
+}
+
+#[test]
+fn an_allowed_list_must_fit_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("webapp");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for f in std::fs::read_dir(stacks_dir().join("webapp")).expect("blueprint") {
+        let f = f.expect("entry");
+        if f.path().is_file() {
+            std::fs::copy(f.path(), copy.join(f.file_name())).expect("copy");
+        } else {
+            std::os::unix::fs::symlink(f.path(), copy.join(f.file_name())).expect("link");
+        }
+    }
+    let meta = copy.join("blueprint.toml");
+    let text = std::fs::read_to_string(&meta).expect("read");
+    for (bad, why) in [
+        (r#""service.cpu" = [256]"#, "is a integer, the default a string"),
+        (r#""network.vpc_id" = ["vpc-1"]"#, "restricts a key that is not overridable"),
+    ] {
+        std::fs::write(&meta, text.replace(r#""service.cpu" = ["256", "512", "1024"]"#, bad)).expect("write");
+        let e = Blueprint::load(dir.path(), "webapp").expect_err(bad).to_string();
+        assert!(e.contains("blueprint.toml") && e.contains(why), "{bad}: {e}");
+    }
+}
