@@ -58,6 +58,7 @@ impl Application {
             public: !config.listen.ip().is_loopback(),
             github_web_url: previewd_web::github_web_url(&config.github_api_url),
             reconciler: Some(reconciler.clone()),
+            intake: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

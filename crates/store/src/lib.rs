@@ -17,6 +17,9 @@ use sqlx::{AnyPool, Row};
 
 /// SQLite waits this long for another writer before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// A request waits at most this long for a connection: well under GitHub's 10 s webhook deadline, so a
+/// starved pool answers 503 (and GitHub marks the delivery failed) rather than timing out unseen.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections per process: the reconciler's workers, the web handlers and the timers share them.
 const MAX_CONNECTIONS: u32 = 8;
 
@@ -385,8 +388,7 @@ impl Store {
             }
             _ => url.to_owned(),
         };
-        let mut options =
-            AnyPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(Duration::from_secs(30));
+        let mut options = AnyPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {

@@ -47,6 +47,31 @@ pub struct AppState {
     /// For an environment's settings and its stack as AWS shows it (read-only); absent in tests of the
     /// HTTP surface alone.
     pub reconciler: Option<previewd_reconciler::Reconciler>,
+    /// How many webhook bodies are read at once, and how long one may take.
+    pub intake: Intake,
+}
+
+/// Bounds on webhook intake: at most `slots` bodies in memory at once (a slow or hostile sender cannot
+/// make previewd buffer without limit), each read within `read_timeout`; a delivery that finds no slot
+/// within `wait` is answered 503 (GitHub shows it failed; the fleet observer catches up on what it said).
+#[derive(Debug, Clone)]
+pub struct Intake {
+    slots: Arc<tokio::sync::Semaphore>,
+    read_timeout: std::time::Duration,
+    wait: std::time::Duration,
+}
+
+impl Intake {
+    pub fn new(bodies: usize, read_timeout: std::time::Duration, wait: std::time::Duration) -> Self {
+        Self { slots: Arc::new(tokio::sync::Semaphore::new(bodies.max(1))), read_timeout, wait }
+    }
+}
+
+impl Default for Intake {
+    /// 64 bodies (25 MB each at most), 10 s to read one (GitHub's own deadline), 2 s to wait for a slot.
+    fn default() -> Self {
+        Self::new(64, std::time::Duration::from_secs(10), std::time::Duration::from_secs(2))
+    }
 }
 
 /// GitHub's web address for an API base URL: `https://api.github.com` → `https://github.com`,
@@ -109,8 +134,17 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return reject(&state, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
     }
+    let intake = &state.intake;
+    let Ok(Ok(_slot)) = tokio::time::timeout(intake.wait, intake.slots.clone().acquire_owned()).await else {
+        return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "too many webhooks at once: try again");
+    };
     // Read at most the limit: a body that claims less and sends more is cut off, not buffered.
-    let bytes = match http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let read = tokio::time::timeout(intake.read_timeout, http_body_util::Limited::new(body, MAX_BODY_BYTES).collect());
+    let Ok(read) = read.await else {
+        let why = format!("the body did not arrive within {:?}", intake.read_timeout);
+        return reject(&state, StatusCode::REQUEST_TIMEOUT, why);
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return reject(&state, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");

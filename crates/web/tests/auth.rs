@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use futures::StreamExt as _;
 use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
 use previewd_reconciler::Queue;
 use previewd_store::{DesiredChange, Store};
-use previewd_web::{AppState, Metrics, router};
+use previewd_web::{AppState, Intake, Metrics, router};
 use tower::ServiceExt as _;
 
 async fn app(token: Option<&str>) -> (axum::Router, tempfile::TempDir) {
@@ -18,6 +19,10 @@ async fn app(token: Option<&str>) -> (axum::Router, tempfile::TempDir) {
 }
 
 async fn app_on(token: Option<&str>, public: bool) -> (axum::Router, Store, tempfile::TempDir) {
+    app_with(token, public, Intake::default()).await
+}
+
+async fn app_with(token: Option<&str>, public: bool, intake: Intake) -> (axum::Router, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
     let state = AppState {
@@ -31,6 +36,7 @@ async fn app_on(token: Option<&str>, public: bool) -> (axum::Router, Store, temp
         public,
         github_web_url: "https://github.com".into(),
         reconciler: None,
+        intake,
     };
     (router(state), store, dir)
 }
@@ -233,4 +239,32 @@ async fn the_dashboard_escapes_filters_pages_and_refreshes_rows() {
             && metrics.contains("previewd_environments{status=\"ready\"} 0"),
         "counted in SQL: {metrics}"
     );
+}
+
+/// A webhook whose body stops halfway (a slow or hostile sender).
+fn stalled_webhook() -> Request<Body> {
+    let first: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::from_static(b"{\"zen\":"));
+    let stream = futures::stream::iter([first]).chain(futures::stream::pending());
+    Request::post("/webhooks/github")
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "stalled")
+        .body(Body::from_stream(stream))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn webhook_bodies_are_bounded_in_number_and_time() {
+    let intake = Intake::new(1, std::time::Duration::from_millis(400), std::time::Duration::from_millis(50));
+    let (app, _store, _dir) = app_with(None, false, intake).await;
+    // The only slot is held by a body that never finishes...
+    let stalled = tokio::spawn(app.clone().oneshot(stalled_webhook()));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // ...so another delivery is refused at once rather than buffered.
+    let (status, body) = send(&app, Request::post("/webhooks/github"), &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // The stalled one is cut off at the read timeout, and its slot is free again.
+    let res = stalled.await.expect("joined").expect("response");
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    let (status, _) = send(&app, Request::post("/webhooks/github"), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "read, then refused for its missing signature");
 }

@@ -50,6 +50,7 @@ async fn the_list_with_many_environments() {
         public: false,
         github_web_url: "https://github.com".into(),
         reconciler: None,
+        intake: Default::default(),
     });
     for path in ["/api/environments", "/", "/?q=b0999&status=pending", "/?page=100&sort=branch"] {
         let mut times = Vec::with_capacity(REQUESTS);
