@@ -121,7 +121,13 @@ pub async fn build_reconciler(config: &Config, aws: Aws, role: &str) -> anyhow::
             .zone_of(repo)
             .with_context(|| format!("no DNS zone for {name}: set PREVIEWD_DNS_ZONE or [repos.\"{name}\"] dns_zone"))?
             .clone();
-        repos.insert(name.clone(), RepoSetup { blueprint: repo.blueprint.clone(), zone, layers: repo.layers.clone() });
+        let setup = RepoSetup {
+            blueprint: repo.blueprint.clone(),
+            zone,
+            layers: repo.layers.clone(),
+            max_environments: repo.max_environments,
+        };
+        repos.insert(name.clone(), setup);
     }
     previewd_reconciler::check_schedule(&config.reaper.schedule).with_context(|| {
         format!("PREVIEWD_REAPER_SCHEDULE {:?} (cron, seconds first, e.g. \"0 0 * * * *\")", config.reaper.schedule)

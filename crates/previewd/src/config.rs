@@ -21,6 +21,9 @@ pub const MIN_DASHBOARD_TOKEN: usize = 16;
 pub const DEFAULT_BLUEPRINT: &str = "webapp";
 /// GitHub allows 80 content-creating requests a minute: one every 750 ms stays under it.
 pub const DEFAULT_GITHUB_WRITE_GAP: Duration = Duration::from_millis(750);
+/// Live environments per repository unless configured: enough for a busy team, and a ceiling on what a
+/// flood of branches (a script gone wrong) can cost.
+pub const DEFAULT_MAX_ENVIRONMENTS: usize = 100;
 /// The reaper runs hourly (cron with seconds first).
 pub const DEFAULT_REAPER_SCHEDULE: &str = "0 0 * * * *";
 /// An environment must stay orphaned this long before the reaper removes it: a branch that is deleted and
@@ -43,6 +46,8 @@ struct File {
     webhook_secrets: Option<Vec<String>>,
     dashboard_token: Option<String>,
     template_bucket: Option<String>,
+    /// Live environments per repository at most, unless the repository says otherwise.
+    max_environments: Option<usize>,
     /// The dashboard's address as people reach it, for links from GitHub.
     public_url: Option<String>,
     #[serde(default)]
@@ -111,6 +116,8 @@ struct ReaperFile {
 #[serde(deny_unknown_fields)]
 struct RepoFile {
     blueprint: Option<String>,
+    /// Live environments at most; a new branch over it is `skipped` until one goes.
+    max_environments: Option<usize>,
     dns_zone: Option<String>,
     /// Stage name → settings added to that stage's layer (the VPC, subnets, certificate of this account).
     #[serde(default)]
@@ -157,6 +164,8 @@ pub struct RepoConfig {
     pub dns_zone: Option<DnsZone>,
     /// Stage tables and branch-pattern overrides.
     pub layers: RepoLayers,
+    /// Live environments at most (a branch flood must not run up the bill).
+    pub max_environments: usize,
 }
 
 impl Config {
@@ -293,7 +302,8 @@ impl Config {
                 .transpose()
                 .with_context(|| format!("{source}: [repos.{name:?}] dns_zone"))?;
             let blueprint = repo.blueprint.unwrap_or_else(|| DEFAULT_BLUEPRINT.to_owned());
-            repos.insert(repo_name, RepoConfig { blueprint, dns_zone, layers });
+            let max_environments = repo.max_environments.or(file.max_environments).unwrap_or(DEFAULT_MAX_ENVIRONMENTS);
+            repos.insert(repo_name, RepoConfig { blueprint, dns_zone, layers, max_environments });
         }
         if let Some(list) = var("PREVIEWD_REPOS") {
             // The environment names the repositories; the file may still hold their patterns and zones.
@@ -308,6 +318,7 @@ impl Config {
                     blueprint: DEFAULT_BLUEPRINT.to_owned(),
                     dns_zone: None,
                     layers: RepoLayers::default(),
+                    max_environments: file.max_environments.unwrap_or(DEFAULT_MAX_ENVIRONMENTS),
                 });
                 if let Some(b) = blueprint {
                     repo.blueprint = b;

@@ -92,6 +92,10 @@ pub(crate) fn differs(
     if matches!(env.status, Status::Pending | Status::Provisioning | Status::Deleting) {
         return Some("work under way");
     }
+    // Over its repository's cap: looked at again (a database count, no call) until there is room.
+    if env.status == Status::Skipped && wanted {
+        return Some("skipped over the cap");
+    }
     let expired = env.expired_at.is_some();
     match (head, wanted) {
         (Some(Some(_)), false) if !expired => return Some("the branch is listed again"),

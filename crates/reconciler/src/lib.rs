@@ -38,6 +38,8 @@ pub struct RepoSetup {
     pub blueprint: String,
     pub zone: DnsZone,
     pub layers: RepoLayers,
+    /// Live environments at most: a new branch over it is `skipped`, visibly, until one goes.
+    pub max_environments: usize,
 }
 
 /// How the reconciler behaves; [`Tuning::default`] suits real AWS, tests shorten the waits.
@@ -203,6 +205,8 @@ pub(crate) struct Inner {
     pub(crate) app_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
     /// For seed hooks.
     pub(crate) http: reqwest::Client,
+    /// One admission under a repository's cap at a time in this process.
+    pub(crate) admit_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The reconciler; cheap to clone.
@@ -237,6 +241,7 @@ impl Reconciler {
             settings_files: Mutex::new(HashMap::new()),
             app_locks: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
+            admit_locks: Mutex::new(HashMap::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
     }

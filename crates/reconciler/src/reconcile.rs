@@ -53,6 +53,12 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
         return Ok(Action::Done);
     }
 
+    // Over the repository's cap: nothing to do (and nothing to ask) until there is room.
+    let unadmitted = env.desired != Desired::Absent && matches!(env.status, Status::Pending | Status::Skipped);
+    if unadmitted && env.stack_id.is_none() && !admit(inner, &env, repo).await? {
+        return Ok(Action::Done);
+    }
+
     // Absence was proven before the teardown began; its polls need not ask GitHub again.
     let tearing_down = env.desired == Desired::Absent && env.status == Status::Deleting;
     let answer = if tearing_down { GitHubAnswer::NotAsked } else { ask_github(inner, &env).await? };
@@ -118,6 +124,32 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, Reconcil
             converge(inner, &env, repo, &sha, stack).await
         }
     }
+}
+
+/// Lets a new environment in under its repository's cap of live environments, marking it
+/// `provisioning` at once so the next admission counts it; over the cap it is `skipped` with the reason.
+/// One admission at a time per repository in this process.
+async fn admit(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<bool, ReconcileError> {
+    let lock = inner.admit_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(env.repo.clone()).or_default().clone();
+    let _one_at_a_time = lock.lock().await;
+    let live = inner.store.count_live(&env.repo, env.id).await?;
+    let cap = repo.max_environments as i64;
+    if live < cap {
+        let o = Observed { status: Status::Provisioning, last_error: None, ..env.observed() };
+        let why = format!("admitted: {} of {cap} live environments in {}", live + 1, env.repo);
+        inner.store.update_observed(env.id, &o, Some(("admitted", &why))).await?;
+        return Ok(true);
+    }
+    let why = format!(
+        "not provisioned: {} already has {live} live environments, its cap (max_environments = {cap}); it \
+         will be once one goes",
+        env.repo
+    );
+    if env.status != Status::Skipped || env.last_error.as_deref() != Some(why.as_str()) {
+        let o = Observed { status: Status::Skipped, last_error: Some(why.clone()), ..env.observed() };
+        inner.store.update_observed(env.id, &o, Some(("skipped", &why))).await?;
+    }
+    Ok(false)
 }
 
 /// Asks GitHub for the branch. A 404 is an answer only while GitHub still shows the repository: a token
@@ -220,7 +252,14 @@ async fn teardown(
         }
         // No stack (a refusal returned above): the environment is gone.
         _ => {
-            let o = Observed { status: Status::Deleted, url: None, last_error: None, attempts: 0, ..env.observed() };
+            let o = Observed {
+                status: Status::Deleted,
+                url: None,
+                stack_id: None,
+                last_error: None,
+                attempts: 0,
+                ..env.observed()
+            };
             let event =
                 (env.status != Status::Deleted).then_some(("deleted", "the branch is gone and so is its environment"));
             record(inner, env, o, event).await?;

@@ -791,6 +791,19 @@ impl Store {
         Ok(())
     }
 
+    /// The repository's live environments (those that may hold AWS resources), `except` one.
+    pub async fn count_live(&self, repo: &RepoName, except: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM environments WHERE repo = $1 AND id <> $2 \
+             AND status IN ('provisioning', 'ready', 'failed', 'deleting')",
+        )
+        .bind(repo.as_str())
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count live environments"))
+    }
+
     /// Environments GitHub is due to be told about, soonest first, with the due time read (for
     /// [`Store::claim_feedback`]).
     pub async fn feedback_due(&self, now: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {

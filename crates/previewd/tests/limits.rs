@@ -1,0 +1,48 @@
+//! Limits that keep a branch flood from running up the bill: a cap on live environments per repository.
+
+use previewd_domain::Status;
+use previewd_testkit::{Options, TestEnv, sha};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
+    let mut t = TestEnv::start_custom(&Options { top: "max_environments = 2", ..Options::default() }).await;
+    let branches = ["flood/a", "flood/b", "flood/c"];
+    for (n, b) in branches.iter().enumerate() {
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+    }
+    // Two are admitted and made ready; the third is recorded as skipped, with the reason, and nothing of
+    // it reaches AWS.
+    let mut skipped = None;
+    for b in branches {
+        let env = t.wait_for(b, "ready or skipped", |e| matches!(e.status, Status::Ready | Status::Skipped)).await;
+        if env.status == Status::Skipped {
+            assert!(skipped.is_none(), "only one is over the cap");
+            skipped = Some(env);
+        }
+    }
+    let skipped = skipped.expect("one over the cap");
+    let why = skipped.last_error.clone().expect("a reason");
+    assert!(why.contains("max_environments = 2") && why.contains("2 live environments"), "{why}");
+    assert_eq!(t.proxy.count("CreateStack", &skipped.stack_name), 0);
+    let api: serde_json::Value = reqwest::get(t.url(&format!("/api/environments/{}", skipped.id)))
+        .await
+        .expect("api")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(api["status"], "skipped");
+    // A pass of the fleet observer while it is still full changes nothing and asks GitHub nothing.
+    t.github.reset_requests();
+    t.app().reconciler().resync().await;
+    let branch_lookups = t.github.requests().iter().filter(|r| r.contains("/branches/")).count();
+    assert_eq!(branch_lookups, 0, "{:?}", t.github.requests());
+    assert_eq!(t.env(skipped.branch.as_str()).await.expect("env").status, Status::Skipped);
+
+    // One goes; the next pass admits the skipped one.
+    let gone = branches.iter().find(|b| **b != skipped.branch.as_str()).expect("a ready one");
+    assert_eq!(t.delete(gone).await, 202);
+    t.deleted(gone).await;
+    t.app().reconciler().resync().await;
+    let n = branches.iter().position(|b| *b == skipped.branch.as_str()).expect("index");
+    t.ready(skipped.branch.as_str(), &sha(n + 1)).await;
+}
