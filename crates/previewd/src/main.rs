@@ -14,8 +14,18 @@ struct Cli {
     /// The configuration file (TOML); environment variables override it.
     #[arg(long, global = true, env = "PREVIEWD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// How logs are written to standard error: `text` for people, `json` (one object a line) for a log
+    /// pipeline.
+    #[arg(long, global = true, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,7 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = String::new();
     match cli.command {
         Command::Serve => {
-            init_tracing();
+            init_tracing(cli.log_format);
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(serve(&config))?;
         }
@@ -65,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(envs::envs(&args, config.dashboard_token.as_ref(), &mut out))?;
         }
         Command::Reap(args) => {
-            init_tracing();
+            init_tracing(cli.log_format);
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let clean = runtime.block_on(async {
                 let aws = previewd_cloud::Aws::from_env().await;
@@ -82,11 +92,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,tokio_cron_scheduler=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // Each line carries its span's fields (a reconcile's repo, branch, env and stack).
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {

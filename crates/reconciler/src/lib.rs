@@ -296,8 +296,17 @@ impl Reconciler {
                         id = this.inner.queue.next() => id,
                         _ = stop.wait_for(|s| *s) => break,
                     };
-                    let requeue =
-                        this.work(id).instrument(tracing::info_span!("reconcile", worker = n, env_id = id)).await;
+                    // The environment's names are filled in once the reconcile has read its record.
+                    let span = tracing::info_span!(
+                        "reconcile",
+                        worker = n,
+                        env_id = id,
+                        repo = tracing::field::Empty,
+                        branch = tracing::field::Empty,
+                        env = tracing::field::Empty,
+                        stack = tracing::field::Empty,
+                    );
+                    let requeue = this.work(id).instrument(span).await;
                     this.inner.queue.done(id, requeue);
                 }
             });

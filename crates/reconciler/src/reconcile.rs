@@ -35,7 +35,12 @@ const UPDATABLE: &[&str] = &["CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLB
 
 pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, ReconcileError> {
     let Some(env) = inner.store.get(id).await? else { return Ok(Action::Done) };
-    tracing::debug!(repo = %env.repo, branch = %env.branch, env = %env.env_key, stack = %env.stack_name, "reconcile");
+    let span = tracing::Span::current();
+    span.record("repo", env.repo.as_str());
+    span.record("branch", env.branch.as_str());
+    span.record("env", env.env_key.as_str());
+    span.record("stack", env.stack_name.as_str());
+    tracing::debug!(status = %env.status, "reconcile");
     let Some(repo) = inner.setup.repos.get(&env.repo) else {
         return Err(ReconcileError::NeedsHuman(format!(
             "repository {} is no longer configured; its environments are left as they are",

@@ -1,0 +1,128 @@
+//! Secrets never reach the logs: a whole scenario (a signed push provisioned and seeded, GitHub told
+//! through a token, dashboard actions with the token, a teardown) runs in the real `previewd serve`
+//! process at debug level, in both log formats, and its whole output is searched for every secret value.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use previewd_domain::Status;
+use previewd_testkit::{Options, TestEnv, free_port, sha};
+
+const GITHUB_TOKEN: &str = "ghp_secretgithubtoken0123456789abcdef";
+const DASHBOARD_TOKEN: &str = "dashboard-secret-token-0123456789";
+const HOOK_SECRET: &str = "seed-hook-secret-value-42";
+const DB_PASSWORD: &str = "db-password-never-logged";
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn scenario(format: &str) {
+    let mut t =
+        TestEnv::start_custom(&Options { github: r#"token = "unused-in-process""#, ..Options::default() }).await;
+    t.stop_app().await; // the process below is the one under test
+    // Its own PostgreSQL database, reached with a password in the URL (trust auth ignores it).
+    let db = format!("previewd_secrets_{:08x}", fastrand::u32(..));
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.expect("PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.expect("create database");
+    let db_url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/{db}");
+
+    let port = free_port();
+    let log_path = t.dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let child = Serve(
+        Command::new(env!("CARGO_BIN_EXE_previewd"))
+            .args(["--log-format", format, "serve"])
+            .envs(t.process_env())
+            .env("PREVIEWD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PREVIEWD_DATABASE_URL", &db_url)
+            .env("PREVIEWD_GITHUB_TOKEN", GITHUB_TOKEN)
+            .env("PREVIEWD_DASHBOARD_TOKEN", DASHBOARD_TOKEN)
+            .env("PREVIEWD_SEED_HOOK_SECRET", HOOK_SECRET)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("previewd starts"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..300 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "previewd serve did not come up: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+
+    // A signed push, provisioned, seeded and reported to GitHub.
+    t.github.set_branch(previewd_testkit::REPO, "feat/secret", &sha(1));
+    t.github.open_pull(previewd_testkit::REPO, 5, "feat/secret");
+    let body = serde_json::to_vec(&previewd_testkit::webhook::push(
+        previewd_testkit::REPO,
+        "feat/secret",
+        &"0".repeat(40),
+        &sha(1),
+    ))
+    .expect("json");
+    let push = http
+        .post(format!("{base}/webhooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "secret-1")
+        .header("x-hub-signature-256", previewd_testkit::webhook::sign(previewd_testkit::SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(push.status(), 202);
+    let envs = |http: reqwest::Client, base: String| async move {
+        let r = http.get(format!("{base}/api/environments")).bearer_auth(DASHBOARD_TOKEN).send().await.expect("api");
+        r.json::<serde_json::Value>().await.expect("json")
+    };
+    let mut ready = None;
+    for _ in 0..600 {
+        let list = envs(http.clone(), base.clone()).await;
+        if list[0]["status"] == Status::Ready.as_str() && !t.github.comments(previewd_testkit::REPO, 5).is_empty() {
+            ready = Some(list[0]["id"].as_i64().expect("id"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = ready.unwrap_or_else(|| panic!("not ready: {}", std::fs::read_to_string(&log_path).unwrap_or_default()));
+    // Dashboard actions with the token, and a wrong token.
+    let redeploy = http.post(format!("{base}/api/environments/{id}/redeploy")).bearer_auth(DASHBOARD_TOKEN).send();
+    assert_eq!(redeploy.await.expect("redeploy").status(), 202);
+    let wrong = http.get(format!("{base}/api/environments")).bearer_auth(format!("{DASHBOARD_TOKEN}x")).send();
+    assert_eq!(wrong.await.expect("wrong token").status(), 401);
+    drop(child);
+
+    let logs = std::fs::read_to_string(&log_path).expect("logs");
+    assert!(logs.lines().count() > 50, "a debug-level run logs plenty: {logs}");
+    if format == "json" {
+        for line in logs.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        }
+        assert!(logs.contains(r#""branch":"feat/secret""#), "a reconcile span names its branch");
+    }
+    for secret in [GITHUB_TOKEN, DASHBOARD_TOKEN, HOOK_SECRET, DB_PASSWORD, previewd_testkit::SECRET] {
+        assert!(!logs.contains(secret), "{secret} appears in the {format} logs");
+    }
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await.expect("drop database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_debug_logs_as_text() {
+    scenario("text").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_debug_logs_as_json() {
+    scenario("json").await;
+}
