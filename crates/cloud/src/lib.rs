@@ -128,6 +128,8 @@ pub struct StackRequest {
     pub tags: Vec<(String, String)>,
     /// Makes a retried request idempotent: CloudFormation ignores a second request with the same token.
     pub token: String,
+    /// The role CloudFormation assumes to create the stack's resources (RoleARN), if any.
+    pub role_arn: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +164,7 @@ macro_rules! stack_call {
         let call = $builder
             .stack_name(&req.name)
             .client_request_token(&req.token)
+            .set_role_arn(req.role_arn.clone())
             .capabilities(Capability::CapabilityIam)
             .capabilities(Capability::CapabilityNamedIam)
             .set_tags(Some(tags(&req.tags)));
@@ -266,11 +269,13 @@ impl Aws {
     }
 
     /// Starts deleting a stack (by id, so a newer stack of the same name is never hit).
-    pub async fn delete_stack(&self, id: &str, token: &str) -> Result<(), CloudError> {
+    /// `role_arn`: the role CloudFormation assumes to delete the resources (the one that created them).
+    pub async fn delete_stack(&self, id: &str, token: &str, role_arn: Option<&str>) -> Result<(), CloudError> {
         self.cfn
             .delete_stack()
             .stack_name(id)
             .client_request_token(token)
+            .set_role_arn(role_arn.map(str::to_owned))
             .send()
             .await
             .map_err(|e| classify("DeleteStack", e))?;

@@ -144,6 +144,7 @@ pub async fn build_reconciler(config: &Config, aws: Aws, role: &str) -> anyhow::
         stacks_dir: config.stacks_dir.clone(),
         repos,
         template_bucket: config.template_bucket.clone(),
+        stack_role_arn: config.cloudformation_role_arn.clone(),
         // The host, not the process: a replica restarted after a crash takes its own leases back at
         // once instead of waiting for them to expire.
         instance: if role.is_empty() { hostname() } else { format!("{}/{role}", hostname()) },

@@ -19,6 +19,17 @@ pub const MIN_DASHBOARD_TOKEN: usize = 16;
 
 /// The blueprint a repository gets when `PREVIEWD_REPOS` names none.
 pub const DEFAULT_BLUEPRINT: &str = "webapp";
+/// The database URL, with `password` (from its own secret, as a container gets it) put in.
+fn database_url(url: String, password: Option<String>) -> anyhow::Result<Secret> {
+    let Some(password) = password else { return Ok(Secret::new(url)) };
+    let mut parsed = reqwest::Url::parse(&url)
+        .map_err(|_| anyhow::anyhow!("PREVIEWD_DATABASE_URL is not a URL to put PREVIEWD_DATABASE_PASSWORD in"))?;
+    parsed
+        .set_password(Some(&password))
+        .map_err(|()| anyhow::anyhow!("PREVIEWD_DATABASE_URL takes no password (a sqlite:// URL?)"))?;
+    Ok(Secret::new(parsed.to_string()))
+}
+
 /// GitHub allows 80 content-creating requests a minute: one every 750 ms stays under it.
 pub const DEFAULT_GITHUB_WRITE_GAP: Duration = Duration::from_millis(750);
 /// Live environments per repository unless configured: enough for a busy team, and a ceiling on what a
@@ -48,6 +59,9 @@ struct File {
     template_bucket: Option<String>,
     /// Live environments per repository at most, unless the repository says otherwise.
     max_environments: Option<usize>,
+    /// A role CloudFormation assumes for preview stacks (RoleARN): previewd's own credentials then need
+    /// no rights on what the stacks hold.
+    cloudformation_role_arn: Option<String>,
     /// The dashboard's address as people reach it, for links from GitHub.
     public_url: Option<String>,
     #[serde(default)]
@@ -134,6 +148,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// May hold a password: shown redacted.
     pub database_url: Secret,
+    /// Passed to CloudFormation as RoleARN for every stack operation.
+    pub cloudformation_role_arn: Option<String>,
     pub github_api_url: String,
     pub github_token: Option<Secret>,
     /// A GitHub App: its id and the path of its private key (PEM); used instead of the token.
@@ -171,16 +187,25 @@ pub struct RepoConfig {
 impl Config {
     /// Reads `path` (if any) and applies the environment variables `env` returns.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let file: File = match path {
-            Some(p) => {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        // The file's text itself, where no file can be mounted (a container's secret or parameter).
+        let inline = var("PREVIEWD_CONFIG_TOML");
+        let file: File = match (path, &inline) {
+            (_, Some(text)) => {
+                toml::from_str(text).map_err(|e| anyhow::anyhow!("PREVIEWD_CONFIG_TOML: {}", e.to_string().trim()))?
+            }
+            (Some(p), None) => {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("cannot read configuration {}", p.display()))?;
                 toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().trim()))?
             }
-            None => File::default(),
+            (None, None) => File::default(),
         };
-        let source = path.map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
-        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        let source = match (path, &inline) {
+            (_, Some(_)) => "PREVIEWD_CONFIG_TOML".to_owned(),
+            (Some(p), None) => p.display().to_string(),
+            (None, None) => "configuration".to_owned(),
+        };
 
         let listen = match var("PREVIEWD_LISTEN") {
             Some(v) => {
@@ -331,9 +356,11 @@ impl Config {
         let config = Config {
             file: path.map(Path::to_owned),
             listen,
-            database_url: Secret::new(
+            database_url: database_url(
                 var("PREVIEWD_DATABASE_URL").or(file.database_url).unwrap_or_else(|| "sqlite://previewd.db".to_owned()),
-            ),
+                var("PREVIEWD_DATABASE_PASSWORD"),
+            )?,
+            cloudformation_role_arn: var("PREVIEWD_CLOUDFORMATION_ROLE_ARN").or(file.cloudformation_role_arn),
             github_api_url: var("PREVIEWD_GITHUB_API_URL")
                 .or(file.github.api_url)
                 .unwrap_or_else(|| "https://api.github.com".to_owned()),
@@ -438,6 +465,28 @@ mod tests {
         let f = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(f.path(), text).expect("write");
         f
+    }
+
+    #[test]
+    fn the_configuration_may_come_inline_and_the_password_apart() {
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "PREVIEWD_CONFIG_TOML",
+                    "owner = \"inline\"\ndatabase_url = \"postgres://previewd@db.internal:5432/previewd\"\n",
+                ),
+                ("PREVIEWD_DATABASE_PASSWORD", "p@ss/word"),
+                ("PREVIEWD_CLOUDFORMATION_ROLE_ARN", "arn:aws:iam::123456789012:role/previewd-stacks"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.owner.as_ref().map(|o| o.as_str()), Some("inline"));
+        assert_eq!(c.database_url.expose(), "postgres://previewd:p%40ss%2Fword@db.internal:5432/previewd");
+        assert!(!format!("{c:?}").contains("p%40ss"), "redacted");
+        assert_eq!(c.cloudformation_role_arn.as_deref(), Some("arn:aws:iam::123456789012:role/previewd-stacks"));
+        let e = Config::load(None, env(&[("PREVIEWD_CONFIG_TOML", "owner = ")])).expect_err("bad TOML");
+        assert!(format!("{e:#}").starts_with("PREVIEWD_CONFIG_TOML:"), "{e:#}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Limits that keep a branch flood from running up the bill: a cap on live environments per repository.
+//! Running previewd with least privilege and within limits: a cap on live environments per repository
+//! (a branch flood must not run up the bill), and stacks made through a CloudFormation service role.
 
 use previewd_domain::Status;
 use previewd_testkit::{Options, TestEnv, sha};
@@ -45,4 +46,24 @@ async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
     t.app().reconciler().resync().await;
     let n = branches.iter().position(|b| *b == skipped.branch.as_str()).expect("index");
     t.ready(skipped.branch.as_str(), &sha(n + 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_are_made_and_deleted_through_the_configured_service_role() {
+    let role = "arn:aws:iam::123456789012:role/previewd-stacks";
+    let top = format!("cloudformation_role_arn = \"{role}\"");
+    let mut t = TestEnv::start_custom(&Options { top: &top, ..Options::default() }).await;
+    assert_eq!(t.push("feat/role", &sha(1)).await, 202);
+    let env = t.ready("feat/role", &sha(1)).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&t.sdk_config().await);
+    let app = previewd_domain::app_stack_name(
+        &previewd_domain::RepoName::new(previewd_testkit::REPO).expect("repo"),
+        previewd_domain::Stage::Staging,
+    );
+    for name in [env.stack_name.as_str(), app.as_str()] {
+        let out = cfn.describe_stacks().stack_name(name).send().await.expect("describe");
+        assert_eq!(out.stacks()[0].role_arn(), Some(role), "{name}");
+    }
+    assert_eq!(t.delete("feat/role").await, 202);
+    t.deleted("feat/role").await;
 }

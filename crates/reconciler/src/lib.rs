@@ -94,6 +94,8 @@ pub struct Setup {
     pub repos: BTreeMap<RepoName, RepoSetup>,
     /// Where templates over 51,200 bytes are uploaded for a TemplateURL.
     pub template_bucket: Option<String>,
+    /// The role CloudFormation assumes for every stack operation (RoleARN).
+    pub stack_role_arn: Option<String>,
     /// This process, as a lease holder.
     pub instance: String,
     pub tuning: Tuning,

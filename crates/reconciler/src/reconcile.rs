@@ -274,7 +274,7 @@ async fn teardown(
     let Some(emptied) = empty_buckets(inner, env, &stack).await? else {
         return Ok(Action::Requeue(Duration::ZERO));
     };
-    inner.aws.delete_stack(&stack.id, &token("delete", env.id)).await?;
+    inner.aws.delete_stack(&stack.id, &token("delete", env.id), inner.setup.stack_role_arn.as_deref()).await?;
     let why = if retry {
         format!("deleting stack {} again after DELETE_FAILED ({emptied} objects emptied)", stack.name)
     } else {
@@ -433,7 +433,13 @@ async fn converge(
                 inner.store.request_seed(env.id, &why).await?;
             }
             let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
-            let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("create", env.id) };
+            let req = StackRequest {
+                name: env.stack_name.clone(),
+                template,
+                tags,
+                token: token("create", env.id),
+                role_arn: inner.setup.stack_role_arn.clone(),
+            };
             let stack_id = match inner.aws.create_stack(&req).await {
                 Ok(id) => Some(id),
                 // Created by an earlier attempt whose answer was lost: look again.
@@ -449,7 +455,10 @@ async fn converge(
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
             let Some(_) = empty_buckets(inner, env, &stack).await? else { return Ok(Action::Requeue(Duration::ZERO)) };
-            inner.aws.delete_stack(&stack.id, &token("delete-rollback", env.id)).await?;
+            inner
+                .aws
+                .delete_stack(&stack.id, &token("delete-rollback", env.id), inner.setup.stack_role_arn.as_deref())
+                .await?;
             let o = Observed { status: Status::Provisioning, attempts: env.attempts + 1, ..env.observed() };
             let why = format!(
                 "create rolled back ({}); deleting to create again",
@@ -461,7 +470,13 @@ async fn converge(
         (ConvergeStep::Update { counted }, Some(stack)) => {
             let attempts = if counted { env.attempts + 1 } else { env.attempts };
             let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
-            let req = StackRequest { name: env.stack_name.clone(), template, tags, token: token("update", env.id) };
+            let req = StackRequest {
+                name: env.stack_name.clone(),
+                template,
+                tags,
+                token: token("update", env.id),
+                role_arn: inner.setup.stack_role_arn.clone(),
+            };
             if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
                 let o = Observed {
                     status: Status::Provisioning,
@@ -550,7 +565,13 @@ async fn ensure_application(
     let app = inner.aws.describe_stack(app_name).await?;
     let Some(app) = app else {
         let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
-        let req = StackRequest { name: app_name.to_owned(), template, tags, token: token("app-create", env.id) };
+        let req = StackRequest {
+            name: app_name.to_owned(),
+            template,
+            tags,
+            token: token("app-create", env.id),
+            role_arn: inner.setup.stack_role_arn.clone(),
+        };
         match inner.aws.create_stack(&req).await {
             Ok(_) => {
                 let o = Observed { status: Status::Provisioning, ..env.observed() };
@@ -581,7 +602,13 @@ async fn ensure_application(
                 count_app_attempt(inner, env, &app, "rolled back an update").await?;
             }
             let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
-            let req = StackRequest { name: app_name.to_owned(), template, tags, token: token("app-update", env.id) };
+            let req = StackRequest {
+                name: app_name.to_owned(),
+                template,
+                tags,
+                token: token("app-update", env.id),
+                role_arn: inner.setup.stack_role_arn.clone(),
+            };
             match inner.aws.update_stack(&req).await? {
                 UpdateOutcome::Started => {
                     inner.store.add_event(env.id, "update", &format!("updating application stack {app_name}")).await?;
@@ -592,7 +619,10 @@ async fn ensure_application(
         }
         "ROLLBACK_COMPLETE" => {
             count_app_attempt(inner, env, &app, "failed to create").await?;
-            inner.aws.delete_stack(&app.id, &token("app-delete", env.id)).await?;
+            inner
+                .aws
+                .delete_stack(&app.id, &token("app-delete", env.id), inner.setup.stack_role_arn.as_deref())
+                .await?;
             let why = format!(
                 "application stack {app_name} failed to create ({}); deleting to create again",
                 app.reason.as_deref().unwrap_or("no reason given")
