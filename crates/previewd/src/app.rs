@@ -145,9 +145,15 @@ pub async fn build_reconciler(config: &Config, aws: Aws, role: &str) -> anyhow::
         repos,
         template_bucket: config.template_bucket.clone(),
         stack_role_arn: config.cloudformation_role_arn.clone(),
-        // The host, not the process: a replica restarted after a crash takes its own leases back at
-        // once instead of waiting for them to expire.
-        instance: if role.is_empty() { hostname() } else { format!("{}/{role}", hostname()) },
+        // Unique per process: two replicas on one host (or hosts without a name) never share a lease. A
+        // replica restarted after a crash waits for its old leases to expire, like any other.
+        instance: format!(
+            "{}/{}{}-{:08x}",
+            hostname(),
+            if role.is_empty() { String::new() } else { format!("{role}/") },
+            std::process::id(),
+            fastrand::u32(..)
+        ),
         tuning: config.tuning.clone(),
         reaper: config.reaper.clone(),
         seed_hook_secret: config.seed_hook_secret.clone(),

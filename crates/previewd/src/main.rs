@@ -109,9 +109,19 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     tracing::info!(addr = %app.addr(), "serving: webhooks at /webhooks/github, dashboard at /");
     println!("previewd listening on http://{}", app.addr());
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing reconciles under way");
-    app.stop().await
+    tracing::info!("shutting down: no new work; finishing reconciles under way");
+    match tokio::time::timeout(SHUTDOWN_LIMIT, app.stop()).await {
+        Ok(stopped) => stopped,
+        Err(_) => {
+            // What a step left unfinished is recorded in AWS and the store: the next start resumes it.
+            tracing::warn!(limit = ?SHUTDOWN_LIMIT, "reconciles still under way at the limit: abandoned");
+            Ok(())
+        }
+    }
 }
+
+/// After SIGTERM previewd exits within this long (ECS and systemd allow 60 s before SIGKILL).
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -101,7 +101,20 @@ async fn scenario(format: &str) {
     assert_eq!(redeploy.await.expect("redeploy").status(), 202);
     let wrong = http.get(format!("{base}/api/environments")).bearer_auth(format!("{DASHBOARD_TOKEN}x")).send();
     assert_eq!(wrong.await.expect("wrong token").status(), 401);
-    drop(child);
+    // SIGTERM: intake stops, work under way finishes, the process exits cleanly and soon.
+    let mut child = child;
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let mut exited = None;
+    for _ in 0..400 {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("exits within 20 s of SIGTERM");
+    assert!(status.success(), "{status}");
 
     let logs = std::fs::read_to_string(&log_path).expect("logs");
     assert!(logs.lines().count() > 50, "a debug-level run logs plenty: {logs}");
