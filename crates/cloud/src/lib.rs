@@ -200,14 +200,22 @@ impl Aws {
 
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         // An emulator or a proxy answers on one host: address buckets by path, not by subdomain.
-        let s3_config =
-            aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some()).build();
+        let s3_config = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(config.endpoint_url().is_some())
+            .interceptor(CountRequests)
+            .build();
         Self {
-            cfn: cfn::Client::new(config),
+            cfn: cfn::Client::from_conf(cfn::config::Builder::from(config).interceptor(CountRequests).build()),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
-            route53: aws_sdk_route53::Client::new(config),
-            secrets: aws_sdk_secretsmanager::Client::new(config),
-            ecs: aws_sdk_ecs::Client::new(config),
+            route53: aws_sdk_route53::Client::from_conf(
+                aws_sdk_route53::config::Builder::from(config).interceptor(CountRequests).build(),
+            ),
+            secrets: aws_sdk_secretsmanager::Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(config).interceptor(CountRequests).build(),
+            ),
+            ecs: aws_sdk_ecs::Client::from_conf(
+                aws_sdk_ecs::config::Builder::from(config).interceptor(CountRequests).build(),
+            ),
             region: config.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string()),
         }
     }
@@ -338,6 +346,54 @@ impl Aws {
             .map_err(|e| classify("PutObject", e))?;
         // The virtual-hosted form CloudFormation reads from (an emulator resolves it in its own S3).
         Ok(format!("https://{bucket}.s3.{}.amazonaws.com/{key}", self.region))
+    }
+}
+
+/// Counts every attempt of every AWS call (the SDK's retries included) into
+/// `previewd_aws_requests_total{service, operation, outcome}`, throttling apart.
+#[derive(Debug)]
+struct CountRequests;
+
+/// Error codes that say "slow down", as they appear in an error answer's body.
+const THROTTLE_MARKS: &[&str] =
+    &["Throttl", "SlowDown", "RequestLimitExceeded", "TooManyRequests", "PriorRequestNotComplete"];
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_cloudformation::config::RuntimeComponents,
+        cfg: &mut aws_sdk_cloudformation::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let (service, operation) = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
+        let outcome = match context.response() {
+            None => "no_response",
+            Some(r) if r.status().as_u16() < 400 => "ok",
+            Some(r) if r.status().as_u16() == 429 => "throttled",
+            Some(r) => {
+                let body = r.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+                if THROTTLE_MARKS.iter().any(|m| body.contains(m)) {
+                    "throttled"
+                } else if r.status().as_u16() < 500 {
+                    "client_error"
+                } else {
+                    "server_error"
+                }
+            }
+        };
+        let labels = previewd_metrics::AwsLabels {
+            service: service.to_ascii_lowercase().replace(" ", ""),
+            operation: operation.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        previewd_metrics::METRICS.aws_requests.get_or_create(&labels).inc();
+        Ok(())
     }
 }
 

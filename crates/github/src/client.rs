@@ -304,6 +304,7 @@ impl GitHub {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         if let Some(n) = header("x-ratelimit-remaining").and_then(|v| v.parse::<i64>().ok()) {
             self.rate_remaining.store(n, Ordering::Relaxed);
+            previewd_metrics::METRICS.github_rate_limit_remaining.set(n);
         }
         let content_type = header("content-type");
         let json = content_type.is_none_or(|t| t.contains("json"));
@@ -371,6 +372,7 @@ impl GitHub {
         } else {
             format!("{}{}", self.base.trim_end_matches('/'), route)
         };
+        let method_name = method.clone();
         let mut builder = http::Request::builder().method(method).uri(uri.as_str());
         for (k, v) in &headers {
             builder = builder.header(k, v);
@@ -382,12 +384,31 @@ impl GitHub {
             builder = builder.header(http::header::AUTHORIZATION, v);
         }
         let request = self.client.build_request(builder, body).map_err(|e| err(e.to_string()))?;
+        let op = operation(&method_name, route);
+        let count = |outcome: &str| {
+            let labels = previewd_metrics::GithubLabels { operation: op.to_owned(), outcome: outcome.to_owned() };
+            previewd_metrics::METRICS.github_requests.get_or_create(&labels).inc();
+        };
         let response = match tokio::time::timeout(self.timeout, self.client.execute(request)).await {
-            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
-            Ok(Err(e)) => return Err(err(e.to_string())),
+            Err(_) => {
+                count("no_response");
+                return Err(err(format!("no answer in {:?}", self.timeout)));
+            }
+            Ok(Err(e)) => {
+                count("no_response");
+                return Err(err(e.to_string()));
+            }
             Ok(Ok(r)) => r,
         };
         let status = response.status();
+        count(match status.as_u16() {
+            304 => "not_modified",
+            404 => "not_found",
+            403 | 429 if rate_limited(status, response.headers()).is_some() => "throttled",
+            s if s < 400 => "ok",
+            s if s < 500 => "client_error",
+            _ => "server_error",
+        });
         let headers = response.headers().clone();
         let body = match tokio::time::timeout(self.timeout, self.client.body_to_string(response)).await {
             Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
@@ -459,6 +480,38 @@ impl GitHub {
     }
 }
 
+/// A request's operation, for metrics: its method and the shape of its path, never a repository, a
+/// branch or an id (labels stay few).
+fn operation(method: &http::Method, route: &str) -> &'static str {
+    let path = match route.find("://") {
+        Some(i) => route[i + 3..].find('/').map_or("", |j| &route[i + 3 + j..]),
+        None => route,
+    };
+    let path = path.split('?').next().unwrap_or("");
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Past `/repos/{owner}/{name}` (GitHub Enterprise's `/api/v3` prefix skipped).
+    let rest = match segs.iter().position(|s| *s == "repos") {
+        Some(i) => segs.get(i + 3..).unwrap_or(&[]),
+        None if segs.contains(&"app") => return "create_installation_token",
+        None => return "other",
+    };
+    match (method.as_str(), rest) {
+        ("GET", []) => "get_repository",
+        ("GET", ["branches"]) => "list_branches",
+        ("GET", ["branches", ..]) => "get_branch",
+        ("GET", ["contents", ..]) => "get_contents",
+        ("GET", ["installation"]) => "get_installation",
+        ("GET", ["deployments"]) => "list_deployments",
+        ("POST", ["deployments"]) => "create_deployment",
+        ("POST", ["deployments", _, "statuses"]) => "create_deployment_status",
+        ("GET", ["pulls"]) => "list_pulls",
+        ("GET", ["issues", _, "comments"]) => "list_comments",
+        ("POST", ["issues", _, "comments"]) => "create_comment",
+        ("PATCH", ["issues", "comments", _]) => "edit_comment",
+        _ => "other",
+    }
+}
+
 /// How long a rate-limited answer asks to wait: `Retry-After` (the secondary limits), else the primary
 /// limit's reset time when nothing remains; a 429 without either waits a minute. `None`: not a limit.
 fn rate_limited(status: http::StatusCode, headers: &http::HeaderMap) -> Option<Duration> {
@@ -509,6 +562,19 @@ pub(crate) fn enc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operations_are_named_by_shape() {
+        let get = http::Method::GET;
+        assert_eq!(operation(&get, "/repos/a/b/branches/feat%2Fx"), "get_branch");
+        assert_eq!(
+            operation(&get, "https://ghe.example/api/v3/repos/a/b/branches?per_page=100&page=2"),
+            "list_branches"
+        );
+        assert_eq!(operation(&http::Method::POST, "/repos/a/b/deployments/7/statuses"), "create_deployment_status");
+        assert_eq!(operation(&http::Method::PATCH, "/repos/a/b/issues/comments/9"), "edit_comment");
+        assert_eq!(operation(&http::Method::POST, "/app/installations/42/access_tokens"), "create_installation_token");
+    }
 
     #[test]
     fn hostile_branch_names_stay_one_path_segment() {

@@ -11,7 +11,7 @@ use previewd_cloud::Aws;
 use previewd_github::GitHub;
 use previewd_reconciler::{FeedbackSetup, Reconciler, RepoSetup, Setup};
 use previewd_store::Store;
-use previewd_web::{AppState, Metrics};
+use previewd_web::AppState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -53,7 +53,6 @@ impl Application {
             owner,
             secrets: config.webhook_secrets.clone().into(),
             repos: Arc::new(zones),
-            metrics: Arc::new(Metrics::default()),
             dashboard_token: config.dashboard_token.clone(),
             public: !config.listen.ip().is_loopback(),
             github_web_url: previewd_web::github_web_url(&config.github_api_url),

@@ -430,7 +430,21 @@ impl Reconciler {
                 return Some(t.retry_min);
             }
         }
-        let result = reconcile::reconcile(&self.inner, id).await;
+        let started = std::time::Instant::now();
+        let mut kind = "gone";
+        let result = reconcile::reconcile(&self.inner, id, &mut kind).await;
+        let outcome = match &result {
+            Ok(Action::Done) => "done",
+            Ok(Action::Requeue(_)) => "requeue",
+            Err(e) if e.needs_human() => "failed",
+            Err(_) => "retry",
+        };
+        let m = &previewd_metrics::METRICS;
+        let labels = previewd_metrics::StepLabels { kind: kind.to_owned(), outcome: outcome.to_owned() };
+        m.reconcile_steps.get_or_create(&labels).inc();
+        m.reconcile_seconds
+            .get_or_create(&previewd_metrics::KindLabel { kind: kind.to_owned() })
+            .observe(started.elapsed().as_secs_f64());
         if result.is_ok()
             && let Err(e) = self.inner.store.reset_retries(id).await
         {

@@ -209,6 +209,12 @@ impl Queue {
         self.len() == 0
     }
 
+    /// How long the longest-waiting due environment has been due (zero when none is).
+    pub fn oldest_due_age(&self) -> Duration {
+        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.first_due().map_or(Duration::ZERO, |due| Instant::now().saturating_duration_since(due))
+    }
+
     /// How many ids wait in `lane` (due or not, and not running).
     pub fn waiting(&self, lane: Lane) -> usize {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).lane(lane).len()

@@ -178,6 +178,9 @@ impl Inner {
             }
         });
         let count = |v: Verdict| decisions.iter().filter(|d| d.verdict == v).count();
+        if !dry_run {
+            previewd_metrics::METRICS.reaper_removals.inc_by(count(Verdict::Remove) as u64);
+        }
         let mut summary = format!(
             "{}{}: {} removed, {} waiting for the grace, {} adopted, {} dangling DNS names removed",
             if dry_run { "dry run, " } else { "" },

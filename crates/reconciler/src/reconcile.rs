@@ -33,8 +33,10 @@ const TAG_TEMPLATE: &str = "previewd:template";
 /// Stack states from which an update may start.
 const UPDATABLE: &[&str] = &["CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"];
 
-pub(crate) async fn reconcile(inner: &Inner, id: i64) -> Result<Action, ReconcileError> {
+/// `kind` is set to the environment's status as the step found it (for the step metrics).
+pub(crate) async fn reconcile(inner: &Inner, id: i64, kind: &mut &'static str) -> Result<Action, ReconcileError> {
     let Some(env) = inner.store.get(id).await? else { return Ok(Action::Done) };
+    *kind = env.status.as_str();
     let span = tracing::Span::current();
     span.record("repo", env.repo.as_str());
     span.record("branch", env.branch.as_str());
@@ -536,6 +538,11 @@ async fn point_dns(
     };
     let event = (env.status != Status::Ready || env.deployed_sha.as_ref() != Some(sha))
         .then(|| format!("ready at {}: {url}", sha.short()));
+    if event.is_some()
+        && let Some(pushed) = env.pushed_at
+    {
+        previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
+    }
     record(inner, env, o, event.as_deref().map(|m| ("ready", m))).await?;
     Ok(Action::Done)
 }

@@ -185,6 +185,8 @@ async fn run(inner: &Inner, cx: &SeedContext<'_>, step: &SeedStep) -> Result<Ste
 }
 
 fn outcome(index: usize, step: &SeedStep, result: &str, detail: String) -> SeedOutcome {
+    let labels = previewd_metrics::SeedLabels { kind: step.kind.name().to_owned(), outcome: result.to_owned() };
+    previewd_metrics::METRICS.seed_steps.get_or_create(&labels).inc();
     SeedOutcome {
         step: index as i64,
         name: step.name.clone(),

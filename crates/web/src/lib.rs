@@ -7,7 +7,6 @@ mod dashboard;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
@@ -37,7 +36,6 @@ pub struct AppState {
     pub secrets: Arc<[Secret]>,
     /// The repositories served and the zone each one's environments are named under.
     pub repos: Arc<BTreeMap<RepoName, DnsZone>>,
-    pub metrics: Arc<Metrics>,
     /// When set, the dashboard, the API and the metrics require it.
     pub dashboard_token: Option<Secret>,
     /// Listening beyond loopback: then, without a token, the dashboard and API are refused.
@@ -93,13 +91,17 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Webhook outcomes, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    accepted: AtomicU64,
-    duplicate: AtomicU64,
-    ignored: AtomicU64,
-    rejected: AtomicU64,
+/// Counts a webhook delivery by event and outcome. The event comes from a header anyone may send: only
+/// GitHub's names previewd knows become labels (the rest are `other`), so labels stay few.
+fn count(headers: &HeaderMap, outcome: &str) {
+    let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let event = match event {
+        "push" | "create" | "delete" | "ping" | "pull_request" => event,
+        "" => "none",
+        _ => "other",
+    };
+    let labels = previewd_metrics::WebhookLabels { event: event.to_owned(), outcome: outcome.to_owned() };
+    previewd_metrics::METRICS.webhooks.get_or_create(&labels).inc();
 }
 
 pub fn router(state: AppState) -> Router {
@@ -121,8 +123,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn reject(state: &AppState, status: StatusCode, message: impl Into<String>) -> Response {
-    state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+fn reject(headers: &HeaderMap, status: StatusCode, message: impl Into<String>) -> Response {
+    count(headers, "rejected");
     let message = message.into();
     tracing::info!(%status, %message, "webhook refused");
     (status, message).into_response()
@@ -132,53 +134,53 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return reject(&state, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
+        return reject(&headers, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
     }
     let intake = &state.intake;
     let Ok(Ok(_slot)) = tokio::time::timeout(intake.wait, intake.slots.clone().acquire_owned()).await else {
-        return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "too many webhooks at once: try again");
+        return reject(&headers, StatusCode::SERVICE_UNAVAILABLE, "too many webhooks at once: try again");
     };
     // Read at most the limit: a body that claims less and sends more is cut off, not buffered.
     let read = tokio::time::timeout(intake.read_timeout, http_body_util::Limited::new(body, MAX_BODY_BYTES).collect());
     let Ok(read) = read.await else {
         let why = format!("the body did not arrive within {:?}", intake.read_timeout);
-        return reject(&state, StatusCode::REQUEST_TIMEOUT, why);
+        return reject(&headers, StatusCode::REQUEST_TIMEOUT, why);
     };
     let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return reject(&state, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
+            return reject(&headers, StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
         }
-        Err(_) => return reject(&state, StatusCode::BAD_REQUEST, "cannot read the body"),
+        Err(_) => return reject(&headers, StatusCode::BAD_REQUEST, "cannot read the body"),
     };
     let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Err(e) = verify_signature(&state.secrets, header_str("x-hub-signature-256"), &bytes) {
-        return reject(&state, StatusCode::UNAUTHORIZED, e.to_string());
+        return reject(&headers, StatusCode::UNAUTHORIZED, e.to_string());
     }
     let Some(event) = header_str("x-github-event") else {
-        return reject(&state, StatusCode::BAD_REQUEST, "no X-GitHub-Event header");
+        return reject(&headers, StatusCode::BAD_REQUEST, "no X-GitHub-Event header");
     };
     let Some(delivery) = header_str("x-github-delivery").filter(|d| !d.is_empty() && d.len() <= MAX_DELIVERY_ID) else {
-        return reject(&state, StatusCode::BAD_REQUEST, "no valid X-GitHub-Delivery header");
+        return reject(&headers, StatusCode::BAD_REQUEST, "no valid X-GitHub-Delivery header");
     };
     let parsed = match parse_event(event, &bytes) {
         Ok(p) => p,
-        Err(e) => return reject(&state, StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return reject(&headers, StatusCode::BAD_REQUEST, e.to_string()),
     };
     let span = tracing::info_span!("webhook", event, delivery);
-    record(&state, event, delivery, parsed).instrument(span).await
+    record(&state, &headers, event, delivery, parsed).instrument(span).await
 }
 
 /// Records what a verified, parsed webhook asks for, and enqueues the environment.
-async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEvent) -> Response {
+async fn record(state: &AppState, headers: &HeaderMap, event: &str, delivery: &str, parsed: WebhookEvent) -> Response {
     let (repo, display, branch, desired, reason) = match parsed {
         WebhookEvent::Ping => {
-            state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+            count(headers, "ignored");
             return (StatusCode::OK, "pong").into_response();
         }
         WebhookEvent::Ignored { reason } => {
             tracing::debug!(%reason, "ignored");
-            state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+            count(headers, "ignored");
             return (StatusCode::OK, format!("ignored: {reason}")).into_response();
         }
         WebhookEvent::BranchPresent { repo, display, branch, sha } => {
@@ -189,12 +191,12 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
             (repo, display, branch, Desired::Absent, format!("{event}: branch deleted (delivery {delivery})"))
         }
         WebhookEvent::PullRequestOpened { repo, branch } => {
-            return pull_request_opened(state, event, delivery, repo, branch).await;
+            return pull_request_opened(state, headers, event, delivery, repo, branch).await;
         }
     };
     let Some(zone) = state.repos.get(&repo) else {
         tracing::info!(%repo, "repository not configured: ignored");
-        state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+        count(headers, "ignored");
         return (StatusCode::OK, format!("ignored: repository {repo} is not configured")).into_response();
     };
     // A readable name when it is free (`feature-login`), the always-hashed one on a collision.
@@ -206,14 +208,14 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
     let change = DesiredChange { repo, repo_display: Some(display), branch, names, fallback, desired, reason };
     match state.store.record_webhook(delivery, event, Some(&change)).await {
         Ok(Recorded::Duplicate) => {
-            state.metrics.duplicate.fetch_add(1, Ordering::Relaxed);
+            count(headers, "duplicate");
             (StatusCode::OK, "duplicate delivery: already recorded").into_response()
         }
         Ok(Recorded::New { env_id }) => {
             if let Some(id) = env_id {
                 state.queue.enqueue(id);
             }
-            state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            count(headers, "accepted");
             tracing::info!(repo = %change.repo, branch = %change.branch, env = %change.names.env_key, "recorded");
             (StatusCode::ACCEPTED, "recorded").into_response()
         }
@@ -229,13 +231,14 @@ async fn record(state: &AppState, event: &str, delivery: &str, parsed: WebhookEv
 /// so the new pull request gets its comment. Nothing else changes.
 async fn pull_request_opened(
     state: &AppState,
+    headers: &HeaderMap,
     event: &str,
     delivery: &str,
     repo: RepoName,
     branch: previewd_domain::BranchName,
 ) -> Response {
     if !state.repos.contains_key(&repo) {
-        state.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+        count(headers, "ignored");
         return (StatusCode::OK, format!("ignored: repository {repo} is not configured")).into_response();
     }
     // Marked before the delivery is recorded: a crash between the two leaves a redelivery to mark it again
@@ -251,7 +254,7 @@ async fn pull_request_opened(
     };
     let recorded = match recorded {
         Ok(true) => {
-            state.metrics.duplicate.fetch_add(1, Ordering::Relaxed);
+            count(headers, "duplicate");
             return (StatusCode::OK, "duplicate delivery: already recorded").into_response();
         }
         Ok(false) => Ok(()),
@@ -259,7 +262,7 @@ async fn pull_request_opened(
     };
     match recorded {
         Ok(()) => {
-            state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            count(headers, "accepted");
             (StatusCode::ACCEPTED, "recorded").into_response()
         }
         Err(e) => {
@@ -532,39 +535,20 @@ async fn last_reaper_pass(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    use std::fmt::Write as _;
-    let mut out = String::from(
-        "# HELP previewd_webhooks_total Webhook deliveries by outcome.\n# TYPE previewd_webhooks_total counter\n",
-    );
-    let m = &state.metrics;
-    for (outcome, n) in
-        [("accepted", &m.accepted), ("duplicate", &m.duplicate), ("ignored", &m.ignored), ("rejected", &m.rejected)]
-    {
-        let _ = writeln!(out, "previewd_webhooks_total{{outcome=\"{outcome}\"}} {}", n.load(Ordering::Relaxed));
-    }
-    out.push_str("# HELP previewd_environments Environments by status.\n# TYPE previewd_environments gauge\n");
-    if let Ok(counts) = state.store.status_counts().await {
-        for status in previewd_domain::Status::ALL {
-            let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
-            let _ = writeln!(out, "previewd_environments{{status=\"{status}\"}} {n}");
-        }
-    }
-    out.push_str(
-        "# HELP previewd_reaper_passes_total Reaper passes by outcome.\n# TYPE previewd_reaper_passes_total counter\n",
-    );
-    if let Ok(counts) = state.store.reaper_pass_counts().await {
-        for (outcome, n) in counts {
-            let _ = writeln!(
-                out,
-                "previewd_reaper_passes_total{{outcome=\"{}\"}} {n}",
-                outcome.replace(['"', '\\', '\n'], "_")
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP previewd_queue_length Environments waiting or being reconciled.\n# TYPE previewd_queue_length gauge\npreviewd_queue_length {}",
-        state.queue.len()
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    // Environments by status and reaper passes are counted in SQL; a failing store leaves them out.
+    let snapshot = previewd_metrics::Snapshot {
+        environments: match state.store.status_counts().await {
+            // Every status, zero included, so a dashboard's series never vanish.
+            Ok(counts) => previewd_domain::Status::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), counts.iter().find(|(c, _)| c == s.as_str()).map_or(0, |(_, n)| *n)))
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        reaper_passes: state.store.reaper_pass_counts().await.unwrap_or_default(),
+        queue_depth: state.queue.len() as i64,
+        queue_oldest_seconds: state.queue.oldest_due_age().as_secs_f64(),
+    };
+    let text = previewd_metrics::METRICS.encode(&snapshot);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

@@ -10,7 +10,7 @@ use futures::StreamExt as _;
 use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
 use previewd_reconciler::Queue;
 use previewd_store::{DesiredChange, Store};
-use previewd_web::{AppState, Intake, Metrics, router};
+use previewd_web::{AppState, Intake, router};
 use tower::ServiceExt as _;
 
 async fn app(token: Option<&str>) -> (axum::Router, tempfile::TempDir) {
@@ -31,7 +31,6 @@ async fn app_with(token: Option<&str>, public: bool, intake: Intake) -> (axum::R
         owner: OwnerId::new("t").expect("owner"),
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),
-        metrics: Arc::new(Metrics::default()),
         dashboard_token: token.map(Secret::new),
         public,
         github_web_url: "https://github.com".into(),

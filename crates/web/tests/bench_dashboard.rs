@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode};
 use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
 use previewd_reconciler::Queue;
 use previewd_store::{DesiredChange, Store};
-use previewd_web::{AppState, Metrics, router};
+use previewd_web::{AppState, router};
 use tower::ServiceExt as _;
 
 const REQUESTS: usize = 200;
@@ -45,7 +45,6 @@ async fn the_list_with_many_environments() {
         owner,
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),
-        metrics: Arc::new(Metrics::default()),
         dashboard_token: None,
         public: false,
         github_web_url: "https://github.com".into(),

@@ -1,0 +1,204 @@
+//! previewd's metrics, through `prometheus-client`: counters and histograms that the web layer, the
+//! reconciler and the AWS and GitHub clients record into, and one encoder for `GET /metrics` that adds
+//! what is read at scrape time (environments by status, the queue).
+//!
+//! The families live in one process-wide [`METRICS`]: AWS and GitHub calls are counted deep inside
+//! their clients, where passing a handle around would touch every call.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub event: String,
+    /// `accepted`, `duplicate`, `ignored`, `rejected`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsLabels {
+    pub service: String,
+    pub operation: String,
+    /// `ok`, `throttled`, `client_error`, `server_error`, `no_response`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GithubLabels {
+    pub operation: String,
+    /// `ok`, `not_modified`, `not_found`, `throttled`, `client_error`, `server_error`, `no_response`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// The environment's status when the step began (`pending`, `provisioning`, `ready`, `deleting`, …).
+    pub kind: String,
+    /// `done`, `requeue`, `retry`, `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SeedLabels {
+    pub kind: String,
+    /// `ok`, `skipped`, `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Every family previewd records into.
+#[derive(Debug)]
+pub struct Metrics {
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub aws_requests: Family<AwsLabels, Counter>,
+    pub github_requests: Family<GithubLabels, Counter>,
+    pub github_rate_limit_remaining: Gauge,
+    pub reconcile_steps: Family<StepLabels, Counter>,
+    pub reconcile_seconds: Family<KindLabel, Histogram>,
+    pub seed_steps: Family<SeedLabels, Counter>,
+    pub push_to_ready_seconds: Histogram,
+    pub reaper_removals: Counter,
+}
+
+fn step_seconds() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            webhooks: Family::default(),
+            aws_requests: Family::default(),
+            github_requests: Family::default(),
+            github_rate_limit_remaining: Gauge::default(),
+            reconcile_steps: Family::default(),
+            reconcile_seconds: Family::new_with_constructor(step_seconds),
+            seed_steps: Family::default(),
+            // 1 s … ~4.5 h.
+            push_to_ready_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            reaper_removals: Counter::default(),
+        }
+    }
+}
+
+/// What is read at scrape time rather than recorded as it happens.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Environments by status, counted in the database.
+    pub environments: Vec<(String, i64)>,
+    /// Reaper passes by outcome, from the database (so they survive restarts).
+    pub reaper_passes: Vec<(String, i64)>,
+    /// Environments waiting in this process's queue, and how long the oldest due one has waited.
+    pub queue_depth: i64,
+    pub queue_oldest_seconds: f64,
+}
+
+impl Metrics {
+    /// The Prometheus (OpenMetrics) text of every family, with `snapshot`'s values.
+    pub fn encode(&self, snapshot: &Snapshot) -> String {
+        let mut r = Registry::default();
+        r.register("previewd_webhooks", "Webhook deliveries by event and outcome", self.webhooks.clone());
+        r.register(
+            "previewd_aws_requests",
+            "AWS API requests (each attempt, retries included) by service, operation and outcome",
+            self.aws_requests.clone(),
+        );
+        r.register(
+            "previewd_github_requests",
+            "GitHub API requests by operation and outcome (throttled: a rate limit answered)",
+            self.github_requests.clone(),
+        );
+        r.register(
+            "previewd_github_rate_limit_remaining",
+            "GitHub's x-ratelimit-remaining in its latest answer",
+            self.github_rate_limit_remaining.clone(),
+        );
+        r.register("previewd_reconcile_steps", "Reconcile steps by kind and outcome", self.reconcile_steps.clone());
+        r.register(
+            "previewd_reconcile_step_seconds",
+            "Reconcile step duration by kind",
+            self.reconcile_seconds.clone(),
+        );
+        r.register("previewd_seed_steps", "Seed steps by kind and outcome", self.seed_steps.clone());
+        r.register(
+            "previewd_push_to_ready_seconds",
+            "From a push (as the webhook said) to its environment being ready",
+            self.push_to_ready_seconds.clone(),
+        );
+        r.register("previewd_reaper_removals", "Environments the reaper removed", self.reaper_removals.clone());
+        let environments = Family::<StatusLabel, Gauge>::default();
+        for (status, n) in &snapshot.environments {
+            environments.get_or_create(&StatusLabel { status: status.clone() }).set(*n);
+        }
+        r.register("previewd_environments", "Environments by status", environments);
+        let passes = Family::<OutcomeLabel, Counter>::default();
+        for (outcome, n) in &snapshot.reaper_passes {
+            passes.get_or_create(&OutcomeLabel { outcome: outcome.clone() }).inc_by(u64::try_from(*n).unwrap_or(0));
+        }
+        r.register("previewd_reaper_passes", "Reaper passes by outcome", passes);
+        let depth = Gauge::<i64>::default();
+        depth.set(snapshot.queue_depth);
+        r.register("previewd_queue_depth", "Environments waiting or being reconciled", depth);
+        let oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        oldest.set(snapshot.queue_oldest_seconds);
+        r.register("previewd_queue_oldest_due_seconds", "How long the oldest due environment has waited", oldest);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &r) {
+            out = format!("# cannot encode metrics: {e}\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_encode_with_their_labels() {
+        let m = Metrics::default();
+        m.webhooks.get_or_create(&WebhookLabels { event: "push".into(), outcome: "accepted".into() }).inc();
+        m.aws_requests
+            .get_or_create(&AwsLabels {
+                service: "cloudformation".into(),
+                operation: "CreateStack".into(),
+                outcome: "ok".into(),
+            })
+            .inc();
+        let snapshot = Snapshot { environments: vec![("ready".into(), 3)], queue_depth: 2, ..Snapshot::default() };
+        let text = m.encode(&snapshot);
+        assert!(text.contains(r#"previewd_webhooks_total{event="push",outcome="accepted"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"previewd_aws_requests_total{service="cloudformation",operation="CreateStack",outcome="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"previewd_environments{status="ready"} 3"#), "{text}");
+        assert!(text.contains("previewd_queue_depth 2") && text.ends_with("# EOF\n"), "{text}");
+    }
+}
