@@ -209,10 +209,10 @@ prefix = "data/"
 name = "rows"
 kind = "sql"
 files = ["seed/rows.sql"]
-host = { setting = "db.host" }
+host = { output = "DatabaseHost" }
 port = { setting = "db.port" }
 database = { setting = "db.name" }
-secret = { setting = "db.secret" }
+secret = { output = "DatabaseSecretArn" }
 
 [[seed]]
 name = "tell the app"
@@ -272,6 +272,8 @@ url = "{hook_url}"
   "Outputs": {
     "Endpoint": {"Value": "lb.seeded.test"},
     "BucketName": {"Value": {"Ref": "Bucket"}},
+    "DatabaseHost": {"Value": {"Previewd::Setting": "db.host"}},
+    "DatabaseSecretArn": {"Value": {"Previewd::Setting": "db.secret"}},
     "ClusterName": {"Value": {"Ref": "Cluster"}},
     "Subnets": {"Value": {"Ref": "Subnet"}},
     "SeedTaskDefinition": {"Value": {"Ref": "SeedTask"}}

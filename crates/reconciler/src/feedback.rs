@@ -335,6 +335,18 @@ async fn comments(
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn content_creating_requests_are_spaced_under_githubs_limit() {
+        let setup = crate::FeedbackSetup { dashboard_url: None, write_gap: Duration::from_millis(750) };
+        let start = tokio::time::Instant::now();
+        let mut last = start - setup.write_gap;
+        for _ in 0..81 {
+            pace(&setup, &mut last).await;
+        }
+        // 81 writes take at least 80 gaps: a minute, so never more than 80 in any minute.
+        assert!(start.elapsed() >= Duration::from_secs(60), "{:?}", start.elapsed());
+    }
+
     #[test]
     fn markdown_shows_hostile_text_literally() {
         let s = markdown_text("<img src=x onerror=alert(1)> **bold** [a](b) @team `x`\n# h");
