@@ -141,7 +141,7 @@ pub struct SeedProgress {
     pub next_step: i64,
     pub task: Option<String>,
     pub outcome: Option<SeedOutcome>,
-    /// Seeding is over: no step is pending any more (`seeded_at` is set when it ended well).
+    /// Every step ended well: nothing is pending any more and `seeded_at` is set.
     pub finished: bool,
 }
 
@@ -745,8 +745,8 @@ impl Store {
     }
 
     /// Records seeding progress: the step to run next, the ECS task it waits for, the outcome of the step
-    /// that ended (appended to the log, and to the event log), and whether seeding is over (`seeded_at`
-    /// set when it ended well).
+    /// that ended (appended to the log, and to the event log), and whether every step is done (then
+    /// `seeded_at` is set).
     pub async fn seed_progress(&self, id: i64, progress: SeedProgress) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
