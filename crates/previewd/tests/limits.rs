@@ -67,3 +67,50 @@ async fn stacks_are_made_and_deleted_through_the_configured_service_role() {
     assert_eq!(t.delete("feat/role").await, 202);
     t.deleted("feat/role").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_observes_the_fleet_and_another_takes_over_when_it_stops() {
+    let mut t = TestEnv::start().await;
+    t.stop_app().await;
+    // Two replicas on one database, observing every 200 ms.
+    let mut config = t.config();
+    config.tuning.resync_every = std::time::Duration::from_millis(200);
+    let start = || async {
+        previewd::Application::build_with_aws(&config, previewd_testkit::aws_for(&t.proxy.endpoint()).await)
+            .await
+            .expect("starts")
+    };
+    let a = start().await;
+    let b = start().await;
+    let lock = previewd_reconciler::FLEET_LOCK;
+    let holder = || async { t.store.lock_holder(lock).await.expect("store") };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let first = loop {
+        if let Some(h) = holder().await {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replica observes the fleet");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let (ids, mut apps) = ([a.reconciler().instance().to_owned(), b.reconciler().instance().to_owned()], vec![a, b]);
+    assert!(ids.contains(&first), "{first} is one of {ids:?}");
+    // The holder keeps it across several passes: the other never observes meanwhile.
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(holder().await.as_deref(), Some(first.as_str()), "held by one replica");
+    }
+    // It stops: the other takes over.
+    let i = ids.iter().position(|id| *id == first).expect("index");
+    apps.remove(i).stop().await.expect("stops");
+    let other = &ids[1 - i];
+    loop {
+        if holder().await.as_deref() == Some(other.as_str()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the other replica did not take over");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for app in apps {
+        app.stop().await.expect("stops");
+    }
+}

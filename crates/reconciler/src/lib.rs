@@ -29,6 +29,8 @@ pub use queue::{Lane, Queue};
 pub use reaper::{Decision, Outcome, ReaperSetup, Report, Verdict};
 pub use seed::HOOK_SIGNATURE_HEADER;
 
+/// The lock row that keeps the fleet observer to one replica.
+pub const FLEET_LOCK: &str = "fleet-observer";
 /// Deliveries are kept this long for deduplication (GitHub redelivers for up to 3 days).
 pub const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -261,6 +263,11 @@ impl Reconciler {
         &self.inner.setup.owner
     }
 
+    /// This process as a lease and lock holder.
+    pub fn instance(&self) -> &str {
+        &self.inner.setup.instance
+    }
+
     /// Runs the workers, the fleet observer (every `resync_every`) and the reaper (on its cron schedule)
     /// until `shutdown` turns true; a reconcile under way finishes first (what it started in AWS is
     /// recorded and picked up again after a restart).
@@ -272,12 +279,36 @@ impl Reconciler {
         workers.spawn(async move { feedback::run(&this.inner, stop).await });
         let this = self.clone();
         workers.spawn(async move {
+            let (store, me) = (&this.inner.store, this.inner.setup.instance.as_str());
+            let every = this.inner.setup.tuning.resync_every;
+            let mut starting = true;
             loop {
-                this.resync().await;
+                // One replica observes the fleet: it holds a lock row it renews every pass; when it dies the
+                // lock expires after two passes and another replica takes it. A replica that starts looks
+                // once whoever holds it (a restart after a crash catches up at once; a second look is
+                // harmless: it only enqueues).
+                let until = now_ms() + every.saturating_mul(2).as_millis() as i64;
+                let held = match store.try_lock(FLEET_LOCK, me, until).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "cannot take the fleet observer's lock");
+                        false
+                    }
+                };
+                if held || starting {
+                    this.resync().await;
+                } else {
+                    tracing::debug!("another replica observes the fleet");
+                }
+                starting = false;
                 tokio::select! {
-                    _ = tokio::time::sleep(this.inner.setup.tuning.resync_every) => {}
+                    _ = tokio::time::sleep(every) => {}
                     _ = shutdown.wait_for(|s| *s) => break,
                 }
+            }
+            // Handed over at once on a clean stop.
+            if let Err(e) = store.unlock(FLEET_LOCK, me).await {
+                tracing::warn!(error = ?e, "cannot release the fleet observer's lock");
             }
         });
         while workers.join_next().await.is_some() {}

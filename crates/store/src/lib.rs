@@ -1054,6 +1054,16 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Who holds the named lock, if anyone holds it unexpired.
+    pub async fn lock_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT holder FROM locks WHERE name = $1 AND until >= $2")
+            .bind(name)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read lock"))
+    }
+
     pub async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
             .bind(name)
