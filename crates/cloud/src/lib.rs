@@ -335,15 +335,7 @@ impl Aws {
 
     /// Uploads a template too large for a TemplateBody and returns the URL CloudFormation reads it from.
     pub async fn upload_template(&self, bucket: &str, key: &str, body: String) -> Result<String, CloudError> {
-        self.s3
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(body.into_bytes().into())
-            .send()
-            .await
-            .map_err(|e| classify("PutObject", e))?;
+        self.put_object(bucket, key, body.into_bytes(), Some("application/json")).await?;
         // The virtual-hosted form CloudFormation reads from (an emulator resolves it in its own S3).
         Ok(format!("https://{bucket}.s3.{}.amazonaws.com/{key}", self.region))
     }

@@ -43,11 +43,18 @@ pub struct TaskRequest {
 
 impl Aws {
     /// Puts one object.
-    pub async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), CloudError> {
+    pub async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<(), CloudError> {
         self.s3
             .put_object()
             .bucket(bucket)
             .key(key)
+            .set_content_type(content_type.map(str::to_owned))
             .body(body.into())
             .send()
             .await

@@ -14,7 +14,6 @@ use previewd_domain::{BranchName, CommitSha, RepoName, Secret};
 use serde::Deserialize;
 
 use crate::auth::{AppAuth, Credentials, InstallationToken, REFRESH_MARGIN, expiry};
-use std::sync::atomic::{AtomicI64, Ordering};
 
 /// GitHub answers in well under a second; past this something is wrong and the reconciler should retry.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -72,8 +71,6 @@ pub struct GitHub {
     /// One call (and reading its answer) may take this long.
     timeout: Duration,
     auth: Arc<Auth>,
-    /// `x-ratelimit-remaining` of the latest answer that had one (-1: none yet).
-    rate_remaining: Arc<AtomicI64>,
 }
 
 #[derive(Debug)]
@@ -135,7 +132,6 @@ impl GitHub {
             etags: Arc::new(Mutex::new(HashMap::new())),
             timeout,
             auth: Arc::new(auth),
-            rate_remaining: Arc::new(AtomicI64::new(-1)),
         })
     }
 
@@ -145,11 +141,6 @@ impl GitHub {
             app.margin = margin;
         }
         self
-    }
-
-    /// GitHub's `x-ratelimit-remaining` in its latest answer, if any answer had one.
-    pub fn rate_limit_remaining(&self) -> Option<i64> {
-        Some(self.rate_remaining.load(Ordering::Relaxed)).filter(|n| *n >= 0)
     }
 
     pub(crate) fn repo_path(repo: &RepoName) -> String {
@@ -303,7 +294,6 @@ impl GitHub {
     ) -> Result<Option<String>, GithubError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         if let Some(n) = header("x-ratelimit-remaining").and_then(|v| v.parse::<i64>().ok()) {
-            self.rate_remaining.store(n, Ordering::Relaxed);
             previewd_metrics::METRICS.github_rate_limit_remaining.set(n);
         }
         let content_type = header("content-type");
@@ -389,7 +379,13 @@ impl GitHub {
             let labels = previewd_metrics::GithubLabels { operation: op.to_owned(), outcome: outcome.to_owned() };
             previewd_metrics::METRICS.github_requests.get_or_create(&labels).inc();
         };
-        let response = match tokio::time::timeout(self.timeout, self.client.execute(request)).await {
+        // One bound for the call and the reading of its answer.
+        let call = async {
+            let response = self.client.execute(request).await?;
+            let (status, headers) = (response.status(), response.headers().clone());
+            Ok::<_, octocrab::Error>((status, headers, self.client.body_to_string(response).await?))
+        };
+        let (status, headers, body) = match tokio::time::timeout(self.timeout, call).await {
             Err(_) => {
                 count("no_response");
                 return Err(err(format!("no answer in {:?}", self.timeout)));
@@ -398,23 +394,16 @@ impl GitHub {
                 count("no_response");
                 return Err(err(e.to_string()));
             }
-            Ok(Ok(r)) => r,
+            Ok(Ok(answer)) => answer,
         };
-        let status = response.status();
         count(match status.as_u16() {
             304 => "not_modified",
             404 => "not_found",
-            403 | 429 if rate_limited(status, response.headers()).is_some() => "throttled",
+            403 | 429 if rate_limited(status, &headers).is_some() => "throttled",
             s if s < 400 => "ok",
             s if s < 500 => "client_error",
             _ => "server_error",
         });
-        let headers = response.headers().clone();
-        let body = match tokio::time::timeout(self.timeout, self.client.body_to_string(response)).await {
-            Err(_) => return Err(err(format!("no answer in {:?}", self.timeout))),
-            Ok(Err(e)) => return Err(err(e.to_string())),
-            Ok(Ok(b)) => b,
-        };
         Ok(Answer { status, headers, body })
     }
 

@@ -2,49 +2,17 @@
 //! stack, then started again: it converges on the newest commit with no duplicate stack and no
 //! acknowledged webhook lost.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use previewd_domain::Status;
-use previewd_testkit::{TestEnv, free_port};
+use previewd_testkit::{Serve, TestEnv};
 
 const SHA1: &str = "1111111111111111111111111111111111111111";
 const SHA2: &str = "2222222222222222222222222222222222222222";
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn serve(t: &TestEnv, n: u32) -> (Serve, std::net::SocketAddr) {
-    let port = free_port();
-    let log = std::fs::File::create(t.dir.path().join(format!("serve-{n}.log"))).expect("log file");
-    let child = Serve(
-        Command::new(env!("CARGO_BIN_EXE_previewd"))
-            .arg("serve")
-            .envs(t.process_env())
-            .env("PREVIEWD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("previewd starts"),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    for _ in 0..300 {
-        if reqwest::get(format!("http://{addr}/healthz")).await.is_ok_and(|r| r.status() == 200) {
-            return (child, addr);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "previewd serve did not come up: {}",
-        std::fs::read_to_string(t.dir.path().join(format!("serve-{n}.log"))).unwrap_or_default()
-    );
+async fn serve(t: &TestEnv, n: u32) -> Serve {
+    let log = t.dir.path().join(format!("serve-{n}.log"));
+    Serve::start(t, env!("CARGO_BIN_EXE_previewd"), &[], &[("RUST_LOG", "info")], log).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,8 +22,8 @@ async fn sigkill_while_creating_then_restart_converges() {
     let stack = t.names("feat/crash").stack_name;
     t.proxy.slow_create(&stack, Duration::from_secs(3));
 
-    let (mut first, addr) = serve(&t, 1).await;
-    t.set_target(addr);
+    let mut first = serve(&t, 1).await;
+    t.set_target(first.addr);
     assert_eq!(t.push("feat/crash", SHA1).await, 202);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while t.proxy.count("CreateStack", &stack) == 0 {
@@ -64,16 +32,16 @@ async fn sigkill_while_creating_then_restart_converges() {
     }
     // Acknowledged a moment before the crash: must survive it.
     assert_eq!(t.push("feat/crash", SHA2).await, 202);
-    first.0.kill().expect("SIGKILL");
-    first.0.wait().expect("reaped");
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
     assert_eq!(
         t.stack(&stack).await.map(|s| s.status),
         Some("CREATE_COMPLETE".into()),
         "moto finished the create meanwhile"
     );
 
-    let (_second, addr) = serve(&t, 2).await;
-    t.set_target(addr);
+    let second = serve(&t, 2).await;
+    t.set_target(second.addr);
     let env = t
         .wait_for("feat/crash", "ready at the newest commit", |e| {
             e.status == Status::Ready && e.deployed_sha.as_ref().is_some_and(|s| s.as_str() == SHA2)

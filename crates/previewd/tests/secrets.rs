@@ -2,25 +2,16 @@
 //! through a token, dashboard actions with the token, a teardown) runs in the real `previewd serve`
 //! process at debug level, in both log formats, and its whole output is searched for every secret value.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use previewd_domain::Status;
-use previewd_testkit::{Options, TestEnv, free_port, sha};
+use previewd_testkit::{Options, Serve, TestEnv, sha};
 
 const GITHUB_TOKEN: &str = "ghp_secretgithubtoken0123456789abcdef";
 const DASHBOARD_TOKEN: &str = "dashboard-secret-token-0123456789";
 const HOOK_SECRET: &str = "seed-hook-secret-value-42";
 const DB_PASSWORD: &str = "db-password-never-logged";
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn scenario(format: &str) {
     let mut t =
@@ -32,35 +23,17 @@ async fn scenario(format: &str) {
     sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.expect("create database");
     let db_url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/{db}");
 
-    let port = free_port();
-    let log_path = t.dir.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let child = Serve(
-        Command::new(env!("CARGO_BIN_EXE_previewd"))
-            .args(["--log-format", format, "serve"])
-            .envs(t.process_env())
-            .env("PREVIEWD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PREVIEWD_DATABASE_URL", &db_url)
-            .env("PREVIEWD_GITHUB_TOKEN", GITHUB_TOKEN)
-            .env("PREVIEWD_DASHBOARD_TOKEN", DASHBOARD_TOKEN)
-            .env("PREVIEWD_SEED_HOOK_SECRET", HOOK_SECRET)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("previewd starts"),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("PREVIEWD_DATABASE_URL", db_url.as_str()),
+        ("PREVIEWD_GITHUB_TOKEN", GITHUB_TOKEN),
+        ("PREVIEWD_DASHBOARD_TOKEN", DASHBOARD_TOKEN),
+        ("PREVIEWD_SEED_HOOK_SECRET", HOOK_SECRET),
+        ("RUST_LOG", "debug"),
+    ];
+    let log = t.dir.path().join("serve.log");
+    let mut child = Serve::start(&t, env!("CARGO_BIN_EXE_previewd"), &["--log-format", format], &env, log).await;
+    let base = format!("http://{}", child.addr);
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..300 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "previewd serve did not come up: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
 
     // A signed push, provisioned, seeded and reported to GitHub.
     t.github.set_branch(previewd_testkit::REPO, "feat/secret", &sha(1));
@@ -95,19 +68,18 @@ async fn scenario(format: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let id = ready.unwrap_or_else(|| panic!("not ready: {}", std::fs::read_to_string(&log_path).unwrap_or_default()));
+    let id = ready.unwrap_or_else(|| panic!("not ready: {}", child.logs()));
     // Dashboard actions with the token, and a wrong token.
     let redeploy = http.post(format!("{base}/api/environments/{id}/redeploy")).bearer_auth(DASHBOARD_TOKEN).send();
     assert_eq!(redeploy.await.expect("redeploy").status(), 202);
     let wrong = http.get(format!("{base}/api/environments")).bearer_auth(format!("{DASHBOARD_TOKEN}x")).send();
     assert_eq!(wrong.await.expect("wrong token").status(), 401);
     // SIGTERM: intake stops, work under way finishes, the process exits cleanly and soon.
-    let mut child = child;
-    let pid = child.0.id().to_string();
+    let pid = child.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     let mut exited = None;
     for _ in 0..400 {
-        if let Some(status) = child.0.try_wait().expect("wait") {
+        if let Some(status) = child.child.try_wait().expect("wait") {
             exited = Some(status);
             break;
         }
@@ -116,7 +88,7 @@ async fn scenario(format: &str) {
     let status = exited.expect("exits within 20 s of SIGTERM");
     assert!(status.success(), "{status}");
 
-    let logs = std::fs::read_to_string(&log_path).expect("logs");
+    let logs = child.logs();
     assert!(logs.lines().count() > 50, "a debug-level run logs plenty: {logs}");
     if format == "json" {
         for line in logs.lines() {

@@ -50,18 +50,23 @@ pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receive
                     continue;
                 }
             }
-            match tell(inner, id, setup, &mut last_write).await {
+            let env = match inner.store.get(id).await {
+                Ok(Some(env)) => env,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "cannot read environment");
+                    continue;
+                }
+            };
+            match tell(inner, &env, setup, &mut last_write).await {
                 Ok(()) => {}
                 Err(e) => {
-                    let retry_after = match &e {
-                        ReconcileError::GitHub(g) => g.retry_after(),
-                        _ => None,
-                    };
+                    let retry_after = e.retry_after();
                     if let Some(wait) = retry_after {
                         // GitHub asked everyone to wait: nothing is sent before then.
                         paused_until = now_ms() + wait.as_millis() as i64;
                     }
-                    failed(inner, id, &e, retry_after).await;
+                    failed(inner, &env, &e, retry_after).await;
                     if retry_after.is_some() {
                         break;
                     }
@@ -78,14 +83,10 @@ pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receive
     }
 }
 
-async fn failed(inner: &Inner, id: i64, e: &ReconcileError, retry_after: Option<Duration>) {
-    let retries = inner.store.get(id).await.ok().flatten().map_or(0, |env| env.feedback_retries);
-    // The reconciler's backoff: from `retry_min`, doubling, up to `retry_max`.
-    let t = &inner.setup.tuning;
-    let wait = retry_after.unwrap_or_else(|| {
-        let exp = retries.clamp(0, 16) as u32;
-        crate::jitter(t.retry_min.saturating_mul(2u32.saturating_pow(exp)).min(t.retry_max))
-    });
+async fn failed(inner: &Inner, env: &EnvRecord, e: &ReconcileError, retry_after: Option<Duration>) {
+    let id = env.id;
+    // GitHub's wait when it named one, else the reconciler's backoff.
+    let wait = retry_after.unwrap_or_else(|| inner.setup.tuning.backoff(env.feedback_retries + 1));
     let message =
         format!("GitHub feedback: {e}; trying again in {}", crate::reconcile::humanize(wait.as_millis() as i64));
     tracing::warn!(env_id = id, error = %e, "GitHub feedback failed");
@@ -125,19 +126,19 @@ async fn pace(setup: &crate::FeedbackSetup, last_write: &mut tokio::time::Instan
 
 async fn tell(
     inner: &Inner,
-    id: i64,
+    env: &EnvRecord,
     setup: &crate::FeedbackSetup,
     last_write: &mut tokio::time::Instant,
 ) -> Result<(), ReconcileError> {
-    let Some(env) = inner.store.get(id).await? else { return Ok(()) };
+    let id = env.id;
     let rev = env.observed_rev;
     let log_url =
         setup.dashboard_url.as_ref().map(|base| format!("{}/environments/{}", base.trim_end_matches('/'), env.id));
-    if let Some((sha, state)) = target(&env) {
-        deployment(inner, &env, sha, state, log_url.clone(), setup, last_write).await?;
+    if let Some((sha, state)) = target(env) {
+        deployment(inner, env, sha, state, log_url.clone(), setup, last_write).await?;
     }
     if !matches!(env.status, Status::Skipped) {
-        comments(inner, &env, log_url.as_deref(), setup, last_write).await?;
+        comments(inner, env, log_url.as_deref(), setup, last_write).await?;
     }
     inner.store.feedback_done(id, rev).await?;
     Ok(())

@@ -71,6 +71,15 @@ pub struct Tuning {
     pub api_lag: Duration,
 }
 
+impl Tuning {
+    /// The wait before retrying after the `nth` failure in a row (1 for the first): from `retry_min`,
+    /// doubling, up to `retry_max`, jittered.
+    pub fn backoff(&self, nth: i64) -> Duration {
+        let exp = nth.clamp(1, 16) as u32 - 1;
+        jitter(self.retry_min.saturating_mul(2u32.saturating_pow(exp)).min(self.retry_max))
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Self {
         Self {
@@ -182,6 +191,14 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
+    /// How long GitHub asked to wait, when it answered with a rate limit.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ReconcileError::GitHub(g) => g.retry_after(),
+            _ => None,
+        }
+    }
+
     /// Retrying will not help: the environment is `failed` until a person acts or a push asks again.
     pub fn needs_human(&self) -> bool {
         match self {
@@ -503,15 +520,9 @@ impl Reconciler {
         let requeue = match error.needs_human() {
             false => {
                 observed.retries += 1;
-                let exp = observed.retries.clamp(1, 16) as u32 - 1;
-                let base = t.retry_min.saturating_mul(2u32.saturating_pow(exp)).min(t.retry_max);
                 tracing::warn!(error = ?error, retries = observed.retries, "will retry");
                 // GitHub said when: not before then.
-                let asked = match &error {
-                    ReconcileError::GitHub(g) => g.retry_after(),
-                    _ => None,
-                };
-                Some(jitter(base).max(asked.unwrap_or_default()))
+                Some(t.backoff(observed.retries).max(error.retry_after().unwrap_or_default()))
             }
             true => {
                 observed.status = previewd_domain::Status::Failed;

@@ -35,7 +35,6 @@ enum StepResult {
     Done(String),
     /// Started something to wait for (an ECS task).
     Waiting,
-    Skipped(String),
 }
 
 /// A step's failure: a person must look (`Failed`), or it may pass next time (`Transient`).
@@ -71,15 +70,14 @@ pub(crate) async fn step(inner: &Inner, cx: &SeedContext<'_>) -> Result<Option<A
         inner.store.seed_progress(env.id, progress).await?;
         return Ok(None);
     };
-    let result = if step.applies(cx.settings) {
-        run(inner, cx, step).await
+    let (word, result) = if step.applies(cx.settings) {
+        ("ok", run(inner, cx, step).await)
     } else {
-        Ok(StepResult::Skipped(format!("{} is not true", step.when.as_deref().unwrap_or_default())))
+        ("skipped", Ok(StepResult::Done(format!("{} is not true", step.when.as_deref().unwrap_or_default()))))
     };
     match result {
         Ok(StepResult::Waiting) => Ok(Some(Action::Requeue(inner.setup.tuning.poll_min))),
-        Ok(StepResult::Done(detail)) | Ok(StepResult::Skipped(detail)) => {
-            let word = if step.applies(cx.settings) { "ok" } else { "skipped" };
+        Ok(StepResult::Done(detail)) => {
             let progress = SeedProgress {
                 next_step: index as i64 + 1,
                 outcome: Some(outcome(index, step, word, detail)),
@@ -120,7 +118,7 @@ async fn run(inner: &Inner, cx: &SeedContext<'_>, step: &SeedStep) -> Result<Ste
                     for (key, path) in &files {
                         let body = std::fs::read(path)
                             .map_err(|e| StepError::Failed(format!("cannot read {}: {e}", path.display())))?;
-                        inner.aws.put_object(&bucket, &format!("{prefix}{key}"), body).await?;
+                        inner.aws.put_object(&bucket, &format!("{prefix}{key}"), body, None).await?;
                     }
                     files.len()
                 }

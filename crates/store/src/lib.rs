@@ -1093,34 +1093,19 @@ impl Store {
 
     /// Environments by status, counted in SQL (a metric must not load the fleet).
     pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM environments GROUP BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("count environments"))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("status").map_err(db("count environments"))?,
-                    r.try_get("n").map_err(db("count environments"))?,
-                ))
-            })
-            .collect()
+        self.counts("SELECT status AS k, COUNT(*) AS n FROM environments GROUP BY status", "count environments").await
     }
 
     /// Reaper passes (not dry runs) by outcome, counted in SQL: a Prometheus counter that survives restarts.
     pub async fn reaper_pass_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM reaper_passes WHERE dry_run = 0 GROUP BY outcome")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("count reaper passes"))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("outcome").map_err(db("count reaper passes"))?,
-                    r.try_get("n").map_err(db("count reaper passes"))?,
-                ))
-            })
-            .collect()
+        let sql = "SELECT outcome AS k, COUNT(*) AS n FROM reaper_passes WHERE dry_run = 0 GROUP BY outcome";
+        self.counts(sql, "count reaper passes").await
+    }
+
+    /// `(k, n)` rows of a grouped count.
+    async fn counts(&self, sql: &'static str, op: &'static str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(db(op))?;
+        rows.iter().map(|r| Ok((r.try_get("k").map_err(db(op))?, r.try_get("n").map_err(db(op))?))).collect()
     }
 
     /// The newest reaper pass that was not a dry run, if any.

@@ -421,3 +421,50 @@ database.enabled = false
         cert = zone.certificate_arn,
     )
 }
+
+/// A real `previewd serve` process aimed at a [`TestEnv`], listening on a free port, its standard error in a
+/// log file; killed with SIGKILL when dropped.
+#[derive(Debug)]
+pub struct Serve {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    /// Starts `bin` (the test's `env!("CARGO_BIN_EXE_previewd")`) with `args` before `serve`, the test's
+    /// environment plus `env`, and waits until `/healthz` answers.
+    pub async fn start(t: &TestEnv, bin: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Self {
+        let port = crate::free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = std::process::Command::new(bin)
+            .args(args)
+            .arg("serve")
+            .envs(t.process_env())
+            .env("PREVIEWD_LISTEN", addr.to_string())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("previewd starts");
+        let serve = Self { child, addr, log };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !reqwest::get(format!("http://{addr}/healthz")).await.is_ok_and(|r| r.status() == 200) {
+            assert!(tokio::time::Instant::now() < deadline, "previewd serve did not come up: {}", serve.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        serve
+    }
+
+    /// Everything it has written to standard error so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
