@@ -355,9 +355,8 @@ async fn update_rollback_failed_needs_a_person() {
     assert!(error.contains("UPDATE_ROLLBACK_FAILED") && error.contains("ContinueUpdateRollback"), "{error}");
     // No silent loop: the environment leaves the work queue, and no further update is tried.
     let updates = t.proxy.count("UpdateStack", &env.stack_name);
-    let queue = t.app().reconciler().queue();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !queue.is_empty() {
+    while t.store.pending(&[env.id]).await.expect("queue") > 0 {
         assert!(tokio::time::Instant::now() < deadline, "still queued: the failure is being retried");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

@@ -107,8 +107,9 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// As [`previewd_domain::StackStatus::in_progress`]: `…_IN_PROGRESS`, or an emulator's `…_PENDING`.
     pub fn in_progress(&self) -> bool {
-        self.status.ends_with("_IN_PROGRESS")
+        self.status.ends_with("_IN_PROGRESS") || self.status.ends_with("_PENDING")
     }
 
     pub fn stack_status(&self) -> previewd_domain::StackStatus {

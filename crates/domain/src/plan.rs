@@ -77,9 +77,12 @@ impl StackStatus {
         }
     }
 
-    /// CloudFormation is working on the stack: nothing can start until it is done.
+    /// CloudFormation is working on the stack: nothing can start until it is done. A `…_PENDING` status
+    /// counts too: AWS has none, but an emulator (moto) shows `CREATE_PENDING` while another caller's
+    /// CreateStack is still being answered, and waiting for it is the safe reading.
     pub fn in_progress(&self) -> bool {
-        self.as_str().ends_with("_IN_PROGRESS")
+        let s = self.as_str();
+        s.ends_with("_IN_PROGRESS") || s.ends_with("_PENDING")
     }
 
     /// States from which an update may start.
@@ -311,6 +314,7 @@ mod tests {
         }
         assert_eq!("NEW_THING".parse::<StackStatus>(), Ok(StackStatus::Other("NEW_THING".into())));
         assert!(!StackStatus::Other("NEW_THING".into()).updatable());
+        assert!(StackStatus::Other("CREATE_PENDING".into()).in_progress(), "waited for, never acted on");
     }
 
     fn evidence(desired: Desired, missing_since: Option<i64>) -> Evidence {

@@ -49,6 +49,7 @@ impl Application {
             .collect();
         let state = AppState {
             store: store.clone(),
+            deliveries: previewd_store::DeliveryLog::start(store.clone()),
             queue: reconciler.queue(),
             owner,
             secrets: config.webhook_secrets.clone().into(),

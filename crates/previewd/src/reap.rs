@@ -28,10 +28,13 @@ pub async fn reap(config: &Config, aws: Aws, args: &ReapArgs, out: &mut String) 
     let reconciler = build_reconciler(config, aws, "reap").await?;
     let report = reconciler.reap(args.dry_run).await;
     write_report(&report, out);
-    let removals = report.decisions.iter().filter(|d| d.verdict == Verdict::Remove).count();
-    if !args.dry_run && removals > 0 {
-        if reconciler.drain(DRAIN_LIMIT).await {
-            let _ = writeln!(out, "{removals} environments torn down");
+    let removals: Vec<i64> =
+        report.decisions.iter().filter(|d| d.verdict == Verdict::Remove).filter_map(|d| d.env_id).collect();
+    let removals = removals.as_slice();
+    if !args.dry_run && !removals.is_empty() {
+        let removals_n = removals.len();
+        if reconciler.drain(removals, DRAIN_LIMIT).await {
+            let _ = writeln!(out, "{removals_n} environments torn down");
         } else {
             let _ = writeln!(out, "teardowns still under way after {DRAIN_LIMIT:?}: a running previewd finishes them");
         }

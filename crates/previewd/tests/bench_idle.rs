@@ -70,7 +70,7 @@ async fn idle_resync_over_a_large_fleet() {
         let id = t.store.record_desired(&change).await.expect("record");
         let env = t.store.get(id).await.expect("get").expect("env");
         let o = Observed { status: Status::Ready, deployed_sha: Some(sha.clone()), ..env.observed() };
-        t.store.update_observed(id, &o, None).await.expect("ready");
+        t.store.update_observed(previewd_store::Fence::unleased(id), &o, None).await.expect("ready");
     }
     eprintln!("set-up of {n} environments: {:.1?}", started.elapsed());
 

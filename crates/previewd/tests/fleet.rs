@@ -256,11 +256,13 @@ async fn a_branch_recreated_before_the_removal_is_kept() {
     let env = ready(&t, "feat/back", &sha(1)).await;
     t.github.delete_branch(REPO, "feat/back");
     // Hold the environment's lease, so the removal waits until the branch is back.
-    assert!(t.store.claim(env.id, "test-holder", previewd_store::now_ms() + 60_000).await.expect("claim"));
+    let held = t.store.claim(env.id, "test-holder", previewd_store::now_ms() + 60_000).await.expect("claim");
+    let held = held.expect("not held by previewd: it is ready and idle");
     let report = t.app().reconciler().reap(false).await;
     assert!(report.decisions.iter().any(|d| d.verdict == Verdict::Remove && d.subject == "feat/back"), "{report:#?}");
     t.github.set_branch(REPO, "feat/back", &sha(2));
-    t.store.release(env.id, "test-holder").await.expect("release");
+    // Asked for meanwhile (the reaper enqueued it): due again once released.
+    t.store.release(&held, None).await.expect("release");
     ready(&t, "feat/back", &sha(2)).await;
     assert_eq!(t.proxy.count("DeleteStack", &env.stack_name), 0);
 }

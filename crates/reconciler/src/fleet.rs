@@ -196,7 +196,7 @@ impl Inner {
             };
             if let Some(why) = differs(env, owner, head, stack, dns) {
                 tracing::debug!(repo = %env.repo, branch = %env.branch, why, "resync: differs");
-                self.queue.enqueue_in(env.id, crate::Lane::Background, std::time::Duration::ZERO);
+                self.queue.enqueue_in(env.id, crate::Lane::Background, std::time::Duration::ZERO).await?;
                 enqueued += 1;
             }
         }
@@ -259,6 +259,7 @@ mod tests {
             feedback_retries: 0,
             feedback_error: None,
             deployment: None,
+            lease_epoch: 0,
             created_at: 0,
             updated_at: 0,
         }

@@ -20,17 +20,27 @@ use previewd_cloud::Aws;
 use previewd_domain::{DnsZone, OwnerId, RepoName};
 use previewd_github::GitHub;
 use previewd_render::{Blueprint, RenderError, RepoLayers};
-use previewd_store::{Store, StoreError, now_ms};
+use previewd_store::{Claim, Store, StoreError, now_ms};
 use tokio::sync::watch;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tracing::Instrument as _;
 
-pub use queue::{Lane, Queue};
+pub use previewd_store::Lane;
+pub use queue::Queue;
 pub use reaper::{Decision, Outcome, ReaperSetup, Report, Verdict};
 pub use seed::HOOK_SIGNATURE_HEADER;
 
+/// A dispatcher never polls the store more often than this, whatever it is told.
+const IDLE_FLOOR: Duration = Duration::from_millis(20);
+/// How often `drain` looks whether its environments are done.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
 /// The lock row that keeps the fleet observer to one replica.
 pub const FLEET_LOCK: &str = "fleet-observer";
+/// The lock row a scheduled reaper pass takes for its tick, so replicas run one pass per tick.
+pub const REAPER_TICK_LOCK: &str = "reaper-tick";
+/// A tick's lock ends this long before the next tick, so clocks a little apart still see it free.
+const TICK_MARGIN_MS: i64 = 250;
 /// Deliveries are kept this long for deduplication (GitHub redelivers for up to 3 days).
 pub const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -61,9 +71,14 @@ pub struct Tuning {
     pub resync_every: Duration,
     /// Stack operations tried for one desired state before the environment is reported `failed`.
     pub max_stack_attempts: i64,
-    /// How long one replica may hold an environment; a crashed replica on another host blocks its
-    /// environments this long. One reconcile step takes seconds, so this is generous.
+    /// How long one replica holds an environment before it must renew (a third of it, while a step runs);
+    /// work whose holder dies is taken over this long after its last renewal.
     pub lease: Duration,
+    /// With nothing due, a dispatcher looks in the store at least this often (another replica may have
+    /// made work due; its own process's requests wake it at once).
+    pub idle_poll: Duration,
+    /// On stop, running steps may finish for this long; the rest are abandoned and handed back, due.
+    pub stop_grace: Duration,
     /// DeleteObjects batches (1,000 keys each) one teardown step may take before the next step.
     pub empty_batches_per_step: usize,
     /// GitHub's API may lag its webhooks this long: a `delete` arriving this soon after a push is
@@ -91,6 +106,8 @@ impl Default for Tuning {
             resync_every: Duration::from_secs(300),
             max_stack_attempts: 3,
             lease: Duration::from_secs(120),
+            idle_poll: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(20),
             empty_batches_per_step: previewd_cloud::EMPTY_STEP_BATCHES,
             api_lag: Duration::from_secs(30),
         }
@@ -253,10 +270,10 @@ impl Reconciler {
         }
         let inner = Inner {
             setup,
+            queue: Queue::new(store.clone()),
             store,
             aws,
             github,
-            queue: Queue::new(),
             blueprints,
             zone_ids: Mutex::new(HashMap::new()),
             settings_files: Mutex::new(HashMap::new()),
@@ -285,12 +302,15 @@ impl Reconciler {
         &self.inner.setup.instance
     }
 
-    /// Runs the workers, the fleet observer (every `resync_every`) and the reaper (on its cron schedule)
-    /// until `shutdown` turns true; a reconcile under way finishes first (what it started in AWS is
-    /// recorded and picked up again after a restart).
+    /// Runs the dispatcher, the fleet observer (every `resync_every`) and the reaper (on its cron schedule)
+    /// until `shutdown` turns true; a reconcile under way finishes first, or is handed back after
+    /// `stop_grace` (what it started in AWS is recorded and picked up again by whichever replica is next).
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), ReaperScheduleError> {
         let mut scheduler = self.schedule_reaper().await?;
-        let mut workers = self.spawn_workers(shutdown.clone());
+        let mut workers = tokio::task::JoinSet::new();
+        let this = self.clone();
+        let stop = shutdown.clone();
+        workers.spawn(async move { this.dispatch(stop).await });
         let this = self.clone();
         let stop = shutdown.clone();
         workers.spawn(async move { feedback::run(&this.inner, stop).await });
@@ -335,33 +355,51 @@ impl Reconciler {
         Ok(())
     }
 
-    fn spawn_workers(&self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinSet<()> {
-        let mut workers = tokio::task::JoinSet::new();
-        for n in 0..self.inner.setup.tuning.workers.max(1) {
-            let this = self.clone();
-            let mut stop = shutdown.clone();
-            workers.spawn(async move {
-                loop {
-                    let id = tokio::select! {
-                        id = this.inner.queue.next() => id,
-                        _ = stop.wait_for(|s| *s) => break,
-                    };
-                    // The environment's names are filled in once the reconcile has read its record.
-                    let span = tracing::info_span!(
-                        "reconcile",
-                        worker = n,
-                        env_id = id,
-                        repo = tracing::field::Empty,
-                        branch = tracing::field::Empty,
-                        env = tracing::field::Empty,
-                        stack = tracing::field::Empty,
-                    );
-                    let requeue = this.work(id).instrument(span).await;
-                    this.inner.queue.done(id, requeue);
+    /// Takes due work from the store and runs it, `workers` steps at a time, until `stop`; then lets the
+    /// running steps finish for up to `stop_grace` and abandons the rest (handed back, due at once).
+    async fn dispatch(&self, mut stop: watch::Receiver<bool>) {
+        let t = &self.inner.setup.tuning;
+        let slots = Arc::new(tokio::sync::Semaphore::new(t.workers.max(1)));
+        let (abandon, abandoned) = watch::channel(false);
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let until = now_ms() + t.lease.as_millis() as i64;
+            match self.inner.store.claim_due(self.instance(), until).await {
+                Ok(Some(claim)) => {
+                    let (this, abandoned) = (self.clone(), abandoned.clone());
+                    running.spawn(async move {
+                        this.work(claim, abandoned).await;
+                        drop(slot);
+                        this.inner.queue.wake();
+                    });
+                    continue;
                 }
-            });
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = ?e, "cannot take due work"),
+            }
+            drop(slot);
+            // Nothing due now: sleep until something is, this process asks, or another replica may have.
+            let wait = match self.inner.store.next_due().await {
+                Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(t.idle_poll),
+                _ => t.idle_poll,
+            };
+            tokio::select! {
+                _ = self.inner.queue.woken() => {}
+                _ = tokio::time::sleep(wait.max(IDLE_FLOOR)) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
         }
-        workers
+        let finish = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(t.stop_grace, finish).await.is_err() {
+            tracing::warn!("stopping: steps still running after the grace are handed back");
+            let _ = abandon.send(true);
+            while running.join_next().await.is_some() {}
+        }
     }
 
     /// The reaper, on its cron schedule (seconds first).
@@ -369,10 +407,25 @@ impl Reconciler {
         let schedule = self.inner.setup.reaper.schedule.clone();
         let scheduler = JobScheduler::new().await?;
         let this = self.clone();
+        let tick_schedule = schedule.clone();
         let job = Job::new_async(schedule.as_str(), move |_, _| {
-            let this = this.clone();
+            let (this, schedule) = (this.clone(), tick_schedule.clone());
             Box::pin(async move {
-                this.reap(false).instrument(tracing::info_span!("reaper")).await;
+                // One pass per tick across replicas: the first to fire takes the tick, until just before
+                // the next one; the others let it be (and record nothing).
+                let now = now_ms();
+                let until = next_tick(&schedule, now).map_or(now + 60_000, |next| next - TICK_MARGIN_MS).max(now + 1);
+                match this.inner.store.try_lock(REAPER_TICK_LOCK, this.instance(), until).await {
+                    // A pass still running from an earlier tick (or `previewd reap`) covers this one.
+                    Ok(true) if this.inner.store.lock_holder(reaper::LOCK).await.is_ok_and(|h| h.is_some()) => {
+                        tracing::warn!("the reaper's previous pass is still running: this tick is skipped");
+                    }
+                    Ok(true) => {
+                        this.reap(false).instrument(tracing::info_span!("reaper")).await;
+                    }
+                    Ok(false) => tracing::debug!("another replica runs this tick's reaper pass"),
+                    Err(e) => tracing::warn!(error = ?e, "cannot take the reaper's tick; the next tick tries again"),
+                };
             })
         })?;
         scheduler.add(job).await?;
@@ -380,15 +433,28 @@ impl Reconciler {
         Ok(scheduler)
     }
 
-    /// Runs the workers until the queue holds nothing, or `limit` has passed; returns whether it drained.
-    /// `previewd reap` uses it to carry removals out when no server is running.
-    pub async fn drain(&self, limit: Duration) -> bool {
+    /// Runs this process's dispatcher until none of `ids` is due or held any more (whichever replica did
+    /// the work), or `limit` has passed; returns whether they all finished. `previewd reap` uses it to
+    /// carry removals out when no server is running.
+    pub async fn drain(&self, ids: &[i64], limit: Duration) -> bool {
         let (stop, stopped) = watch::channel(false);
-        let mut workers = self.spawn_workers(stopped);
-        let drained = tokio::time::timeout(limit, self.inner.queue.drained()).await.is_ok();
+        let this = self.clone();
+        let dispatcher = tokio::spawn(async move { this.dispatch(stopped).await });
+        let finished = tokio::time::timeout(limit, async {
+            loop {
+                match self.inner.store.pending(ids).await {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = ?e, "cannot read the queue"),
+                }
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+        })
+        .await
+        .is_ok();
         let _ = stop.send(true);
-        while workers.join_next().await.is_some() {}
-        drained
+        let _ = dispatcher.await;
+        finished
     }
 
     /// The environment's settings and the layer that set each, as its last reconcile rendered them: the
@@ -465,25 +531,72 @@ impl Reconciler {
         enqueued
     }
 
-    /// One reconcile of one environment, under its lease, with the error policy applied; returns when to
-    /// look again.
-    async fn work(&self, id: i64) -> Option<Duration> {
-        let t = &self.inner.setup.tuning;
-        let until = now_ms() + t.lease.as_millis() as i64;
-        match self.inner.store.claim(id, &self.inner.setup.instance, until).await {
-            Ok(true) => {}
-            Ok(false) => return Some(t.lease / 2), // another replica has it
-            Err(e) => {
-                tracing::warn!(error = ?e, "cannot claim environment");
-                return Some(t.retry_min);
+    /// One reconcile step of a claimed environment while its lease is renewed; then the lease is handed
+    /// back with when to look again. A step whose lease is lost (taken over, or not renewable before it
+    /// ends) is dropped where it stands and writes nothing more; one abandoned at stop is handed back due.
+    async fn work(&self, claim: Claim, mut abandoned: watch::Receiver<bool>) {
+        let span = tracing::info_span!(
+            "reconcile",
+            env_id = claim.id,
+            repo = tracing::field::Empty,
+            branch = tracing::field::Empty,
+            env = tracing::field::Empty,
+            stack = tracing::field::Empty,
+        );
+        async {
+            let requeue = tokio::select! {
+                step = self.step(&claim) => match step {
+                    Some(requeue) => requeue,
+                    None => return tracing::warn!("lease taken over during the step: its write was refused"),
+                },
+                () = self.keep_lease(&claim) => {
+                    return tracing::warn!("lease lost during the step: abandoned, another replica takes over");
+                }
+                _ = abandoned.wait_for(|a| *a) => Some(Duration::ZERO),
+            };
+            let at = requeue.map(|d| now_ms().saturating_add(d.as_millis() as i64));
+            match self.inner.store.release(&claim, at).await {
+                Ok(()) => {}
+                Err(e) if e.is_fenced() => tracing::warn!("lease taken over before release"),
+                // The lease ends by itself; the environment is due again then.
+                Err(e) => tracing::warn!(error = ?e, "cannot release environment"),
             }
         }
+        .instrument(span)
+        .await
+    }
+
+    /// Renews `claim`'s lease every third of it; returns when it is lost: taken over, or not renewed
+    /// (the store failing) before it ends.
+    async fn keep_lease(&self, claim: &Claim) {
+        let lease = self.inner.setup.tuning.lease;
+        let mut ends = tokio::time::Instant::now() + lease;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let asked = tokio::time::Instant::now();
+            match self.inner.store.renew(claim, self.instance(), now_ms() + lease.as_millis() as i64).await {
+                Ok(true) => ends = asked + lease,
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "cannot renew the lease");
+                    if tokio::time::Instant::now() + lease / 3 >= ends {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One reconcile with the error policy applied: when to look again, or `None` when the lease was
+    /// taken over (nothing of this step is recorded then).
+    async fn step(&self, claim: &Claim) -> Option<Option<Duration>> {
         let started = std::time::Instant::now();
         let mut kind = "gone";
-        let result = reconcile::reconcile(&self.inner, id, &mut kind).await;
+        let result = reconcile::reconcile(&self.inner, claim, &mut kind).await;
         let outcome = match &result {
             Ok(Action::Done) => "done",
             Ok(Action::Requeue(_)) => "requeue",
+            Err(ReconcileError::Store(e)) if e.is_fenced() => "fenced",
             Err(e) if e.needs_human() => "failed",
             Err(_) => "retry",
         };
@@ -494,26 +607,23 @@ impl Reconciler {
             .get_or_create(&previewd_metrics::KindLabel { kind: kind.to_owned() })
             .observe(started.elapsed().as_secs_f64());
         if result.is_ok()
-            && let Err(e) = self.inner.store.reset_retries(id).await
+            && let Err(e) = self.inner.store.reset_retries(claim.fence()).await
         {
             tracing::warn!(error = ?e, "cannot reset retries");
         }
-        let requeue = match result {
-            Ok(Action::Done) => None,
-            Ok(Action::Requeue(d)) => Some(d),
-            Err(e) => self.error_policy(id, e).await,
-        };
-        if let Err(e) = self.inner.store.release(id, &self.inner.setup.instance).await {
-            tracing::warn!(error = ?e, "cannot release environment");
+        match result {
+            Ok(Action::Done) => Some(None),
+            Ok(Action::Requeue(d)) => Some(Some(d)),
+            Err(ReconcileError::Store(e)) if e.is_fenced() => None,
+            Err(e) => self.error_policy(claim, e).await,
         }
-        requeue
     }
 
     /// Transient errors retry with jittered exponential backoff; the rest mark the environment `failed`
-    /// with a message for a person, and wait for the next change.
-    async fn error_policy(&self, id: i64, error: ReconcileError) -> Option<Duration> {
+    /// with a message for a person, and wait for the next change. `None`: the lease was taken over.
+    async fn error_policy(&self, claim: &Claim, error: ReconcileError) -> Option<Option<Duration>> {
         let t = &self.inner.setup.tuning;
-        let Ok(Some(env)) = self.inner.store.get(id).await else { return Some(t.retry_max) };
+        let Ok(Some(env)) = self.inner.store.get(claim.id).await else { return Some(Some(t.retry_max)) };
         let mut observed = env.observed();
         let message = error.to_string();
         observed.last_error = Some(message.clone());
@@ -531,16 +641,47 @@ impl Reconciler {
             }
         };
         let kind = if requeue.is_some() { "retry" } else { "failed" };
-        if let Err(e) = self.inner.store.update_observed(id, &observed, Some((kind, &message))).await {
-            tracing::warn!(error = ?e, "cannot record error");
-            return Some(t.retry_min);
+        // Under the claim's own fence: the record just read may already be another holder's.
+        match self.inner.store.update_observed(claim.fence(), &observed, Some((kind, &message))).await {
+            Ok(()) => Some(requeue),
+            Err(e) if e.is_fenced() => None,
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot record error");
+                Some(Some(t.retry_min))
+            }
         }
-        requeue
     }
+}
+
+/// When `schedule` (cron, seconds first, as tokio-cron-scheduler reads it) next fires after `after_ms`.
+fn next_tick(schedule: &str, after_ms: i64) -> Option<i64> {
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+        .ok()?;
+    // Whole seconds: croner carries a fraction over into the answer.
+    let after = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(after_ms - after_ms.rem_euclid(1_000))?;
+    cron.find_next_occurrence(&after, false).ok().map(|t| t.timestamp_millis())
 }
 
 /// `d` scaled by a random factor in [0.8, 1.2), so many environments failing together do not retry
 /// together.
 pub(crate) fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_tick_is_read_from_the_schedule() {
+        // 2026-01-01T00:00:00.500Z
+        let t = 1_767_225_600_500;
+        assert_eq!(next_tick("0 0 * * * *", t), Some(1_767_225_600_000 + 3_600_000), "hourly, on the hour");
+        assert_eq!(next_tick("*/5 * * * * *", t), Some(1_767_225_605_000));
+        assert_eq!(next_tick("not a schedule", t), None);
+    }
 }

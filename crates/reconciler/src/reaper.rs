@@ -24,7 +24,7 @@ use crate::{Inner, Lane};
 pub const TTL_SETTING: &str = "lifecycle.ttl";
 
 /// The store lock that keeps reaper passes one at a time, across replicas and `previewd reap`.
-const LOCK: &str = "reaper";
+pub(crate) const LOCK: &str = "reaper";
 /// A pass holds the lock at most this long; one that died is overtaken after it.
 const LOCK_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -370,7 +370,7 @@ impl Pass<'_> {
                 if !inner.store.expire(env.id, env.desired_seq, &format!("reaper: {why}")).await? {
                     continue; // pushed during the pass: alive
                 }
-                inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO);
+                inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO).await?;
             }
             self.decide(repo.as_str(), env.branch.as_str(), Some(env.id), Verdict::Remove, why);
         }
@@ -397,7 +397,7 @@ impl Pass<'_> {
                         self.decide(repo.as_str(), subject, Some(env.id), Verdict::Keep, why);
                         continue;
                     }
-                    inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO);
+                    inner.queue.enqueue_in(env.id, Lane::Background, Duration::ZERO).await?;
                 }
                 self.decide(repo.as_str(), subject, Some(env.id), Verdict::Remove, why);
             } else {

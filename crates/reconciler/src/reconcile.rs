@@ -10,7 +10,7 @@ use previewd_domain::plan::{
 };
 use previewd_domain::{CommitSha, Desired, RULE_PRIORITY_MAX, Stage, Status, app_stack_name, tag_value};
 use previewd_render::{Context, Layer, LayerKind, TemplateKind};
-use previewd_store::{EnvRecord, Observed, now_ms};
+use previewd_store::{Claim, EnvRecord, Observed, StoreError, now_ms};
 use sha2::{Digest, Sha256};
 
 use crate::{Action, Inner, ReconcileError, RepoSetup, seed};
@@ -34,8 +34,12 @@ const TAG_TEMPLATE: &str = "previewd:template";
 const UPDATABLE: &[&str] = &["CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"];
 
 /// `kind` is set to the environment's status as the step found it (for the step metrics).
-pub(crate) async fn reconcile(inner: &Inner, id: i64, kind: &mut &'static str) -> Result<Action, ReconcileError> {
-    let Some(env) = inner.store.get(id).await? else { return Ok(Action::Done) };
+pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, kind: &mut &'static str) -> Result<Action, ReconcileError> {
+    let Some(env) = inner.store.get(claim.id).await? else { return Ok(Action::Done) };
+    // Every write below carries the epoch read here: it must be this claim's.
+    if env.lease_epoch != claim.epoch {
+        return Err(StoreError::Fenced { id: claim.id }.into());
+    }
     *kind = env.status.as_str();
     let span = tracing::Span::current();
     span.record("repo", env.repo.as_str());
@@ -55,7 +59,7 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64, kind: &mut &'static str) -
         if env.status != status {
             let o = Observed { status, last_error: None, attempts: 0, ..env.observed() };
             let why = format!("branch name ends in -no-infra: {status}, never provisioned");
-            inner.store.update_observed(id, &o, Some((status.as_str(), &why))).await?;
+            inner.store.update_observed(env.fence(), &o, Some((status.as_str(), &why))).await?;
         }
         return Ok(Action::Done);
     }
@@ -90,7 +94,7 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64, kind: &mut &'static str) -
             let why = format!("GitHub no longer shows branch {}; the environment is kept on purpose", env.branch);
             if env.last_error.as_deref() != Some(why.as_str()) {
                 let o = Observed { last_error: Some(why.clone()), ..env.observed() };
-                inner.store.update_observed(env.id, &o, Some(("kept", &why))).await?;
+                inner.store.update_observed(env.fence(), &o, Some(("kept", &why))).await?;
             }
             Ok(Action::Done)
         }
@@ -115,7 +119,7 @@ pub(crate) async fn reconcile(inner: &Inner, id: i64, kind: &mut &'static str) -
             );
             if env.last_error.as_deref() != Some(why.as_str()) {
                 let o = Observed { last_error: Some(why.clone()), ..env.observed() };
-                inner.store.update_observed(env.id, &o, Some(("absence", &why))).await?;
+                inner.store.update_observed(env.fence(), &o, Some(("absence", &why))).await?;
             }
             let t = &inner.setup.tuning;
             Ok(Action::Requeue(Duration::from_millis(wait_ms.max(0) as u64).clamp(t.poll_min, t.poll_max)))
@@ -144,7 +148,7 @@ async fn admit(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<bool,
     if live < cap {
         let o = Observed { status: Status::Provisioning, last_error: None, ..env.observed() };
         let why = format!("admitted: {} of {cap} live environments in {}", live + 1, env.repo);
-        inner.store.update_observed(env.id, &o, Some(("admitted", &why))).await?;
+        inner.store.update_observed(env.fence(), &o, Some(("admitted", &why))).await?;
         return Ok(true);
     }
     let why = format!(
@@ -154,7 +158,7 @@ async fn admit(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<bool,
     );
     if env.status != Status::Skipped || env.last_error.as_deref() != Some(why.as_str()) {
         let o = Observed { status: Status::Skipped, last_error: Some(why.clone()), ..env.observed() };
-        inner.store.update_observed(env.id, &o, Some(("skipped", &why))).await?;
+        inner.store.update_observed(env.fence(), &o, Some(("skipped", &why))).await?;
     }
     Ok(false)
 }
@@ -216,7 +220,7 @@ async fn record(
     event: Option<(&str, &str)>,
 ) -> Result<(), ReconcileError> {
     if o != env.observed() || event.is_some() {
-        inner.store.update_observed(env.id, &o, event).await?;
+        inner.store.update_observed(env.fence(), &o, event).await?;
     }
     Ok(())
 }
@@ -284,7 +288,7 @@ async fn teardown(
     };
     let attempts = if retry { attempts + 1 } else { attempts };
     let o = Observed { status: Status::Deleting, url: None, attempts, ..env.observed() };
-    inner.store.update_observed(env.id, &o, Some(("deleting", &why))).await?;
+    inner.store.update_observed(env.fence(), &o, Some(("deleting", &why))).await?;
     Ok(Action::Requeue(inner.setup.tuning.poll_min))
 }
 
@@ -452,7 +456,7 @@ async fn converge(
             };
             let o = Observed { status: Status::Provisioning, stack_id, last_error: None, ..env.observed() };
             let why = format!("creating stack {} at {}", env.stack_name, sha.short());
-            inner.store.update_observed(env.id, &o, Some(("create", &why))).await?;
+            inner.store.update_observed(env.fence(), &o, Some(("create", &why))).await?;
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
@@ -466,7 +470,7 @@ async fn converge(
                 "create rolled back ({}); deleting to create again",
                 stack.reason.as_deref().unwrap_or("no reason given")
             );
-            inner.store.update_observed(env.id, &o, Some(("rollback", &why))).await?;
+            inner.store.update_observed(env.fence(), &o, Some(("rollback", &why))).await?;
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::Update { counted }, Some(stack)) => {
@@ -487,7 +491,7 @@ async fn converge(
                     ..env.observed()
                 };
                 let why = format!("updating stack {} to {}", stack.name, sha.short());
-                inner.store.update_observed(env.id, &o, Some(("update", &why))).await?;
+                inner.store.update_observed(env.fence(), &o, Some(("update", &why))).await?;
                 return Ok(Action::Requeue(inner.setup.tuning.poll_min));
             }
             inner.store.add_event(env.id, "update", "no updates are to be performed: the stack is up to date").await?;
@@ -571,25 +575,34 @@ async fn ensure_application(
     let waiting = Some(Action::Requeue(poll_delay(inner, env)));
     let app = inner.aws.describe_stack(app_name).await?;
     let Some(app) = app else {
-        let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
-        let req = StackRequest {
-            name: app_name.to_owned(),
-            template,
-            tags,
-            token: token("app-create", env.id),
-            role_arn: inner.setup.stack_role_arn.clone(),
-        };
-        match inner.aws.create_stack(&req).await {
-            Ok(_) => {
-                let o = Observed { status: Status::Provisioning, ..env.observed() };
-                inner
-                    .store
-                    .update_observed(env.id, &o, Some(("create", &format!("creating application stack {app_name}"))))
-                    .await?;
+        // One replica creates it; the others look again once it exists.
+        let Some(lock) = AppLock::take(inner, env).await? else { return Ok(waiting) };
+        let created = async {
+            if inner.aws.describe_stack(app_name).await?.is_some() {
+                return Ok(()); // made meanwhile, by the replica that held the lock before
             }
-            Err(e) if e.code() == "AlreadyExistsException" => {} // another environment got there first
-            Err(e) => return Err(e.into()),
+            let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
+            let req = StackRequest {
+                name: app_name.to_owned(),
+                template,
+                tags,
+                token: token("app-create", env.id),
+                role_arn: inner.setup.stack_role_arn.clone(),
+            };
+            match inner.aws.create_stack(&req).await {
+                Ok(_) => {
+                    let o = Observed { status: Status::Provisioning, ..env.observed() };
+                    let why = format!("creating application stack {app_name}");
+                    inner.store.update_observed(env.fence(), &o, Some(("create", &why))).await?;
+                }
+                Err(e) if e.code() == "AlreadyExistsException" => {} // made by a previewd without this lock
+                Err(e) => return Err(ReconcileError::from(e)),
+            }
+            Ok(())
         }
+        .await;
+        lock.release(inner).await;
+        created?;
         return Ok(waiting);
     };
     if app.tag(TAG_OWNER) != Some(owner) {
@@ -608,21 +621,29 @@ async fn ensure_application(
             if s == "UPDATE_ROLLBACK_COMPLETE" {
                 count_app_attempt(inner, env, &app, "rolled back an update").await?;
             }
-            let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
-            let req = StackRequest {
-                name: app_name.to_owned(),
-                template,
-                tags,
-                token: token("app-update", env.id),
-                role_arn: inner.setup.stack_role_arn.clone(),
-            };
-            match inner.aws.update_stack(&req).await? {
-                UpdateOutcome::Started => {
-                    inner.store.add_event(env.id, "update", &format!("updating application stack {app_name}")).await?;
-                    Ok(waiting)
+            // One replica updates it; the others look again once the update shows.
+            let Some(lock) = AppLock::take(inner, env).await? else { return Ok(waiting) };
+            let updated = async {
+                let template = template(inner, &format!("{app_name}/{hash}.json"), rendered.body).await?;
+                let req = StackRequest {
+                    name: app_name.to_owned(),
+                    template,
+                    tags,
+                    token: token("app-update", env.id),
+                    role_arn: inner.setup.stack_role_arn.clone(),
+                };
+                match inner.aws.update_stack(&req).await? {
+                    UpdateOutcome::Started => {
+                        let why = format!("updating application stack {app_name}");
+                        inner.store.add_event(env.id, "update", &why).await?;
+                        Ok(waiting)
+                    }
+                    UpdateOutcome::NoChanges => Ok(None),
                 }
-                UpdateOutcome::NoChanges => Ok(None),
             }
+            .await;
+            lock.release(inner).await;
+            updated
         }
         "ROLLBACK_COMPLETE" => {
             count_app_attempt(inner, env, &app, "failed to create").await?;
@@ -644,12 +665,33 @@ async fn ensure_application(
     }
 }
 
+/// The store lock that lets one replica at a time create or update a repository's application stack
+/// (this process's own workers take turns on `Inner::app_locks` first).
+struct AppLock {
+    name: String,
+}
+
+impl AppLock {
+    /// `None` while another replica holds it. It lasts a lease, and the work under it takes one call.
+    async fn take(inner: &Inner, env: &EnvRecord) -> Result<Option<Self>, ReconcileError> {
+        let name = format!("app-stack:{}", env.repo);
+        let until = now_ms() + inner.setup.tuning.lease.as_millis() as i64;
+        Ok(inner.store.try_lock(&name, &inner.setup.instance, until).await?.then_some(Self { name }))
+    }
+
+    async fn release(self, inner: &Inner) {
+        if let Err(e) = inner.store.unlock(&self.name, &inner.setup.instance).await {
+            tracing::warn!(error = ?e, lock = self.name, "cannot release a lock; it expires by itself");
+        }
+    }
+}
+
 /// Counts one more try at a troubled application stack against the environment, and gives up (for a
 /// person to look) once `max_stack_attempts` is spent.
 async fn count_app_attempt(inner: &Inner, env: &EnvRecord, app: &Stack, what: &str) -> Result<(), ReconcileError> {
     let advice = "this application stack is shared by the repository's environments: look at its events";
     let attempts = next_attempt(inner, env.attempts, app, what, advice)?;
-    inner.store.update_observed(env.id, &Observed { attempts, ..env.observed() }, None).await?;
+    inner.store.update_observed(env.fence(), &Observed { attempts, ..env.observed() }, None).await?;
     Ok(())
 }
 

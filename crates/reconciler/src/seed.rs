@@ -67,7 +67,7 @@ pub(crate) async fn step(inner: &Inner, cx: &SeedContext<'_>) -> Result<Option<A
     let index = env.seed_step.max(0) as usize;
     let Some(step) = steps.get(index) else {
         let progress = SeedProgress { next_step: index as i64, finished: true, ..SeedProgress::default() };
-        inner.store.seed_progress(env.id, progress).await?;
+        inner.store.seed_progress(env.fence(), progress).await?;
         return Ok(None);
     };
     let (word, result) = if step.applies(cx.settings) {
@@ -83,7 +83,7 @@ pub(crate) async fn step(inner: &Inner, cx: &SeedContext<'_>) -> Result<Option<A
                 outcome: Some(outcome(index, step, word, detail)),
                 ..SeedProgress::default()
             };
-            inner.store.seed_progress(env.id, progress).await?;
+            inner.store.seed_progress(env.fence(), progress).await?;
             Ok(Some(Action::Requeue(Duration::ZERO)))
         }
         Err(StepError::Transient(e)) => Err(e),
@@ -93,7 +93,7 @@ pub(crate) async fn step(inner: &Inner, cx: &SeedContext<'_>) -> Result<Option<A
                 outcome: Some(outcome(index, step, "failed", detail.clone())),
                 ..SeedProgress::default()
             };
-            inner.store.seed_progress(env.id, progress).await?;
+            inner.store.seed_progress(env.fence(), progress).await?;
             Err(ReconcileError::NeedsHuman(format!(
                 "seed step {} of {} ({} {:?}) failed: {detail}. The environment is kept as it is; fix the cause, \
                  then reseed (previewd envs reseed {}) or push again",
@@ -172,7 +172,7 @@ async fn run(inner: &Inner, cx: &SeedContext<'_>, step: &SeedStep) -> Result<Ste
             let arn = inner.aws.run_task(&req).await?;
             let progress =
                 SeedProgress { next_step: cx.env.seed_step, task: Some(arn.clone()), ..SeedProgress::default() };
-            inner.store.seed_progress(cx.env.id, progress).await?;
+            inner.store.seed_progress(cx.env.fence(), progress).await?;
             inner
                 .store
                 .add_event(cx.env.id, "seed", &format!("started ECS task {arn} for seed step {:?}", step.name))

@@ -7,6 +7,8 @@
 //! `migrations/sqlite` and `migrations/postgres` and run at connect. This crate records; it decides
 //! nothing.
 
+mod group;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use previewd_domain::{BranchName, CommitSha, Desired, EnvKey, EnvNames, OwnerId,
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+
+pub use group::DeliveryLog;
 
 /// SQLite waits this long for another writer before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -41,6 +45,19 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database holds an invalid {what}: {value:?}")]
     Corrupt { what: &'static str, value: String },
+    /// The process is stopping: its delivery committer is gone.
+    #[error("the store is closing")]
+    Closed,
+    /// The write came from a holder whose lease was taken over (or has ended): refused, nothing changed.
+    #[error("environment {id}: this replica's lease was taken over; its write was refused")]
+    Fenced { id: i64 },
+}
+
+impl StoreError {
+    /// The writer no longer holds the environment: another replica does, and its work stands.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
 }
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -110,8 +127,88 @@ pub struct EnvRecord {
     pub feedback_error: Option<String>,
     /// The GitHub deployment of the commit last reported, and the last state posted to it.
     pub deployment: Option<DeploymentRecord>,
+    /// The fencing token of the environment's latest claim (see [`Claim`]).
+    pub lease_epoch: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// Which work an environment waits behind: due work in the webhook lane is handed out first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Someone is waiting for the result: a webhook, or a person on the dashboard.
+    Webhook = 0,
+    /// Nobody is waiting: resync, the fleet observer, the reaper, polls.
+    Background = 1,
+}
+
+/// An environment taken from the work queue under a lease: its id, the fencing token its writes carry,
+/// and the request count it saw (a request made while it works keeps the environment due on release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub id: i64,
+    pub epoch: i64,
+    due_seq: i64,
+}
+
+impl Claim {
+    pub fn fence(&self) -> Fence {
+        Fence { id: self.id, epoch: Some(self.epoch) }
+    }
+}
+
+/// Whose write of an environment's observed state this is. A write under a lease is applied only while
+/// that lease is the environment's latest claim; a replica whose lease was taken over is refused
+/// ([`StoreError::Fenced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub id: i64,
+    epoch: Option<i64>,
+}
+
+impl Fence {
+    pub fn lease(id: i64, epoch: i64) -> Self {
+        Self { id, epoch: Some(epoch) }
+    }
+
+    /// No lease is checked: for set-up in tests and tools that hold no lease. The reconciler never uses it.
+    pub fn unleased(id: i64) -> Self {
+        Self { id, epoch: None }
+    }
+
+    /// The condition a fenced `UPDATE` adds, binding the epoch as `$n` when there is one.
+    fn condition(&self, n: usize) -> String {
+        match self.epoch {
+            Some(_) => format!(" AND lease_epoch = ${n}"),
+            None => String::new(),
+        }
+    }
+
+    fn bind<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        match self.epoch {
+            Some(e) => q.bind(e),
+            None => q,
+        }
+    }
+
+    fn check(&self, rows: u64) -> Result<(), StoreError> {
+        match (rows, self.epoch) {
+            (0, Some(_)) => Err(StoreError::Fenced { id: self.id }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How much work the queue holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Environments waiting (due now or later) or being worked on.
+    pub depth: i64,
+    /// When the longest-waiting environment that is due and unclaimed became due.
+    pub oldest_due: Option<i64>,
 }
 
 /// One seed step's outcome.
@@ -247,6 +344,14 @@ pub enum Recorded {
     New { env_id: Option<i64> },
 }
 
+/// A webhook delivery to record: GitHub's delivery id, the event, and the desired state it carries.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub event: String,
+    pub change: Option<DesiredChange>,
+}
+
 /// What the reconciler observed and did, written back in one go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -265,6 +370,11 @@ impl EnvRecord {
     /// Every name the environment goes by: those recorded when it was first seen are its names for life.
     pub fn names(&self, owner: &OwnerId) -> EnvNames {
         EnvNames::recorded(owner, &self.repo, &self.branch, &self.env_key, &self.stack_name, &self.dns_name)
+    }
+
+    /// Writes under the lease this record was read under.
+    pub fn fence(&self) -> Fence {
+        Fence::lease(self.id, self.lease_epoch)
     }
 
     pub fn observed(&self) -> Observed {
@@ -288,7 +398,7 @@ pub fn now_ms() -> i64 {
 const ENV_COLUMNS: &str = "id, repo, repo_display, branch, env_key, stack_name, dns_name, desired_present, desired_sha, desired_seq, \
      desired_at, status, deployed_sha, stack_id, url, last_error, rule_priority, seeded_at, attempts, retries, missing_since, \
      keep, pushed_at, expired_at, seed_pending, seed_requested_at, seed_step, seed_task, seed_log, observed_rev, feedback_due, \
-     feedback_retries, feedback_error, deployment_sha, deployment_id, deployment_state, created_at, updated_at";
+     feedback_retries, feedback_error, deployment_sha, deployment_id, deployment_state, lease_epoch, created_at, updated_at";
 
 /// What every write of observed state sets besides: GitHub is to be told; `$n` binds the time now.
 fn feedback_due(n: usize) -> String {
@@ -357,6 +467,7 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
             }),
             _ => None,
         },
+        lease_epoch: get_i("lease_epoch")?,
         created_at: get_i("created_at")?,
         updated_at: get_i("updated_at")?,
     })
@@ -427,27 +538,22 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        let outcome = if change.is_some() { "recorded" } else { "ignored" };
-        let inserted = sqlx::query(
-            "INSERT INTO deliveries (id, event, received_at, outcome) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(delivery_id)
-        .bind(event)
-        .bind(now)
-        .bind(outcome)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("record delivery"))?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await.map_err(db("rollback"))?;
-            return Ok(Recorded::Duplicate);
-        }
-        let env_id = match change {
-            None => None,
-            Some(c) => Some(upsert_desired(&mut tx, c, now).await?),
-        };
+        let recorded = record_delivery(&mut tx, delivery_id, event, change, now).await?;
         tx.commit().await.map_err(db("commit"))?;
-        Ok(Recorded::New { env_id })
+        Ok(recorded)
+    }
+
+    /// Records many deliveries in one transaction (one commit, one fsync), in order; a delivery id seen
+    /// before, or earlier in `batch`, changes nothing. All are durable when this returns `Ok`, or none is.
+    pub async fn record_webhooks(&self, batch: &[Delivery]) -> Result<Vec<Recorded>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let mut recorded = Vec::with_capacity(batch.len());
+        for d in batch {
+            recorded.push(record_delivery(&mut tx, &d.id, &d.event, d.change.as_ref(), now).await?);
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(recorded)
     }
 
     /// Changes an environment's desired state (the reconciler does when GitHub's answer differs from what
@@ -593,30 +699,37 @@ impl Store {
         commit_with_event(tx, true, id, now, "redeploy", reason).await
     }
 
-    /// Writes what the reconciler observed, and (if given) an event, in one transaction.
-    pub async fn update_observed(&self, id: i64, o: &Observed, event: Option<(&str, &str)>) -> Result<(), StoreError> {
+    /// Writes what the reconciler observed, and (if given) an event, in one transaction; refused when
+    /// `fence`'s lease was taken over.
+    pub async fn update_observed(
+        &self,
+        fence: Fence,
+        o: &Observed,
+        event: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        sqlx::query(&format!(
+        let sql = format!(
             "UPDATE environments SET status = $1, deployed_sha = $2, stack_id = $3, url = $4, last_error = $5, \
-                 attempts = $6, retries = $7, updated_at = $8, {} WHERE id = $10",
-            feedback_due(9)
-        ))
-        .bind(o.status.as_str())
-        .bind(o.deployed_sha.as_ref().map(|s| s.to_string()))
-        .bind(o.stack_id.clone())
-        .bind(o.url.clone())
-        .bind(o.last_error.clone())
-        .bind(o.attempts)
-        .bind(o.retries)
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("update observed"))?;
+                 attempts = $6, retries = $7, updated_at = $8, {} WHERE id = $10{}",
+            feedback_due(9),
+            fence.condition(11)
+        );
+        let q = sqlx::query(&sql)
+            .bind(o.status.as_str())
+            .bind(o.deployed_sha.as_ref().map(|s| s.to_string()))
+            .bind(o.stack_id.clone())
+            .bind(o.url.clone())
+            .bind(o.last_error.clone())
+            .bind(o.attempts)
+            .bind(o.retries)
+            .bind(now)
+            .bind(now)
+            .bind(fence.id);
+        let r = fence.bind(q).execute(&mut *tx).await.map_err(db("update observed"))?;
+        fence.check(r.rows_affected())?;
         if let Some((kind, message)) = event {
-            append_event(&mut tx, id, now, kind, message).await?;
+            append_event(&mut tx, fence.id, now, kind, message).await?;
         }
         tx.commit().await.map_err(db("commit"))?;
         Ok(())
@@ -653,34 +766,146 @@ impl Store {
         Ok(events)
     }
 
-    /// Takes the environment's lease for `owner` until `until_ms`, unless another owner holds an unexpired
-    /// one. Replicas sharing one database so never reconcile one environment at the same time.
-    pub async fn claim(&self, id: i64, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE environments SET lease_owner = $1, lease_until = $2 \
-             WHERE id = $3 AND (lease_owner IS NULL OR lease_until < $4 OR lease_owner = $5)",
+    /// Asks for a reconcile of `id` at `due_at` (or sooner, if it was due sooner already), in `lane` (a
+    /// webhook-lane request upgrades background work; nothing downgrades it). Durable when this returns.
+    pub async fn enqueue(&self, id: i64, lane: Lane, due_at: i64) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db("acquire"))?;
+        mark_due(&mut conn, id, lane, due_at).await
+    }
+
+    /// Takes the next due environment no live lease holds (webhook lane first, then the longest due)
+    /// for `holder` until `until_ms`: `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas never wait for
+    /// each other; SQLite's single writer makes the one statement atomic. While the lease lasts the
+    /// environment stays due at its end, so work whose holder dies is taken over then.
+    pub async fn claim_due(&self, holder: &str, until_ms: i64) -> Result<Option<Claim>, StoreError> {
+        let now = now_ms();
+        let skip_locked = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE environments SET lease_owner = $1, lease_until = $2, lease_epoch = lease_epoch + 1, due_at = $3 \
+             WHERE id = (SELECT id FROM environments WHERE due_at <= $4 AND (lease_owner IS NULL OR lease_until < $5) \
+             ORDER BY due_lane, due_at, id LIMIT 1{skip_locked}) RETURNING id, lease_epoch, due_seq"
+        ))
+        .bind(holder)
+        .bind(until_ms)
+        .bind(until_ms)
+        .bind(now)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("claim"))?;
+        row.as_ref().map(claim_from_row).transpose()
+    }
+
+    /// Takes `id`'s lease for `holder` until `until_ms`, due or not, unless a live lease holds it: for a
+    /// tool or test that must hold one environment still.
+    pub async fn claim(&self, id: i64, holder: &str, until_ms: i64) -> Result<Option<Claim>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE environments SET lease_owner = $1, lease_until = $2, lease_epoch = lease_epoch + 1, \
+             due_at = CASE WHEN due_at IS NULL THEN NULL ELSE $3 END \
+             WHERE id = $4 AND (lease_owner IS NULL OR lease_until < $5) RETURNING id, lease_epoch, due_seq",
         )
-        .bind(owner)
+        .bind(holder)
+        .bind(until_ms)
         .bind(until_ms)
         .bind(id)
         .bind(now_ms())
-        .bind(owner)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(db("claim"))?;
+        row.as_ref().map(claim_from_row).transpose()
+    }
+
+    /// Extends the lease of `claim` to `until_ms`; `false` when it was taken over (or released).
+    pub async fn renew(&self, claim: &Claim, holder: &str, until_ms: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE environments SET lease_until = $1 WHERE id = $2 AND lease_epoch = $3 AND lease_owner = $4",
+        )
+        .bind(until_ms)
+        .bind(claim.id)
+        .bind(claim.epoch)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(db("renew lease"))?;
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn release(&self, id: i64, owner: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE environments SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+    /// Ends the lease of `claim`: the environment is due again at `requeue_at` if given, at once if a
+    /// reconcile was asked for while it was held, and otherwise not until something asks. Refused
+    /// ([`StoreError::Fenced`]) when the lease was taken over: the new holder's plan stands.
+    pub async fn release(&self, claim: &Claim, requeue_at: Option<i64>) -> Result<(), StoreError> {
+        let q = match requeue_at {
+            Some(at) => sqlx::query(
+                "UPDATE environments SET lease_owner = NULL, lease_until = NULL, \
+                 due_at = CASE WHEN due_seq <> $1 AND due_at < $2 THEN due_at ELSE $3 END \
+                 WHERE id = $4 AND lease_epoch = $5",
+            )
+            .bind(claim.due_seq)
+            .bind(at)
+            .bind(at),
+            // Nothing more to do unless asked meanwhile; the lane is forgotten with the work.
+            None => sqlx::query(
+                "UPDATE environments SET lease_owner = NULL, lease_until = NULL, \
+                 due_at = CASE WHEN due_seq <> $1 THEN due_at ELSE NULL END, \
+                 due_lane = CASE WHEN due_seq <> $2 THEN due_lane ELSE 1 END \
+                 WHERE id = $3 AND lease_epoch = $4",
+            )
+            .bind(claim.due_seq)
+            .bind(claim.due_seq),
+        };
+        let r = q.bind(claim.id).bind(claim.epoch).execute(&self.pool).await.map_err(db("release"))?;
+        claim.fence().check(r.rows_affected())
+    }
+
+    /// The earliest time an environment can next be claimed (a held one: when its lease ends), for a
+    /// dispatcher to sleep until.
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        let now = now_ms();
+        sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN lease_owner IS NOT NULL AND lease_until >= $1 THEN lease_until ELSE due_at END) \
+             FROM environments WHERE due_at IS NOT NULL",
         )
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
+        .bind(now)
+        .fetch_one(&self.pool)
         .await
-        .map_err(db("release"))?;
-        Ok(())
+        .map_err(db("read queue"))
+    }
+
+    /// How much work the queue holds, counted in SQL.
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS depth, \
+             MIN(CASE WHEN due_at <= $1 AND (lease_owner IS NULL OR lease_until < $2) THEN due_at END) AS oldest \
+             FROM environments WHERE due_at IS NOT NULL",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("read queue"))?;
+        Ok(QueueStats {
+            depth: row.try_get("depth").map_err(db("read queue"))?,
+            oldest_due: row.try_get("oldest").map_err(db("read queue"))?,
+        })
+    }
+
+    /// How many of `ids` are still due or being worked on.
+    pub async fn pending(&self, ids: &[i64]) -> Result<i64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql =
+            format!("SELECT COUNT(*) FROM environments WHERE due_at IS NOT NULL AND id IN ({})", marks.join(", "));
+        let mut q = sqlx::query_scalar(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.fetch_one(&self.pool).await.map_err(db("read queue"))
     }
 
     /// The environment's listener rule priority: kept once given, otherwise the first free one from
@@ -715,12 +940,9 @@ impl Store {
     }
 
     /// After a reconcile step that went through: the next error starts the backoff afresh.
-    pub async fn reset_retries(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE environments SET retries = 0 WHERE id = $1 AND retries <> 0")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db("reset retries"))?;
+    pub async fn reset_retries(&self, fence: Fence) -> Result<(), StoreError> {
+        let sql = format!("UPDATE environments SET retries = 0 WHERE id = $1 AND retries <> 0{}", fence.condition(2));
+        fence.bind(sqlx::query(&sql).bind(fence.id)).execute(&self.pool).await.map_err(db("reset retries"))?;
         Ok(())
     }
 
@@ -747,9 +969,10 @@ impl Store {
     /// Records seeding progress: the step to run next, the ECS task it waits for, the outcome of the step
     /// that ended (appended to the log, and to the event log), and whether every step is done (then
     /// `seeded_at` is set).
-    pub async fn seed_progress(&self, id: i64, progress: SeedProgress) -> Result<(), StoreError> {
+    pub async fn seed_progress(&self, fence: Fence, progress: SeedProgress) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let id = fence.id;
         let log: Option<String> = sqlx::query_scalar("SELECT seed_log FROM environments WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -766,23 +989,24 @@ impl Store {
         let log =
             serde_json::to_string(&log).map_err(|e| StoreError::Corrupt { what: "seed log", value: e.to_string() })?;
         let seeded = progress.finished.then_some(now);
-        sqlx::query(&format!(
+        let sql = format!(
             "UPDATE environments SET seed_step = $1, seed_task = $2, seed_log = $3, \
              seed_pending = CASE WHEN $4 = 1 THEN 0 ELSE seed_pending END, seeded_at = COALESCE($5, seeded_at), \
-             updated_at = $6, {} WHERE id = $8",
-            feedback_due(7)
-        ))
-        .bind(progress.next_step)
-        .bind(progress.task.clone())
-        .bind(log)
-        .bind(i64::from(progress.finished))
-        .bind(seeded)
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("seed progress"))?;
+             updated_at = $6, {} WHERE id = $8{}",
+            feedback_due(7),
+            fence.condition(9)
+        );
+        let q = sqlx::query(&sql)
+            .bind(progress.next_step)
+            .bind(progress.task.clone())
+            .bind(log)
+            .bind(i64::from(progress.finished))
+            .bind(seeded)
+            .bind(now)
+            .bind(now)
+            .bind(id);
+        let r = fence.bind(q).execute(&mut *tx).await.map_err(db("seed progress"))?;
+        fence.check(r.rows_affected())?;
         if let Some(o) = &progress.outcome {
             let message = format!("step {} ({}, {}): {}: {}", o.step + 1, o.name, o.kind, o.outcome, o.detail);
             append_event(&mut tx, id, now, "seed", &message).await?;
@@ -976,7 +1200,7 @@ impl Store {
     }
 
     /// Records a desired state that no webhook carried (an owner-tagged stack adopted by the reaper), in
-    /// one transaction with its event.
+    /// one transaction with its event. Unlike a webhook it makes nothing due: the caller enqueues.
     pub async fn record_desired(&self, change: &DesiredChange) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         let id = upsert_desired(&mut tx, change, now_ms()).await?;
@@ -1277,4 +1501,67 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
     }
     append_event(tx, id, now, "webhook", &c.reason).await?;
     Ok(id)
+}
+
+/// One delivery: the delivery id, and the desired state it carries. See [`Store::record_webhook`].
+async fn record_delivery(
+    tx: &mut sqlx::AnyConnection,
+    delivery_id: &str,
+    event: &str,
+    change: Option<&DesiredChange>,
+    now: i64,
+) -> Result<Recorded, StoreError> {
+    let outcome = if change.is_some() { "recorded" } else { "ignored" };
+    let inserted = sqlx::query(
+        "INSERT INTO deliveries (id, event, received_at, outcome) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(delivery_id)
+    .bind(event)
+    .bind(now)
+    .bind(outcome)
+    .execute(&mut *tx)
+    .await
+    .map_err(db("record delivery"))?;
+    if inserted.rows_affected() == 0 {
+        return Ok(Recorded::Duplicate);
+    }
+    let env_id = match change {
+        None => None,
+        Some(c) => {
+            let id = upsert_desired(tx, c, now).await?;
+            // In the same transaction: a change acknowledged is a change some replica will reconcile.
+            mark_due(tx, id, Lane::Webhook, now).await?;
+            Some(id)
+        }
+    };
+    Ok(Recorded::New { env_id })
+}
+
+fn claim_from_row(r: &AnyRow) -> Result<Claim, StoreError> {
+    Ok(Claim {
+        id: r.try_get("id").map_err(db("claim"))?,
+        epoch: r.try_get("lease_epoch").map_err(db("claim"))?,
+        due_seq: r.try_get("due_seq").map_err(db("claim"))?,
+    })
+}
+
+/// Makes `id` due at `due_at` (or keeps it due sooner) in `lane` (or the more urgent lane it is in), and
+/// counts the request, so a holder releasing it learns it was asked for meanwhile. SQL evaluates every
+/// `SET` expression against the row as it was.
+async fn mark_due(conn: &mut sqlx::AnyConnection, id: i64, lane: Lane, due_at: i64) -> Result<(), StoreError> {
+    let lane = lane as i64;
+    sqlx::query(
+        "UPDATE environments SET due_seq = due_seq + 1, \
+         due_lane = CASE WHEN due_at IS NULL OR due_lane > $1 THEN $2 ELSE due_lane END, \
+         due_at = CASE WHEN due_at IS NULL OR due_at > $3 THEN $4 ELSE due_at END WHERE id = $5",
+    )
+    .bind(lane)
+    .bind(lane)
+    .bind(due_at)
+    .bind(due_at)
+    .bind(id)
+    .execute(conn)
+    .await
+    .map_err(db("enqueue"))?;
+    Ok(())
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Status};
-use previewd_store::{DesiredChange, Observed, Recorded, Store};
+use previewd_store::{DesiredChange, Fence, Lane, Observed, Recorded, Store, StoreError, now_ms};
 use sqlx::Executor as _;
 
 struct TestDb {
@@ -79,7 +79,10 @@ both!(
     webhooks_record_desired_state_once_per_delivery,
     create_events_keep_the_known_commit,
     observed_state_and_events_round_trip,
-    leases_exclude_other_owners,
+    due_work_is_handed_out_once_and_kept_due_when_asked_again,
+    a_lease_taken_over_fences_the_old_holder,
+    the_webhook_lane_goes_first_and_requeues_wait,
+    concurrent_claims_take_each_environment_once,
     priorities_are_unique_per_repository,
     deliveries_are_pruned_by_age,
     hostile_branch_names_round_trip,
@@ -138,10 +141,10 @@ async fn observed_state_and_events_round_trip(store: Store) {
         attempts: 2,
         retries: 3,
     };
-    store.update_observed(id, &o, Some(("ready", "stack CREATE_COMPLETE"))).await.expect("update");
+    store.update_observed(Fence::unleased(id), &o, Some(("ready", "stack CREATE_COMPLETE"))).await.expect("update");
     let env = store.get(id).await.expect("get").expect("env");
     assert_eq!(env.observed(), o);
-    store.reset_retries(id).await.expect("reset");
+    store.reset_retries(Fence::unleased(id)).await.expect("reset");
     assert_eq!(store.get(id).await.expect("get").expect("env").retries, 0);
     let events = store.events(id, 10).await.expect("events");
     assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["webhook", "ready"]);
@@ -169,9 +172,12 @@ async fn observed_state_and_events_round_trip(store: Store) {
         outcome: o,
         finished,
     };
-    store.seed_progress(id, progress(0, Some("arn:task"), Some(outcome(0, "failed")), false)).await.expect("fail");
-    store.seed_progress(id, progress(1, None, Some(outcome(0, "ok")), false)).await.expect("ok");
-    store.seed_progress(id, progress(1, None, None, true)).await.expect("done");
+    store
+        .seed_progress(Fence::unleased(id), progress(0, Some("arn:task"), Some(outcome(0, "failed")), false))
+        .await
+        .expect("fail");
+    store.seed_progress(Fence::unleased(id), progress(1, None, Some(outcome(0, "ok")), false)).await.expect("ok");
+    store.seed_progress(Fence::unleased(id), progress(1, None, None, true)).await.expect("done");
     let env = store.get(id).await.expect("get").expect("env");
     assert!(!env.seed_pending && env.seeded_at.is_some() && env.seed_task.is_none(), "{env:#?}");
     assert_eq!(env.seed_log.iter().map(|o| o.outcome.as_str()).collect::<Vec<_>>(), ["failed", "ok"]);
@@ -189,7 +195,7 @@ async fn observed_state_and_events_round_trip(store: Store) {
     assert!(!store.claim_feedback(id, due[0].1, until).await.expect("claim again"), "taken");
     assert!(store.feedback_due(previewd_store::now_ms(), 10).await.expect("due").is_empty(), "claimed");
     let rev = env.observed_rev;
-    store.update_observed(id, &env.observed(), None).await.expect("update");
+    store.update_observed(Fence::unleased(id), &env.observed(), None).await.expect("update");
     store.feedback_done(id, rev).await.expect("done");
     assert!(store.get(id).await.expect("get").expect("env").feedback_due.is_some(), "a newer revision is still due");
     store.feedback_failed(id, 42, true, "GitHub API: HTTP 500").await.expect("failed");
@@ -220,21 +226,109 @@ async fn observed_state_and_events_round_trip(store: Store) {
     assert_eq!(store.pr_comments(id).await.expect("comments"), [c(8, 200)]);
 }
 
-async fn leases_exclude_other_owners(store: Store) {
-    let Recorded::New { env_id: Some(id) } =
-        store.record_webhook("d-1", "push", Some(&change("x", present('a')))).await.expect("push")
-    else {
-        panic!()
-    };
-    let later = previewd_store::now_ms() + 60_000;
-    assert!(store.claim(id, "replica-a", later).await.expect("claim"));
-    assert!(!store.claim(id, "replica-b", later).await.expect("claim"), "held by a");
-    assert!(store.claim(id, "replica-a", later).await.expect("claim"), "a renews its own");
-    store.release(id, "replica-a").await.expect("release");
-    assert!(store.claim(id, "replica-b", later).await.expect("claim"));
-    // An expired lease can be taken over.
-    assert!(store.claim(id, "replica-b", 1).await.expect("claim"));
-    assert!(store.claim(id, "replica-a", later).await.expect("claim"));
+async fn pushed(store: &Store, delivery: &str, branch: &str) -> i64 {
+    let r = store.record_webhook(delivery, "push", Some(&change(branch, present('a')))).await.expect("push");
+    let Recorded::New { env_id: Some(id) } = r else { panic!("{r:?}") };
+    id
+}
+
+async fn due_work_is_handed_out_once_and_kept_due_when_asked_again(store: Store) {
+    let later = now_ms() + 60_000;
+    assert_eq!(store.claim_due("a", later).await.expect("claim"), None, "nothing is due");
+    let id = pushed(&store, "d-1", "x").await;
+    assert_eq!(store.queue_stats().await.expect("stats").depth, 1, "the webhook made it due");
+    let a = store.claim_due("a", later).await.expect("claim").expect("due");
+    assert_eq!(a.id, id);
+    assert_eq!(store.claim_due("b", later).await.expect("claim"), None, "held by a");
+    assert_eq!(store.claim(id, "b", later).await.expect("claim"), None, "held by a");
+    // A push while a holds it: on release it stays due, and b takes it.
+    pushed(&store, "d-2", "x").await;
+    assert_eq!(store.claim_due("b", later).await.expect("claim"), None, "still held by a");
+    assert_eq!(store.pending(&[id]).await.expect("pending"), 1);
+    store.release(&a, None).await.expect("release");
+    let b = store.claim_due("b", later).await.expect("claim").expect("asked again meanwhile");
+    assert!(b.epoch > a.epoch, "every claim is a new epoch");
+    // Nothing asked meanwhile: done, not due.
+    store.release(&b, None).await.expect("release");
+    assert_eq!(store.claim_due("a", later).await.expect("claim"), None);
+    assert_eq!(store.pending(&[id]).await.expect("pending"), 0);
+    assert_eq!(store.queue_stats().await.expect("stats"), Default::default());
+    // A record made without a webhook is not due until asked.
+    let quiet = store.record_desired(&change("y", present('b'))).await.expect("record");
+    assert_eq!(store.claim_due("a", later).await.expect("claim"), None);
+    store.enqueue(quiet, Lane::Background, now_ms()).await.expect("enqueue");
+    assert_eq!(store.claim_due("a", later).await.expect("claim").map(|c| c.id), Some(quiet));
+}
+
+async fn a_lease_taken_over_fences_the_old_holder(store: Store) {
+    let id = pushed(&store, "d-1", "x").await;
+    // a's lease ends at once (a replica that died, or stalled past its lease).
+    let a = store.claim_due("a", now_ms() - 1).await.expect("claim").expect("due");
+    assert!(store.next_due().await.expect("next").is_some_and(|at| at <= now_ms()), "due again: its lease ended");
+    let b = store.claim_due("b", now_ms() + 60_000).await.expect("claim").expect("taken over");
+    assert_eq!(b.id, id);
+    assert!(!store.renew(&a, "a", now_ms() + 60_000).await.expect("renew"), "a lost it");
+    assert!(store.renew(&b, "b", now_ms() + 60_000).await.expect("renew"));
+    let before = store.get(id).await.expect("get").expect("env");
+    let o = Observed { status: Status::Failed, last_error: Some("a's stale view".into()), ..before.observed() };
+    let refused = store.update_observed(a.fence(), &o, Some(("failed", "stale"))).await;
+    assert!(matches!(refused, Err(StoreError::Fenced { id: i }) if i == id), "{refused:?}");
+    let refused = store.seed_progress(a.fence(), Default::default()).await;
+    assert!(matches!(&refused, Err(e) if e.is_fenced()), "{refused:?}");
+    let refused = store.release(&a, None).await;
+    assert!(matches!(&refused, Err(e) if e.is_fenced()), "{refused:?}");
+    let env = store.get(id).await.expect("get").expect("env");
+    assert_eq!((env.status, env.last_error.clone()), (Status::Pending, None), "nothing of a's was applied");
+    assert!(!store.events(id, 10).await.expect("events").iter().any(|e| e.message == "stale"));
+    assert_eq!(env.fence(), b.fence(), "the record carries the latest claim's epoch");
+    let o = Observed { status: Status::Provisioning, ..env.observed() };
+    store.update_observed(b.fence(), &o, Some(("create", "b's"))).await.expect("b's write");
+    store.release(&b, None).await.expect("release");
+    assert_eq!(store.get(id).await.expect("get").expect("env").status, Status::Provisioning);
+}
+
+async fn the_webhook_lane_goes_first_and_requeues_wait(store: Store) {
+    let later = now_ms() + 60_000;
+    let quiet = store.record_desired(&change("bg", present('a'))).await.expect("record");
+    store.enqueue(quiet, Lane::Background, now_ms() - 5_000).await.expect("enqueue");
+    let urgent = pushed(&store, "d-1", "hook").await;
+    let first = store.claim_due("w", later).await.expect("claim").expect("due");
+    assert_eq!(first.id, urgent, "due later, but someone waits for it");
+    // A requeue keeps it out of reach until its time, and the dispatcher knows when that is.
+    let at = now_ms() + 30_000;
+    store.release(&first, Some(at)).await.expect("release");
+    assert_eq!(store.claim_due("w", later).await.expect("claim").map(|c| c.id), Some(quiet));
+    assert_eq!(store.claim_due("w", later).await.expect("claim"), None, "the requeue is not due yet");
+    assert_eq!(store.next_due().await.expect("next"), Some(at));
+    // A webhook brings it forward; an earlier background request never demotes it.
+    pushed(&store, "d-2", "hook").await;
+    store.enqueue(urgent, Lane::Background, now_ms()).await.expect("enqueue");
+    assert_eq!(store.claim_due("w", later).await.expect("claim").map(|c| c.id), Some(urgent));
+    let stats = store.queue_stats().await.expect("stats");
+    assert_eq!((stats.depth, stats.oldest_due), (2, None), "both held, none waiting");
+}
+
+async fn concurrent_claims_take_each_environment_once(store: Store) {
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(pushed(&store, &format!("d-{n}"), &format!("b{n}")).await);
+    }
+    let claimers = (0..6).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(c) = store.claim_due(&format!("r{n}"), now_ms() + 60_000).await.expect("claim") {
+                got.push(c.id);
+            }
+            got
+        })
+    });
+    let mut claimed: Vec<i64> = Vec::new();
+    for c in claimers {
+        claimed.extend(c.await.expect("claimer"));
+    }
+    claimed.sort_unstable();
+    assert_eq!(claimed, ids, "every due environment taken exactly once");
 }
 
 async fn priorities_are_unique_per_repository(store: Store) {
@@ -362,7 +456,7 @@ async fn pages_are_filtered_and_counted_in_sql(store: Store) {
     let gone = store.find(&RepoName::new("acme/shop").expect("repo"), &BranchName::new("gone").expect("b")).await;
     let gone = gone.expect("find").expect("env");
     let o = Observed { status: Status::Deleted, ..gone.observed() };
-    store.update_observed(gone.id, &o, None).await.expect("deleted");
+    store.update_observed(Fence::unleased(gone.id), &o, None).await.expect("deleted");
     let page = |text: Option<&str>, include_deleted: bool, limit: i64, offset: i64| previewd_store::EnvFilter {
         text: text.map(str::to_owned),
         include_deleted,

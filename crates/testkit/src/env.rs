@@ -55,11 +55,13 @@ pub struct Options<'a> {
     pub stacks_dir: Option<&'a str>,
     /// Hosted zones made besides [`ZONE`] (for more repositories).
     pub zones: &'a [&'a str],
+    /// previewd's database; a SQLite file in the test's folder when `None` (see [`postgres_database`]).
+    pub database_url: Option<&'a str>,
 }
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Self { top: "", github: "", extra: "", grace: "10m", stacks_dir: None, zones: &[] }
+        Self { top: "", github: "", extra: "", grace: "10m", stacks_dir: None, zones: &[], database_url: None }
     }
 }
 
@@ -118,9 +120,11 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("previewd.toml");
         let stacks = opts.stacks_dir.map_or_else(|| workspace_root().join("stacks"), PathBuf::from);
-        let text = config_text(&dir, &github, &seeded, &stacks, top, opts.github, extra, grace);
+        let db = opts
+            .database_url
+            .map_or_else(|| format!("sqlite://{}", dir.path().join("previewd.db").display()), str::to_owned);
+        let text = config_text(&db, &github, &seeded, &stacks, top, opts.github, extra, grace);
         std::fs::write(&config_path, text).expect("config");
-        let db = format!("sqlite://{}", dir.path().join("previewd.db").display());
         let store = previewd_store::Store::connect(&db).await.expect("test database");
         let mut env = Self {
             store,
@@ -359,7 +363,7 @@ impl TestEnv {
 
 #[allow(clippy::too_many_arguments)]
 fn config_text(
-    dir: &tempfile::TempDir,
+    db: &str,
     github: &FakeGitHub,
     seeded: &Seeded,
     stacks: &std::path::Path,
@@ -374,7 +378,7 @@ fn config_text(
         r#"owner = "test-owner"
 dns_zone = "{ZONE}"
 listen = "127.0.0.1:0"
-database_url = "sqlite://{db}"
+database_url = "{db}"
 webhook_secrets = ["{SECRET}"]
 stacks_dir = "{stacks}"
 {top}
@@ -413,13 +417,32 @@ load_balancer.certificate_arn = "{cert}"
 database.enabled = false
 {extra}
 "#,
-        db = dir.path().join("previewd.db").display(),
         stacks = stacks.display(),
         api = github.api_url(),
         vpc = seeded.vpc_id,
         subnets = subnets.join(", "),
         cert = zone.certificate_arn,
     )
+}
+
+/// A fresh, empty PostgreSQL database on the local server (`PREVIEWD_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/postgres`), or `None` when that variable is `skip`. Its URL; the
+/// database is left for the server's owner (the names are unique per process).
+pub async fn postgres_database(name: &str) -> Option<String> {
+    use sqlx::Executor as _;
+    let admin = std::env::var("PREVIEWD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if admin == "skip" {
+        eprintln!("PostgreSQL skipped: PREVIEWD_TEST_POSTGRES_URL=skip");
+        return None;
+    }
+    let db = format!("previewd_{name}_{}", std::process::id());
+    let pool = sqlx::PgPool::connect(&admin).await.expect("PostgreSQL reachable (or PREVIEWD_TEST_POSTGRES_URL=skip)");
+    pool.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await.expect("drop");
+    pool.execute(format!("CREATE DATABASE {db}").as_str()).await.expect("create database");
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("a URL with a database");
+    Some(format!("{base}/{db}"))
 }
 
 /// A real `previewd serve` process aimed at a [`TestEnv`], listening on a free port, its standard error in a

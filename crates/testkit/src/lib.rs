@@ -9,7 +9,7 @@ mod moto;
 mod proxy;
 pub mod webhook;
 
-pub use env::{Options, REPO, SECRET, Serve, TestEnv, ZONE, aws_for, sha};
+pub use env::{Options, REPO, SECRET, Serve, TestEnv, ZONE, aws_for, postgres_database, sha};
 pub use github::{FakeGitHub, Fault, Target};
 pub use moto::{Moto, Seeded, free_port, venv_bin, workspace_root};
 pub use proxy::{AwsProxy, Call};

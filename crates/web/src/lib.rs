@@ -19,7 +19,7 @@ use http_body_util::BodyExt as _;
 use previewd_domain::{Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
 use previewd_github::{MAX_BODY_BYTES, WebhookEvent, parse_event, verify_signature};
 use previewd_reconciler::Queue;
-use previewd_store::{DesiredChange, EnvFilter, EnvRecord, Recorded, Sort, Store};
+use previewd_store::{Delivery, DeliveryLog, DesiredChange, EnvFilter, EnvRecord, Recorded, Sort, Store};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -30,6 +30,8 @@ const MAX_DELIVERY_ID: usize = 100;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Webhook deliveries are recorded through it: many in one commit under load.
+    pub deliveries: DeliveryLog,
     pub queue: Queue,
     pub owner: OwnerId,
     /// Webhook secrets; several during a rotation.
@@ -206,17 +208,20 @@ async fn record(state: &AppState, headers: &HeaderMap, event: &str, delivery: &s
         None => (hashed, None),
     };
     let change = DesiredChange { repo, repo_display: Some(display), branch, names, fallback, desired, reason };
-    match state.store.record_webhook(delivery, event, Some(&change)).await {
+    let (repo, branch, env) = (change.repo.clone(), change.branch.clone(), change.names.env_key.clone());
+    let d = Delivery { id: delivery.to_owned(), event: event.to_owned(), change: Some(change) };
+    match state.deliveries.record(d).await {
         Ok(Recorded::Duplicate) => {
             count(headers, "duplicate");
             (StatusCode::OK, "duplicate delivery: already recorded").into_response()
         }
         Ok(Recorded::New { env_id }) => {
-            if let Some(id) = env_id {
-                state.queue.enqueue(id);
+            // The store made it due in the webhook's own transaction; this process's dispatcher looks now.
+            if env_id.is_some() {
+                state.queue.wake();
             }
             count(headers, "accepted");
-            tracing::info!(repo = %change.repo, branch = %change.branch, env = %change.names.env_key, "recorded");
+            tracing::info!(%repo, %branch, %env, "recorded");
             (StatusCode::ACCEPTED, "recorded").into_response()
         }
         Err(e) => {
@@ -487,7 +492,11 @@ async fn act(
     };
     match done {
         Ok(true) => {
-            state.queue.enqueue(id);
+            if let Err(e) = state.queue.enqueue(id).await {
+                tracing::error!(error = ?e, "cannot enqueue action");
+                return (StatusCode::SERVICE_UNAVAILABLE, "recorded, but cannot schedule it now: ask again")
+                    .into_response();
+            }
             tracing::info!(env_id = id, action, "recorded");
             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": id, "action": action, "recorded": true})))
                 .into_response()
@@ -535,7 +544,8 @@ async fn last_reaper_pass(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    // Environments by status and reaper passes are counted in SQL; a failing store leaves them out.
+    // Environments by status, reaper passes and the queue are counted in SQL; a failing store leaves them out.
+    let queue = state.store.queue_stats().await.unwrap_or_default();
     let snapshot = previewd_metrics::Snapshot {
         environments: match state.store.status_counts().await {
             // Every status, zero included, so a dashboard's series never vanish.
@@ -546,8 +556,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
             Err(_) => Vec::new(),
         },
         reaper_passes: state.store.reaper_pass_counts().await.unwrap_or_default(),
-        queue_depth: state.queue.len() as i64,
-        queue_oldest_seconds: state.queue.oldest_due_age().as_secs_f64(),
+        queue_depth: queue.depth,
+        queue_oldest_seconds: queue.oldest_due.map_or(0.0, |at| (previewd_store::now_ms() - at).max(0) as f64 / 1000.0),
     };
     let text = previewd_metrics::METRICS.encode(&snapshot);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()

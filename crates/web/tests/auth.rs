@@ -27,7 +27,8 @@ async fn app_with(token: Option<&str>, public: bool, intake: Intake) -> (axum::R
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
     let state = AppState {
         store: store.clone(),
-        queue: Queue::new(),
+        queue: Queue::new(store.clone()),
+        deliveries: previewd_store::DeliveryLog::start(store.clone()),
         owner: OwnerId::new("t").expect("owner"),
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),

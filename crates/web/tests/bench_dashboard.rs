@@ -40,8 +40,9 @@ async fn the_list_with_many_environments() {
     }
     eprintln!("set-up of {n} environments: {:.1?}", started.elapsed());
     let app = router(AppState {
+        queue: Queue::new(store.clone()),
+        deliveries: previewd_store::DeliveryLog::start(store.clone()),
         store,
-        queue: Queue::new(),
         owner,
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),

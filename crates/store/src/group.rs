@@ -1,0 +1,91 @@
+//! Group commit for webhook deliveries. Each delivery must be durable before GitHub hears 202, and a
+//! commit costs an fsync (SQLite) or a WAL flush (PostgreSQL): one per delivery caps intake at the disk's
+//! flush rate, and SQLite's one writer makes concurrent deliveries queue for its lock. One committer task
+//! takes every delivery waiting, records them in one transaction, and answers each once it has committed,
+//! so a burst costs one flush. Alone, a delivery is committed at once: nothing waits for a batch to fill.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Delivery, Recorded, Store, StoreError};
+
+/// Deliveries in one transaction at most.
+const MAX_BATCH: usize = 256;
+/// Deliveries waiting for the committer at most; a sender waits for room beyond it.
+const QUEUE: usize = 1024;
+
+type Reply = oneshot::Sender<Result<Recorded, StoreError>>;
+
+/// The committer's handle; cheap to clone. The task ends when every handle is gone.
+#[derive(Debug, Clone)]
+pub struct DeliveryLog {
+    tx: mpsc::Sender<(Delivery, Reply)>,
+}
+
+impl DeliveryLog {
+    /// Starts the committer on the current Tokio runtime.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(commit_loop(store, rx));
+        Self { tx }
+    }
+
+    /// Records `delivery` as [`Store::record_webhook`] does, committed with whatever else is waiting.
+    pub async fn record(&self, delivery: Delivery) -> Result<Recorded, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((delivery, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (deliveries, replies): (Vec<Delivery>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.record_webhooks(&deliveries).await {
+            Ok(recorded) => {
+                for (reply, r) in replies.into_iter().zip(recorded) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            // One bad delivery must not fail the others: each is tried alone, and answered for itself.
+            Err(e) if deliveries.len() > 1 => {
+                tracing::warn!(error = ?e, n = deliveries.len(), "a batch of deliveries failed: recording them one by one");
+                for (d, reply) in deliveries.iter().zip(replies) {
+                    let _ = reply.send(store.record_webhook(&d.id, &d.event, d.change.as_ref()).await);
+                }
+            }
+            Err(e) => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_is_committed_together_and_each_sender_hears_its_own_answer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
+        let log = DeliveryLog::start(store.clone());
+        let send = |id: &str| {
+            let (log, id) = (log.clone(), id.to_owned());
+            tokio::spawn(async move { log.record(Delivery { id, event: "ping".into(), change: None }).await })
+        };
+        let answers: Vec<_> = ["a", "b", "a", "c"].into_iter().map(send).collect();
+        let mut new = 0;
+        for a in answers {
+            match a.await.expect("task").expect("recorded") {
+                Recorded::New { env_id: None } => new += 1,
+                Recorded::Duplicate => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(new, 3, "the repeated id is a duplicate, in a batch or not");
+        assert_eq!(store.delivery_count().await.expect("count"), 3);
+    }
+}
