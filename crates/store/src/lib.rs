@@ -673,6 +673,7 @@ impl Store {
     pub async fn redeploy(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        lock_row(&mut tx, id).await?;
         let Some(status) = sqlx::query_scalar::<_, String>("SELECT status FROM environments WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -973,6 +974,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         let id = fence.id;
+        lock_row(&mut tx, id).await?;
         let log: Option<String> = sqlx::query_scalar("SELECT seed_log FROM environments WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -1119,6 +1121,7 @@ impl Store {
     pub async fn feedback_failed(&self, id: i64, retry_at: i64, counted: bool, error: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        lock_row(&mut tx, id).await?;
         let last: Option<String> = sqlx::query_scalar("SELECT feedback_error FROM environments WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -1535,6 +1538,18 @@ async fn record_delivery(
         }
     };
     Ok(Recorded::New { env_id })
+}
+
+/// Takes the write lock before a transaction reads what it then changes: SQLite refuses to turn a read
+/// into a write once another writer has committed since ("database is locked", no busy wait), and on
+/// PostgreSQL the row stays as read until the commit.
+async fn lock_row(tx: &mut sqlx::AnyConnection, id: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE environments SET updated_at = updated_at WHERE id = $1")
+        .bind(id)
+        .execute(tx)
+        .await
+        .map_err(db("lock environment"))?;
+    Ok(())
 }
 
 fn claim_from_row(r: &AnyRow) -> Result<Claim, StoreError> {
