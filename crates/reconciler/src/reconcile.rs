@@ -251,9 +251,16 @@ async fn teardown(
         return Err(ReconcileError::NeedsHuman(format!("stack {}: {why} (last reason: {reason})", s.name)));
     }
     // The record went before the status became `deleting`: its later steps need not look at DNS again.
-    if env.status != Status::Deleting {
+    let was = env.status;
+    let deleting;
+    let env = if env.status != Status::Deleting {
         remove_dns(inner, env, repo).await?;
-    }
+        // What the store holds now: the writes below compare against it.
+        deleting = EnvRecord { status: Status::Deleting, url: None, ..env.clone() };
+        &deleting
+    } else {
+        env
+    };
     let (stack, retry) = match (step, stack) {
         (TeardownStep::Delete { retry }, Some(stack)) => (stack, retry),
         (TeardownStep::Wait, Some(_)) => {
@@ -271,8 +278,7 @@ async fn teardown(
                 attempts: 0,
                 ..env.observed()
             };
-            let event =
-                (env.status != Status::Deleted).then_some(("deleted", "the branch is gone and so is its environment"));
+            let event = (was != Status::Deleted).then_some(("deleted", "the branch is gone and so is its environment"));
             record(inner, env, o, event).await?;
             return Ok(Action::Done);
         }
@@ -280,7 +286,7 @@ async fn teardown(
     let Some(emptied) = empty_buckets(inner, env, &stack).await? else {
         return Ok(Action::Requeue(Duration::ZERO));
     };
-    inner.aws.delete_stack(&stack.id, &token("delete", env.id), inner.setup.stack_role_arn.as_deref()).await?;
+    inner.aws.delete_stack(&stack.id, &token("delete", env), inner.setup.stack_role_arn.as_deref()).await?;
     let why = if retry {
         format!("deleting stack {} again after DELETE_FAILED ({emptied} objects emptied)", stack.name)
     } else {
@@ -443,7 +449,7 @@ async fn converge(
                 name: env.stack_name.clone(),
                 template,
                 tags,
-                token: token("create", env.id),
+                token: token("create", env),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
             let stack_id = match inner.aws.create_stack(&req).await {
@@ -463,7 +469,7 @@ async fn converge(
             let Some(_) = empty_buckets(inner, env, &stack).await? else { return Ok(Action::Requeue(Duration::ZERO)) };
             inner
                 .aws
-                .delete_stack(&stack.id, &token("delete-rollback", env.id), inner.setup.stack_role_arn.as_deref())
+                .delete_stack(&stack.id, &token("delete-rollback", env), inner.setup.stack_role_arn.as_deref())
                 .await?;
             let o = Observed { status: Status::Provisioning, attempts: env.attempts + 1, ..env.observed() };
             let why = format!(
@@ -480,7 +486,7 @@ async fn converge(
                 name: env.stack_name.clone(),
                 template,
                 tags,
-                token: token("update", env.id),
+                token: token("update", env),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
             if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
@@ -586,7 +592,7 @@ async fn ensure_application(
                 name: app_name.to_owned(),
                 template,
                 tags,
-                token: token("app-create", env.id),
+                token: token("app-create", env),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
             match inner.aws.create_stack(&req).await {
@@ -629,7 +635,7 @@ async fn ensure_application(
                     name: app_name.to_owned(),
                     template,
                     tags,
-                    token: token("app-update", env.id),
+                    token: token("app-update", env),
                     role_arn: inner.setup.stack_role_arn.clone(),
                 };
                 match inner.aws.update_stack(&req).await? {
@@ -647,10 +653,7 @@ async fn ensure_application(
         }
         "ROLLBACK_COMPLETE" => {
             count_app_attempt(inner, env, &app, "failed to create").await?;
-            inner
-                .aws
-                .delete_stack(&app.id, &token("app-delete", env.id), inner.setup.stack_role_arn.as_deref())
-                .await?;
+            inner.aws.delete_stack(&app.id, &token("app-delete", env), inner.setup.stack_role_arn.as_deref()).await?;
             let why = format!(
                 "application stack {app_name} failed to create ({}); deleting to create again",
                 app.reason.as_deref().unwrap_or("no reason given")
@@ -709,6 +712,9 @@ fn env_tags(owner: &str, env: &EnvRecord, sha: &CommitSha, hash: &str) -> Vec<(S
 /// A ClientRequestToken, new for every request previewd makes (the SDK's own retries of one request
 /// reuse it). CloudFormation silently ignores a request whose token it has seen, so a token is never
 /// reused for another request; a retry after a lost answer is found by describing the stack first.
-fn token(op: &str, id: impl std::fmt::Display) -> String {
-    format!("previewd-{op}-{id}-{}-{:04x}", now_ms(), fastrand::u16(..))
+fn token(op: &str, env: &EnvRecord) -> String {
+    // The same for the same step of the same desired state, so a step repeated after a crash (its answer
+    // lost) is a retry CloudFormation recognises, not a second request; a new push (desired_seq) or a new
+    // attempt after a rollback gets a new one.
+    format!("previewd-{op}-{}-{}-{}", env.id, env.desired_seq, env.attempts)
 }
