@@ -110,6 +110,8 @@ struct ReconcilerFile {
     retry_max: Option<String>,
     resync_every: Option<String>,
     lease: Option<String>,
+    idle_poll: Option<String>,
+    stop_grace: Option<String>,
     max_stack_attempts: Option<i64>,
     empty_batches_per_step: Option<usize>,
     api_lag: Option<String>,
@@ -288,6 +290,8 @@ impl Config {
         dur("retry_max", &r.retry_max, &mut tuning.retry_max)?;
         dur("resync_every", &r.resync_every, &mut tuning.resync_every)?;
         dur("lease", &r.lease, &mut tuning.lease)?;
+        dur("idle_poll", &r.idle_poll, &mut tuning.idle_poll)?;
+        dur("stop_grace", &r.stop_grace, &mut tuning.stop_grace)?;
         dur("api_lag", &r.api_lag, &mut tuning.api_lag)?;
         if tuning.poll_min > tuning.poll_max || tuning.retry_min > tuning.retry_max {
             bail!("{source}: [reconciler] poll_min and retry_min must not exceed poll_max and retry_max");

@@ -17,7 +17,7 @@ const ENDPOINT: &str = "lb.bench.example.com";
 #[ignore = "a benchmark: run bench/idle.sh"]
 async fn idle_resync_over_a_large_fleet() {
     let n: usize = std::env::var("PREVIEWD_BENCH_ENVS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
-    let t = TestEnv::start().await;
+    let mut t = TestEnv::start().await;
     let started = Instant::now();
     let owner = OwnerId::new("test-owner").expect("owner");
     let repo = RepoName::new(REPO).expect("repo");
@@ -96,4 +96,46 @@ async fn idle_resync_over_a_large_fleet() {
         );
         assert_eq!((enqueued, writes), (0, 0), "an idle fleet needs no reconcile and no write");
     }
+
+    // The same fleet under a real `previewd serve` left alone, observing every `PREVIEWD_BENCH_RESYNC`
+    // (default 10 s) for `PREVIEWD_BENCH_IDLE` (default 60 s): calls made, and its resident memory.
+    let secs = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (every, idle) = (secs("PREVIEWD_BENCH_RESYNC", 10), secs("PREVIEWD_BENCH_IDLE", 60));
+    t.stop_app().await;
+    let text = std::fs::read_to_string(&t.config_path).expect("config");
+    let config = t.dir.path().join("idle.toml");
+    std::fs::write(&config, text.replace(r#"resync_every = "1h""#, &format!(r#"resync_every = "{every}s""#)))
+        .expect("config");
+    let config = config.display().to_string();
+    let serve = previewd_testkit::Serve::start(
+        &t,
+        env!("CARGO_BIN_EXE_previewd"),
+        &[],
+        &[("PREVIEWD_CONFIG", config.as_str()), ("RUST_LOG", "warn")],
+        t.dir.path().join("idle.log"),
+    )
+    .await;
+    t.proxy.reset_calls();
+    t.github.reset_requests();
+    tokio::time::sleep(std::time::Duration::from_secs(idle)).await;
+    let calls = t.proxy.calls();
+    let writes = calls.iter().filter(|c| !c.action.starts_with("List") && !c.action.starts_with("Describe")).count();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", serve.child.id())).expect("/proc");
+    let kb = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    println!(
+        "idle serve, {n} environments, {idle} s with a resync every {every} s: {} GitHub calls ({} answered 304), \
+         {} AWS calls, {writes} AWS writes; resident memory {} kB now, {} kB at most",
+        t.github.request_count(),
+        t.github.not_modified_count(),
+        calls.len(),
+        kb("VmRSS:"),
+        kb("VmHWM:"),
+    );
 }

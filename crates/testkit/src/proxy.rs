@@ -28,6 +28,10 @@ pub struct Call {
     pub injected: bool,
     /// Keys a DeleteObjects call names (AWS takes at most 1,000).
     pub keys: usize,
+    /// When the proxy received it.
+    pub at: Instant,
+    /// A CloudFormation call's ClientRequestToken: the same token twice is one request retried.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +74,8 @@ struct ProxyState {
     refill: BTreeMap<String, usize>,
     /// how many more DeleteObjects calls answer 200 with every key refused
     key_errors: usize,
+    /// (service, action, delay, how many more calls): answered by moto, but only after the delay
+    delays: Vec<(String, String, Duration, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +198,12 @@ impl AwsProxy {
     /// The next `times` DeleteObjects calls answer 200 with every key refused (`InternalError`).
     pub fn refuse_keys(&self, times: usize) {
         self.lock().key_errors = times;
+    }
+
+    /// The next `times` calls of `service`/`action` are answered only after `delay` (a slow or hung AWS
+    /// endpoint: longer than the SDK's operation timeout, the caller gives up first).
+    pub fn slow(&self, service: &str, action: &str, times: usize, delay: Duration) {
+        self.lock().delays.push((service.into(), action.into(), delay, times));
     }
 
     /// Forgets the calls seen so far (to count what one pass does).
@@ -397,6 +409,7 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         if is_form { form_urlencoded::parse(&body).into_owned().collect() } else { BTreeMap::new() };
     let (service, action) = identify(&parts.method, &path, &query, &parts.headers, &form);
     let stack = form.get("StackName").map(|s| stack_name(s));
+    let token = form.get("ClientRequestToken").cloned();
     let keys = if action == "DeleteObjects" { String::from_utf8_lossy(&body).matches("<Key>").count() } else { 0 };
 
     // Injected errors.
@@ -414,10 +427,22 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
                 stack: stack.clone(),
                 injected: true,
                 keys,
+                at: Instant::now(),
+                token: token.clone(),
             });
         }
         hit
     };
+    let delay = {
+        let mut st = proxy.lock();
+        st.delays.iter_mut().find(|d| d.3 > 0 && d.0 == service && d.1 == action).map(|d| {
+            d.3 -= 1;
+            d.2
+        })
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     if let Some((status, code, message)) = injected {
         return xml(
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -437,6 +462,8 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
                     stack: None,
                     injected: true,
                     keys,
+                    at: Instant::now(),
+                    token: token.clone(),
                 });
             }
             refuse
@@ -487,7 +514,15 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         let strict = proxy.lock().strict_bucket_deletes;
         if strict && let Some(bucket) = proxy.blocking_bucket(name).await {
             let mut st = proxy.lock();
-            st.calls.push(Call { service, action, stack: stack.clone(), injected: true, keys });
+            st.calls.push(Call {
+                service,
+                action,
+                stack: stack.clone(),
+                injected: true,
+                keys,
+                at: Instant::now(),
+                token: token.clone(),
+            });
             st.overrides.retain(|o| &o.stack != name);
             st.overrides.push(StatusOverride {
                 stack: name.clone(),
@@ -539,6 +574,8 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         stack: stack.clone(),
         injected: false,
         keys,
+        at: Instant::now(),
+        token: token.clone(),
     });
     if let Some(name) = &stack
         && status.is_success()
