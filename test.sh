@@ -36,3 +36,7 @@ echo "==> cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test" >&2
 cargo test --workspace --locked
+# A short fuzz of each cargo-fuzz target (20 s each; `fuzz/run.sh 3600` is the long run): a crash is saved
+# into fuzz/regressions/ for the replay test and fails the run.
+echo "==> fuzz/run.sh 20" >&2
+fuzz/run.sh 20

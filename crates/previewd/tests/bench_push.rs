@@ -1,6 +1,7 @@
 //! Benchmark, not a test (`#[ignore]`; run by `bench/push.sh`): from a push's webhook to the first
 //! CloudFormation call naming the branch's stack, and to its CreateStack, over `PREVIEWD_BENCH_PUSHES`
-//! (default 50) pushes against moto, measured where calls leave previewd; beside the time a fresh Python
+//! (default 50) pushes against moto, one at a time (each environment ready before the next push),
+//! measured where calls leave previewd; beside the time a fresh Python
 //! process with boto3 takes to call CreateStack (the per-push script previewd replaces). Prints figures.
 
 use std::time::Duration;
@@ -52,6 +53,8 @@ async fn push_to_the_first_cloudformation_call() {
             tokio::time::sleep(Duration::from_micros(500)).await;
         };
         create.push(created);
+        // Each push finds previewd idle: the figure is the latency of one push, not of a queue.
+        t.ready(&branch, &sha(i + 1)).await;
     }
     line("→ first CloudFormation call naming its stack", first);
     let previewd = line("→ CreateStack", create);

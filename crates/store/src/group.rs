@@ -3,15 +3,22 @@
 //! flush rate, and SQLite's one writer makes concurrent deliveries queue for its lock. One committer task
 //! takes every delivery waiting, records them in one transaction, and answers each once it has committed,
 //! so a burst costs one flush. Alone, a delivery is committed at once: nothing waits for a batch to fill.
+//! SQLite has one writer, so one committer; PostgreSQL takes several transactions at once, so a few
+//! committers share the queue (each batch in (repository, branch) order, so two batches lock rows in one
+//! order; a batch that still fails is recorded one delivery at a time).
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
 
-use crate::{Delivery, Recorded, Store, StoreError};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::{Backend, Delivery, Recorded, Store, StoreError};
 
 /// Deliveries in one transaction at most.
 const MAX_BATCH: usize = 256;
 /// Deliveries waiting for the committer at most; a sender waits for room beyond it.
 const QUEUE: usize = 1024;
+/// Committers on PostgreSQL (of the pool's 8 connections).
+const POSTGRES_COMMITTERS: usize = 3;
 
 type Reply = oneshot::Sender<Result<Recorded, StoreError>>;
 
@@ -22,10 +29,17 @@ pub struct DeliveryLog {
 }
 
 impl DeliveryLog {
-    /// Starts the committer on the current Tokio runtime.
+    /// Starts the committers on the current Tokio runtime.
     pub fn start(store: Store) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(commit_loop(store, rx));
+        let rx = Arc::new(Mutex::new(rx));
+        let committers = match store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_COMMITTERS,
+        };
+        for _ in 0..committers {
+            tokio::spawn(commit_loop(store.clone(), rx.clone()));
+        }
         Self { tx }
     }
 
@@ -37,9 +51,15 @@ impl DeliveryLog {
     }
 }
 
-async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>) {
+async fn commit_loop(store: Store, rx: Arc<Mutex<mpsc::Receiver<(Delivery, Reply)>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // One committer takes what is waiting; the others wait their turn meanwhile.
+        if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        // Stable: one branch's deliveries keep their order.
+        batch.sort_by(|(a, _), (b, _)| key(a).cmp(&key(b)));
         let (deliveries, replies): (Vec<Delivery>, Vec<Reply>) = batch.drain(..).unzip();
         match store.record_webhooks(&deliveries).await {
             Ok(recorded) => {
@@ -61,6 +81,10 @@ async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>) {
             }
         }
     }
+}
+
+fn key(d: &Delivery) -> Option<(&str, &str)> {
+    d.change.as_ref().map(|c| (c.repo.as_str(), c.branch.as_str()))
 }
 
 #[cfg(test)]

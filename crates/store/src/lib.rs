@@ -1425,49 +1425,55 @@ async fn exists(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -> Result<bool,
 /// Inserts the environment or records its new desired state. A branch said to exist is no longer missing
 /// and its push time is noted; the status an existing environment shows next is the domain's to say
 /// ([`Status::on_new_desire`]).
+async fn read_environment_row(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -> Result<Option<AnyRow>, StoreError> {
+    sqlx::query("SELECT id, desired_present, desired_sha, status FROM environments WHERE repo = $1 AND branch = $2")
+        .bind(c.repo.as_str())
+        .bind(c.branch.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("read environment"))
+}
+
 async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i64) -> Result<i64, StoreError> {
     let (present, sha) = desired_columns(&c.desired);
     let pushed_at = (present == 1).then_some(now);
-    // The first choice of names, then the fallback: the unique index on (repo, env_key) decides which is
-    // free, across replicas (a conflict on (repo, branch) means the environment exists already).
+    // Most deliveries are for an environment that exists: one read finds it, and nothing is inserted.
+    // Otherwise the first choice of names, then the fallback: the unique index on (repo, env_key) decides
+    // which is free, across replicas (a conflict on (repo, branch) means another just inserted it).
     let mut inserted = false;
-    for names in std::iter::once(&c.names).chain(c.fallback.as_ref()) {
-        let r = sqlx::query(
-            "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
-             desired_at, status, pushed_at, created_at, updated_at, repo_display, observed_rev, feedback_due) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14) ON CONFLICT DO NOTHING",
-        )
-        .bind(c.repo.as_str())
-        .bind(c.branch.as_str())
-        .bind(names.env_key.as_str())
-        .bind(names.stack_name.as_str())
-        .bind(names.dns_name.as_str())
-        .bind(present)
-        .bind(sha.clone())
-        .bind(now)
-        .bind(Status::Pending.as_str())
-        .bind(pushed_at)
-        .bind(now)
-        .bind(now)
-        .bind(c.repo_display.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("insert environment"))?;
-        inserted = r.rows_affected() == 1;
-        if inserted || exists(tx, c).await? {
-            break;
+    let mut row = read_environment_row(tx, c).await?;
+    if row.is_none() {
+        for names in std::iter::once(&c.names).chain(c.fallback.as_ref()) {
+            let r = sqlx::query(
+                "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
+                 desired_at, status, pushed_at, created_at, updated_at, repo_display, observed_rev, feedback_due) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14) ON CONFLICT DO NOTHING",
+            )
+            .bind(c.repo.as_str())
+            .bind(c.branch.as_str())
+            .bind(names.env_key.as_str())
+            .bind(names.stack_name.as_str())
+            .bind(names.dns_name.as_str())
+            .bind(present)
+            .bind(sha.clone())
+            .bind(now)
+            .bind(Status::Pending.as_str())
+            .bind(pushed_at)
+            .bind(now)
+            .bind(now)
+            .bind(c.repo_display.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("insert environment"))?;
+            inserted = r.rows_affected() == 1;
+            if inserted || exists(tx, c).await? {
+                break;
+            }
         }
+        row = read_environment_row(tx, c).await?;
     }
-    let row = sqlx::query(
-        "SELECT id, desired_present, desired_sha, status FROM environments WHERE repo = $1 AND branch = $2",
-    )
-    .bind(c.repo.as_str())
-    .bind(c.branch.as_str())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db("read environment"))?
-    .ok_or_else(|| StoreError::Corrupt {
+    let row = row.ok_or_else(|| StoreError::Corrupt {
         what: "environment key",
         value: format!("every key for {}:{} is taken", c.repo, c.branch),
     })?;
