@@ -20,7 +20,10 @@ async fn reaper_removes_orphans_with_full_buckets() {
     // Every environment is an orphan here: the reaper's guard against removing too large a share at once
     // is lifted for the benchmark.
     let text = std::fs::read_to_string(&t.config_path).expect("config");
-    std::fs::write(&t.config_path, text.replace("grace = \"0s\"", "grace = \"0s\"\nmax_share = 1.0")).expect("config");
+    let text = text.replace("grace = \"0s\"", "grace = \"0s\"\nmax_share = 1.0");
+    // previewd's default emptying step (the tests' configuration takes one batch per step).
+    let text = text.replace("empty_batches_per_step = 1", "empty_batches_per_step = 10");
+    std::fs::write(&t.config_path, text).expect("config");
     t.stop_app().await;
     t.start_app().await;
     let set_up = Instant::now();

@@ -574,7 +574,12 @@ impl Reconciler {
         loop {
             tokio::time::sleep(lease / 3).await;
             let asked = tokio::time::Instant::now();
-            match self.inner.store.renew(claim, self.instance(), now_ms() + lease.as_millis() as i64).await {
+            let renewal = self.inner.store.renew(claim, self.instance(), now_ms() + lease.as_millis() as i64);
+            // A renewal still unanswered when the lease ends proves nothing: the lease is lost then.
+            let Ok(renewed) = tokio::time::timeout(ends.saturating_duration_since(asked), renewal).await else {
+                return;
+            };
+            match renewed {
                 Ok(true) => ends = asked + lease,
                 Ok(false) => return,
                 Err(e) => {

@@ -243,6 +243,9 @@ async fn teardown(
     repo: &RepoSetup,
     stack: Option<Stack>,
 ) -> Result<Action, ReconcileError> {
+    if env.status == Status::Deleted && stack.is_none() {
+        return Ok(Action::Done); // nothing left, and nothing to record again
+    }
     let view = stack.as_ref().map(|s| stack_view(inner, s, false));
     let attempts = if env.status == Status::Deleting { env.attempts } else { 0 };
     let step = plan::teardown(view.as_ref(), attempts, inner.setup.tuning.max_stack_attempts);
@@ -286,13 +289,14 @@ async fn teardown(
     let Some(emptied) = empty_buckets(inner, env, &stack).await? else {
         return Ok(Action::Requeue(Duration::ZERO));
     };
-    inner.aws.delete_stack(&stack.id, &token("delete", env), inner.setup.stack_role_arn.as_deref()).await?;
+    let attempts = if retry { attempts + 1 } else { attempts };
+    let request = token("delete", &[&stack.id, &attempts.to_string()]);
+    inner.aws.delete_stack(&stack.id, &request, inner.setup.stack_role_arn.as_deref()).await?;
     let why = if retry {
         format!("deleting stack {} again after DELETE_FAILED ({emptied} objects emptied)", stack.name)
     } else {
         format!("deleting stack {} ({emptied} objects emptied)", stack.name)
     };
-    let attempts = if retry { attempts + 1 } else { attempts };
     let o = Observed { status: Status::Deleting, url: None, attempts, ..env.observed() };
     inner.store.update_observed(env.fence(), &o, Some(("deleting", &why))).await?;
     Ok(Action::Requeue(inner.setup.tuning.poll_min))
@@ -449,7 +453,8 @@ async fn converge(
                 name: env.stack_name.clone(),
                 template,
                 tags,
-                token: token("create", env),
+                // A stack deleted behind previewd's back is a new create (the old id is part of it).
+                token: token("create", &[&hash, env.stack_id.as_deref().unwrap_or(""), &env.attempts.to_string()]),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
             let stack_id = match inner.aws.create_stack(&req).await {
@@ -469,7 +474,7 @@ async fn converge(
             let Some(_) = empty_buckets(inner, env, &stack).await? else { return Ok(Action::Requeue(Duration::ZERO)) };
             inner
                 .aws
-                .delete_stack(&stack.id, &token("delete-rollback", env), inner.setup.stack_role_arn.as_deref())
+                .delete_stack(&stack.id, &token("delete-rollback", &[&stack.id]), inner.setup.stack_role_arn.as_deref())
                 .await?;
             let o = Observed { status: Status::Provisioning, attempts: env.attempts + 1, ..env.observed() };
             let why = format!(
@@ -486,7 +491,7 @@ async fn converge(
                 name: env.stack_name.clone(),
                 template,
                 tags,
-                token: token("update", env),
+                token: token("update", &[&stack.id, &hash, sha.as_str(), &attempts.to_string()]),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
             if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
@@ -592,7 +597,7 @@ async fn ensure_application(
                 name: app_name.to_owned(),
                 template,
                 tags,
-                token: token("app-create", env),
+                token: token("app-create", &[app_name, &hash]),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
             match inner.aws.create_stack(&req).await {
@@ -635,7 +640,7 @@ async fn ensure_application(
                     name: app_name.to_owned(),
                     template,
                     tags,
-                    token: token("app-update", env),
+                    token: token("app-update", &[&app.id, &hash, &app.status, &env.attempts.to_string()]),
                     role_arn: inner.setup.stack_role_arn.clone(),
                 };
                 match inner.aws.update_stack(&req).await? {
@@ -653,7 +658,8 @@ async fn ensure_application(
         }
         "ROLLBACK_COMPLETE" => {
             count_app_attempt(inner, env, &app, "failed to create").await?;
-            inner.aws.delete_stack(&app.id, &token("app-delete", env), inner.setup.stack_role_arn.as_deref()).await?;
+            let request = token("app-delete", &[&app.id]);
+            inner.aws.delete_stack(&app.id, &request, inner.setup.stack_role_arn.as_deref()).await?;
             let why = format!(
                 "application stack {app_name} failed to create ({}); deleting to create again",
                 app.reason.as_deref().unwrap_or("no reason given")
@@ -712,9 +718,10 @@ fn env_tags(owner: &str, env: &EnvRecord, sha: &CommitSha, hash: &str) -> Vec<(S
 /// A ClientRequestToken, new for every request previewd makes (the SDK's own retries of one request
 /// reuse it). CloudFormation silently ignores a request whose token it has seen, so a token is never
 /// reused for another request; a retry after a lost answer is found by describing the stack first.
-fn token(op: &str, env: &EnvRecord) -> String {
-    // The same for the same step of the same desired state, so a step repeated after a crash (its answer
-    // lost) is a retry CloudFormation recognises, not a second request; a new push (desired_seq) or a new
-    // attempt after a rollback gets a new one.
-    format!("previewd-{op}-{}-{}-{}", env.id, env.desired_seq, env.attempts)
+fn token(op: &str, request: &[&str]) -> String {
+    // The same for the same request (what it asks of which stack, at which attempt), so a step repeated
+    // after a crash lost its answer is a retry CloudFormation recognises and does not do twice; any other
+    // request gets another token, since CloudFormation ignores a request whose token it has seen.
+    let digest = Sha256::digest(request.join("\n").as_bytes());
+    format!("previewd-{op}-{}", &hex::encode(digest)[..24])
 }

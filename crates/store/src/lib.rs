@@ -538,7 +538,7 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        let recorded = record_delivery(&mut tx, delivery_id, event, change, now).await?;
+        let recorded = record_delivery(&mut tx, delivery_id, event, change, now, self.backend).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(recorded)
     }
@@ -550,7 +550,7 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         let mut recorded = Vec::with_capacity(batch.len());
         for d in batch {
-            recorded.push(record_delivery(&mut tx, &d.id, &d.event, d.change.as_ref(), now).await?);
+            recorded.push(record_delivery(&mut tx, &d.id, &d.event, d.change.as_ref(), now, self.backend).await?);
         }
         tx.commit().await.map_err(db("commit"))?;
         Ok(recorded)
@@ -1206,7 +1206,14 @@ impl Store {
     /// one transaction with its event. Unlike a webhook it makes nothing due: the caller enqueues.
     pub async fn record_desired(&self, change: &DesiredChange) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        let id = upsert_desired(&mut tx, change, now_ms()).await?;
+        // A write first, so SQLite's transaction holds the write lock before it reads (see `lock_row`).
+        sqlx::query("UPDATE environments SET updated_at = updated_at WHERE repo = $1 AND branch = $2")
+            .bind(change.repo.as_str())
+            .bind(change.branch.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("lock environment"))?;
+        let id = upsert_desired(&mut tx, change, now_ms(), self.backend).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(id)
     }
@@ -1425,8 +1432,18 @@ async fn exists(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -> Result<bool,
 /// Inserts the environment or records its new desired state. A branch said to exist is no longer missing
 /// and its push time is noted; the status an existing environment shows next is the domain's to say
 /// ([`Status::on_new_desire`]).
-async fn read_environment_row(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -> Result<Option<AnyRow>, StoreError> {
-    sqlx::query("SELECT id, desired_present, desired_sha, status FROM environments WHERE repo = $1 AND branch = $2")
+/// The environment's row, locked until the transaction ends (on SQLite the transaction already holds the
+/// write lock: its first statement wrote), so what is computed from it is not stale at the update.
+async fn read_environment_row(
+    tx: &mut sqlx::AnyConnection,
+    c: &DesiredChange,
+    backend: Backend,
+) -> Result<Option<AnyRow>, StoreError> {
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT id, desired_present, desired_sha, status FROM environments WHERE repo = $1 AND branch = $2{lock}"
+    );
+    sqlx::query(&sql)
         .bind(c.repo.as_str())
         .bind(c.branch.as_str())
         .fetch_optional(&mut *tx)
@@ -1434,14 +1451,19 @@ async fn read_environment_row(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -
         .map_err(db("read environment"))
 }
 
-async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i64) -> Result<i64, StoreError> {
+async fn upsert_desired(
+    tx: &mut sqlx::AnyConnection,
+    c: &DesiredChange,
+    now: i64,
+    backend: Backend,
+) -> Result<i64, StoreError> {
     let (present, sha) = desired_columns(&c.desired);
     let pushed_at = (present == 1).then_some(now);
     // Most deliveries are for an environment that exists: one read finds it, and nothing is inserted.
     // Otherwise the first choice of names, then the fallback: the unique index on (repo, env_key) decides
     // which is free, across replicas (a conflict on (repo, branch) means another just inserted it).
     let mut inserted = false;
-    let mut row = read_environment_row(tx, c).await?;
+    let mut row = read_environment_row(tx, c, backend).await?;
     if row.is_none() {
         for names in std::iter::once(&c.names).chain(c.fallback.as_ref()) {
             let r = sqlx::query(
@@ -1471,7 +1493,7 @@ async fn upsert_desired(tx: &mut sqlx::AnyConnection, c: &DesiredChange, now: i6
                 break;
             }
         }
-        row = read_environment_row(tx, c).await?;
+        row = read_environment_row(tx, c, backend).await?;
     }
     let row = row.ok_or_else(|| StoreError::Corrupt {
         what: "environment key",
@@ -1519,6 +1541,7 @@ async fn record_delivery(
     event: &str,
     change: Option<&DesiredChange>,
     now: i64,
+    backend: Backend,
 ) -> Result<Recorded, StoreError> {
     let outcome = if change.is_some() { "recorded" } else { "ignored" };
     let inserted = sqlx::query(
@@ -1537,7 +1560,7 @@ async fn record_delivery(
     let env_id = match change {
         None => None,
         Some(c) => {
-            let id = upsert_desired(tx, c, now).await?;
+            let id = upsert_desired(tx, c, now, backend).await?;
             // In the same transaction: a change acknowledged is a change some replica will reconcile.
             mark_due(tx, id, Lane::Webhook, now).await?;
             Some(id)

@@ -546,6 +546,18 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         _ => vec![],
     };
 
+    // Counted when it arrives, as AWS would see it: a caller killed while moto works on it still made it.
+    let received = Instant::now();
+    proxy.lock().calls.push(Call {
+        service: service.clone(),
+        action: action.clone(),
+        stack: stack.clone(),
+        injected: false,
+        keys,
+        at: received,
+        token: token.clone(),
+    });
+
     // Forward to moto.
     let mut upstream = proxy.client.request(
         parts.method.clone(),
@@ -568,15 +580,6 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
     }
 
     let mut st = proxy.lock();
-    st.calls.push(Call {
-        service: service.clone(),
-        action: action.clone(),
-        stack: stack.clone(),
-        injected: false,
-        keys,
-        at: Instant::now(),
-        token: token.clone(),
-    });
     if let Some(name) = &stack
         && status.is_success()
     {
