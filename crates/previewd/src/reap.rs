@@ -30,11 +30,9 @@ pub async fn reap(config: &Config, aws: Aws, args: &ReapArgs, out: &mut String) 
     write_report(&report, out);
     let removals: Vec<i64> =
         report.decisions.iter().filter(|d| d.verdict == Verdict::Remove).filter_map(|d| d.env_id).collect();
-    let removals = removals.as_slice();
     if !args.dry_run && !removals.is_empty() {
-        let removals_n = removals.len();
-        if reconciler.drain(removals, DRAIN_LIMIT).await {
-            let _ = writeln!(out, "{removals_n} environments torn down");
+        if reconciler.drain(&removals, DRAIN_LIMIT).await {
+            let _ = writeln!(out, "{} environments torn down", removals.len());
         } else {
             let _ = writeln!(out, "teardowns still under way after {DRAIN_LIMIT:?}: a running previewd finishes them");
         }

@@ -1206,13 +1206,7 @@ impl Store {
     /// one transaction with its event. Unlike a webhook it makes nothing due: the caller enqueues.
     pub async fn record_desired(&self, change: &DesiredChange) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        // A write first, so SQLite's transaction holds the write lock before it reads (see `lock_row`).
-        sqlx::query("UPDATE environments SET updated_at = updated_at WHERE repo = $1 AND branch = $2")
-            .bind(change.repo.as_str())
-            .bind(change.branch.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("lock environment"))?;
+        lock_branch(&mut tx, change).await?;
         let id = upsert_desired(&mut tx, change, now_ms(), self.backend).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(id)
@@ -1575,6 +1569,17 @@ async fn record_delivery(
 async fn lock_row(tx: &mut sqlx::AnyConnection, id: i64) -> Result<(), StoreError> {
     sqlx::query("UPDATE environments SET updated_at = updated_at WHERE id = $1")
         .bind(id)
+        .execute(tx)
+        .await
+        .map_err(db("lock environment"))?;
+    Ok(())
+}
+
+/// As [`lock_row`], by repository and branch: for a transaction that may not know the id yet.
+async fn lock_branch(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -> Result<(), StoreError> {
+    sqlx::query("UPDATE environments SET updated_at = updated_at WHERE repo = $1 AND branch = $2")
+        .bind(c.repo.as_str())
+        .bind(c.branch.as_str())
         .execute(tx)
         .await
         .map_err(db("lock environment"))?;
