@@ -9,12 +9,14 @@
 
 mod group;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use previewd_domain::{BranchName, CommitSha, Desired, EnvKey, EnvNames, OwnerId, RepoName, Status};
 use serde::Serialize;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::Arguments;
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use group::DeliveryLog;
@@ -548,10 +550,7 @@ impl Store {
     pub async fn record_webhooks(&self, batch: &[Delivery]) -> Result<Vec<Recorded>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        let mut recorded = Vec::with_capacity(batch.len());
-        for d in batch {
-            recorded.push(record_delivery(&mut tx, &d.id, &d.event, d.change.as_ref(), now, self.backend).await?);
-        }
+        let recorded = record_batch(&mut tx, batch, now, self.backend).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(recorded)
     }
@@ -1423,9 +1422,6 @@ async fn exists(tx: &mut sqlx::AnyConnection, c: &DesiredChange) -> Result<bool,
     Ok(n > 0)
 }
 
-/// Inserts the environment or records its new desired state. A branch said to exist is no longer missing
-/// and its push time is noted; the status an existing environment shows next is the domain's to say
-/// ([`Status::on_new_desire`]).
 /// The environment's row, locked until the transaction ends (on SQLite the transaction already holds the
 /// write lock: its first statement wrote), so what is computed from it is not stale at the update.
 async fn read_environment_row(
@@ -1445,6 +1441,9 @@ async fn read_environment_row(
         .map_err(db("read environment"))
 }
 
+/// Inserts the environment or records its new desired state. A branch said to exist is no longer missing
+/// and its push time is noted; the status an existing environment shows next is the domain's to say
+/// ([`Status::on_new_desire`]).
 async fn upsert_desired(
     tx: &mut sqlx::AnyConnection,
     c: &DesiredChange,
@@ -1563,6 +1562,171 @@ async fn record_delivery(
     Ok(Recorded::New { env_id })
 }
 
+/// A batch of deliveries in a few statements, whatever its size: one insert of the delivery ids (those it
+/// did not insert are duplicates), one read of the environments they change, one update of them all and
+/// one insert of their events. Each environment ends as if its deliveries had been recorded one by one,
+/// in order ([`record_delivery`]); a branch seen for the first time is inserted that way.
+async fn record_batch(
+    tx: &mut sqlx::AnyConnection,
+    batch: &[Delivery],
+    now: i64,
+    backend: Backend,
+) -> Result<Vec<Recorded>, StoreError> {
+    let mut recorded = vec![Recorded::Duplicate; batch.len()];
+    // A delivery id twice in the batch: its first occurrence is the one recorded.
+    let mut seen = HashSet::new();
+    let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert(batch[i].id.as_str())).collect();
+    let mut b = Binds::default();
+    let rows: Vec<String> = firsts
+        .iter()
+        .map(|&i| {
+            let d = &batch[i];
+            let outcome = if d.change.is_some() { "recorded" } else { "ignored" };
+            format!("({}, {}, {}, {})", b.push(d.id.clone()), b.push(d.event.clone()), b.push(now), b.push(outcome))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO deliveries (id, event, received_at, outcome) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+        rows.join(", ")
+    );
+    let new: HashSet<String> = sqlx::query_scalar_with(&sql, b.finish()?)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("record delivery"))?
+        .into_iter()
+        .collect();
+
+    // The new deliveries that change a branch, by branch, in order.
+    let mut branches: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+    for &i in &firsts {
+        if !new.contains(&batch[i].id) {
+            continue;
+        }
+        match &batch[i].change {
+            None => recorded[i] = Recorded::New { env_id: None },
+            Some(c) => branches.entry((c.repo.as_str(), c.branch.as_str())).or_default().push(i),
+        }
+    }
+    if branches.is_empty() {
+        return Ok(recorded);
+    }
+
+    // Their rows, locked on PostgreSQL in (repo, branch) order, as every batch locks them.
+    let mut b = Binds::default();
+    let which: Vec<String> = branches
+        .keys()
+        .map(|(repo, branch)| format!("(repo = {} AND branch = {})", b.push(repo.to_string()), b.push(branch.to_string())))
+        .collect();
+    let lock = if backend == Backend::Postgres { " ORDER BY repo, branch FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments WHERE {}{lock}",
+        which.join(" OR ")
+    );
+    let rows = sqlx::query_with(&sql, b.finish()?).fetch_all(&mut *tx).await.map_err(db("read environment"))?;
+    let mut existing = HashMap::new();
+    for row in &rows {
+        let get = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
+        existing.insert((get("repo")?, get("branch")?), row);
+    }
+
+    let mut updates = Vec::new();
+    let mut events = Vec::new();
+    for ((repo, branch), deliveries) in &branches {
+        let Some(row) = existing.get(&(repo.to_string(), branch.to_string())) else {
+            // A branch seen for the first time: inserted, then changed, one delivery at a time.
+            for &i in deliveries {
+                let c = batch[i].change.as_ref().expect("grouped by its change");
+                let id = upsert_desired(tx, c, now, backend).await?;
+                mark_due(tx, id, Lane::Webhook, now).await?;
+                recorded[i] = Recorded::New { env_id: Some(id) };
+            }
+            continue;
+        };
+        let id: i64 = row.try_get("id").map_err(db("read environment"))?;
+        let status: String = row.try_get("status").map_err(db("read environment"))?;
+        let mut status = Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
+        let mut present: i64 = row.try_get("desired_present").map_err(db("read environment"))?;
+        let mut sha: Option<String> = row.try_get("desired_sha").map_err(db("read environment"))?;
+        let (mut any_present, mut display) = (false, None);
+        for &i in deliveries {
+            let c = batch[i].change.as_ref().expect("grouped by its change");
+            let (p, s) = desired_columns(&c.desired);
+            // A `create` event carries no commit: keep the one a push already told us.
+            sha = if p == 1 && s.is_none() && present == 1 { sha } else { s };
+            present = p;
+            status = status.on_new_desire();
+            any_present |= p == 1;
+            display = c.repo_display.clone().or(display);
+            events.push((id, c.reason.as_str()));
+            recorded[i] = Recorded::New { env_id: Some(id) };
+        }
+        updates.push(BranchUpdate { id, present, sha, status, any_present, display, n: deliveries.len() as i64 });
+    }
+
+    if !updates.is_empty() {
+        // SQL evaluates every `SET` expression against the row as it was (see `mark_due`, whose
+        // arithmetic this repeats; the columns of a VALUES list are column1, column2, … on both).
+        let mut b = Binds::default();
+        let values: Vec<String> = updates
+            .iter()
+            .map(|u| {
+                format!(
+                    "({}, {}, {}, {}, {}, {}, {})",
+                    b.push(u.id),
+                    b.push(u.present),
+                    b.push(u.sha.clone()),
+                    b.push(u.n),
+                    b.push(u.status.as_str()),
+                    b.push(i64::from(u.any_present)),
+                    b.push(u.display.clone())
+                )
+            })
+            .collect();
+        let (lane, now_) = (b.push(Lane::Webhook as i64), b.push(now));
+        let sql = format!(
+            "UPDATE environments SET desired_present = v.column2, desired_sha = v.column3, \
+             desired_seq = desired_seq + v.column4, desired_at = {now_}, status = v.column5, attempts = 0, \
+             retries = 0, missing_since = CASE WHEN v.column6 = 1 THEN NULL ELSE missing_since END, \
+             expired_at = CASE WHEN v.column6 = 1 THEN NULL ELSE expired_at END, \
+             pushed_at = CASE WHEN v.column6 = 1 THEN {now_} ELSE pushed_at END, \
+             repo_display = COALESCE(v.column7, repo_display), updated_at = {now_}, \
+             observed_rev = observed_rev + v.column4, feedback_due = COALESCE(feedback_due, {now_}), \
+             due_seq = due_seq + v.column4, \
+             due_lane = CASE WHEN due_at IS NULL OR due_lane > {lane} THEN {lane} ELSE due_lane END, \
+             due_at = CASE WHEN due_at IS NULL OR due_at > {now_} THEN {now_} ELSE due_at END \
+             FROM (VALUES {}) AS v WHERE environments.id = v.column1",
+            values.join(", ")
+        );
+        let done = sqlx::query_with(&sql, b.finish()?).execute(&mut *tx).await.map_err(db("update desired"))?;
+        if done.rows_affected() != updates.len() as u64 {
+            return Err(StoreError::Corrupt {
+                what: "environment",
+                value: format!("{} of {} environments updated", done.rows_affected(), updates.len()),
+            });
+        }
+        let mut b = Binds::default();
+        let at = b.push(now);
+        let kind = b.push("webhook");
+        let rows: Vec<String> =
+            events.iter().map(|(id, reason)| format!("({}, {at}, {kind}, {})", b.push(*id), b.push(reason.to_string()))).collect();
+        let sql = format!("INSERT INTO events (env_id, at, kind, message) VALUES {}", rows.join(", "));
+        sqlx::query_with(&sql, b.finish()?).execute(&mut *tx).await.map_err(db("append event"))?;
+    }
+    Ok(recorded)
+}
+
+/// One environment's deliveries of a batch, folded into the row they leave.
+struct BranchUpdate {
+    id: i64,
+    present: i64,
+    sha: Option<String>,
+    status: Status,
+    /// Some delivery said the branch exists: no longer missing or expired, pushed now.
+    any_present: bool,
+    display: Option<String>,
+    n: i64,
+}
+
 /// Takes the write lock before a transaction reads what it then changes: SQLite refuses to turn a read
 /// into a write once another writer has committed since ("database is locked", no busy wait), and on
 /// PostgreSQL the row stays as read until the commit.
@@ -1613,4 +1777,34 @@ async fn mark_due(conn: &mut sqlx::AnyConnection, id: i64, lane: Lane, due_at: i
     .await
     .map_err(db("enqueue"))?;
     Ok(())
+}
+
+/// Numbered placeholders (`$1`, `$2`, … which SQLite and PostgreSQL both read) and their values, for a
+/// statement whose length depends on its batch. Each value is bound once, in order of appearance.
+#[derive(Default)]
+struct Binds {
+    args: AnyArguments<'static>,
+    n: usize,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl Binds {
+    /// Binds `value`; its placeholder.
+    fn push<T>(&mut self, value: T) -> String
+    where
+        T: 'static + sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        if let Err(e) = self.args.add(value) {
+            self.error.get_or_insert(e);
+        }
+        self.n += 1;
+        format!("${}", self.n)
+    }
+
+    fn finish(self) -> Result<AnyArguments<'static>, StoreError> {
+        match self.error {
+            Some(e) => Err(StoreError::Db { op: "bind", source: sqlx::Error::Encode(e) }),
+            None => Ok(self.args),
+        }
+    }
 }

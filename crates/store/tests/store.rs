@@ -92,6 +92,7 @@ both!(
     readable_keys_are_allocated_once_and_hashed_on_a_collision,
     pages_are_filtered_and_counted_in_sql,
     repositories_keep_githubs_spelling,
+    a_batch_records_what_one_delivery_at_a_time_would,
 );
 
 async fn webhooks_record_desired_state_once_per_delivery(store: Store) {
@@ -487,4 +488,123 @@ async fn repositories_keep_githubs_spelling(store: Store) {
     assert_eq!(store.record_desired(&again).await.expect("again"), id);
     store.record_desired(&change("x", present('c'))).await.expect("no spelling");
     assert_eq!(store.get(id).await.expect("get").expect("env").repo_display.as_deref(), Some("ACME/shop"));
+}
+
+/// [`Store::record_webhooks`] folds a batch into a few statements; the same deliveries recorded one at a
+/// time into a second repository must leave the same environments, events, outcomes and due work.
+/// Seeded (`PREVIEWD_BATCH_SEED` replays one), over branches that exist, are new, failed or deleted, with
+/// pushes, `create`s without a commit, deletions, pings, and ids repeated inside and across batches.
+async fn a_batch_records_what_one_delivery_at_a_time_would(store: Store) {
+    let seed = std::env::var("PREVIEWD_BATCH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("PREVIEWD_BATCH_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let repos = ["acme/one", "acme/batch"];
+    // The repository's spelling, as a delivery may carry it: none, upper case or title case.
+    let spell = |repo: &str, how: u8| match how {
+        0 => None,
+        1 => Some(repo.to_uppercase()),
+        _ => Some(repo[..1].to_uppercase() + &repo[1..]),
+    };
+    let change_in = |repo: &str, branch: &str, desired: Desired, how: u8, reason: String| {
+        let (repo_name, branch) = (RepoName::new(repo).expect("repo"), BranchName::new(branch).expect("branch"));
+        let zone = DnsZone::new("p.example.com").expect("zone");
+        let names = EnvNames::new(&OwnerId::new("t").expect("owner"), &repo_name, &branch, &zone);
+        DesiredChange { repo: repo_name, repo_display: spell(repo, how), branch, names, fallback: None, desired, reason }
+    };
+    // Branches that exist before, in both repositories alike: one failed, one deleted and missing.
+    for repo in repos {
+        for (branch, status) in [("b0", Status::Ready), ("b1", Status::Failed), ("b2", Status::Deleted)] {
+            let id = store.record_desired(&change_in(repo, branch, present('a'), 1, "before".into())).await.expect("record");
+            let env = store.get(id).await.expect("get").expect("env");
+            store.update_observed(Fence::unleased(id), &Observed { status, ..env.observed() }, None).await.expect("status");
+            if status == Status::Deleted {
+                assert!(store.mark_missing(id, 1_000).await.expect("missing"));
+            }
+        }
+    }
+    let branches = ["b0", "b1", "b2", "b3", "b4"];
+    let mut sequence = Vec::new();
+    for n in 0..120 {
+        // About one in six repeats an earlier id (GitHub redelivers), whatever it carried.
+        let id = if n > 0 && rng.u8(..6) == 0 { rng.usize(..n) } else { n };
+        let branch = branches[rng.usize(..branches.len())];
+        let (event, desired) = match rng.u8(..10) {
+            0 => ("ping", None),
+            1 => ("create", Some(Desired::Present { sha: None })),
+            2 | 3 => ("delete", Some(Desired::Absent)),
+            _ => ("push", Some(present(['a', 'b', 'c', 'd'][rng.usize(..4)]))),
+        };
+        sequence.push((id, event, branch, desired, rng.u8(..3)));
+    }
+    let deliveries = |repo: &str| -> Vec<previewd_store::Delivery> {
+        sequence
+            .iter()
+            .map(|(id, event, branch, desired, how)| previewd_store::Delivery {
+                id: format!("{repo}-{id}"),
+                event: (*event).into(),
+                change: desired.clone().map(|d| change_in(repo, branch, d, *how, format!("{event} {id}"))),
+            })
+            .collect()
+    };
+
+    // Each batch recorded one delivery at a time into the first repository and as one batch into the
+    // second, then both compared; between batches, the same branch of each is failed or found missing.
+    let (mut one, mut batched) = (deliveries(repos[0]), deliveries(repos[1]));
+    let mut rounds = 0;
+    while !one.is_empty() {
+        let n = rng.usize(1..=one.len().min(40));
+        let mut outcomes = [Vec::new(), Vec::new()];
+        for d in one.drain(..n) {
+            outcomes[0].push(store.record_webhook(&d.id, &d.event, d.change.as_ref()).await.expect("one"));
+        }
+        outcomes[1] = store.record_webhooks(&batched.drain(..n).collect::<Vec<_>>()).await.expect("batch");
+        let outcome = |r: &Recorded| match r {
+            Recorded::Duplicate => "duplicate",
+            Recorded::New { env_id: None } => "new, no change",
+            Recorded::New { env_id: Some(_) } => "new",
+        };
+        let [a, b] = outcomes.map(|o| o.iter().map(outcome).collect::<Vec<_>>());
+        assert_eq!(a, b, "PREVIEWD_BATCH_SEED={seed}");
+        let [a, b] = [batch_snapshot(&store, repos[0], spell).await, batch_snapshot(&store, repos[1], spell).await];
+        assert_eq!(a, b, "after batch {rounds}, PREVIEWD_BATCH_SEED={seed}");
+        rounds += 1;
+
+        let branch = BranchName::new(branches[rng.usize(..branches.len())]).expect("branch");
+        let failed = rng.bool();
+        for repo in repos {
+            let Some(env) = store.find(&RepoName::new(repo).expect("repo"), &branch).await.expect("find") else {
+                continue;
+            };
+            if failed {
+                let o = Observed { status: Status::Failed, ..env.observed() };
+                store.update_observed(Fence::unleased(env.id), &o, None).await.expect("failed");
+            } else {
+                store.mark_missing(env.id, 1_000).await.expect("missing");
+            }
+        }
+    }
+    assert!(rounds > 2);
+}
+
+/// What recording deliveries leaves of a repository's environments, comparable across repositories.
+async fn batch_snapshot(store: &Store, name: &str, spell: impl Fn(&str, u8) -> Option<String>) -> Vec<impl PartialEq + std::fmt::Debug> {
+    let repo = RepoName::new(name).expect("repo");
+    let mut envs = Vec::new();
+    for env in store.list().await.expect("list").into_iter().filter(|e| e.repo == repo) {
+        let events: Vec<_> =
+            store.events(env.id, 1_000).await.expect("events").into_iter().map(|e| (e.kind, e.message)).collect();
+        envs.push((
+            env.branch.to_string(),
+            env.desired.clone(),
+            env.desired_seq,
+            env.status,
+            (0..3).find(|&how| spell(name, how) == env.repo_display),
+            (env.missing_since.is_some(), env.expired_at.is_some(), env.pushed_at.is_some()),
+            (env.attempts, env.retries, env.observed_rev, env.feedback_due.is_some()),
+            store.pending(&[env.id]).await.expect("due"),
+            events,
+        ));
+    }
+    envs.sort_by(|a, b| a.0.cmp(&b.0));
+    envs
 }
