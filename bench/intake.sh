@@ -35,12 +35,14 @@ fi
 work="$(mktemp -d -t previewd-intake.XXXXXX)"
 server="" # the one server running (webhook or previewd), stopped on exit
 client="" # wrk while it runs
+silent="" # the upstream that never answers
 pg_db=""
 lost=0
 cleanup() {
   local rc=$?
   [ -z "$client" ] || stop "$client"
   [ -z "$server" ] || stop "$server"
+  [ -z "$silent" ] || stop "$silent"
   [ -z "$pg_db" ] || psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null || true
   if [ "$rc" = 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
 }
@@ -129,6 +131,13 @@ if [[ " $targets " == *" webhook "* ]]; then
 fi
 
 if [[ " $targets " == *" previewd "* ]]; then
+  # Accepts connections (the kernel's backlog does) and never reads or answers.
+  python3 -c 'import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4096)
+print(s.getsockname()[1], flush=True); time.sleep(1e9)' >"$work/silent.port" &
+  silent=$!
+  for _ in $(seq 50); do [ -s "$work/silent.port" ] && break; sleep 0.1; done
+  silent_port="$(cat "$work/silent.port")"
   backends=(sqlite)
   if pg_isready -q -h 127.0.0.1; then
     backends+=(postgres)
@@ -144,8 +153,10 @@ if [[ " $targets " == *" previewd "* ]]; then
       db_url="postgres://postgres@127.0.0.1:5432/$pg_db"
     fi
     port="$(free_port)"
-    # Every recorded push makes a reconcile due: AWS and GitHub are a closed port, so each fails at once and
-    # is retried with backoff; one worker and no resync or reaper pass keep that from competing for CPU.
+    # Every recorded push makes a reconcile due. GitHub and AWS are an address that takes connections and
+    # never answers (as a slow upstream would hold a worker): the one worker waits out GitHub's 2 s timeout
+    # and the reconciler writes a few rows a second, not a busy loop of instant failures writing hundreds.
+    # No resync or reaper pass.
     cat >"$work/previewd-$backend.toml" <<EOF
 owner = "bench"
 dns_zone = "preview.example.com"
@@ -155,7 +166,7 @@ webhook_secrets = ["$secret"]
 stacks_dir = "$PWD/stacks"
 
 [github]
-api_url = "http://127.0.0.1:9"
+api_url = "http://127.0.0.1:$silent_port"
 timeout = "2s"
 
 [reconciler]
@@ -168,7 +179,7 @@ schedule = "0 0 0 1 1 *"
 [repos."acme/shop"]
 blueprint = "webapp"
 EOF
-    PREVIEWD_CONFIG="$work/previewd-$backend.toml" AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_REGION=us-east-1 \
+    PREVIEWD_CONFIG="$work/previewd-$backend.toml" AWS_ENDPOINT_URL=http://127.0.0.1:$silent_port AWS_REGION=us-east-1 \
       AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_EC2_METADATA_DISABLED=true \
       target/release/previewd serve >/dev/null 2>"$work/previewd-$backend.log" &
     server=$!

@@ -1615,7 +1615,9 @@ async fn record_batch(
     let mut b = Binds::default();
     let which: Vec<String> = branches
         .keys()
-        .map(|(repo, branch)| format!("(repo = {} AND branch = {})", b.push(repo.to_string()), b.push(branch.to_string())))
+        .map(|(repo, branch)| {
+            format!("(repo = {} AND branch = {})", b.push(repo.to_string()), b.push(branch.to_string()))
+        })
         .collect();
     let lock = if backend == Backend::Postgres { " ORDER BY repo, branch FOR UPDATE" } else { "" };
     let sql = format!(
@@ -1644,7 +1646,8 @@ async fn record_batch(
         };
         let id: i64 = row.try_get("id").map_err(db("read environment"))?;
         let status: String = row.try_get("status").map_err(db("read environment"))?;
-        let mut status = Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
+        let mut status =
+            Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
         let mut present: i64 = row.try_get("desired_present").map_err(db("read environment"))?;
         let mut sha: Option<String> = row.try_get("desired_sha").map_err(db("read environment"))?;
         let (mut any_present, mut display) = (false, None);
@@ -1707,8 +1710,10 @@ async fn record_batch(
         let mut b = Binds::default();
         let at = b.push(now);
         let kind = b.push("webhook");
-        let rows: Vec<String> =
-            events.iter().map(|(id, reason)| format!("({}, {at}, {kind}, {})", b.push(*id), b.push(reason.to_string()))).collect();
+        let rows: Vec<String> = events
+            .iter()
+            .map(|(id, reason)| format!("({}, {at}, {kind}, {})", b.push(*id), b.push(reason.to_string())))
+            .collect();
         let sql = format!("INSERT INTO events (env_id, at, kind, message) VALUES {}", rows.join(", "));
         sqlx::query_with(&sql, b.finish()?).execute(&mut *tx).await.map_err(db("append event"))?;
     }

@@ -495,7 +495,8 @@ async fn repositories_keep_githubs_spelling(store: Store) {
 /// Seeded (`PREVIEWD_BATCH_SEED` replays one), over branches that exist, are new, failed or deleted, with
 /// pushes, `create`s without a commit, deletions, pings, and ids repeated inside and across batches.
 async fn a_batch_records_what_one_delivery_at_a_time_would(store: Store) {
-    let seed = std::env::var("PREVIEWD_BATCH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    let seed =
+        std::env::var("PREVIEWD_BATCH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     eprintln!("PREVIEWD_BATCH_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let repos = ["acme/one", "acme/batch"];
@@ -509,14 +510,26 @@ async fn a_batch_records_what_one_delivery_at_a_time_would(store: Store) {
         let (repo_name, branch) = (RepoName::new(repo).expect("repo"), BranchName::new(branch).expect("branch"));
         let zone = DnsZone::new("p.example.com").expect("zone");
         let names = EnvNames::new(&OwnerId::new("t").expect("owner"), &repo_name, &branch, &zone);
-        DesiredChange { repo: repo_name, repo_display: spell(repo, how), branch, names, fallback: None, desired, reason }
+        DesiredChange {
+            repo: repo_name,
+            repo_display: spell(repo, how),
+            branch,
+            names,
+            fallback: None,
+            desired,
+            reason,
+        }
     };
     // Branches that exist before, in both repositories alike: one failed, one deleted and missing.
     for repo in repos {
         for (branch, status) in [("b0", Status::Ready), ("b1", Status::Failed), ("b2", Status::Deleted)] {
-            let id = store.record_desired(&change_in(repo, branch, present('a'), 1, "before".into())).await.expect("record");
+            let id =
+                store.record_desired(&change_in(repo, branch, present('a'), 1, "before".into())).await.expect("record");
             let env = store.get(id).await.expect("get").expect("env");
-            store.update_observed(Fence::unleased(id), &Observed { status, ..env.observed() }, None).await.expect("status");
+            store
+                .update_observed(Fence::unleased(id), &Observed { status, ..env.observed() }, None)
+                .await
+                .expect("status");
             if status == Status::Deleted {
                 assert!(store.mark_missing(id, 1_000).await.expect("missing"));
             }
@@ -587,7 +600,11 @@ async fn a_batch_records_what_one_delivery_at_a_time_would(store: Store) {
 }
 
 /// What recording deliveries leaves of a repository's environments, comparable across repositories.
-async fn batch_snapshot(store: &Store, name: &str, spell: impl Fn(&str, u8) -> Option<String>) -> Vec<impl PartialEq + std::fmt::Debug> {
+async fn batch_snapshot(
+    store: &Store,
+    name: &str,
+    spell: impl Fn(&str, u8) -> Option<String>,
+) -> Vec<impl PartialEq + std::fmt::Debug> {
     let repo = RepoName::new(name).expect("repo");
     let mut envs = Vec::new();
     for env in store.list().await.expect("list").into_iter().filter(|e| e.repo == repo) {
