@@ -37,18 +37,11 @@ impl Aws {
             }
             other => other?,
         }
-        let mut key_marker: Option<String> = None;
-        let mut version_marker: Option<String> = None;
+        // Each page listed is deleted before the next listing, so every listing starts from the front:
+        // a marker would name a version just deleted (moto then answers an empty, final page, and the
+        // bucket would be called empty with a thousand versions left).
         for _ in 0..max_batches.max(1) {
-            let out = match self
-                .s3
-                .list_object_versions()
-                .bucket(bucket)
-                .set_key_marker(key_marker.clone())
-                .set_version_id_marker(version_marker.clone())
-                .send()
-                .await
-            {
+            let out = match self.s3.list_object_versions().bucket(bucket).send().await {
                 Ok(out) => out,
                 Err(e) => match classify("ListObjectVersions", e) {
                     e if e.code() == "NoSuchBucket" => {
@@ -70,10 +63,7 @@ impl Aws {
             for batch in ids.chunks(DELETE_BATCH) {
                 report.versions_deleted += self.delete_batch(bucket, batch.to_vec()).await?;
             }
-            if out.is_truncated() == Some(true) {
-                key_marker = out.next_key_marker().map(str::to_owned);
-                version_marker = out.next_version_id_marker().map(str::to_owned);
-            } else {
+            if out.is_truncated() != Some(true) {
                 report.done = true;
                 return Ok(report);
             }

@@ -416,3 +416,21 @@ async fn an_owner_tagged_stack_without_a_record_is_adopted_and_judged() {
     assert!(t.stack(&names.stack_name).await.is_none(), "removed through the teardown path");
     assert!(t.stack("previewd-acme-shop-lost-one-lookalike").await.is_some(), "never touched");
 }
+
+/// A bucket of several listing pages is emptied in one step of several batches: each listing after a
+/// batch finds what is left (a marker naming a version just deleted gets an empty, final page from moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_of_many_pages_is_emptied_in_one_step() {
+    let mut t = TestEnv::start().await;
+    assert_eq!(t.push("feat/full", &sha(1)).await, 202);
+    let env = ready(&t, "feat/full", &sha(1)).await;
+    let aws = t.direct_aws().await;
+    let bucket = aws.stack_resources(&env.stack_name, "AWS::S3::Bucket").await.expect("resources").remove(0);
+    fill(&t, &bucket, 2_500).await;
+    let report = aws.empty_bucket(&bucket, 10).await.expect("empty");
+    assert!(report.done, "{report:?}");
+    assert!(report.versions_deleted >= 2_510, "{report:?}");
+    assert_eq!(report.uploads_aborted, 1);
+    let left = t.s3().await.list_object_versions().bucket(&bucket).send().await.expect("list");
+    assert!(left.versions().is_empty() && left.delete_markers().is_empty(), "{left:?}");
+}
