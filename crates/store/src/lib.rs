@@ -1785,7 +1785,8 @@ async fn mark_due(conn: &mut sqlx::AnyConnection, id: i64, lane: Lane, due_at: i
 }
 
 /// Numbered placeholders (`$1`, `$2`, … which SQLite and PostgreSQL both read) and their values, for a
-/// statement whose length depends on its batch. Each value is bound once, in order of appearance.
+/// statement whose length depends on its batch: each value bound once, numbered in the order it was
+/// pushed, its placeholder usable more than once (sqlx reads `$N` as argument N on SQLite too).
 #[derive(Default)]
 struct Binds {
     args: AnyArguments<'static>,
