@@ -4,8 +4,8 @@
 //! takes every delivery waiting, records them in one transaction, and answers each once it has committed,
 //! so a burst costs one flush. Alone, a delivery is committed at once: nothing waits for a batch to fill.
 //! SQLite has one writer, so one committer; PostgreSQL takes several transactions at once, so a few
-//! committers share the queue (each batch in (repository, branch) order, so two batches lock rows in one
-//! order; a batch that still fails is recorded one delivery at a time).
+//! committers share the queue (a batch locks its rows in (repository, branch) order, see `record_batch`;
+//! a batch that still fails is recorded one delivery at a time).
 
 use std::sync::Arc;
 
@@ -58,8 +58,6 @@ async fn commit_loop(store: Store, rx: Arc<Mutex<mpsc::Receiver<(Delivery, Reply
         if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
-        // Stable: one branch's deliveries keep their order.
-        batch.sort_by(|(a, _), (b, _)| key(a).cmp(&key(b)));
         let (deliveries, replies): (Vec<Delivery>, Vec<Reply>) = batch.drain(..).unzip();
         match store.record_webhooks(&deliveries).await {
             Ok(recorded) => {
@@ -81,10 +79,6 @@ async fn commit_loop(store: Store, rx: Arc<Mutex<mpsc::Receiver<(Delivery, Reply
             }
         }
     }
-}
-
-fn key(d: &Delivery) -> Option<(&str, &str)> {
-    d.change.as_ref().map(|c| (c.repo.as_str(), c.branch.as_str()))
 }
 
 #[cfg(test)]
