@@ -14,3 +14,10 @@ pub use names::{
 pub use plan::StackStatus;
 pub use secret::Secret;
 pub use state::{Desired, Status};
+
+/// The output previewd adds to every environment template: the buckets CloudFormation deletes with the
+/// stack (DeletionPolicy `Delete`), which a teardown must empty first, as `previewd,<bucket>,…`. A
+/// bucket the template retains is not listed, so what it holds is kept.
+pub const EMPTY_ON_DELETE_OUTPUT: &str = "PreviewdEmptyOnDelete";
+/// The first item of that output's value (alone when nothing is to be emptied).
+pub const EMPTY_ON_DELETE_MARK: &str = "previewd";

@@ -291,7 +291,12 @@ impl Blueprint {
             TemplateKind::Application => &self.application,
             TemplateKind::Environment => &self.environment,
         };
-        template::render(&self.dir.join(kind.file_name()).display().to_string(), template, settings, ctx)
+        let file = self.dir.join(kind.file_name()).display().to_string();
+        let rendered = template::render(&file, template, settings, ctx)?;
+        match kind {
+            TemplateKind::Application => Ok(rendered),
+            TemplateKind::Environment => template::declare_emptied_buckets(rendered, &file),
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use previewd_domain::{EnvNames, RepoName, Stage};
+use previewd_domain::{EMPTY_ON_DELETE_MARK, EMPTY_ON_DELETE_OUTPUT, EnvNames, RepoName, Stage};
 use serde_json::{Map, Value as Json};
 use toml::Value as Toml;
 
@@ -199,6 +199,54 @@ impl Expander<'_> {
             None => Err(self.fail(at, format!("no setting `{key}`"))),
         }
     }
+}
+
+/// Adds [`EMPTY_ON_DELETE_OUTPUT`] to a rendered environment template: the buckets that go with the
+/// stack, so a teardown knows what to empty from the stack's description alone and never empties a
+/// bucket the template retains. Left out (a teardown then reads the template from CloudFormation) when a
+/// bucket's existence or policy is CloudFormation's to decide at deploy time (a `Condition`, a policy
+/// that is not a string, a `Transform` whose macros may add buckets).
+pub(crate) fn declare_emptied_buckets(rendered: Rendered, file: &str) -> Result<Rendered, RenderError> {
+    let mut template = rendered.template;
+    let Some(top) = template.as_object_mut().filter(|t| !t.contains_key("Transform")) else {
+        return Ok(Rendered { template, body: rendered.body });
+    };
+    let reserved = format!("/Outputs/{EMPTY_ON_DELETE_OUTPUT}");
+    if top.get("Outputs").and_then(|o| o.get(EMPTY_ON_DELETE_OUTPUT)).is_some() {
+        let reason = "previewd writes this output itself (the buckets a teardown empties): rename it".to_owned();
+        return Err(RenderError::Template { file: file.to_owned(), pointer: reserved, reason });
+    }
+    let mut emptied = vec![Json::from(EMPTY_ON_DELETE_MARK)];
+    for (logical, resource) in top.get("Resources").and_then(Json::as_object).into_iter().flatten() {
+        if resource.get("Type").and_then(Json::as_str) != Some("AWS::S3::Bucket") {
+            continue;
+        }
+        if resource.get("Condition").is_some() {
+            return Ok(Rendered { template, body: rendered.body });
+        }
+        match resource.get("DeletionPolicy") {
+            None => {}
+            Some(Json::String(p)) if p == "Delete" => {}
+            Some(Json::String(_)) => continue, // retained with what it holds
+            Some(_) => return Ok(Rendered { template, body: rendered.body }),
+        }
+        emptied.push(serde_json::json!({ "Ref": logical }));
+    }
+    let value = if emptied.len() == 1 { emptied.remove(0) } else { serde_json::json!({ "Fn::Join": [",", emptied] }) };
+    let outputs = top.entry("Outputs").or_insert_with(|| Json::Object(Map::new()));
+    let Some(outputs) = outputs.as_object_mut() else {
+        let reason = "Outputs must be an object".to_owned();
+        return Err(RenderError::Template { file: file.to_owned(), pointer: "/Outputs".to_owned(), reason });
+    };
+    let description = "The buckets deleted with this stack, which previewd empties first (written by previewd).";
+    outputs
+        .insert(EMPTY_ON_DELETE_OUTPUT.to_owned(), serde_json::json!({ "Description": description, "Value": value }));
+    let body = serde_json::to_string(&template).map_err(|e| RenderError::Template {
+        file: file.to_owned(),
+        pointer: "/".to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(Rendered { template, body })
 }
 
 /// JSON pointer escaping (RFC 6901).

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use previewd_domain::{BranchName, Stage};
+use previewd_domain::{BranchName, EMPTY_ON_DELETE_OUTPUT, Stage};
 use previewd_render::{Blueprint, Context, Layer, LayerKind, RenderError, RepoLayers, TEMPLATE_BODY_MAX, TemplateKind};
 use serde_json::json;
 
@@ -53,13 +53,49 @@ fn directives_expand_structurally() {
     }))
     .expect("renders");
     assert_eq!(
-        r.template,
-        json!({ "Resources": {
+        r.template["Resources"],
+        json!({
             "Kept": { "Type": "T", "Properties": { "N": 3 } },
             "Joined": { "Type": "T", "Properties": { "J": "app-stack-3-true", "L": ["a", "b"], "Items": [{ "B": 2 }] } }
-        } })
+        })
     );
     assert_eq!(r.body, serde_json::to_string(&r.template).expect("json"));
+}
+
+#[test]
+fn an_environment_declares_the_buckets_its_teardown_empties() {
+    let empties = |resources: serde_json::Value| {
+        let r = render(json!({ "Resources": resources })).expect("renders");
+        assert_eq!(r.body, serde_json::to_string(&r.template).expect("json"));
+        r.template["Outputs"].get(EMPTY_ON_DELETE_OUTPUT).map(|o| o["Value"].clone())
+    };
+    let bucket = |policy: Option<&str>| match policy {
+        Some(p) => json!({ "Type": "AWS::S3::Bucket", "DeletionPolicy": p }),
+        None => json!({ "Type": "AWS::S3::Bucket" }),
+    };
+    let joined = |refs: &[&str]| {
+        let mut list = vec![json!("previewd")];
+        list.extend(refs.iter().map(|r| json!({ "Ref": r })));
+        json!({ "Fn::Join": [",", list] })
+    };
+    // Deleted with the stack (the default, or said): emptied; retained: keeps what it holds.
+    let resources = json!({
+        "Data": bucket(None), "Logs": bucket(Some("Delete")), "Kept": bucket(Some("Retain")),
+        "Topic": { "Type": "AWS::SNS::Topic" }
+    });
+    assert_eq!(empties(resources), Some(joined(&["Data", "Logs"])));
+    assert_eq!(empties(json!({ "Kept": bucket(Some("Retain")) })), Some(json!("previewd")), "nothing to empty");
+    // What CloudFormation decides at deploy time is left to a look at the template then.
+    let conditional = json!({ "Data": { "Type": "AWS::S3::Bucket", "Condition": "C" } });
+    assert_eq!(empties(conditional), None);
+    let computed =
+        json!({ "Data": { "Type": "AWS::S3::Bucket", "DeletionPolicy": { "Fn::If": ["C", "Delete", "Retain"] } } });
+    assert_eq!(empties(computed), None);
+    // A macro may add buckets the rendered template does not show.
+    let r = render(json!({ "Transform": "AWS::LanguageExtensions", "Resources": { "Data": bucket(None) } }));
+    assert!(r.expect("renders").template.get("Outputs").is_none());
+    let e = err(json!({ "Resources": { "R": bucket(None) }, "Outputs": { EMPTY_ON_DELETE_OUTPUT: { "Value": "x" } } }));
+    assert!(e.contains("/Outputs/PreviewdEmptyOnDelete") && e.contains("previewd writes this output"), "{e}");
 }
 
 #[test]
