@@ -6,7 +6,8 @@
 # nothing about time. Every delivery previewd answered 202 must be in its deliveries table: the recorded
 # count is printed beside the accepted one, and the script fails if any is missing. Installs wrk and
 # webhook (Debian) if missing. Rerun with
-#   INTAKE_SECONDS=10 INTAKE_CONNECTIONS="1 50 500" INTAKE_TARGETS="webhook previewd" bench/intake.sh
+#   INTAKE_SECONDS=10 INTAKE_CONNECTIONS="1 50 500" INTAKE_TARGETS="webhook previewd" \
+#     INTAKE_BACKENDS="sqlite postgres" bench/intake.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -138,11 +139,14 @@ print(s.getsockname()[1], flush=True); time.sleep(1e9)' >"$work/silent.port" &
   silent=$!
   for _ in $(seq 50); do [ -s "$work/silent.port" ] && break; sleep 0.1; done
   silent_port="$(cat "$work/silent.port")"
-  backends=(sqlite)
-  if pg_isready -q -h 127.0.0.1; then
-    backends+=(postgres)
-  else
-    echo "==> PostgreSQL skipped: nothing answers on 127.0.0.1:5432 (pg_isready)" >&2
+  backends=()
+  [[ " ${INTAKE_BACKENDS:-sqlite postgres} " != *" sqlite "* ]] || backends+=(sqlite)
+  if [[ " ${INTAKE_BACKENDS:-sqlite postgres} " == *" postgres "* ]]; then
+    if pg_isready -q -h 127.0.0.1; then
+      backends+=(postgres)
+    else
+      echo "==> PostgreSQL skipped: nothing answers on 127.0.0.1:5432 (pg_isready)" >&2
+    fi
   fi
   for backend in "${backends[@]}"; do
     if [ "$backend" = sqlite ]; then

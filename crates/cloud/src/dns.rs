@@ -60,6 +60,28 @@ pub struct DnsRecord {
     pub ttl: i64,
 }
 
+/// Record changes for one name, submitted with others in one ChangeResourceRecordSets
+/// ([`Aws::submit_dns`]); Route53 applies a batch whole or not at all.
+#[derive(Debug, Clone)]
+pub struct DnsChange(Vec<Change>);
+
+impl DnsChange {
+    /// Deletes `name` (a CNAME to `target`) and its marker, exactly as [`Aws::upsert_dns`] wrote them,
+    /// without reading them first. Route53 deletes a record only when every value matches
+    /// (`InvalidChangeBatch` otherwise), so this removes nothing but the pair previewd made: a name
+    /// changed since, or never written, fails the whole batch and is left for [`Aws::delete_dns`].
+    pub fn deletion(name: &str, target: &str, marker: &OwnershipMarker) -> Result<Self, CloudError> {
+        Ok(Self(vec![
+            record_change(ChangeAction::Delete, &marker_name(name), RrType::Txt, &marker.0, RECORD_TTL)?,
+            record_change(ChangeAction::Delete, name, RrType::Cname, target, RECORD_TTL)?,
+        ]))
+    }
+}
+
+/// Error codes for a change batch whose records are not as it says: AWS's, and moto's for a DELETE
+/// that names other values.
+pub const MISMATCHED_CHANGE_CODES: &[&str] = &["InvalidChangeBatch", "InvalidInput"];
+
 fn marker_name(name: &str) -> String {
     format!("_previewd.{name}")
 }
@@ -245,6 +267,12 @@ impl Aws {
             record_change(action, name, RrType::Cname, target, RECORD_TTL)?,
         ];
         self.submit(zone_id, changes).await
+    }
+
+    /// Submits the changes of several names in one request (at most 1,000 records; Route53 takes a
+    /// request at a time per zone, and a few a second per account).
+    pub async fn submit_dns(&self, zone_id: &str, changes: Vec<DnsChange>) -> Result<(), CloudError> {
+        self.submit(zone_id, changes.into_iter().flat_map(|c| c.0).collect()).await
     }
 
     async fn submit(&self, zone_id: &str, changes: Vec<Change>) -> Result<(), CloudError> {

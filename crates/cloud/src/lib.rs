@@ -19,8 +19,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_cloudformation as cfn;
 use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudformation::types::{Capability, Tag};
+use previewd_domain::{EMPTY_ON_DELETE_MARK, EMPTY_ON_DELETE_OUTPUT};
 
-pub use dns::{DnsRecord, MarkedName, OwnershipMarker};
+pub use dns::{DnsChange, DnsRecord, MISMATCHED_CHANGE_CODES, MarkedName, OwnershipMarker};
 pub use s3::{EMPTY_STEP_BATCHES, EmptyReport};
 pub use seed::{TaskRequest, TaskState};
 
@@ -32,7 +33,7 @@ pub const SDK_MAX_ATTEMPTS: u32 = 5;
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How an AWS call failed, as far as the caller's next move goes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CloudError {
     /// Throttling, a 5xx answer, a timeout or a lost connection, still failing after the SDK's retries:
     /// try again later.
@@ -119,6 +120,14 @@ impl Stack {
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags.get(key).map(String::as_str)
     }
+}
+
+/// Every live stack of the account and region, as one DescribeStacks walk read them.
+#[derive(Debug, Clone, Default)]
+pub struct StackListing {
+    pub stacks: Vec<Stack>,
+    /// The pages it took: what the next listing will cost.
+    pub pages: usize,
 }
 
 /// A stack to create or update.
@@ -235,23 +244,17 @@ impl Aws {
         Ok(out.stacks().first().map(stack_from).filter(|s| s.status != "DELETE_COMPLETE"))
     }
 
-    /// Every live stack in the account and region that carries `tag` = `value` (this installation's owner
-    /// tag), reading every page of `DescribeStacks`: one call per page, however many environments.
-    pub async fn stacks_tagged(&self, tag: &str, value: &str) -> Result<Vec<Stack>, CloudError> {
-        let stacks = self
-            .cfn
-            .describe_stacks()
-            .into_paginator()
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .map_err(|e| classify("DescribeStacks", e))?;
-        Ok(stacks
-            .iter()
-            .map(stack_from)
-            .filter(|s| s.status != "DELETE_COMPLETE" && s.tag(tag) == Some(value))
-            .collect())
+    /// Every live stack in the account and region, reading every page of `DescribeStacks`: one call per
+    /// page, however many environments. Complete or an error: a stack it lacks does not exist.
+    pub async fn list_stacks(&self) -> Result<StackListing, CloudError> {
+        let mut pages = self.cfn.describe_stacks().into_paginator().send();
+        let mut listing = StackListing::default();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("DescribeStacks", e))?;
+            listing.pages += 1;
+            listing.stacks.extend(page.stacks().iter().map(stack_from).filter(|s| s.status != "DELETE_COMPLETE"));
+        }
+        Ok(listing)
     }
 
     /// Starts creating a stack; returns its id. A stack of that name that already exists is an error of
@@ -293,6 +296,11 @@ impl Aws {
 
     /// The physical ids of the stack's resources of one type (e.g. `AWS::S3::Bucket`).
     pub async fn stack_resources(&self, stack: &str, resource_type: &str) -> Result<Vec<String>, CloudError> {
+        Ok(self.resources(stack, resource_type).await?.into_iter().map(|(_, physical)| physical).collect())
+    }
+
+    /// `(logical id, physical id)` of the stack's resources of one type that still exist.
+    async fn resources(&self, stack: &str, resource_type: &str) -> Result<Vec<(String, String)>, CloudError> {
         let resources = self
             .cfn
             .list_stack_resources()
@@ -307,7 +315,28 @@ impl Aws {
             .iter()
             .filter(|r| r.resource_type() == Some(resource_type))
             .filter(|r| r.resource_status().is_none_or(|s| s.as_str() != "DELETE_COMPLETE"))
-            .filter_map(|r| r.physical_resource_id().map(str::to_owned))
+            .filter_map(|r| Some((r.logical_resource_id()?.to_owned(), r.physical_resource_id()?.to_owned())))
+            .collect())
+    }
+
+    /// The buckets CloudFormation deletes with `stack` (DeletionPolicy `Delete`, its default), which must
+    /// be emptied first; a bucket the template retains keeps what it holds. Read from the stack's
+    /// [`EMPTY_ON_DELETE_OUTPUT`] when previewd rendered one (no call: the stack's description has it)
+    /// and `trust_output`; otherwise from its template (GetTemplate) and its resources
+    /// (ListStackResources). After a deletion failed, the caller asks CloudFormation itself: a bucket the
+    /// rendered template did not show (one a macro made) is found that way.
+    pub async fn buckets_to_empty(&self, stack: &Stack, trust_output: bool) -> Result<Vec<String>, CloudError> {
+        if trust_output && let Some(listed) = stack.outputs.get(EMPTY_ON_DELETE_OUTPUT).and_then(|v| emptied_buckets(v))
+        {
+            return Ok(listed);
+        }
+        let out = self.cfn.get_template().stack_name(&stack.id).send().await.map_err(|e| classify("GetTemplate", e))?;
+        let deleted = buckets_deleted_with_stack(out.template_body().unwrap_or_default());
+        let buckets = self.resources(&stack.id, BUCKET).await?;
+        Ok(buckets
+            .into_iter()
+            .filter(|(logical, _)| deleted.as_ref().is_none_or(|d| d.contains(logical)))
+            .map(|(_, physical)| physical)
             .collect())
     }
 
@@ -388,6 +417,31 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountRequests {
         previewd_metrics::METRICS.aws_requests.get_or_create(&labels).inc();
         Ok(())
     }
+}
+
+const BUCKET: &str = "AWS::S3::Bucket";
+
+/// The bucket names an [`EMPTY_ON_DELETE_OUTPUT`] value lists (`previewd,<bucket>,…`); `None` for any
+/// other text.
+fn emptied_buckets(value: &str) -> Option<Vec<String>> {
+    let mut parts = value.split(',');
+    (parts.next() == Some(EMPTY_ON_DELETE_MARK)).then(|| parts.filter(|b| !b.is_empty()).map(str::to_owned).collect())
+}
+
+/// The logical ids of a template's buckets that go with the stack (DeletionPolicy `Delete` or none);
+/// `None` when the template is not JSON previewd can read (then every bucket is taken to go, as
+/// CloudFormation's default has it).
+fn buckets_deleted_with_stack(body: &str) -> Option<std::collections::HashSet<String>> {
+    let template: serde_json::Value = serde_json::from_str(body).ok()?;
+    let resources = template.get("Resources")?.as_object()?;
+    Some(
+        resources
+            .iter()
+            .filter(|(_, r)| r.get("Type").and_then(|t| t.as_str()) == Some(BUCKET))
+            .filter(|(_, r)| r.get("DeletionPolicy").is_none_or(|p| p.as_str() == Some("Delete")))
+            .map(|(logical, _)| logical.clone())
+            .collect(),
+    )
 }
 
 fn tags(pairs: &[(String, String)]) -> Vec<Tag> {

@@ -1,5 +1,7 @@
-//! Emptying a bucket so CloudFormation can delete it: every object version, every delete marker, every
-//! unfinished multipart upload. AWS refuses to delete a bucket that holds any of them.
+//! Emptying a bucket so CloudFormation can delete it: every object version and delete marker, which AWS
+//! refuses to delete a bucket with, and, when asked, every unfinished multipart upload. AWS documents
+//! uploads as blocking a bucket's deletion only for directory buckets, so a teardown aborts them only
+//! once a deletion has failed (the test proxy takes the stricter reading and refuses them).
 
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
@@ -25,17 +27,24 @@ pub struct EmptyReport {
 }
 
 impl Aws {
-    /// Takes one step of emptying `bucket`: aborts unfinished uploads, then deletes object versions and
-    /// delete markers, at most `max_batches` DeleteObjects calls of at most 1,000 keys each (one per
-    /// listed page). A bucket that does not exist is already empty.
-    pub async fn empty_bucket(&self, bucket: &str, max_batches: usize) -> Result<EmptyReport, CloudError> {
+    /// Takes one step of emptying `bucket`: aborts unfinished uploads (with `uploads`), then deletes
+    /// object versions and delete markers, at most `max_batches` DeleteObjects calls of at most 1,000 keys
+    /// each (one per listed page). A bucket that does not exist is already empty.
+    pub async fn empty_bucket(
+        &self,
+        bucket: &str,
+        max_batches: usize,
+        uploads: bool,
+    ) -> Result<EmptyReport, CloudError> {
         let mut report = EmptyReport::default();
-        match self.abort_uploads(bucket, &mut report).await {
-            Err(e) if e.code() == "NoSuchBucket" => {
-                report.done = true;
-                return Ok(report);
+        if uploads {
+            match self.abort_uploads(bucket, &mut report).await {
+                Err(e) if e.code() == "NoSuchBucket" => {
+                    report.done = true;
+                    return Ok(report);
+                }
+                other => other?,
             }
-            other => other?,
         }
         // Each page listed is deleted before the next listing, so every listing starts from the front:
         // a marker would name a version just deleted (moto then answers an empty, final page, and the

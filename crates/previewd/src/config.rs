@@ -115,6 +115,7 @@ struct ReconcilerFile {
     max_stack_attempts: Option<i64>,
     empty_batches_per_step: Option<usize>,
     api_lag: Option<String>,
+    batch_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +294,7 @@ impl Config {
         dur("idle_poll", &r.idle_poll, &mut tuning.idle_poll)?;
         dur("stop_grace", &r.stop_grace, &mut tuning.stop_grace)?;
         dur("api_lag", &r.api_lag, &mut tuning.api_lag)?;
+        dur("batch_window", &r.batch_window, &mut tuning.batch_window)?;
         if tuning.poll_min > tuning.poll_max || tuning.retry_min > tuning.retry_max {
             bail!("{source}: [reconciler] poll_min and retry_min must not exceed poll_max and retry_max");
         }

@@ -186,6 +186,156 @@ async fn one_pass_removes_exactly_the_orphans_and_never_a_foreign_stack() {
         .collect();
     assert!(log.iter().any(|e| e.starts_with("reaper: remove")), "{log:#?}");
     assert!(log.iter().any(|e| e.starts_with("emptying:")), "bounded steps: {log:#?}");
+    // A teardown starts from the pass's own listing: gone/e's (one step: its bucket holds only the seed
+    // step's two files) looked at its stack only after its DeleteStack; gone/d's looks again between
+    // emptying steps. The buckets' names came from the stacks' descriptions, not from their resources or
+    // templates, until a deletion was refused: gone/d's bucket also holds an unfinished upload, which
+    // the strict proxy (unlike AWS for a general-purpose bucket) lets block its first DeleteStack; the
+    // retry asks CloudFormation for the buckets and aborts the upload.
+    let calls = t.proxy.calls();
+    let on = |stack: &str| -> Vec<&str> {
+        calls.iter().filter(|c| c.stack.as_deref() == Some(stack)).map(|c| c.action.as_str()).collect()
+    };
+    let (d, e) = (on(&gone_d.stack_name), on(&envs[4].stack_name));
+    assert_eq!(e.first(), Some(&"DeleteStack"), "{e:?}");
+    for action in ["ListStackResources", "GetTemplate"] {
+        assert!(!e.contains(&action), "{action}: gone/e's stack's outputs tell: {e:?}");
+        let refused = calls.iter().filter(|c| c.action == "DeleteStack" && c.injected).count();
+        let asked = d.iter().filter(|a| **a == action).count();
+        assert_eq!(asked, refused, "{action}: only after a refused DeleteStack: {d:?}");
+    }
+    let dns_reads = calls.iter().filter(|c| c.action == "ListResourceRecordSets" && !c.injected).count();
+    assert!(dns_reads <= 1, "{dns_reads} DNS reads: the names are deleted as written (the pass lists once)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_the_template_retains_keeps_what_it_holds() {
+    let extra = "[repos.\"acme/shop\".branches.\"archive/*\"]\nbucket.deletion_policy = \"Retain\"\n";
+    let mut t = TestEnv::start_with(extra).await;
+    for (n, b) in ["archive/q3", "feature/x"].iter().enumerate() {
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+    }
+    let kept = ready(&t, "archive/q3", &sha(1)).await;
+    let gone = ready(&t, "feature/x", &sha(2)).await;
+    let aws = t.direct_aws().await;
+    let mut buckets = Vec::new();
+    for env in [&kept, &gone] {
+        let bucket = aws.stack_resources(&env.stack_name, "AWS::S3::Bucket").await.expect("res").remove(0);
+        fill(&t, &bucket, 20).await;
+        buckets.push(bucket);
+    }
+    let s3 = t.s3().await;
+    let left = |bucket: String| {
+        let s3 = s3.clone();
+        async move { s3.list_object_versions().bucket(bucket).send().await.map(|o| o.versions().len()) }
+    };
+    let held = left(buckets[0].clone()).await.expect("versions");
+    for b in ["archive/q3", "feature/x"] {
+        assert_eq!(t.delete(b).await, 202);
+        t.wait_for(b, "deleted", |e| e.status == Status::Deleted).await;
+    }
+    assert_eq!(left(buckets[0].clone()).await.expect("the retained bucket is there"), held, "with all it held");
+    assert!(left(buckets[1].clone()).await.is_err(), "the other was emptied and deleted with its stack");
+    assert!(t.stack(&kept.stack_name).await.is_none(), "the stack itself went");
+    // Retained on purpose: a person removes it (here, the test).
+    let _ = aws.empty_bucket(&buckets[0], 10, true).await.expect("empty");
+    s3.delete_bucket().bucket(&buckets[0]).send().await.expect("delete bucket");
+    t.assert_clean(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buckets_a_teardown_empties_come_from_the_stack_or_else_its_template() {
+    let t = TestEnv::start().await;
+    let cfn = aws_sdk_cloudformation::Client::new(&t.sdk_config().await);
+    // A stack previewd did not render (an older previewd's, say): no output lists its buckets.
+    let template = serde_json::json!({ "Resources": {
+        "Scratch": { "Type": "AWS::S3::Bucket" },
+        "Logs": { "Type": "AWS::S3::Bucket", "DeletionPolicy": "Delete" },
+        "Archive": { "Type": "AWS::S3::Bucket", "DeletionPolicy": "Retain" },
+        "Topic": { "Type": "AWS::SNS::Topic" }
+    } });
+    cfn.create_stack()
+        .stack_name("previewd-old-style")
+        .template_body(template.to_string())
+        .send()
+        .await
+        .expect("create");
+    let aws = previewd_testkit::aws_for(&t.proxy.endpoint()).await;
+    let stack = aws.describe_stack("previewd-old-style").await.expect("describe").expect("stack");
+    let resources = |logical: &str| {
+        let (cfn, logical) = (cfn.clone(), logical.to_owned());
+        async move {
+            let out =
+                cfn.describe_stack_resource().stack_name("previewd-old-style").logical_resource_id(logical).send();
+            out.await
+                .expect("resource")
+                .stack_resource_detail()
+                .and_then(|d| d.physical_resource_id())
+                .map(str::to_owned)
+        }
+    };
+    let mut expected = vec![resources("Scratch").await.expect("id"), resources("Logs").await.expect("id")];
+    expected.sort();
+    t.proxy.reset_calls();
+    let mut found = aws.buckets_to_empty(&stack, true).await.expect("buckets");
+    found.sort();
+    assert_eq!(found, expected, "the retained bucket is not emptied");
+    // CloudFormation's calls only: the running previewd's fleet pass may list DNS meanwhile.
+    let cfn_calls = || -> Vec<String> {
+        t.proxy.calls().into_iter().filter(|c| c.service == "cloudformation").map(|c| c.action).collect()
+    };
+    assert_eq!(cfn_calls(), ["GetTemplate", "ListStackResources"]);
+
+    // A stack previewd rendered says which buckets go with it: no call at all.
+    let mut rendered = stack.clone();
+    rendered.outputs.insert(previewd_domain::EMPTY_ON_DELETE_OUTPUT.into(), "previewd,one-bucket,another".into());
+    t.proxy.reset_calls();
+    assert_eq!(aws.buckets_to_empty(&rendered, true).await.expect("buckets"), ["one-bucket", "another"]);
+    rendered.outputs.insert(previewd_domain::EMPTY_ON_DELETE_OUTPUT.into(), "previewd".into());
+    assert!(aws.buckets_to_empty(&rendered, true).await.expect("buckets").is_empty(), "nothing to empty");
+    assert!(cfn_calls().is_empty());
+    // After a refused deletion the output is not trusted: CloudFormation is asked.
+    let mut again = aws.buckets_to_empty(&rendered, false).await.expect("buckets");
+    again.sort();
+    assert_eq!(again, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_deleted_as_written_and_one_changed_since_is_read_first() {
+    let mut t = TestEnv::start().await;
+    for (n, b) in ["as/written", "re/pointed"].iter().enumerate() {
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+    }
+    let written = ready(&t, "as/written", &sha(1)).await;
+    let moved = ready(&t, "re/pointed", &sha(2)).await;
+    let aws = t.direct_aws().await;
+    let zone = t.seeded.zones[previewd_testkit::ZONE].hosted_zone_id.clone();
+    // A person re-points one name (keeping previewd's marker): it is no longer as previewd wrote it.
+    let marker = previewd_cloud::OwnershipMarker::new("test-owner", REPO, moved.env_key.as_str());
+    aws.upsert_dns(&zone, &moved.dns_name, "elsewhere.example.com", &marker).await.expect("re-point");
+    t.proxy.reset_calls();
+    for b in ["as/written", "re/pointed"] {
+        assert_eq!(t.delete(b).await, 202);
+        t.wait_for(b, "deleted", |e| e.status == Status::Deleted).await;
+    }
+    let cname = aws_sdk_route53::types::RrType::Cname;
+    for env in [&written, &moved] {
+        assert_eq!(aws.dns_record(&zone, &env.dns_name, cname.clone()).await.expect("dns"), None, "{}", env.branch);
+    }
+    let route53: Vec<(String, bool)> = t
+        .proxy
+        .calls()
+        .into_iter()
+        .filter(|c| c.service == "route53" && c.action != "ListHostedZonesByName")
+        .map(|c| (c.action, c.injected))
+        .collect();
+    let refused = route53.iter().filter(|(a, i)| a == "ChangeResourceRecordSets" && *i).count();
+    let reads = route53.iter().filter(|(a, _)| a == "ListResourceRecordSets").count();
+    let changes = route53.iter().filter(|(a, i)| a == "ChangeResourceRecordSets" && !*i).count();
+    // One deletion as written; the re-pointed one refused as AWS refuses it, then read (marker and name)
+    // and deleted as it is.
+    assert_eq!((changes, refused, reads), (2, 1, 2), "{route53:?}");
+    t.assert_clean(&[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,9 +412,20 @@ async fn a_branch_recreated_before_the_removal_is_kept() {
     assert!(report.decisions.iter().any(|d| d.verdict == Verdict::Remove && d.subject == "feat/back"), "{report:#?}");
     t.github.set_branch(REPO, "feat/back", &sha(2));
     // Asked for meanwhile (the reaper enqueued it): due again once released.
+    t.proxy.reset_calls();
     t.store.release(&held, None).await.expect("release");
     ready(&t, "feat/back", &sha(2)).await;
     assert_eq!(t.proxy.count("DeleteStack", &env.stack_name), 0);
+    // The pass's listing could have stood in for a look before a teardown; the step was an update, so it
+    // looked afresh before acting.
+    let named: Vec<String> = t
+        .proxy
+        .calls()
+        .into_iter()
+        .filter(|c| c.stack.as_deref() == Some(env.stack_name.as_str()))
+        .map(|c| c.action)
+        .collect();
+    assert_eq!(named.first().map(String::as_str), Some("DescribeStacks"), "{named:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,7 +588,7 @@ async fn a_bucket_of_many_pages_is_emptied_in_one_step() {
     let aws = t.direct_aws().await;
     let bucket = aws.stack_resources(&env.stack_name, "AWS::S3::Bucket").await.expect("resources").remove(0);
     fill(&t, &bucket, 2_500).await;
-    let report = aws.empty_bucket(&bucket, 10).await.expect("empty");
+    let report = aws.empty_bucket(&bucket, 10, true).await.expect("empty");
     assert!(report.done, "{report:?}");
     assert!(report.versions_deleted >= 2_510, "{report:?}");
     assert_eq!(report.uploads_aborted, 1);

@@ -70,9 +70,11 @@ async fn fixtures_once_deployments_in_order_and_one_comment_edited_in_place() {
     assert!(page.contains("Seed steps") && page.contains("objects into bucket"), "{page}");
 
     // GitHub: a deployment of the commit, in_progress then success, and one comment.
-    let log = eventually("success and a comment", || {
+    // The comment may be made while provisioning and edited once ready: wait for what it says at the end.
+    let log = eventually("success and a comment saying ready", || {
         let log = t.github.feedback_log(REPO);
-        (log.iter().any(|l| l.ends_with(" success")) && log.iter().any(|l| l.starts_with("comment"))).then_some(log)
+        let ready = t.github.comments(REPO, 7).first().is_some_and(|c| c.1.contains("ready"));
+        (log.iter().any(|l| l.ends_with(" success")) && ready).then_some(log)
     })
     .await;
     let deployments = t.github.deployments(REPO);

@@ -26,13 +26,15 @@ pub(crate) struct Fleet {
 }
 
 /// Reads the fleet: one DescribeStacks walk, one ListResourceRecordSets walk per zone, one branch
-/// listing per repository.
+/// listing per repository. The stack listing is kept as this process's sightings, for the teardowns
+/// it leads to.
 pub(crate) async fn observe(inner: &Inner) -> Fleet {
-    let stacks = inner
-        .aws
-        .stacks_tagged(TAG_OWNER, inner.setup.owner.as_str())
-        .await
-        .map(|v| v.into_iter().map(|s| (s.name.clone(), s)).collect());
+    let started = tokio::time::Instant::now();
+    let owner = inner.setup.owner.as_str();
+    let stacks = inner.aws.list_stacks().await.map(|listing| {
+        inner.sightings.listed(&listing, started);
+        listing.stacks.into_iter().filter(|s| s.tag(TAG_OWNER) == Some(owner)).map(|s| (s.name.clone(), s)).collect()
+    });
     let mut zones: HashMap<String, Result<HashMap<String, MarkedName>, String>> = HashMap::new();
     let mut dns = BTreeMap::new();
     let mut listings = BTreeMap::new();

@@ -4,12 +4,14 @@
 //! agree. Every reconcile looks at the current state, never at the event that woke it, so duplicates,
 //! reordering and restarts are harmless.
 
+mod batch;
 mod feedback;
 mod fleet;
 mod queue;
 mod reaper;
 mod reconcile;
 mod seed;
+mod sightings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use previewd_cloud::Aws;
 use previewd_domain::{DnsZone, OwnerId, RepoName};
 use previewd_github::GitHub;
 use previewd_render::{Blueprint, RenderError, RepoLayers};
-use previewd_store::{Claim, Store, StoreError, now_ms};
+use previewd_store::{Claim, EnvRecord, Store, StoreError, now_ms};
 use tokio::sync::watch;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tracing::Instrument as _;
@@ -84,6 +86,9 @@ pub struct Tuning {
     /// GitHub's API may lag its webhooks this long: a `delete` arriving this soon after a push is
     /// confirmed only once GitHub has had the time to show a re-created branch.
     pub api_lag: Duration,
+    /// Looks at stacks being waited on, and DNS changes, that come within this long of each other share
+    /// one AWS call (nobody waits on these: they are polls and teardowns).
+    pub batch_window: Duration,
 }
 
 impl Tuning {
@@ -110,6 +115,7 @@ impl Default for Tuning {
             stop_grace: Duration::from_secs(20),
             empty_batches_per_step: previewd_cloud::EMPTY_STEP_BATCHES,
             api_lag: Duration::from_secs(30),
+            batch_window: Duration::from_millis(200),
         }
     }
 }
@@ -245,6 +251,10 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     /// One admission under a repository's cap at a time in this process.
     pub(crate) admit_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
+    /// What the last listing of stacks showed.
+    pub(crate) sightings: Arc<sightings::Sightings>,
+    pub(crate) looks: batch::Looks,
+    pub(crate) dns_changes: batch::DnsChanges,
 }
 
 /// The reconciler; cheap to clone.
@@ -280,6 +290,9 @@ impl Reconciler {
             app_locks: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             admit_locks: Mutex::new(HashMap::new()),
+            sightings: Arc::default(),
+            looks: batch::Batcher::new(batch::MAX_LOOKS),
+            dns_changes: batch::Batcher::new(batch::MAX_DNS_CHANGES),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -370,10 +383,10 @@ impl Reconciler {
             };
             let until = now_ms() + t.lease.as_millis() as i64;
             match self.inner.store.claim_due(self.instance(), until).await {
-                Ok(Some(claim)) => {
+                Ok(Some((claim, env))) => {
                     let (this, abandoned) = (self.clone(), abandoned.clone());
                     running.spawn(async move {
-                        this.work(claim, abandoned).await;
+                        this.work(claim, env, abandoned).await;
                         drop(slot);
                         this.inner.queue.wake();
                     });
@@ -534,7 +547,7 @@ impl Reconciler {
     /// One reconcile step of a claimed environment while its lease is renewed; then the lease is handed
     /// back with when to look again. A step whose lease is lost (taken over, or not renewable before it
     /// ends) is dropped where it stands and writes nothing more; one abandoned at stop is handed back due.
-    async fn work(&self, claim: Claim, mut abandoned: watch::Receiver<bool>) {
+    async fn work(&self, claim: Claim, env: EnvRecord, mut abandoned: watch::Receiver<bool>) {
         let span = tracing::info_span!(
             "reconcile",
             env_id = claim.id,
@@ -545,7 +558,7 @@ impl Reconciler {
         );
         async {
             let requeue = tokio::select! {
-                step = self.step(&claim) => match step {
+                step = self.step(&claim, env) => match step {
                     Some(requeue) => requeue,
                     None => return tracing::warn!("lease taken over during the step: its write was refused"),
                 },
@@ -594,10 +607,10 @@ impl Reconciler {
 
     /// One reconcile with the error policy applied: when to look again, or `None` when the lease was
     /// taken over (nothing of this step is recorded then).
-    async fn step(&self, claim: &Claim) -> Option<Option<Duration>> {
+    async fn step(&self, claim: &Claim, env: EnvRecord) -> Option<Option<Duration>> {
         let started = std::time::Instant::now();
         let mut kind = "gone";
-        let result = reconcile::reconcile(&self.inner, claim, &mut kind).await;
+        let result = reconcile::reconcile(&self.inner, claim, env, &mut kind).await;
         let outcome = match &result {
             Ok(Action::Done) => "done",
             Ok(Action::Requeue(_)) => "requeue",

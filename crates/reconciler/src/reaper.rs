@@ -490,7 +490,7 @@ impl Pass<'_> {
                 if !self.dry_run {
                     let zone = crate::reconcile::zone_id(inner, setup).await?;
                     let marker = OwnershipMarker::new(&m.owner, &m.repo, &m.env_key);
-                    inner.aws.delete_dns(&zone, &m.name, &marker).await?;
+                    crate::reconcile::remove_name(inner, &zone, &m.name, m.target.as_deref(), &marker).await?;
                 }
                 self.decide(&m.repo, &m.name, env.map(|e| e.id), Verdict::RemoveDns, why);
             }

@@ -34,9 +34,14 @@ const TAG_TEMPLATE: &str = "previewd:template";
 const UPDATABLE: &[&str] = &["CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"];
 
 /// `kind` is set to the environment's status as the step found it (for the step metrics).
-pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, kind: &mut &'static str) -> Result<Action, ReconcileError> {
-    let Some(env) = inner.store.get(claim.id).await? else { return Ok(Action::Done) };
-    // Every write below carries the epoch read here: it must be this claim's.
+/// `env` is the record as the claim read it.
+pub(crate) async fn reconcile(
+    inner: &Inner,
+    claim: &Claim,
+    env: EnvRecord,
+    kind: &mut &'static str,
+) -> Result<Action, ReconcileError> {
+    // Every write below carries the epoch of the record: it must be this claim's.
     if env.lease_epoch != claim.epoch {
         return Err(StoreError::Fenced { id: claim.id }.into());
     }
@@ -66,14 +71,30 @@ pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, kind: &mut &'static 
 
     // Over the repository's cap: nothing to do (and nothing to ask) until there is room.
     let unadmitted = env.desired != Desired::Absent && matches!(env.status, Status::Pending | Status::Skipped);
-    if unadmitted && env.stack_id.is_none() && !admit(inner, &env, repo).await? {
-        return Ok(Action::Done);
-    }
+    let admission = match unadmitted && env.stack_id.is_none() {
+        true => match admit(inner, &env, repo).await? {
+            Some(admission) => Some(admission),
+            None => return Ok(Action::Done),
+        },
+        false => None,
+    };
 
     // Absence was proven before the teardown began; its polls need not ask GitHub again.
     let tearing_down = env.desired == Desired::Absent && env.status == Status::Deleting;
-    let answer = if tearing_down { GitHubAnswer::NotAsked } else { ask_github(inner, &env).await? };
-    let stack = inner.aws.describe_stack(&env.stack_name).await?;
+    // GitHub's word and the stack, asked at once (and while an admission is written): no answer changes
+    // what another asks, and nothing is changed in AWS before all are in.
+    let admitting = async {
+        match admission {
+            Some(a) => a.record(inner, &env).await,
+            None => Ok(()),
+        }
+    };
+    let asking = async { if tearing_down { Ok(GitHubAnswer::NotAsked) } else { ask_github(inner, &env).await } };
+    let describing = observe_stack(inner, &env);
+    // All three run to their end (each may be writing to the store): none is dropped for another's error.
+    // The stack's look goes first, so its request is on its way before the others' are made.
+    let (looked, admitted, answer) = tokio::join!(describing, admitting, asking);
+    let ((), answer, (stack, sighted)) = (admitted?, answer?, looked?);
     let now = now_ms();
     let missing_since = match answer {
         GitHubAnswer::NotFound => Some(env.missing_since.unwrap_or(now)),
@@ -132,24 +153,24 @@ pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, kind: &mut &'static 
                     return Ok(Action::Requeue(Duration::ZERO));
                 }
             }
+            // A sighting stands in for a look only before a teardown: anything else looks afresh.
+            let stack = if sighted { inner.aws.describe_stack(&env.stack_name).await? } else { stack };
             converge(inner, &env, repo, &sha, stack).await
         }
     }
 }
 
-/// Lets a new environment in under its repository's cap of live environments, marking it
-/// `provisioning` at once so the next admission counts it; over the cap it is `skipped` with the reason.
-/// One admission at a time per repository in this process.
-async fn admit(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<bool, ReconcileError> {
+/// Lets a new environment in under its repository's cap of live environments: `Some` with the
+/// admission to record (`provisioning`, so the next admission counts it); over the cap it is recorded
+/// `skipped` with the reason, and `None`. One admission at a time per repository in this process, until
+/// it is recorded.
+async fn admit(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<Option<Admission>, ReconcileError> {
     let lock = inner.admit_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(env.repo.clone()).or_default().clone();
-    let _one_at_a_time = lock.lock().await;
+    let one_at_a_time = lock.lock_owned().await;
     let live = inner.store.count_live(&env.repo, env.id).await?;
     let cap = repo.max_environments as i64;
     if live < cap {
-        let o = Observed { status: Status::Provisioning, last_error: None, ..env.observed() };
-        let why = format!("admitted: {} of {cap} live environments in {}", live + 1, env.repo);
-        inner.store.update_observed(env.fence(), &o, Some(("admitted", &why))).await?;
-        return Ok(true);
+        return Ok(Some(Admission { _one_at_a_time: one_at_a_time, live, cap }));
     }
     let why = format!(
         "not provisioned: {} already has {live} live environments, its cap (max_environments = {cap}); it \
@@ -160,7 +181,74 @@ async fn admit(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<bool,
         let o = Observed { status: Status::Skipped, last_error: Some(why.clone()), ..env.observed() };
         inner.store.update_observed(env.fence(), &o, Some(("skipped", &why))).await?;
     }
-    Ok(false)
+    Ok(None)
+}
+
+/// An environment let in under its repository's cap, to be recorded.
+struct Admission {
+    _one_at_a_time: tokio::sync::OwnedMutexGuard<()>,
+    live: i64,
+    cap: i64,
+}
+
+impl Admission {
+    async fn record(self, inner: &Inner, env: &EnvRecord) -> Result<(), ReconcileError> {
+        let o = Observed { status: Status::Provisioning, last_error: None, ..env.observed() };
+        let why = format!("admitted: {} of {} live environments in {}", self.live + 1, self.cap, env.repo);
+        Ok(inner.store.update_observed(env.fence(), &o, Some(("admitted", &why))).await?)
+    }
+}
+
+impl Inner {
+    // Every stack operation goes through these, so that what was seen of the stack before is known stale.
+
+    // Marked before the call and again after it: a listing begun while the call was on its way may show
+    // the stack as it was before.
+
+    async fn create_stack(&self, req: &StackRequest) -> Result<String, previewd_cloud::CloudError> {
+        self.sightings.acting(&req.name);
+        let r = self.aws.create_stack(req).await;
+        self.sightings.acting(&req.name);
+        r
+    }
+
+    async fn update_stack(&self, req: &StackRequest) -> Result<UpdateOutcome, previewd_cloud::CloudError> {
+        self.sightings.acting(&req.name);
+        let r = self.aws.update_stack(req).await;
+        self.sightings.acting(&req.name);
+        r
+    }
+
+    /// By id, so a newer stack of the same name is never hit.
+    async fn delete_stack(&self, stack: &Stack, token: &str) -> Result<(), previewd_cloud::CloudError> {
+        self.sightings.acting(&stack.name);
+        let r = self.aws.delete_stack(&stack.id, token, self.setup.stack_role_arn.as_deref()).await;
+        self.sightings.acting(&stack.name);
+        r
+    }
+}
+
+/// The environment's stack as CloudFormation shows it, and whether a sighting stood in for the look. A
+/// teardown about to begin starts from the last listing when it is young (see [`crate::sightings`]):
+/// the reaper and the fleet observer list every stack just before they ask for one. Only an environment
+/// whose record says its stack is settled (`ready` or `failed`: no replica is changing it) and is the
+/// one listed may start so; the caller looks again if the step turns out not to be a teardown. An
+/// environment waiting on CloudFormation looks together with the others waiting ([`Inner::look`]).
+/// Anything else describes its stack at once.
+async fn observe_stack(inner: &Inner, env: &EnvRecord) -> Result<(Option<Stack>, bool), ReconcileError> {
+    let leaving = env.desired == Desired::Absent || env.expired_at.is_some();
+    if leaving
+        && matches!(env.status, Status::Ready | Status::Failed)
+        && let Some(seen) = inner.sightings.settled(&env.stack_name, crate::sightings::SIGHTING_FRESH)
+        && env.stack_id.as_ref().is_none_or(|id| *id == seen.id)
+    {
+        return Ok((Some(seen), true));
+    }
+    let waiting = env.status == Status::Deleting || (env.status == Status::Provisioning && env.stack_id.is_some());
+    if waiting {
+        return Ok((inner.look(&env.stack_name).await?, false));
+    }
+    Ok((inner.aws.describe_stack(&env.stack_name).await?, false))
 }
 
 /// Asks GitHub for the branch. A 404 is an answer only while GitHub still shows the repository: a token
@@ -257,7 +345,7 @@ async fn teardown(
     let was = env.status;
     let deleting;
     let env = if env.status != Status::Deleting {
-        remove_dns(inner, env, repo).await?;
+        remove_dns(inner, env, repo, stack.as_ref()).await?;
         // What the store holds now: the writes below compare against it.
         deleting = EnvRecord { status: Status::Deleting, url: None, ..env.clone() };
         &deleting
@@ -286,12 +374,13 @@ async fn teardown(
             return Ok(Action::Done);
         }
     };
-    let Some(emptied) = empty_buckets(inner, env, &stack).await? else {
+    // After a refused deletion, look harder (see `empty_buckets`).
+    let Some(emptied) = empty_buckets(inner, env, &stack, retry).await? else {
         return Ok(Action::Requeue(Duration::ZERO));
     };
     let attempts = if retry { attempts + 1 } else { attempts };
     let request = token("delete", &[&stack.id, &attempts.to_string()]);
-    inner.aws.delete_stack(&stack.id, &request, inner.setup.stack_role_arn.as_deref()).await?;
+    inner.delete_stack(&stack, &request).await?;
     let why = if retry {
         format!("deleting stack {} again after DELETE_FAILED ({emptied} objects emptied)", stack.name)
     } else {
@@ -303,11 +392,18 @@ async fn teardown(
 }
 
 /// Removes the environment's DNS name (when its marker is ours) and records the environment as
-/// `deleting`, so later steps of the teardown skip DNS.
-async fn remove_dns(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<(), ReconcileError> {
+/// `deleting`, so later steps of the teardown skip DNS. A name that was pointed at the stack's endpoint
+/// is deleted as it was written, without reading it first.
+async fn remove_dns(
+    inner: &Inner,
+    env: &EnvRecord,
+    repo: &RepoSetup,
+    stack: Option<&Stack>,
+) -> Result<(), ReconcileError> {
     let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
+    let pointed = stack.and_then(|s| s.outputs.get("Endpoint")).filter(|_| env.url.is_some());
     match zone_id(inner, repo).await {
-        Ok(zone) => match inner.aws.delete_dns(&zone, &env.dns_name, &marker).await {
+        Ok(zone) => match remove_name(inner, &zone, &env.dns_name, pointed.map(String::as_str), &marker).await {
             Ok(true) => inner.store.add_event(env.id, "dns", &format!("removed {}", env.dns_name)).await?,
             Ok(false) => {}
             Err(e) if e.code() == "NotOwned" => tracing::warn!(error = %e, "DNS record left alone"),
@@ -322,12 +418,42 @@ async fn remove_dns(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<
     record(inner, env, o, None).await
 }
 
-/// Takes one bounded step of emptying the stack's buckets. `Some(objects deleted)` once every bucket is
-/// empty; `None` while more remains (the step is recorded, and the reconciler comes straight back).
-async fn empty_buckets(inner: &Inner, env: &EnvRecord, stack: &Stack) -> Result<Option<usize>, ReconcileError> {
+/// Removes `name` and its marker when the marker is ours, whether or not they exist. With the `target`
+/// previewd pointed it at, the pair is deleted as written, in one request shared with other names of
+/// the zone; a name not as written (changed since, or never made) is read first, as otherwise.
+/// `Ok(true)` when something was removed.
+pub(crate) async fn remove_name(
+    inner: &Inner,
+    zone: &str,
+    name: &str,
+    target: Option<&str>,
+    marker: &OwnershipMarker,
+) -> Result<bool, previewd_cloud::CloudError> {
+    if let Some(target) = target {
+        match inner.change_dns(zone, previewd_cloud::DnsChange::deletion(name, target, marker)?).await {
+            Ok(()) => return Ok(true),
+            Err(e) if previewd_cloud::MISMATCHED_CHANGE_CODES.contains(&e.code()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    inner.aws.delete_dns(zone, name, marker).await
+}
+
+/// Takes one bounded step of emptying the buckets the stack's deletion takes with it (a bucket its
+/// template retains keeps what it holds). `after_failure`: a deletion was refused before, so the
+/// buckets are read from CloudFormation rather than the stack's own list, and unfinished uploads are
+/// aborted too. `Some(objects deleted)` once every bucket is empty; `None` while more remains (the step
+/// is recorded, and the reconciler comes straight back).
+async fn empty_buckets(
+    inner: &Inner,
+    env: &EnvRecord,
+    stack: &Stack,
+    after_failure: bool,
+) -> Result<Option<usize>, ReconcileError> {
     let mut emptied = 0;
-    for bucket in inner.aws.stack_resources(&stack.id, "AWS::S3::Bucket").await? {
-        let report = inner.aws.empty_bucket(&bucket, inner.setup.tuning.empty_batches_per_step).await?;
+    for bucket in inner.aws.buckets_to_empty(stack, !after_failure).await? {
+        let batches = inner.setup.tuning.empty_batches_per_step;
+        let report = inner.aws.empty_bucket(&bucket, batches, after_failure).await?;
         emptied += report.versions_deleted;
         if !report.done {
             let why = format!(
@@ -418,6 +544,8 @@ async fn converge(
         .blueprints
         .get(&repo.blueprint)
         .ok_or_else(|| ReconcileError::NeedsHuman(format!("blueprint {} is not loaded", repo.blueprint)))?;
+    // The settings first: a branch whose settings are wrong changes nothing in AWS, not even the
+    // application stack.
     let own = branch_layer(inner, env, sha).await?;
     let settings = blueprint.environment_settings(Stage::Staging, &env.branch, &repo.layers, own.as_ref())?;
 
@@ -457,7 +585,7 @@ async fn converge(
                 token: token("create", &[&hash, env.stack_id.as_deref().unwrap_or(""), &env.attempts.to_string()]),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
-            let stack_id = match inner.aws.create_stack(&req).await {
+            let stack_id = match inner.create_stack(&req).await {
                 Ok(id) => Some(id),
                 // Created by an earlier attempt whose answer was lost: look again.
                 Err(e) if e.code() == "AlreadyExistsException" => {
@@ -471,11 +599,10 @@ async fn converge(
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
-            let Some(_) = empty_buckets(inner, env, &stack).await? else { return Ok(Action::Requeue(Duration::ZERO)) };
-            inner
-                .aws
-                .delete_stack(&stack.id, &token("delete-rollback", &[&stack.id]), inner.setup.stack_role_arn.as_deref())
-                .await?;
+            let Some(_) = empty_buckets(inner, env, &stack, true).await? else {
+                return Ok(Action::Requeue(Duration::ZERO));
+            };
+            inner.delete_stack(&stack, &token("delete-rollback", &[&stack.id])).await?;
             let o = Observed { status: Status::Provisioning, attempts: env.attempts + 1, ..env.observed() };
             let why = format!(
                 "create rolled back ({}); deleting to create again",
@@ -494,7 +621,7 @@ async fn converge(
                 token: token("update", &[&stack.id, &hash, sha.as_str(), &attempts.to_string()]),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
-            if inner.aws.update_stack(&req).await? == UpdateOutcome::Started {
+            if inner.update_stack(&req).await? == UpdateOutcome::Started {
                 let o = Observed {
                     status: Status::Provisioning,
                     stack_id: Some(stack.id.clone()),
@@ -600,7 +727,7 @@ async fn ensure_application(
                 token: token("app-create", &[app_name, &hash]),
                 role_arn: inner.setup.stack_role_arn.clone(),
             };
-            match inner.aws.create_stack(&req).await {
+            match inner.create_stack(&req).await {
                 Ok(_) => {
                     let o = Observed { status: Status::Provisioning, ..env.observed() };
                     let why = format!("creating application stack {app_name}");
@@ -643,7 +770,7 @@ async fn ensure_application(
                     token: token("app-update", &[&app.id, &hash, &app.status, &env.attempts.to_string()]),
                     role_arn: inner.setup.stack_role_arn.clone(),
                 };
-                match inner.aws.update_stack(&req).await? {
+                match inner.update_stack(&req).await? {
                     UpdateOutcome::Started => {
                         let why = format!("updating application stack {app_name}");
                         inner.store.add_event(env.id, "update", &why).await?;
@@ -659,7 +786,7 @@ async fn ensure_application(
         "ROLLBACK_COMPLETE" => {
             count_app_attempt(inner, env, &app, "failed to create").await?;
             let request = token("app-delete", &[&app.id]);
-            inner.aws.delete_stack(&app.id, &request, inner.setup.stack_role_arn.as_deref()).await?;
+            inner.delete_stack(&app, &request).await?;
             let why = format!(
                 "application stack {app_name} failed to create ({}); deleting to create again",
                 app.reason.as_deref().unwrap_or("no reason given")

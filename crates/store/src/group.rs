@@ -3,22 +3,19 @@
 //! flush rate, and SQLite's one writer makes concurrent deliveries queue for its lock. One committer task
 //! takes every delivery waiting, records them in one transaction, and answers each once it has committed,
 //! so a burst costs one flush. Alone, a delivery is committed at once: nothing waits for a batch to fill.
-//! SQLite has one writer, so one committer; PostgreSQL takes several transactions at once, so a few
-//! committers share the queue (a batch locks its rows in (repository, branch) order, see `record_batch`;
-//! a batch that still fails is recorded one delivery at a time).
+//! One committer per process, on SQLite (one writer) and on PostgreSQL alike: a batch is four statements
+//! whatever its size (see `record_batch`), so one committer taking large batches outpaces several taking
+//! small ones, and one branch's deliveries are committed in the order they came. A batch that fails is
+//! recorded one delivery at a time.
 
-use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
-
-use crate::{Backend, Delivery, Recorded, Store, StoreError};
+use crate::{Delivery, Recorded, Store, StoreError};
 
 /// Deliveries in one transaction at most.
 const MAX_BATCH: usize = 256;
 /// Deliveries waiting for the committer at most; a sender waits for room beyond it.
 const QUEUE: usize = 1024;
-/// Committers on PostgreSQL (of the pool's 8 connections).
-const POSTGRES_COMMITTERS: usize = 3;
 
 type Reply = oneshot::Sender<Result<Recorded, StoreError>>;
 
@@ -29,17 +26,10 @@ pub struct DeliveryLog {
 }
 
 impl DeliveryLog {
-    /// Starts the committers on the current Tokio runtime.
+    /// Starts the committer on the current Tokio runtime.
     pub fn start(store: Store) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
-        let committers = match store.backend() {
-            Backend::Sqlite => 1,
-            Backend::Postgres => POSTGRES_COMMITTERS,
-        };
-        for _ in 0..committers {
-            tokio::spawn(commit_loop(store.clone(), rx.clone()));
-        }
+        tokio::spawn(commit_loop(store, rx));
         Self { tx }
     }
 
@@ -51,11 +41,10 @@ impl DeliveryLog {
     }
 }
 
-async fn commit_loop(store: Store, rx: Arc<Mutex<mpsc::Receiver<(Delivery, Reply)>>>) {
+async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        // One committer takes what is waiting; the others wait their turn meanwhile.
-        if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
         let (deliveries, replies): (Vec<Delivery>, Vec<Reply>) = batch.drain(..).unzip();

@@ -28,6 +28,12 @@ const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections per process: the reconciler's workers, the web handlers and the timers share them.
 const MAX_CONNECTIONS: u32 = 8;
+/// How long a write waits for this process's turn on SQLite: as long as SQLite's own lock was waited for
+/// before the process took turns itself (a burst of full intake batches is what it waits behind).
+const WRITE_TURN_WAIT: Duration = Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS);
+/// SQLite has one writer at a time; this process takes turns itself (see [`Store::write`]), so one
+/// connection writes durably and one writes the work queue's bookkeeping (see [`Store::queue`]).
+const SQLITE_WRITERS: u32 = 1;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -75,8 +81,42 @@ pub enum Backend {
 /// The store: a connection pool and the backend it talks to.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, everything).
     pool: AnyPool,
+    /// Writes that must survive the machine (`synchronous = FULL` on SQLite).
+    writer: AnyPool,
+    /// Claims, renewals and releases: on SQLite, a connection whose commits do not wait for an fsync
+    /// (`synchronous = NORMAL`: durable when the process dies, perhaps not when the machine does). A
+    /// claim lost with the machine is lost with its only holder, the process on it, and is made again;
+    /// everything else waits for the disk. On PostgreSQL the same pool as the rest: a claim lost in a
+    /// database crash while its holder lives elsewhere would let its epoch be handed out twice.
+    queue: AnyPool,
+    /// SQLite: this process's writers take turns here, in order, instead of meeting SQLite's lock, whose
+    /// busy handler sleeps up to 100 ms at a time before it tries again. `None` on PostgreSQL.
+    turn: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
     backend: Backend,
+}
+
+/// This process's turn to write to SQLite (nothing on PostgreSQL), held until it is dropped.
+type Turn = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+/// A connection to write with, during this process's turn.
+struct Writing {
+    conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    _turn: Turn,
+}
+
+impl std::ops::Deref for Writing {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writing {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
 }
 
 /// One environment as recorded.
@@ -475,6 +515,22 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
     })
 }
 
+/// SQLite connections: WAL (readers never wait for the writer), `synchronous` as given, and a wait for
+/// the writer's lock. A file connection cannot break, so it is not tested before each use (a round trip
+/// to its thread).
+fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPoolOptions {
+    options.test_before_acquire(false).after_connect(move |conn, _| {
+        Box::pin(async move {
+            use sqlx::Executor as _;
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str()).await?;
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+            Ok(())
+        })
+    })
+}
+
 fn desired_columns(d: &Desired) -> (i64, Option<String>) {
     match d {
         Desired::Present { sha } => (1, sha.as_ref().map(|s| s.to_string())),
@@ -501,25 +557,50 @@ impl Store {
             }
             _ => url.to_owned(),
         };
-        let mut options = AnyPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
-        if backend == Backend::Sqlite {
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    use sqlx::Executor as _;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
-                    Ok(())
-                })
-            });
+        let options = || AnyPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
+        if backend == Backend::Postgres {
+            let pool = options().connect(&url).await.map_err(db("connect"))?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            return Ok(Self { writer: pool.clone(), queue: pool.clone(), pool, turn: None, backend });
         }
-        let pool = options.connect(&url).await.map_err(db("connect"))?;
-        match backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        let pool = sqlite_options(options(), "FULL").connect(&url).await.map_err(db("connect"))?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        let writer = sqlite_options(options().max_connections(SQLITE_WRITERS), "FULL");
+        let queue = sqlite_options(options().max_connections(SQLITE_WRITERS), "NORMAL");
+        Ok(Self {
+            writer: writer.connect(&url).await.map_err(db("connect"))?,
+            queue: queue.connect(&url).await.map_err(db("connect"))?,
+            pool,
+            turn: Some(std::sync::Arc::default()),
+            backend,
+        })
+    }
+
+    /// This process's turn to write (SQLite; at once on PostgreSQL).
+    async fn take_turn(&self) -> Result<Turn, StoreError> {
+        let Some(turn) = &self.turn else { return Ok(None) };
+        match tokio::time::timeout(WRITE_TURN_WAIT, turn.clone().lock_owned()).await {
+            Ok(turn) => Ok(Some(turn)),
+            Err(_) => Err(StoreError::Db { op: "wait to write", source: sqlx::Error::PoolTimedOut }),
         }
-        Ok(Self { pool, backend })
+    }
+
+    /// This process's turn to write, then a connection of `pool`.
+    async fn writing(&self, pool: &AnyPool) -> Result<Writing, StoreError> {
+        let turn = self.take_turn().await?;
+        let conn = pool.acquire().await.map_err(db("acquire"))?;
+        Ok(Writing { conn, _turn: turn })
+    }
+
+    /// A connection for a write that must survive the machine.
+    async fn write(&self) -> Result<Writing, StoreError> {
+        self.writing(&self.writer).await
+    }
+
+    /// A transaction that writes, in this process's turn (dropped after the transaction ends).
+    async fn begin_write(&self) -> Result<(Turn, sqlx::Transaction<'static, sqlx::Any>), StoreError> {
+        let turn = self.take_turn().await?;
+        Ok((turn, self.writer.begin().await.map_err(db("begin"))?))
     }
 
     pub fn backend(&self) -> Backend {
@@ -527,6 +608,8 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.queue.close().await;
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -539,7 +622,7 @@ impl Store {
         change: Option<&DesiredChange>,
     ) -> Result<Recorded, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let recorded = record_delivery(&mut tx, delivery_id, event, change, now, self.backend).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(recorded)
@@ -549,7 +632,7 @@ impl Store {
     /// before, or earlier in `batch`, changes nothing. All are durable when this returns `Ok`, or none is.
     pub async fn record_webhooks(&self, batch: &[Delivery]) -> Result<Vec<Recorded>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let recorded = record_batch(&mut tx, batch, now, self.backend).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(recorded)
@@ -568,7 +651,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let (present, sha) = desired_columns(desired);
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE environments SET desired_present = $1, desired_sha = $2, desired_seq = desired_seq + 1, \
              desired_at = $3, missing_since = CASE WHEN $4 = 1 THEN NULL ELSE missing_since END, updated_at = $5 \
@@ -671,7 +754,7 @@ impl Store {
     /// (its time-to-live counts afresh, as after a push).
     pub async fn redeploy(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         lock_row(&mut tx, id).await?;
         let Some(status) = sqlx::query_scalar::<_, String>("SELECT status FROM environments WHERE id = $1")
             .bind(id)
@@ -708,7 +791,7 @@ impl Store {
         event: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let sql = format!(
             "UPDATE environments SET status = $1, deployed_sha = $2, stack_id = $3, url = $4, last_error = $5, \
                  attempts = $6, retries = $7, updated_at = $8, {} WHERE id = $10{}",
@@ -737,7 +820,7 @@ impl Store {
 
     /// Appends to an environment's event log.
     pub async fn add_event(&self, id: i64, kind: &str, message: &str) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db("acquire"))?;
+        let mut conn = self.write().await?;
         append_event(&mut conn, id, now_ms(), kind, message).await
     }
 
@@ -769,7 +852,7 @@ impl Store {
     /// Asks for a reconcile of `id` at `due_at` (or sooner, if it was due sooner already), in `lane` (a
     /// webhook-lane request upgrades background work; nothing downgrades it). Durable when this returns.
     pub async fn enqueue(&self, id: i64, lane: Lane, due_at: i64) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db("acquire"))?;
+        let mut conn = self.write().await?;
         mark_due(&mut conn, id, lane, due_at).await
     }
 
@@ -777,7 +860,8 @@ impl Store {
     /// for `holder` until `until_ms`: `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas never wait for
     /// each other; SQLite's single writer makes the one statement atomic. While the lease lasts the
     /// environment stays due at its end, so work whose holder dies is taken over then.
-    pub async fn claim_due(&self, holder: &str, until_ms: i64) -> Result<Option<Claim>, StoreError> {
+    /// The claimed environment's record comes with it, as the claim left it.
+    pub async fn claim_due(&self, holder: &str, until_ms: i64) -> Result<Option<(Claim, EnvRecord)>, StoreError> {
         let now = now_ms();
         let skip_locked = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -786,17 +870,17 @@ impl Store {
         let row = sqlx::query(&format!(
             "UPDATE environments SET lease_owner = $1, lease_until = $2, lease_epoch = lease_epoch + 1, due_at = $3 \
              WHERE id = (SELECT id FROM environments WHERE due_at <= $4 AND (lease_owner IS NULL OR lease_until < $5) \
-             ORDER BY due_lane, due_at, id LIMIT 1{skip_locked}) RETURNING id, lease_epoch, due_seq"
+             ORDER BY due_lane, due_at, id LIMIT 1{skip_locked}) RETURNING {ENV_COLUMNS}, due_seq"
         ))
         .bind(holder)
         .bind(until_ms)
         .bind(until_ms)
         .bind(now)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.writing(&self.queue).await?)
         .await
         .map_err(db("claim"))?;
-        row.as_ref().map(claim_from_row).transpose()
+        row.as_ref().map(|r| Ok((claim_from_row(r)?, env_from_row(r)?))).transpose()
     }
 
     /// Takes `id`'s lease for `holder` until `until_ms`, due or not, unless a live lease holds it: for a
@@ -812,7 +896,7 @@ impl Store {
         .bind(until_ms)
         .bind(id)
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.writing(&self.queue).await?)
         .await
         .map_err(db("claim"))?;
         row.as_ref().map(claim_from_row).transpose()
@@ -827,7 +911,7 @@ impl Store {
         .bind(claim.id)
         .bind(claim.epoch)
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&mut *self.writing(&self.queue).await?)
         .await
         .map_err(db("renew lease"))?;
         Ok(r.rows_affected() == 1)
@@ -856,7 +940,12 @@ impl Store {
             .bind(claim.due_seq)
             .bind(claim.due_seq),
         };
-        let r = q.bind(claim.id).bind(claim.epoch).execute(&self.pool).await.map_err(db("release"))?;
+        let r = q
+            .bind(claim.id)
+            .bind(claim.epoch)
+            .execute(&mut *self.writing(&self.queue).await?)
+            .await
+            .map_err(db("release"))?;
         claim.fence().check(r.rows_affected())
     }
 
@@ -894,6 +983,20 @@ impl Store {
     }
 
     /// How many of `ids` are still due or being worked on.
+    /// The environment's place in the queue when it is due: its lane (0 = webhook) and how many requests
+    /// made it due (for tests and diagnostics).
+    pub async fn due_state(&self, id: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query("SELECT due_lane, due_seq FROM environments WHERE id = $1 AND due_at IS NOT NULL")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read queue"))?;
+        row.map(|r| {
+            Ok((r.try_get("due_lane").map_err(db("read queue"))?, r.try_get("due_seq").map_err(db("read queue"))?))
+        })
+        .transpose()
+    }
+
     pub async fn pending(&self, ids: &[i64]) -> Result<i64, StoreError> {
         if ids.is_empty() {
             return Ok(0);
@@ -924,7 +1027,7 @@ impl Store {
             let r = sqlx::query("UPDATE environments SET rule_priority = $1 WHERE id = $2 AND rule_priority IS NULL")
                 .bind(candidate)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *self.write().await?)
                 .await;
             match r {
                 Ok(r) if r.rows_affected() == 1 => return Ok(candidate),
@@ -942,7 +1045,11 @@ impl Store {
     /// After a reconcile step that went through: the next error starts the backoff afresh.
     pub async fn reset_retries(&self, fence: Fence) -> Result<(), StoreError> {
         let sql = format!("UPDATE environments SET retries = 0 WHERE id = $1 AND retries <> 0{}", fence.condition(2));
-        fence.bind(sqlx::query(&sql).bind(fence.id)).execute(&self.pool).await.map_err(db("reset retries"))?;
+        fence
+            .bind(sqlx::query(&sql).bind(fence.id))
+            .execute(&mut *self.write().await?)
+            .await
+            .map_err(db("reset retries"))?;
         Ok(())
     }
 
@@ -950,7 +1057,7 @@ impl Store {
     /// or on a reseed. The earlier outcomes are forgotten.
     pub async fn request_seed(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let r = sqlx::query(&format!(
             "UPDATE environments SET seed_pending = 1, seed_requested_at = $1, seed_step = 0, seed_task = NULL, \
              seed_log = NULL, seeded_at = NULL, updated_at = $2, {} WHERE id = $4",
@@ -971,7 +1078,7 @@ impl Store {
     /// `seeded_at` is set).
     pub async fn seed_progress(&self, fence: Fence, progress: SeedProgress) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let id = fence.id;
         lock_row(&mut tx, id).await?;
         let log: Option<String> = sqlx::query_scalar("SELECT seed_log FROM environments WHERE id = $1")
@@ -1058,7 +1165,7 @@ impl Store {
             .bind(until_ms)
             .bind(id)
             .bind(seen)
-            .execute(&self.pool)
+            .execute(&mut *self.write().await?)
             .await
             .map_err(db("claim feedback"))?;
         Ok(r.rows_affected() == 1)
@@ -1081,7 +1188,7 @@ impl Store {
         .bind(d.id)
         .bind(d.state.clone())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.write().await?)
         .await
         .map_err(db("set deployment"))?;
         Ok(())
@@ -1093,7 +1200,7 @@ impl Store {
             "UPDATE environments SET deployment_sha = NULL, deployment_id = NULL, deployment_state = NULL WHERE id = $1",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.write().await?)
         .await
         .map_err(db("forget deployment"))?;
         Ok(())
@@ -1109,7 +1216,7 @@ impl Store {
         .bind(rev)
         .bind(now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.write().await?)
         .await
         .map_err(db("feedback done"))?;
         Ok(())
@@ -1119,7 +1226,7 @@ impl Store {
     /// when it differs from the last one (a retry loop does not flood the log).
     pub async fn feedback_failed(&self, id: i64, retry_at: i64, counted: bool, error: &str) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         lock_row(&mut tx, id).await?;
         let last: Option<String> = sqlx::query_scalar("SELECT feedback_error FROM environments WHERE id = $1")
             .bind(id)
@@ -1150,7 +1257,7 @@ impl Store {
         sqlx::query(&format!("UPDATE environments SET {} WHERE id = $2", feedback_due(1)))
             .bind(now_ms())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.write().await?)
             .await
             .map_err(db("touch feedback"))?;
         Ok(())
@@ -1185,7 +1292,7 @@ impl Store {
         .bind(c.pr_number)
         .bind(c.comment_id)
         .bind(c.body_hash.clone())
-        .execute(&self.pool)
+        .execute(&mut *self.write().await?)
         .await
         .map_err(db("set comment"))?;
         Ok(())
@@ -1195,7 +1302,7 @@ impl Store {
         sqlx::query("DELETE FROM pr_comments WHERE env_id = $1 AND pr_number = $2")
             .bind(env_id)
             .bind(pr_number)
-            .execute(&self.pool)
+            .execute(&mut *self.write().await?)
             .await
             .map_err(db("forget comment"))?;
         Ok(())
@@ -1204,9 +1311,9 @@ impl Store {
     /// Records a desired state that no webhook carried (an owner-tagged stack adopted by the reaper), in
     /// one transaction with its event. Unlike a webhook it makes nothing due: the caller enqueues.
     pub async fn record_desired(&self, change: &DesiredChange) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         lock_branch(&mut tx, change).await?;
-        let id = upsert_desired(&mut tx, change, now_ms(), self.backend).await?;
+        let id = upsert_desired(&mut tx, change, now_ms(), self.backend, false, None).await?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(id)
     }
@@ -1217,7 +1324,7 @@ impl Store {
         let r = sqlx::query("UPDATE environments SET missing_since = $1 WHERE id = $2 AND missing_since IS NULL")
             .bind(at)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.write().await?)
             .await
             .map_err(db("mark missing"))?;
         Ok(r.rows_affected() == 1)
@@ -1227,7 +1334,7 @@ impl Store {
     pub async fn mark_seen(&self, id: i64) -> Result<bool, StoreError> {
         let r = sqlx::query("UPDATE environments SET missing_since = NULL WHERE id = $1 AND missing_since IS NOT NULL")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.write().await?)
             .await
             .map_err(db("mark seen"))?;
         Ok(r.rows_affected() == 1)
@@ -1237,7 +1344,7 @@ impl Store {
     /// exists, until the next push. Only while it is still at generation `seen_seq` (a push since wins).
     pub async fn expire(&self, id: i64, seen_seq: i64, reason: &str) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         let r =
             sqlx::query("UPDATE environments SET expired_at = $1, updated_at = $2 WHERE id = $3 AND desired_seq = $4")
                 .bind(now)
@@ -1253,7 +1360,7 @@ impl Store {
     /// Marks the environment kept (or not), with the reason in its event log.
     pub async fn set_keep(&self, id: i64, keep: bool, reason: &str) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let (_turn, mut tx) = self.begin_write().await?;
         sqlx::query("UPDATE environments SET keep = $1, updated_at = $2 WHERE id = $3")
             .bind(i64::from(keep))
             .bind(now)
@@ -1275,7 +1382,7 @@ impl Store {
         .bind(until_ms)
         .bind(now_ms())
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&mut *self.write().await?)
         .await
         .map_err(db("take lock"))?;
         Ok(r.rows_affected() == 1)
@@ -1295,7 +1402,7 @@ impl Store {
         sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
-            .execute(&self.pool)
+            .execute(&mut *self.write().await?)
             .await
             .map_err(db("release lock"))?;
         Ok(())
@@ -1313,7 +1420,7 @@ impl Store {
         .bind(pass.outcome.clone())
         .bind(pass.summary.clone())
         .bind(pass.decisions.clone())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.write().await?)
         .await
         .map_err(db("record reaper pass"))
     }
@@ -1362,7 +1469,7 @@ impl Store {
     pub async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
         let r = sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&mut *self.write().await?)
             .await
             .map_err(db("prune deliveries"))?;
         Ok(r.rows_affected())
@@ -1441,28 +1548,34 @@ async fn read_environment_row(
         .map_err(db("read environment"))
 }
 
-/// Inserts the environment or records its new desired state. A branch said to exist is no longer missing
-/// and its push time is noted; the status an existing environment shows next is the domain's to say
-/// ([`Status::on_new_desire`]).
+/// Inserts the environment or records its new desired state, and makes it due in `due` (see
+/// [`mark_due`]) when given. A branch said to exist is no longer missing and its push time is noted; the
+/// status an existing environment shows next is the domain's to say ([`Status::on_new_desire`]).
+/// `unseen`: this transaction has just read that no row exists (one more read is spared).
 async fn upsert_desired(
     tx: &mut sqlx::AnyConnection,
     c: &DesiredChange,
     now: i64,
     backend: Backend,
+    unseen: bool,
+    due: Option<Lane>,
 ) -> Result<i64, StoreError> {
     let (present, sha) = desired_columns(&c.desired);
     let pushed_at = (present == 1).then_some(now);
     // Most deliveries are for an environment that exists: one read finds it, and nothing is inserted.
     // Otherwise the first choice of names, then the fallback: the unique index on (repo, env_key) decides
-    // which is free, across replicas (a conflict on (repo, branch) means another just inserted it).
-    let mut inserted = false;
-    let mut row = read_environment_row(tx, c, backend).await?;
+    // which is free, across replicas (a conflict on (repo, branch) means another just inserted it). A new
+    // row is due as it is inserted.
+    let mut inserted = None;
+    let mut row = if unseen { None } else { read_environment_row(tx, c, backend).await? };
     if row.is_none() {
         for names in std::iter::once(&c.names).chain(c.fallback.as_ref()) {
-            let r = sqlx::query(
+            inserted = sqlx::query_scalar::<_, i64>(
                 "INSERT INTO environments (repo, branch, env_key, stack_name, dns_name, desired_present, desired_sha, \
-                 desired_at, status, pushed_at, created_at, updated_at, repo_display, observed_rev, feedback_due) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14) ON CONFLICT DO NOTHING",
+                 desired_at, status, pushed_at, created_at, updated_at, repo_display, observed_rev, feedback_due, \
+                 due_at, due_lane, due_seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17) \
+                 ON CONFLICT DO NOTHING RETURNING id",
             )
             .bind(c.repo.as_str())
             .bind(c.branch.as_str())
@@ -1478,22 +1591,33 @@ async fn upsert_desired(
             .bind(now)
             .bind(c.repo_display.clone())
             .bind(now)
-            .execute(&mut *tx)
+            .bind(due.map(|_| now))
+            .bind(due.unwrap_or(Lane::Background) as i64)
+            .bind(i64::from(due.is_some()))
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db("insert environment"))?;
-            inserted = r.rows_affected() == 1;
-            if inserted || exists(tx, c).await? {
+            if inserted.is_some() {
+                break;
+            }
+            // A conflict on (repo, branch): another replica just inserted it, and it is changed below.
+            if exists(tx, c).await? {
+                row = read_environment_row(tx, c, backend).await?;
                 break;
             }
         }
-        row = read_environment_row(tx, c, backend).await?;
     }
-    let row = row.ok_or_else(|| StoreError::Corrupt {
-        what: "environment key",
-        value: format!("every key for {}:{} is taken", c.repo, c.branch),
-    })?;
-    let id: i64 = row.try_get("id").map_err(db("read environment"))?;
-    if !inserted {
+    let id = match (inserted, &row) {
+        (Some(id), _) => id,
+        (None, Some(row)) => row.try_get("id").map_err(db("read environment"))?,
+        (None, None) => {
+            return Err(StoreError::Corrupt {
+                what: "environment key",
+                value: format!("every key for {}:{} is taken", c.repo, c.branch),
+            });
+        }
+    };
+    if let (None, Some(row)) = (inserted, row) {
         let was_present: i64 = row.try_get("desired_present").map_err(db("read environment"))?;
         let old_sha: Option<String> = row.try_get("desired_sha").map_err(db("read environment"))?;
         let status: String = row.try_get("status").map_err(db("read environment"))?;
@@ -1522,6 +1646,9 @@ async fn upsert_desired(
         .execute(&mut *tx)
         .await
         .map_err(db("update desired"))?;
+        if let Some(lane) = due {
+            mark_due(tx, id, lane, now).await?;
+        }
     }
     append_event(tx, id, now, "webhook", &c.reason).await?;
     Ok(id)
@@ -1553,10 +1680,8 @@ async fn record_delivery(
     let env_id = match change {
         None => None,
         Some(c) => {
-            let id = upsert_desired(tx, c, now, backend).await?;
-            // In the same transaction: a change acknowledged is a change some replica will reconcile.
-            mark_due(tx, id, Lane::Webhook, now).await?;
-            Some(id)
+            // Due in the same transaction: a change acknowledged is a change some replica will reconcile.
+            Some(upsert_desired(tx, c, now, backend, false, Some(Lane::Webhook)).await?)
         }
     };
     Ok(Recorded::New { env_id })
@@ -1576,20 +1701,41 @@ async fn record_batch(
     // A delivery id twice in the batch: its first occurrence is the one recorded.
     let mut seen = HashSet::new();
     let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert(batch[i].id.as_str())).collect();
-    let mut b = Binds::default();
-    let rows: Vec<String> = firsts
-        .iter()
-        .map(|&i| {
-            let d = &batch[i];
-            let outcome = if d.change.is_some() { "recorded" } else { "ignored" };
-            format!("({}, {}, {}, {})", b.push(d.id.clone()), b.push(d.event.clone()), b.push(now), b.push(outcome))
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO deliveries (id, event, received_at, outcome) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-        rows.join(", ")
-    );
-    let new: HashSet<String> = sqlx::query_scalar_with(&sql, b.finish()?)
+    let outcome = |d: &Delivery| if d.change.is_some() { "recorded" } else { "ignored" };
+    let (sql, args) = match backend {
+        Backend::Postgres => {
+            let rows: Vec<_> = firsts
+                .iter()
+                .map(|&i| serde_json::json!({ "id": batch[i].id, "event": batch[i].event, "outcome": outcome(&batch[i]) }))
+                .collect();
+            let sql = "INSERT INTO deliveries (id, event, received_at, outcome) \
+                       SELECT d.id, d.event, $2, d.outcome FROM json_to_recordset($1::json) AS d(id text, event text, outcome text) \
+                       ON CONFLICT (id) DO NOTHING RETURNING id";
+            (sql.to_owned(), json_args(&rows, &[now])?)
+        }
+        Backend::Sqlite => {
+            let mut b = Binds::default();
+            let rows: Vec<String> = firsts
+                .iter()
+                .map(|&i| {
+                    let d = &batch[i];
+                    format!(
+                        "({}, {}, {}, {})",
+                        b.push(d.id.clone()),
+                        b.push(d.event.clone()),
+                        b.push(now),
+                        b.push(outcome(d))
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO deliveries (id, event, received_at, outcome) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+                rows.join(", ")
+            );
+            (sql, b.finish()?)
+        }
+    };
+    let new: HashSet<String> = sqlx::query_scalar_with(&sql, args)
         .fetch_all(&mut *tx)
         .await
         .map_err(db("record delivery"))?
@@ -1612,19 +1758,30 @@ async fn record_batch(
     }
 
     // Their rows, locked on PostgreSQL in (repo, branch) order, as every batch locks them.
-    let mut b = Binds::default();
-    let which: Vec<String> = branches
-        .keys()
-        .map(|(repo, branch)| {
-            format!("(repo = {} AND branch = {})", b.push(repo.to_string()), b.push(branch.to_string()))
-        })
-        .collect();
-    let lock = if backend == Backend::Postgres { " ORDER BY repo, branch FOR UPDATE" } else { "" };
-    let sql = format!(
-        "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments WHERE {}{lock}",
-        which.join(" OR ")
-    );
-    let rows = sqlx::query_with(&sql, b.finish()?).fetch_all(&mut *tx).await.map_err(db("read environment"))?;
+    let (sql, args) = match backend {
+        Backend::Postgres => {
+            let which: Vec<_> = branches.keys().map(|(r, b)| serde_json::json!({ "r": r, "b": b })).collect();
+            let sql = "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments \
+                       WHERE (repo, branch) IN (SELECT x.r, x.b FROM json_to_recordset($1::json) AS x(r text, b text)) \
+                       ORDER BY repo, branch FOR UPDATE";
+            (sql.to_owned(), json_args(&which, &[])?)
+        }
+        Backend::Sqlite => {
+            let mut b = Binds::default();
+            let which: Vec<String> = branches
+                .keys()
+                .map(|(repo, branch)| {
+                    format!("(repo = {} AND branch = {})", b.push(repo.to_string()), b.push(branch.to_string()))
+                })
+                .collect();
+            let sql = format!(
+                "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments WHERE {}",
+                which.join(" OR ")
+            );
+            (sql, b.finish()?)
+        }
+    };
+    let rows = sqlx::query_with(&sql, args).fetch_all(&mut *tx).await.map_err(db("read environment"))?;
     let mut existing = HashMap::new();
     for row in &rows {
         let get = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
@@ -1636,10 +1793,9 @@ async fn record_batch(
     for ((repo, branch), deliveries) in &branches {
         let Some(row) = existing.get(&(repo.to_string(), branch.to_string())) else {
             // A branch seen for the first time: inserted, then changed, one delivery at a time.
-            for &i in deliveries {
+            for (n, &i) in deliveries.iter().enumerate() {
                 let c = batch[i].change.as_ref().expect("grouped by its change");
-                let id = upsert_desired(tx, c, now, backend).await?;
-                mark_due(tx, id, Lane::Webhook, now).await?;
+                let id = upsert_desired(tx, c, now, backend, n == 0, Some(Lane::Webhook)).await?;
                 recorded[i] = Recorded::New { env_id: Some(id) };
             }
             continue;
@@ -1668,24 +1824,44 @@ async fn record_batch(
 
     if !updates.is_empty() {
         // SQL evaluates every `SET` expression against the row as it was (see `mark_due`, whose
-        // arithmetic this repeats; the columns of a VALUES list are column1, column2, … on both).
-        let mut b = Binds::default();
-        let values: Vec<String> = updates
-            .iter()
-            .map(|u| {
-                format!(
-                    "({}, {}, {}, {}, {}, {}, {})",
-                    b.push(u.id),
-                    b.push(u.present),
-                    b.push(u.sha.clone()),
-                    b.push(u.n),
-                    b.push(u.status.as_str()),
-                    b.push(i64::from(u.any_present)),
-                    b.push(u.display.clone())
-                )
-            })
-            .collect();
-        let (lane, now_) = (b.push(Lane::Webhook as i64), b.push(now));
+        // arithmetic this repeats; the columns of a VALUES list are column1, column2, … on SQLite, and
+        // named so on PostgreSQL).
+        let (source, lane, now_, args) = match backend {
+            Backend::Postgres => {
+                let rows: Vec<_> = updates
+                    .iter()
+                    .map(|u| {
+                        serde_json::json!({
+                            "column1": u.id, "column2": u.present, "column3": u.sha, "column4": u.n,
+                            "column5": u.status.as_str(), "column6": i64::from(u.any_present), "column7": u.display,
+                        })
+                    })
+                    .collect();
+                let source = "json_to_recordset($1::json) AS v(column1 bigint, column2 bigint, column3 text, \
+                              column4 bigint, column5 text, column6 bigint, column7 text)";
+                (source.to_owned(), "$2".to_owned(), "$3".to_owned(), json_args(&rows, &[Lane::Webhook as i64, now])?)
+            }
+            Backend::Sqlite => {
+                let mut b = Binds::default();
+                let values: Vec<String> = updates
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "({}, {}, {}, {}, {}, {}, {})",
+                            b.push(u.id),
+                            b.push(u.present),
+                            b.push(u.sha.clone()),
+                            b.push(u.n),
+                            b.push(u.status.as_str()),
+                            b.push(i64::from(u.any_present)),
+                            b.push(u.display.clone())
+                        )
+                    })
+                    .collect();
+                let (lane, now_) = (b.push(Lane::Webhook as i64), b.push(now));
+                (format!("(VALUES {}) AS v", values.join(", ")), lane, now_, b.finish()?)
+            }
+        };
         let sql = format!(
             "UPDATE environments SET desired_present = v.column2, desired_sha = v.column3, \
              desired_seq = desired_seq + v.column4, desired_at = {now_}, status = v.column5, attempts = 0, \
@@ -1697,27 +1873,52 @@ async fn record_batch(
              due_seq = due_seq + v.column4, \
              due_lane = CASE WHEN due_at IS NULL OR due_lane > {lane} THEN {lane} ELSE due_lane END, \
              due_at = CASE WHEN due_at IS NULL OR due_at > {now_} THEN {now_} ELSE due_at END \
-             FROM (VALUES {}) AS v WHERE environments.id = v.column1",
-            values.join(", ")
+             FROM {source} WHERE environments.id = v.column1"
         );
-        let done = sqlx::query_with(&sql, b.finish()?).execute(&mut *tx).await.map_err(db("update desired"))?;
+        let done = sqlx::query_with(&sql, args).execute(&mut *tx).await.map_err(db("update desired"))?;
         if done.rows_affected() != updates.len() as u64 {
             return Err(StoreError::Corrupt {
                 what: "environment",
                 value: format!("{} of {} environments updated", done.rows_affected(), updates.len()),
             });
         }
-        let mut b = Binds::default();
-        let at = b.push(now);
-        let kind = b.push("webhook");
-        let rows: Vec<String> = events
-            .iter()
-            .map(|(id, reason)| format!("({}, {at}, {kind}, {})", b.push(*id), b.push(reason.to_string())))
-            .collect();
-        let sql = format!("INSERT INTO events (env_id, at, kind, message) VALUES {}", rows.join(", "));
-        sqlx::query_with(&sql, b.finish()?).execute(&mut *tx).await.map_err(db("append event"))?;
+        let (sql, args) = match backend {
+            Backend::Postgres => {
+                let rows: Vec<_> =
+                    events.iter().map(|(id, reason)| serde_json::json!({ "env_id": id, "message": reason })).collect();
+                // In the batch's order: the log reads by id.
+                let sql = "INSERT INTO events (env_id, at, kind, message) SELECT e.env_id, $2, 'webhook', e.message \
+                           FROM ROWS FROM (json_to_recordset($1::json) AS (env_id bigint, message text)) \
+                           WITH ORDINALITY AS e(env_id, message, ord) ORDER BY e.ord";
+                (sql.to_owned(), json_args(&rows, &[now])?)
+            }
+            Backend::Sqlite => {
+                let mut b = Binds::default();
+                let at = b.push(now);
+                let kind = b.push("webhook");
+                let rows: Vec<String> = events
+                    .iter()
+                    .map(|(id, reason)| format!("({}, {at}, {kind}, {})", b.push(*id), b.push(reason.to_string())))
+                    .collect();
+                (format!("INSERT INTO events (env_id, at, kind, message) VALUES {}", rows.join(", ")), b.finish()?)
+            }
+        };
+        sqlx::query_with(&sql, args).execute(&mut *tx).await.map_err(db("append event"))?;
     }
     Ok(recorded)
+}
+
+/// The arguments of a PostgreSQL batch statement: its rows as one JSON parameter (`$1`, read with
+/// `json_to_recordset`), then `extra` (`$2`, …). The statement's text is the same whatever the batch's
+/// size, so PostgreSQL parses and plans it once per connection, not once per batch.
+fn json_args(rows: &[serde_json::Value], extra: &[i64]) -> Result<AnyArguments<'static>, StoreError> {
+    let mut b = Binds::default();
+    let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt { what: "batch", value: e.to_string() })?;
+    b.push(json);
+    for &v in extra {
+        b.push(v);
+    }
+    b.finish()
 }
 
 /// One environment's deliveries of a batch, folded into the row they leave.

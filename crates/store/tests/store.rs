@@ -238,8 +238,9 @@ async fn due_work_is_handed_out_once_and_kept_due_when_asked_again(store: Store)
     assert_eq!(store.claim_due("a", later).await.expect("claim"), None, "nothing is due");
     let id = pushed(&store, "d-1", "x").await;
     assert_eq!(store.queue_stats().await.expect("stats").depth, 1, "the webhook made it due");
-    let a = store.claim_due("a", later).await.expect("claim").expect("due");
+    let (a, claimed) = store.claim_due("a", later).await.expect("claim").expect("due");
     assert_eq!(a.id, id);
+    assert_eq!(Some(claimed), store.get(id).await.expect("get"), "the record as the claim left it");
     assert_eq!(store.claim_due("b", later).await.expect("claim"), None, "held by a");
     assert_eq!(store.claim(id, "b", later).await.expect("claim"), None, "held by a");
     // A push while a holds it: on release it stays due, and b takes it.
@@ -247,7 +248,7 @@ async fn due_work_is_handed_out_once_and_kept_due_when_asked_again(store: Store)
     assert_eq!(store.claim_due("b", later).await.expect("claim"), None, "still held by a");
     assert_eq!(store.pending(&[id]).await.expect("pending"), 1);
     store.release(&a, None).await.expect("release");
-    let b = store.claim_due("b", later).await.expect("claim").expect("asked again meanwhile");
+    let b = store.claim_due("b", later).await.expect("claim").expect("asked again meanwhile").0;
     assert!(b.epoch > a.epoch, "every claim is a new epoch");
     // Nothing asked meanwhile: done, not due.
     store.release(&b, None).await.expect("release");
@@ -258,15 +259,15 @@ async fn due_work_is_handed_out_once_and_kept_due_when_asked_again(store: Store)
     let quiet = store.record_desired(&change("y", present('b'))).await.expect("record");
     assert_eq!(store.claim_due("a", later).await.expect("claim"), None);
     store.enqueue(quiet, Lane::Background, now_ms()).await.expect("enqueue");
-    assert_eq!(store.claim_due("a", later).await.expect("claim").map(|c| c.id), Some(quiet));
+    assert_eq!(store.claim_due("a", later).await.expect("claim").map(|(c, _)| c.id), Some(quiet));
 }
 
 async fn a_lease_taken_over_fences_the_old_holder(store: Store) {
     let id = pushed(&store, "d-1", "x").await;
     // a's lease ends at once (a replica that died, or stalled past its lease).
-    let a = store.claim_due("a", now_ms() - 1).await.expect("claim").expect("due");
+    let a = store.claim_due("a", now_ms() - 1).await.expect("claim").expect("due").0;
     assert!(store.next_due().await.expect("next").is_some_and(|at| at <= now_ms()), "due again: its lease ended");
-    let b = store.claim_due("b", now_ms() + 60_000).await.expect("claim").expect("taken over");
+    let b = store.claim_due("b", now_ms() + 60_000).await.expect("claim").expect("taken over").0;
     assert_eq!(b.id, id);
     assert!(!store.renew(&a, "a", now_ms() + 60_000).await.expect("renew"), "a lost it");
     assert!(store.renew(&b, "b", now_ms() + 60_000).await.expect("renew"));
@@ -293,18 +294,18 @@ async fn the_webhook_lane_goes_first_and_requeues_wait(store: Store) {
     let quiet = store.record_desired(&change("bg", present('a'))).await.expect("record");
     store.enqueue(quiet, Lane::Background, now_ms() - 5_000).await.expect("enqueue");
     let urgent = pushed(&store, "d-1", "hook").await;
-    let first = store.claim_due("w", later).await.expect("claim").expect("due");
+    let first = store.claim_due("w", later).await.expect("claim").expect("due").0;
     assert_eq!(first.id, urgent, "due later, but someone waits for it");
     // A requeue keeps it out of reach until its time, and the dispatcher knows when that is.
     let at = now_ms() + 30_000;
     store.release(&first, Some(at)).await.expect("release");
-    assert_eq!(store.claim_due("w", later).await.expect("claim").map(|c| c.id), Some(quiet));
+    assert_eq!(store.claim_due("w", later).await.expect("claim").map(|(c, _)| c.id), Some(quiet));
     assert_eq!(store.claim_due("w", later).await.expect("claim"), None, "the requeue is not due yet");
     assert_eq!(store.next_due().await.expect("next"), Some(at));
     // A webhook brings it forward; an earlier background request never demotes it.
     pushed(&store, "d-2", "hook").await;
     store.enqueue(urgent, Lane::Background, now_ms()).await.expect("enqueue");
-    assert_eq!(store.claim_due("w", later).await.expect("claim").map(|c| c.id), Some(urgent));
+    assert_eq!(store.claim_due("w", later).await.expect("claim").map(|(c, _)| c.id), Some(urgent));
     let stats = store.queue_stats().await.expect("stats");
     assert_eq!((stats.depth, stats.oldest_due), (2, None), "both held, none waiting");
 }
@@ -318,7 +319,7 @@ async fn concurrent_claims_take_each_environment_once(store: Store) {
         let store = store.clone();
         tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(c) = store.claim_due(&format!("r{n}"), now_ms() + 60_000).await.expect("claim") {
+            while let Some((c, _)) = store.claim_due(&format!("r{n}"), now_ms() + 60_000).await.expect("claim") {
                 got.push(c.id);
             }
             got
@@ -618,7 +619,7 @@ async fn batch_snapshot(
             (0..3).find(|&how| spell(name, how) == env.repo_display),
             (env.missing_since.is_some(), env.expired_at.is_some(), env.pushed_at.is_some()),
             (env.attempts, env.retries, env.observed_rev, env.feedback_due.is_some()),
-            store.pending(&[env.id]).await.expect("due"),
+            store.due_state(env.id).await.expect("due"),
             events,
         ));
     }

@@ -215,6 +215,11 @@ impl AwsProxy {
         self.lock().calls.clone()
     }
 
+    /// The calls seen from the `start`th on (a watcher's poll clones only what is new).
+    pub fn calls_from(&self, start: usize) -> Vec<Call> {
+        self.lock().calls.get(start..).map(<[Call]>::to_vec).unwrap_or_default()
+    }
+
     /// How many calls of `action` on `stack` reached moto.
     pub fn count(&self, action: &str, stack: &str) -> usize {
         self.lock()
@@ -241,18 +246,38 @@ impl AwsProxy {
     }
 
     async fn stack_resources(&self, stack: &str, kind: &str) -> Vec<String> {
+        self.logical_resources(stack, kind).await.into_iter().map(|(_, physical)| physical).collect()
+    }
+
+    /// `(logical id, physical id)` of the stack's resources of one type.
+    async fn logical_resources(&self, stack: &str, kind: &str) -> Vec<(String, String)> {
         let xml = self
             .upstream_form(&[("Action", "ListStackResources"), ("StackName", stack), ("Version", "2010-05-15")])
             .await;
         blocks(&xml, "member")
             .into_iter()
             .filter(|m| first(m, "ResourceType").as_deref() == Some(kind))
-            .filter_map(|m| first(&m, "PhysicalResourceId"))
+            .filter_map(|m| Some((first(&m, "LogicalResourceId")?, first(&m, "PhysicalResourceId")?)))
             .collect()
     }
 
+    /// The stack's buckets that CloudFormation deletes with it: a bucket its template retains does not
+    /// block the stack's deletion, whatever it holds.
     async fn stack_buckets(&self, stack: &str) -> Vec<String> {
-        self.stack_resources(stack, "AWS::S3::Bucket").await
+        let xml =
+            self.upstream_form(&[("Action", "GetTemplate"), ("StackName", stack), ("Version", "2010-05-15")]).await;
+        let body = first(&xml, "TemplateBody").map(|b| unescape_xml(&b)).unwrap_or_default();
+        let template: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let retained = |logical: &str| {
+            let policy = template["Resources"][logical]["DeletionPolicy"].as_str();
+            matches!(policy, Some("Retain" | "RetainExceptOnCreate"))
+        };
+        self.logical_resources(stack, "AWS::S3::Bucket")
+            .await
+            .into_iter()
+            .filter(|(logical, _)| !retained(logical))
+            .map(|(_, physical)| physical)
+            .collect()
     }
 
     /// moto deletes a stack but not its load-balancer listener rules (its rule model has no
@@ -273,6 +298,45 @@ impl AwsProxy {
                 .body(body)
                 .send()
                 .await;
+        }
+    }
+
+    /// Why Route53 would refuse the DELETEs of a change batch (AWS's words), if it would: moto deletes by
+    /// name and type, AWS only a record whose TTL and values are exactly those given.
+    async fn mismatched_delete(&self, path: &str, batch: &str) -> Option<String> {
+        for change in blocks(batch, "Change").iter().filter(|c| first(c, "Action").as_deref() == Some("DELETE")) {
+            let (Some(name), Some(kind)) = (first(change, "Name"), first(change, "Type")) else { continue };
+            let ttl = first(change, "TTL");
+            let values: Vec<String> = blocks(change, "Value").iter().map(|v| unescape_xml(v)).collect();
+            let list = format!("{}?name={name}&type={kind}&maxitems=1", path.trim_end_matches('/'));
+            let current = self.route53_get(&list).await;
+            let found = blocks(&current, "ResourceRecordSet").into_iter().find(|r| {
+                let same = |n: &str| n.trim_end_matches('.').eq_ignore_ascii_case(name.trim_end_matches('.'));
+                first(r, "Name").is_some_and(|n| same(&n)) && first(r, "Type").as_deref() == Some(&kind)
+            });
+            let label = format!("[name='{name}', type='{kind}']");
+            match found {
+                None => return Some(format!("[Tried to delete resource record set {label} but it was not found]")),
+                Some(r)
+                    if first(&r, "TTL") != ttl
+                        || blocks(&r, "Value").iter().map(|v| unescape_xml(v)).ne(values.iter().cloned()) =>
+                {
+                    return Some(format!(
+                        "[Tried to delete resource record set {label} but the values provided do not match the current values]"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    async fn route53_get(&self, path_query: &str) -> String {
+        let auth =
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/route53/aws4_request, SignedHeaders=host, Signature=0";
+        match self.client.get(format!("{}{path_query}", self.upstream)).header("authorization", auth).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
         }
     }
 
@@ -391,6 +455,56 @@ fn blocks(xml: &str, tag: &str) -> Vec<String> {
     out
 }
 
+/// The length of the `<member>…</member>` that `xml` starts with, members inside it included.
+fn member_len(xml: &str) -> Option<usize> {
+    let (open, close) = ("<member>", "</member>");
+    let (mut depth, mut at) = (0usize, 0usize);
+    loop {
+        let next_open = xml[at..].find(open).map(|i| at + i);
+        let next_close = xml[at..].find(close).map(|i| at + i)?;
+        match next_open {
+            Some(o) if o < next_close => {
+                depth += 1;
+                at = o + open.len();
+            }
+            _ => {
+                depth -= 1;
+                at = next_close + close.len();
+                if depth == 0 {
+                    return Some(at);
+                }
+            }
+        }
+    }
+}
+
+/// A stack's `<member>` with the status (and reason) of `o` in place of its own.
+fn with_status(member: &str, o: &StatusOverride) -> String {
+    let mut member = member.to_owned();
+    if let (Some(s), Some(e)) = (member.find("<StackStatusReason>"), member.find("</StackStatusReason>")) {
+        member.replace_range(s..e + "</StackStatusReason>".len(), "");
+    }
+    match (member.find("<StackStatus>"), member.find("</StackStatus>")) {
+        (Some(s), Some(e)) => format!(
+            "{}<StackStatus>{}</StackStatus><StackStatusReason>{}</StackStatusReason>{}",
+            &member[..s],
+            o.status,
+            o.reason,
+            &member[e + "</StackStatus>".len()..]
+        ),
+        _ => member,
+    }
+}
+
+fn unescape_xml(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
 fn first(xml: &str, tag: &str) -> Option<String> {
     blocks(xml, tag).into_iter().next()
 }
@@ -411,6 +525,16 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
     let stack = form.get("StackName").map(|s| stack_name(s));
     let token = form.get("ClientRequestToken").cloned();
     let keys = if action == "DeleteObjects" { String::from_utf8_lossy(&body).matches("<Key>").count() } else { 0 };
+    // A call answered here, as AWS would have answered it, rather than by moto.
+    let refused = || Call {
+        service: service.clone(),
+        action: action.clone(),
+        stack: stack.clone(),
+        injected: true,
+        keys,
+        at: Instant::now(),
+        token: token.clone(),
+    };
 
     // Injected errors.
     let injected = {
@@ -421,15 +545,7 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
                 (f.status, f.code.clone(), f.message.clone())
             });
         if hit.is_some() {
-            st.calls.push(Call {
-                service: service.clone(),
-                action: action.clone(),
-                stack: stack.clone(),
-                injected: true,
-                keys,
-                at: Instant::now(),
-                token: token.clone(),
-            });
+            st.calls.push(refused());
         }
         hit
     };
@@ -456,15 +572,7 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
             let refuse = st.key_errors > 0;
             if refuse {
                 st.key_errors -= 1;
-                st.calls.push(Call {
-                    service: service.clone(),
-                    action: action.clone(),
-                    stack: None,
-                    injected: true,
-                    keys,
-                    at: Instant::now(),
-                    token: token.clone(),
-                });
+                st.calls.push(refused());
             }
             refuse
         };
@@ -484,6 +592,13 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
                 ),
             );
         }
+    }
+
+    if action == "ChangeResourceRecordSets"
+        && let Some(why) = proxy.mismatched_delete(&path, &String::from_utf8_lossy(&body)).await
+    {
+        proxy.lock().calls.push(refused());
+        return xml(StatusCode::BAD_REQUEST, error_document(&service, "InvalidChangeBatch", &why));
     }
 
     // DeleteStack is refused, as AWS does, while a bucket of the stack still holds anything.
@@ -514,15 +629,7 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         let strict = proxy.lock().strict_bucket_deletes;
         if strict && let Some(bucket) = proxy.blocking_bucket(name).await {
             let mut st = proxy.lock();
-            st.calls.push(Call {
-                service,
-                action,
-                stack: stack.clone(),
-                injected: true,
-                keys,
-                at: Instant::now(),
-                token: token.clone(),
-            });
+            st.calls.push(refused());
             st.overrides.retain(|o| &o.stack != name);
             st.overrides.push(StatusOverride {
                 stack: name.clone(),
@@ -594,24 +701,29 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
         }
         st.overrides
             .retain(|o| !(o.active && &o.stack == name && matches!(&o.until, Until::Action(a) if *a == action)));
+    }
+    // A stack described alone or in a listing shows the state a test gave it.
+    if action == "DescribeStacks" && status.is_success() {
+        let now = Instant::now();
         st.overrides.retain(|o| !matches!(o.until, Until::Time(t) if o.active && t <= now));
-        if action == "DescribeStacks"
-            && let Some(o) = st.overrides.iter().find(|o| o.active && &o.stack == name)
-        {
-            let mut body = String::from_utf8_lossy(&text).into_owned();
-            if let (Some(s), Some(e)) = (body.find("<StackStatusReason>"), body.find("</StackStatusReason>")) {
-                body.replace_range(s..e + "</StackStatusReason>".len(), "");
+        let active: Vec<&StatusOverride> = st.overrides.iter().filter(|o| o.active).collect();
+        if !active.is_empty() {
+            let body = String::from_utf8_lossy(&text).into_owned();
+            let mut out = String::with_capacity(body.len());
+            let mut rest = body.as_str();
+            while let Some(start) = rest.find("<member>") {
+                let Some(len) = member_len(&rest[start..]) else { break };
+                let member = &rest[start..start + len];
+                out.push_str(&rest[..start]);
+                let name = first(member, "StackName");
+                match active.iter().find(|o| name.as_deref() == Some(o.stack.as_str())) {
+                    Some(o) if member.contains("<StackStatus>") => out.push_str(&with_status(member, o)),
+                    _ => out.push_str(member),
+                }
+                rest = &rest[start + len..];
             }
-            if let (Some(s), Some(e)) = (body.find("<StackStatus>"), body.find("</StackStatus>")) {
-                let rewritten = format!(
-                    "{}<StackStatus>{}</StackStatus><StackStatusReason>{}</StackStatusReason>{}",
-                    &body[..s],
-                    o.status,
-                    o.reason,
-                    &body[e + "</StackStatus>".len()..]
-                );
-                text = rewritten.into_bytes();
-            }
+            out.push_str(rest);
+            text = out.into_bytes();
         }
     }
     drop(st);
