@@ -34,10 +34,9 @@ impl Inner {
         let sightings = self.sightings.clone();
         let serve = move |names: Vec<String>| async move {
             if names.len() >= 2 && names.len() >= pages {
-                let started = tokio::time::Instant::now();
                 match aws.list_stacks().await {
                     Ok(listing) => {
-                        sightings.listed(&listing, started);
+                        sightings.paged(listing.pages);
                         let by_name: HashMap<&str, &Stack> =
                             listing.stacks.iter().map(|s| (s.name.as_str(), s)).collect();
                         // One page is one answer; a walk over several is not a snapshot (a stack deleted

@@ -19,6 +19,9 @@ use crate::{Inner, ReconcileError};
 pub(crate) struct Fleet {
     /// Owner-tagged stacks by name.
     pub stacks: Result<HashMap<String, Stack>, CloudError>,
+    /// When the stacks' listing began, and the pages it took.
+    pub stacks_listed_at: tokio::time::Instant,
+    pub stack_pages: usize,
     /// Marked DNS names by name (lower case, no final dot), per repository (through its zone).
     pub dns: BTreeMap<RepoName, Result<HashMap<String, MarkedName>, String>>,
     /// Each configured repository's branches: a complete listing, or why there is none.
@@ -26,13 +29,13 @@ pub(crate) struct Fleet {
 }
 
 /// Reads the fleet: one DescribeStacks walk, one ListResourceRecordSets walk per zone, one branch
-/// listing per repository. The stack listing is kept as this process's sightings, for the teardowns
-/// it leads to.
+/// listing per repository.
 pub(crate) async fn observe(inner: &Inner) -> Fleet {
-    let started = tokio::time::Instant::now();
+    let stacks_listed_at = tokio::time::Instant::now();
     let owner = inner.setup.owner.as_str();
+    let mut stack_pages = 0;
     let stacks = inner.aws.list_stacks().await.map(|listing| {
-        inner.sightings.listed(&listing, started);
+        stack_pages = listing.pages;
         listing.stacks.into_iter().filter(|s| s.tag(TAG_OWNER) == Some(owner)).map(|s| (s.name.clone(), s)).collect()
     });
     let mut zones: HashMap<String, Result<HashMap<String, MarkedName>, String>> = HashMap::new();
@@ -51,7 +54,7 @@ pub(crate) async fn observe(inner: &Inner) -> Fleet {
         dns.insert(name.clone(), zones[&zone].clone());
         listings.insert(name.clone(), listing(inner.github.list_branches(name).await));
     }
-    Fleet { stacks, dns, listings }
+    Fleet { stacks, stacks_listed_at, stack_pages, dns, listings }
 }
 
 fn listing(l: Result<BranchListing, GithubError>) -> Result<HashMap<BranchName, CommitSha>, String> {

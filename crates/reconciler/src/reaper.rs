@@ -217,8 +217,29 @@ impl Pass<'_> {
         let fleet = fleet::observe(inner).await;
         let stacks =
             fleet.stacks.as_ref().map_err(|e| crate::ReconcileError::Transient(format!("cannot list stacks: {e}")))?;
+        // The teardowns this pass asks for start from its listing (see `crate::sightings`): kept from
+        // before the first is asked for, then only theirs.
+        inner.sightings.listed(stacks.values(), fleet.stack_pages, fleet.stacks_listed_at);
         let mut envs = inner.store.list().await?;
-        self.adopt(stacks, &mut envs).await?;
+        let judged = self.judge_all(&fleet, stacks, &mut envs).await;
+        let removed: HashSet<&str> = self
+            .decisions
+            .iter()
+            .filter(|d| d.verdict == Verdict::Remove)
+            .filter_map(|d| envs.iter().find(|e| Some(e.id) == d.env_id))
+            .map(|e| e.stack_name.as_str())
+            .collect();
+        inner.sightings.retain(|name| removed.contains(name));
+        judged
+    }
+
+    async fn judge_all(
+        &mut self,
+        fleet: &fleet::Fleet,
+        stacks: &std::collections::HashMap<String, Stack>,
+        envs: &mut Vec<EnvRecord>,
+    ) -> Result<(), crate::ReconcileError> {
+        self.adopt(stacks, envs).await?;
         for (repo, listing) in &fleet.listings {
             let repo_envs: Vec<&EnvRecord> = envs.iter().filter(|e| &e.repo == repo && live(e)).collect();
             match listing {
@@ -226,8 +247,7 @@ impl Pass<'_> {
                 Ok(branches) => self.judge(repo, branches, &repo_envs).await?,
             }
         }
-        self.dangling_dns(&fleet, &envs).await?;
-        Ok(())
+        self.dangling_dns(fleet, envs).await
     }
 
     /// Owner-tagged environment stacks without a record (a lost database, a crash between CreateStack and

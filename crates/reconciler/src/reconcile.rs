@@ -71,12 +71,11 @@ pub(crate) async fn reconcile(
 
     // Over the repository's cap: nothing to do (and nothing to ask) until there is room.
     let unadmitted = env.desired != Desired::Absent && matches!(env.status, Status::Pending | Status::Skipped);
-    let admission = match unadmitted && env.stack_id.is_none() {
-        true => match admit(inner, &env, repo).await? {
-            Some(admission) => Some(admission),
-            None => return Ok(Action::Done),
-        },
-        false => None,
+    let admission = if unadmitted && env.stack_id.is_none() {
+        let Some(admission) = admit(inner, &env, repo).await? else { return Ok(Action::Done) };
+        Some(admission)
+    } else {
+        None
     };
 
     // Absence was proven before the teardown began; its polls need not ask GitHub again.
