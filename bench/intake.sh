@@ -67,7 +67,14 @@ free_port() {
 secret="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 python3 bench/intake/bodies.py tests/fixtures/github/push.json "$secret" "$branches" "$commits" "$work/bodies.lua"
 
+# CPU time the server has used so far, its reaped children's included (webhook runs a command per
+# request), in clock ticks.
+tick="$(getconf CLK_TCK)"
+cpu_ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$server/stat"; }
+
 # One wrk run; prints its table line. Accepted: 202 from previewd (recorded), any 2xx from webhook.
+# cpu_us: the server's CPU time (user + system) per accepted request, less noisy than requests/s on a
+# machine the load generator shares.
 declare -A rps
 run() {
   local target=$1 backend=$2 c=$3 url=$4 tag="$2-c$3"
@@ -75,12 +82,14 @@ run() {
   local threads=$((c < 2 ? c : 2)) # wrk wants at least one connection per thread
   # A 30 s timeout: a slow answer is measured, not dropped from the latencies as wrk does past 2 s. In the
   # background, waited for: wrk reports and exits 0 on Ctrl-C, and bash would then go on to the next run.
+  local cpu_before; cpu_before="$(cpu_ticks)"
   INTAKE_BODIES="$work/bodies.lua" INTAKE_RUN="$tag" \
     wrk -t"$threads" -c"$c" -d"${secs}s" --timeout 30s --latency -s bench/intake/push.lua "$url" \
     >"$work/wrk-$target-$tag.txt" 2>&1 &
   client=$!
   wait "$client" || { cat "$work/wrk-$target-$tag.txt" >&2; exit 1; }
   client=""
+  local cpu_used=$(($(cpu_ticks) - cpu_before))
   local line; line="$(grep '^intake-wrk ' "$work/wrk-$target-$tag.txt")"
   local -A f
   for kv in ${line#intake-wrk }; do f[${kv%%=*}]=${kv#*=}; done
@@ -94,8 +103,10 @@ run() {
     accepted=${f[2xx]}
   fi
   rps[$target/$backend/$c]=${f[rps]}
-  printf '%-9s %-8s %6s %10s %9s %9s %7s %7s %9s %9s %8s  %s\n' "$target" "$backend" "$c" "${f[rps]}" \
-    "${f[p50_ms]}" "${f[p99_ms]}" "${f[non2xx]}" "${f[errors]}" "$accepted" "$recorded" "$missing" "${f[statuses]}"
+  local cpu_us; cpu_us="$(python3 -c "print(f'{$cpu_used * 1e6 / $tick / max($accepted, 1):.0f}')")"
+  printf '%-9s %-8s %6s %10s %9s %9s %7s %7s %9s %9s %8s %7s  %s\n' "$target" "$backend" "$c" "${f[rps]}" \
+    "${f[p50_ms]}" "${f[p99_ms]}" "${f[non2xx]}" "${f[errors]}" "$accepted" "$recorded" "$missing" "$cpu_us" \
+    "${f[statuses]}"
 }
 
 # Deliveries previewd recorded for one run (their ids start with the run's tag).
@@ -110,8 +121,8 @@ print(db.execute("SELECT COUNT(*) FROM deliveries WHERE id LIKE ?", (sys.argv[2]
   esac
 }
 
-printf '%-9s %-8s %6s %10s %9s %9s %7s %7s %9s %9s %8s  %s\n' target backend conns req/s p50_ms p99_ms \
-  non2xx errors accepted recorded missing statuses
+printf '%-9s %-8s %6s %10s %9s %9s %7s %7s %9s %9s %8s %7s  %s\n' target backend conns req/s p50_ms p99_ms \
+  non2xx errors accepted recorded missing cpu_us statuses
 
 if [[ " $targets " == *" webhook "* ]]; then
   port="$(free_port)"

@@ -229,7 +229,7 @@ impl Inner {
 
 /// The environment's stack as CloudFormation shows it, and whether a sighting stood in for the look. A
 /// teardown about to begin starts from the last listing when it is young (see [`crate::sightings`]):
-/// the reaper and the fleet observer list every stack just before they ask for one. Only an environment
+/// the reaper lists every stack just before it asks for one. Only an environment
 /// whose record says its stack is settled (`ready` or `failed`: no replica is changing it) and is the
 /// one listed may start so; the caller looks again if the step turns out not to be a teardown. An
 /// environment waiting on CloudFormation looks together with the others waiting ([`Inner::look`]).
