@@ -1702,39 +1702,17 @@ async fn record_batch(
     let mut seen = HashSet::new();
     let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert(batch[i].id.as_str())).collect();
     let outcome = |d: &Delivery| if d.change.is_some() { "recorded" } else { "ignored" };
-    let (sql, args) = match backend {
-        Backend::Postgres => {
-            let rows: Vec<_> = firsts
-                .iter()
-                .map(|&i| serde_json::json!({ "id": batch[i].id, "event": batch[i].event, "outcome": outcome(&batch[i]) }))
-                .collect();
-            let sql = "INSERT INTO deliveries (id, event, received_at, outcome) \
-                       SELECT d.id, d.event, $2, d.outcome FROM json_to_recordset($1::json) AS d(id text, event text, outcome text) \
-                       ON CONFLICT (id) DO NOTHING RETURNING id";
-            (sql.to_owned(), json_args(&rows, &[now])?)
-        }
-        Backend::Sqlite => {
-            let mut b = Binds::default();
-            let rows: Vec<String> = firsts
-                .iter()
-                .map(|&i| {
-                    let d = &batch[i];
-                    format!(
-                        "({}, {}, {}, {})",
-                        b.push(d.id.clone()),
-                        b.push(d.event.clone()),
-                        b.push(now),
-                        b.push(outcome(d))
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO deliveries (id, event, received_at, outcome) VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-                rows.join(", ")
-            );
-            (sql, b.finish()?)
-        }
-    };
+    let rows: Vec<_> = firsts
+        .iter()
+        .map(|&i| serde_json::json!({ "id": batch[i].id, "event": batch[i].event, "outcome": outcome(&batch[i]) }))
+        .collect();
+    // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT's FROM as a join's.
+    let sql = format!(
+        "INSERT INTO deliveries (id, event, received_at, outcome) SELECT d.id, d.event, $2, d.outcome FROM {} \
+         WHERE true ON CONFLICT (id) DO NOTHING RETURNING id",
+        json_rows(backend, "d", &[("id", "text"), ("event", "text"), ("outcome", "text")])
+    );
+    let args = json_args(&rows, &[now])?;
     let new: HashSet<String> = sqlx::query_scalar_with(&sql, args)
         .fetch_all(&mut *tx)
         .await
@@ -1758,29 +1736,14 @@ async fn record_batch(
     }
 
     // Their rows, locked on PostgreSQL in (repo, branch) order, as every batch locks them.
-    let (sql, args) = match backend {
-        Backend::Postgres => {
-            let which: Vec<_> = branches.keys().map(|(r, b)| serde_json::json!({ "r": r, "b": b })).collect();
-            let sql = "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments \
-                       WHERE (repo, branch) IN (SELECT x.r, x.b FROM json_to_recordset($1::json) AS x(r text, b text)) \
-                       ORDER BY repo, branch FOR UPDATE";
-            (sql.to_owned(), json_args(&which, &[])?)
-        }
-        Backend::Sqlite => {
-            let mut b = Binds::default();
-            let which: Vec<String> = branches
-                .keys()
-                .map(|(repo, branch)| {
-                    format!("(repo = {} AND branch = {})", b.push(repo.to_string()), b.push(branch.to_string()))
-                })
-                .collect();
-            let sql = format!(
-                "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments WHERE {}",
-                which.join(" OR ")
-            );
-            (sql, b.finish()?)
-        }
-    };
+    let which: Vec<_> = branches.keys().map(|(r, b)| serde_json::json!({ "r": r, "b": b })).collect();
+    let lock = if backend == Backend::Postgres { " ORDER BY repo, branch FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments \
+         WHERE (repo, branch) IN (SELECT x.r, x.b FROM {}){lock}",
+        json_rows(backend, "x", &[("r", "text"), ("b", "text")])
+    );
+    let args = json_args(&which, &[])?;
     let rows = sqlx::query_with(&sql, args).fetch_all(&mut *tx).await.map_err(db("read environment"))?;
     let mut existing = HashMap::new();
     for row in &rows {
@@ -1824,57 +1787,40 @@ async fn record_batch(
 
     if !updates.is_empty() {
         // SQL evaluates every `SET` expression against the row as it was (see `mark_due`, whose
-        // arithmetic this repeats; the columns of a VALUES list are column1, column2, … on SQLite, and
-        // named so on PostgreSQL).
-        let (source, lane, now_, args) = match backend {
-            Backend::Postgres => {
-                let rows: Vec<_> = updates
-                    .iter()
-                    .map(|u| {
-                        serde_json::json!({
-                            "column1": u.id, "column2": u.present, "column3": u.sha, "column4": u.n,
-                            "column5": u.status.as_str(), "column6": i64::from(u.any_present), "column7": u.display,
-                        })
-                    })
-                    .collect();
-                let source = "json_to_recordset($1::json) AS v(column1 bigint, column2 bigint, column3 text, \
-                              column4 bigint, column5 text, column6 bigint, column7 text)";
-                (source.to_owned(), "$2".to_owned(), "$3".to_owned(), json_args(&rows, &[Lane::Webhook as i64, now])?)
-            }
-            Backend::Sqlite => {
-                let mut b = Binds::default();
-                let values: Vec<String> = updates
-                    .iter()
-                    .map(|u| {
-                        format!(
-                            "({}, {}, {}, {}, {}, {}, {})",
-                            b.push(u.id),
-                            b.push(u.present),
-                            b.push(u.sha.clone()),
-                            b.push(u.n),
-                            b.push(u.status.as_str()),
-                            b.push(i64::from(u.any_present)),
-                            b.push(u.display.clone())
-                        )
-                    })
-                    .collect();
-                let (lane, now_) = (b.push(Lane::Webhook as i64), b.push(now));
-                (format!("(VALUES {}) AS v", values.join(", ")), lane, now_, b.finish()?)
-            }
-        };
+        // arithmetic this repeats).
+        let rows: Vec<_> = updates
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "id": u.id, "present": u.present, "sha": u.sha, "n": u.n, "status": u.status.as_str(),
+                    "any_present": i64::from(u.any_present), "display": u.display,
+                })
+            })
+            .collect();
+        let columns = [
+            ("id", "bigint"),
+            ("present", "bigint"),
+            ("sha", "text"),
+            ("n", "bigint"),
+            ("status", "text"),
+            ("any_present", "bigint"),
+            ("display", "text"),
+        ];
         let sql = format!(
-            "UPDATE environments SET desired_present = v.column2, desired_sha = v.column3, \
-             desired_seq = desired_seq + v.column4, desired_at = {now_}, status = v.column5, attempts = 0, \
-             retries = 0, missing_since = CASE WHEN v.column6 = 1 THEN NULL ELSE missing_since END, \
-             expired_at = CASE WHEN v.column6 = 1 THEN NULL ELSE expired_at END, \
-             pushed_at = CASE WHEN v.column6 = 1 THEN {now_} ELSE pushed_at END, \
-             repo_display = COALESCE(v.column7, repo_display), updated_at = {now_}, \
-             observed_rev = observed_rev + v.column4, feedback_due = COALESCE(feedback_due, {now_}), \
-             due_seq = due_seq + v.column4, \
-             due_lane = CASE WHEN due_at IS NULL OR due_lane > {lane} THEN {lane} ELSE due_lane END, \
-             due_at = CASE WHEN due_at IS NULL OR due_at > {now_} THEN {now_} ELSE due_at END \
-             FROM {source} WHERE environments.id = v.column1"
+            "UPDATE environments SET desired_present = v.present, desired_sha = v.sha, \
+             desired_seq = desired_seq + v.n, desired_at = $3, status = v.status, attempts = 0, \
+             retries = 0, missing_since = CASE WHEN v.any_present = 1 THEN NULL ELSE missing_since END, \
+             expired_at = CASE WHEN v.any_present = 1 THEN NULL ELSE expired_at END, \
+             pushed_at = CASE WHEN v.any_present = 1 THEN $3 ELSE pushed_at END, \
+             repo_display = COALESCE(v.display, repo_display), updated_at = $3, \
+             observed_rev = observed_rev + v.n, feedback_due = COALESCE(feedback_due, $3), \
+             due_seq = due_seq + v.n, \
+             due_lane = CASE WHEN due_at IS NULL OR due_lane > $2 THEN $2 ELSE due_lane END, \
+             due_at = CASE WHEN due_at IS NULL OR due_at > $3 THEN $3 ELSE due_at END \
+             FROM {} WHERE environments.id = v.id",
+            json_rows(backend, "v", &columns)
         );
+        let args = json_args(&rows, &[Lane::Webhook as i64, now])?;
         let done = sqlx::query_with(&sql, args).execute(&mut *tx).await.map_err(db("update desired"))?;
         if done.rows_affected() != updates.len() as u64 {
             return Err(StoreError::Corrupt {
@@ -1882,35 +1828,43 @@ async fn record_batch(
                 value: format!("{} of {} environments updated", done.rows_affected(), updates.len()),
             });
         }
-        let (sql, args) = match backend {
-            Backend::Postgres => {
-                let rows: Vec<_> =
-                    events.iter().map(|(id, reason)| serde_json::json!({ "env_id": id, "message": reason })).collect();
-                // In the batch's order: the log reads by id.
-                let sql = "INSERT INTO events (env_id, at, kind, message) SELECT e.env_id, $2, 'webhook', e.message \
-                           FROM ROWS FROM (json_to_recordset($1::json) AS (env_id bigint, message text)) \
-                           WITH ORDINALITY AS e(env_id, message, ord) ORDER BY e.ord";
-                (sql.to_owned(), json_args(&rows, &[now])?)
-            }
-            Backend::Sqlite => {
-                let mut b = Binds::default();
-                let at = b.push(now);
-                let kind = b.push("webhook");
-                let rows: Vec<String> = events
-                    .iter()
-                    .map(|(id, reason)| format!("({}, {at}, {kind}, {})", b.push(*id), b.push(reason.to_string())))
-                    .collect();
-                (format!("INSERT INTO events (env_id, at, kind, message) VALUES {}", rows.join(", ")), b.finish()?)
-            }
-        };
+        let rows: Vec<_> =
+            events.iter().map(|(id, reason)| serde_json::json!({ "env_id": id, "message": reason })).collect();
+        // In the batch's order: the log reads by id.
+        let sql = format!(
+            "INSERT INTO events (env_id, at, kind, message) SELECT e.env_id, $2, 'webhook', e.message FROM {} \
+             ORDER BY e.ord",
+            json_rows(backend, "e", &[("env_id", "bigint"), ("message", "text")])
+        );
+        let args = json_args(&rows, &[now])?;
         sqlx::query_with(&sql, args).execute(&mut *tx).await.map_err(db("append event"))?;
     }
     Ok(recorded)
 }
 
-/// The arguments of a PostgreSQL batch statement: its rows as one JSON parameter (`$1`, read with
-/// `json_to_recordset`), then `extra` (`$2`, …). The statement's text is the same whatever the batch's
-/// size, so PostgreSQL parses and plans it once per connection, not once per batch.
+/// A batch's rows, sent as one JSON array (`$1`, see [`json_args`]), as a table `alias` with `columns`
+/// (name, PostgreSQL type) and `ord`, each row's place in the array. The statement's text is the same
+/// whatever the batch's size, so it is parsed and planned once per connection, not once per batch.
+fn json_rows(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> String {
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    match backend {
+        Backend::Postgres => {
+            let typed: Vec<String> = columns.iter().map(|(name, ty)| format!("{name} {ty}")).collect();
+            format!(
+                "ROWS FROM (json_to_recordset($1::json) AS ({})) WITH ORDINALITY AS {alias}({}, ord)",
+                typed.join(", "),
+                names.join(", ")
+            )
+        }
+        Backend::Sqlite => {
+            let read: Vec<String> = names.iter().map(|name| format!("value ->> '{name}' AS {name}")).collect();
+            format!("(SELECT {}, key AS ord FROM json_each($1)) AS {alias}", read.join(", "))
+        }
+    }
+}
+
+/// The arguments of a batch statement: its rows as one JSON parameter (`$1`, read by [`json_rows`]),
+/// then `extra` (`$2`, …).
 fn json_args(rows: &[serde_json::Value], extra: &[i64]) -> Result<AnyArguments<'static>, StoreError> {
     let mut b = Binds::default();
     let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt { what: "batch", value: e.to_string() })?;
@@ -1985,9 +1939,9 @@ async fn mark_due(conn: &mut sqlx::AnyConnection, id: i64, lane: Lane, due_at: i
     Ok(())
 }
 
-/// Numbered placeholders (`$1`, `$2`, … which SQLite and PostgreSQL both read) and their values, for a
-/// statement whose length depends on its batch: each value bound once, numbered in the order it was
-/// pushed, its placeholder usable more than once (sqlx reads `$N` as argument N on SQLite too).
+/// Numbered placeholders (`$1`, `$2`, … which SQLite and PostgreSQL both read) and their values: each
+/// value bound once, numbered in the order it was pushed, its placeholder usable more than once (sqlx
+/// reads `$N` as argument N on SQLite too).
 #[derive(Default)]
 struct Binds {
     args: AnyArguments<'static>,
