@@ -1866,13 +1866,14 @@ fn json_rows(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> String 
 /// The arguments of a batch statement: its rows as one JSON parameter (`$1`, read by [`json_rows`]),
 /// then `extra` (`$2`, …).
 fn json_args(rows: &[serde_json::Value], extra: &[i64]) -> Result<AnyArguments<'static>, StoreError> {
-    let mut b = Binds::default();
+    let bind = |e| StoreError::Db { op: "bind", source: sqlx::Error::Encode(e) };
     let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt { what: "batch", value: e.to_string() })?;
-    b.push(json);
+    let mut args = AnyArguments::default();
+    args.add(json).map_err(bind)?;
     for &v in extra {
-        b.push(v);
+        args.add(v).map_err(bind)?;
     }
-    b.finish()
+    Ok(args)
 }
 
 /// One environment's deliveries of a batch, folded into the row they leave.
@@ -1937,35 +1938,4 @@ async fn mark_due(conn: &mut sqlx::AnyConnection, id: i64, lane: Lane, due_at: i
     .await
     .map_err(db("enqueue"))?;
     Ok(())
-}
-
-/// Numbered placeholders (`$1`, `$2`, … which SQLite and PostgreSQL both read) and their values: each
-/// value bound once, numbered in the order it was pushed, its placeholder usable more than once (sqlx
-/// reads `$N` as argument N on SQLite too).
-#[derive(Default)]
-struct Binds {
-    args: AnyArguments<'static>,
-    n: usize,
-    error: Option<sqlx::error::BoxDynError>,
-}
-
-impl Binds {
-    /// Binds `value`; its placeholder.
-    fn push<T>(&mut self, value: T) -> String
-    where
-        T: 'static + sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any>,
-    {
-        if let Err(e) = self.args.add(value) {
-            self.error.get_or_insert(e);
-        }
-        self.n += 1;
-        format!("${}", self.n)
-    }
-
-    fn finish(self) -> Result<AnyArguments<'static>, StoreError> {
-        match self.error {
-            Some(e) => Err(StoreError::Db { op: "bind", source: sqlx::Error::Encode(e) }),
-            None => Ok(self.args),
-        }
-    }
 }
