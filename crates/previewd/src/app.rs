@@ -49,7 +49,8 @@ impl Application {
             .collect();
         let state = AppState {
             store: store.clone(),
-            deliveries: previewd_store::DeliveryLog::start(store.clone()),
+            deliveries: previewd_store::DeliveryLog::start(store.clone())
+                .context("starting the webhook delivery committer")?,
             queue: reconciler.queue(),
             owner,
             secrets: config.webhook_secrets.clone().into(),

@@ -519,16 +519,18 @@ fn env_from_row(row: &AnyRow) -> Result<EnvRecord, StoreError> {
 /// the writer's lock. A file connection cannot break, so it is not tested before each use (a round trip
 /// to its thread).
 fn sqlite_options(options: AnyPoolOptions, synchronous: &'static str) -> AnyPoolOptions {
-    options.test_before_acquire(false).after_connect(move |conn, _| {
-        Box::pin(async move {
-            use sqlx::Executor as _;
-            conn.execute("PRAGMA journal_mode = WAL").await?;
-            conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str()).await?;
-            conn.execute("PRAGMA foreign_keys = ON").await?;
-            conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
-            Ok(())
-        })
-    })
+    options
+        .test_before_acquire(false)
+        .after_connect(move |conn, _| Box::pin(async move { sqlite_setup(conn, synchronous).await }))
+}
+
+async fn sqlite_setup(conn: &mut sqlx::AnyConnection, synchronous: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Executor as _;
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str()).await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    conn.execute(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str()).await?;
+    Ok(())
 }
 
 fn desired_columns(d: &Desired) -> (i64, Option<String>) {
@@ -621,21 +623,52 @@ impl Store {
         event: &str,
         change: Option<&DesiredChange>,
     ) -> Result<Recorded, StoreError> {
-        let now = now_ms();
-        let (_turn, mut tx) = self.begin_write().await?;
-        let recorded = record_delivery(&mut tx, delivery_id, event, change, now, self.backend).await?;
-        tx.commit().await.map_err(db("commit"))?;
-        Ok(recorded)
+        let mut w = self.write().await?;
+        let delivery = Delivery { id: delivery_id.into(), event: event.into(), change: change.cloned() };
+        record_one(&mut w, &delivery, self.backend).await
     }
 
     /// Records many deliveries in one transaction (one commit, one fsync), in order; a delivery id seen
     /// before, or earlier in `batch`, changes nothing. All are durable when this returns `Ok`, or none is.
     pub async fn record_webhooks(&self, batch: &[Delivery]) -> Result<Vec<Recorded>, StoreError> {
-        let now = now_ms();
-        let (_turn, mut tx) = self.begin_write().await?;
-        let recorded = record_batch(&mut tx, batch, now, self.backend).await?;
-        tx.commit().await.map_err(db("commit"))?;
-        Ok(recorded)
+        let mut w = self.write().await?;
+        record_many(&mut w, batch, self.backend).await
+    }
+
+    /// A connection for the delivery committer alone ([`DeliveryLog`]), opened as the writer's are but
+    /// outside the pool: a batch then pays neither the pool's hand-off nor the round trips sqlx makes to
+    /// test a connection as it leaves and returns to the pool. Waited for no longer than the pool is.
+    pub(crate) async fn open_writer(&self) -> Result<sqlx::AnyConnection, StoreError> {
+        use sqlx::Connection as _;
+        let options = self.writer.connect_options();
+        let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::AnyConnection::connect_with(&options))
+            .await
+            .map_err(|_| StoreError::Db { op: "connect", source: sqlx::Error::PoolTimedOut })?
+            .map_err(db("connect"))?;
+        if self.backend == Backend::Sqlite {
+            sqlite_setup(&mut conn, "FULL").await.map_err(db("connect"))?;
+        }
+        Ok(conn)
+    }
+
+    /// As [`Store::record_webhooks`], on `conn` (from [`Store::open_writer`]).
+    pub(crate) async fn record_webhooks_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        batch: &[Delivery],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let _turn = self.take_turn().await?;
+        record_many(conn, batch, self.backend).await
+    }
+
+    /// As [`Store::record_webhook`], on `conn` (from [`Store::open_writer`]).
+    pub(crate) async fn record_webhook_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        delivery: &Delivery,
+    ) -> Result<Recorded, StoreError> {
+        let _turn = self.take_turn().await?;
+        record_one(conn, delivery, self.backend).await
     }
 
     /// Changes an environment's desired state (the reconciler does when GitHub's answer differs from what
@@ -1687,178 +1720,366 @@ async fn record_delivery(
     Ok(Recorded::New { env_id })
 }
 
-/// A batch of deliveries in a few statements, whatever its size: one insert of the delivery ids (those it
-/// did not insert are duplicates), one read of the environments they change, one update of them all and
-/// one insert of their events. Each environment ends as if its deliveries had been recorded one by one,
-/// in order ([`record_delivery`]); a branch seen for the first time is inserted that way.
-async fn record_batch(
-    tx: &mut sqlx::AnyConnection,
+/// One delivery in a transaction of its own on `conn`, in the caller's turn to write.
+async fn record_one(conn: &mut sqlx::AnyConnection, d: &Delivery, backend: Backend) -> Result<Recorded, StoreError> {
+    use sqlx::Connection as _;
+    let now = now_ms();
+    let mut tx = conn.begin().await.map_err(db("begin"))?;
+    let recorded = record_delivery(&mut tx, &d.id, &d.event, d.change.as_ref(), now, backend).await?;
+    tx.commit().await.map_err(db("commit"))?;
+    Ok(recorded)
+}
+
+/// A batch of deliveries on `conn`, in the caller's turn to write: on PostgreSQL in one statement when it
+/// can be ([`record_batch_at_once`]), else in a transaction ([`record_batch`]).
+async fn record_many(
+    conn: &mut sqlx::AnyConnection,
     batch: &[Delivery],
-    now: i64,
     backend: Backend,
 ) -> Result<Vec<Recorded>, StoreError> {
-    let mut recorded = vec![Recorded::Duplicate; batch.len()];
-    // A delivery id twice in the batch: its first occurrence is the one recorded.
-    let mut seen = HashSet::new();
-    let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert(batch[i].id.as_str())).collect();
-    let outcome = |d: &Delivery| if d.change.is_some() { "recorded" } else { "ignored" };
-    let rows: Vec<_> = firsts
-        .iter()
-        .map(|&i| serde_json::json!({ "id": batch[i].id, "event": batch[i].event, "outcome": outcome(&batch[i]) }))
-        .collect();
-    // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT's FROM as a join's.
-    let sql = format!(
-        "INSERT INTO deliveries (id, event, received_at, outcome) SELECT d.id, d.event, $2, d.outcome FROM {} \
-         WHERE true ON CONFLICT (id) DO NOTHING RETURNING id",
-        json_rows(backend, "d", &[("id", "text"), ("event", "text"), ("outcome", "text")])
-    );
-    let args = json_args(&rows, &[now])?;
-    let new: HashSet<String> = sqlx::query_scalar_with(&sql, args)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db("record delivery"))?
-        .into_iter()
-        .collect();
-
-    // The new deliveries that change a branch, by branch, in order.
-    let mut branches: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
-    for &i in &firsts {
-        if !new.contains(&batch[i].id) {
-            continue;
-        }
-        match &batch[i].change {
-            None => recorded[i] = Recorded::New { env_id: None },
-            Some(c) => branches.entry((c.repo.as_str(), c.branch.as_str())).or_default().push(i),
-        }
-    }
-    if branches.is_empty() {
+    use sqlx::Connection as _;
+    let now = now_ms();
+    let plan = BatchPlan::new(batch);
+    if backend == Backend::Postgres
+        && let Some(recorded) = record_batch_at_once(conn, batch, &plan, now).await?
+    {
         return Ok(recorded);
     }
+    let mut tx = conn.begin().await.map_err(db("begin"))?;
+    let recorded = record_batch(&mut tx, batch, plan, now, backend).await?;
+    tx.commit().await.map_err(db("commit"))?;
+    Ok(recorded)
+}
 
-    // Their rows, locked on PostgreSQL in (repo, branch) order, as every batch locks them.
-    let which: Vec<_> = branches.keys().map(|(r, b)| serde_json::json!({ "r": r, "b": b })).collect();
-    let lock = if backend == Backend::Postgres { " ORDER BY repo, branch FOR UPDATE" } else { "" };
-    let sql = format!(
-        "SELECT id, repo, branch, desired_present, desired_sha, status FROM environments \
-         WHERE (repo, branch) IN (SELECT x.r, x.b FROM {}){lock}",
-        json_rows(backend, "x", &[("r", "text"), ("b", "text")])
-    );
-    let args = json_args(&which, &[])?;
-    let rows = sqlx::query_with(&sql, args).fetch_all(&mut *tx).await.map_err(db("read environment"))?;
-    let mut existing = HashMap::new();
-    for row in &rows {
-        let get = |c: &str| row.try_get::<String, _>(c).map_err(db("read environment"));
-        existing.insert((get("repo")?, get("branch")?), row);
+/// What a batch of deliveries asks for, as if every delivery were new: each delivery id's first
+/// occurrence, and the branches they change, each with its deliveries folded ([`BranchUpdate`]).
+struct BatchPlan<'a> {
+    /// Indexes of the first occurrence of each delivery id; a later one is a duplicate.
+    firsts: Vec<usize>,
+    /// By branch, that branch's deliveries (indexes, in order) and what they change together.
+    branches: BTreeMap<(&'a str, &'a str), (Vec<usize>, BranchUpdate)>,
+}
+
+impl<'a> BatchPlan<'a> {
+    fn new(batch: &'a [Delivery]) -> Self {
+        let mut seen = HashSet::new();
+        let firsts: Vec<usize> = (0..batch.len()).filter(|&i| seen.insert(batch[i].id.as_str())).collect();
+        Self::of(batch, firsts)
     }
 
-    let mut updates = Vec::new();
-    let mut events = Vec::new();
-    for ((repo, branch), deliveries) in &branches {
-        let Some(row) = existing.get(&(repo.to_string(), branch.to_string())) else {
-            // A branch seen for the first time: inserted, then changed, one delivery at a time.
-            for (n, &i) in deliveries.iter().enumerate() {
-                let c = batch[i].change.as_ref().expect("grouped by its change");
-                let id = upsert_desired(tx, c, now, backend, n == 0, Some(Lane::Webhook)).await?;
-                recorded[i] = Recorded::New { env_id: Some(id) };
+    /// The plan for `deliveries` of `batch` only.
+    fn of(batch: &'a [Delivery], deliveries: Vec<usize>) -> Self {
+        let mut by_branch: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+        for &i in &deliveries {
+            if let Some(c) = &batch[i].change {
+                by_branch.entry((c.repo.as_str(), c.branch.as_str())).or_default().push(i);
             }
-            continue;
-        };
-        let id: i64 = row.try_get("id").map_err(db("read environment"))?;
-        let status: String = row.try_get("status").map_err(db("read environment"))?;
-        let mut status =
-            Status::from_str(&status).map_err(|_| StoreError::Corrupt { what: "status", value: status })?;
-        let mut present: i64 = row.try_get("desired_present").map_err(db("read environment"))?;
-        let mut sha: Option<String> = row.try_get("desired_sha").map_err(db("read environment"))?;
-        let (mut any_present, mut display) = (false, None);
-        for &i in deliveries {
-            let c = batch[i].change.as_ref().expect("grouped by its change");
-            let (p, s) = desired_columns(&c.desired);
-            // A `create` event carries no commit: keep the one a push already told us.
-            sha = if p == 1 && s.is_none() && present == 1 { sha } else { s };
-            present = p;
-            status = status.on_new_desire();
-            any_present |= p == 1;
-            display = c.repo_display.clone().or(display);
-            events.push((id, c.reason.as_str()));
-            recorded[i] = Recorded::New { env_id: Some(id) };
         }
-        updates.push(BranchUpdate { id, present, sha, status, any_present, display, n: deliveries.len() as i64 });
-    }
-
-    if !updates.is_empty() {
-        // SQL evaluates every `SET` expression against the row as it was (see `mark_due`, whose
-        // arithmetic this repeats).
-        let rows: Vec<_> = updates
-            .iter()
-            .map(|u| {
-                serde_json::json!({
-                    "id": u.id, "present": u.present, "sha": u.sha, "n": u.n, "status": u.status.as_str(),
-                    "any_present": i64::from(u.any_present), "display": u.display,
-                })
+        let branches = by_branch
+            .into_iter()
+            .map(|(key, is)| {
+                let update = BranchUpdate::fold(is.iter().filter_map(|&i| batch[i].change.as_ref()));
+                (key, (is, update))
             })
             .collect();
-        let columns = [
-            ("id", "bigint"),
-            ("present", "bigint"),
-            ("sha", "text"),
-            ("n", "bigint"),
-            ("status", "text"),
-            ("any_present", "bigint"),
-            ("display", "text"),
-        ];
-        let sql = format!(
-            "UPDATE environments SET desired_present = v.present, desired_sha = v.sha, \
-             desired_seq = desired_seq + v.n, desired_at = $3, status = v.status, attempts = 0, \
-             retries = 0, missing_since = CASE WHEN v.any_present = 1 THEN NULL ELSE missing_since END, \
+        Self { firsts: deliveries, branches }
+    }
+
+    /// The deliveries' rows for `INSERT INTO deliveries`, read by [`json_rows`] with [`DELIVERY_COLUMNS`].
+    fn deliveries(&self, batch: &[Delivery]) -> Vec<serde_json::Value> {
+        let outcome = |d: &Delivery| if d.change.is_some() { "recorded" } else { "ignored" };
+        self.firsts
+            .iter()
+            .map(|&i| serde_json::json!({ "id": batch[i].id, "event": batch[i].event, "outcome": outcome(&batch[i]) }))
+            .collect()
+    }
+
+    /// The branches' rows for [`BranchUpdate::set_clause`], read with [`UPDATE_COLUMNS`].
+    fn updates(&self) -> Vec<serde_json::Value> {
+        self.branches.iter().map(|(&(repo, branch), (_, u))| u.json(repo, branch)).collect()
+    }
+
+    /// One event row per delivery that changes a branch, in the batch's order, read with [`EVENT_COLUMNS`].
+    fn events(&self, batch: &[Delivery]) -> Vec<serde_json::Value> {
+        let mut rows: Vec<_> = self.branches.values().flat_map(|(is, _)| is.iter().copied()).collect();
+        rows.sort_unstable();
+        rows.iter()
+            .filter_map(|&i| batch[i].change.as_ref())
+            .map(|c| serde_json::json!({ "repo": c.repo.as_str(), "branch": c.branch.as_str(), "message": c.reason }))
+            .collect()
+    }
+}
+
+const DELIVERY_COLUMNS: [(&str, &str); 3] = [("id", "text"), ("event", "text"), ("outcome", "text")];
+const UPDATE_COLUMNS: [(&str, &str); 8] = [
+    ("repo", "text"),
+    ("branch", "text"),
+    ("present", "bigint"),
+    ("sha", "text"),
+    ("keep_sha", "bigint"),
+    ("n", "bigint"),
+    ("any_present", "bigint"),
+    ("display", "text"),
+];
+const EVENT_COLUMNS: [(&str, &str); 3] = [("repo", "text"), ("branch", "text"), ("message", "text")];
+
+/// One environment's deliveries of a batch, folded into what they change without reading the row first:
+/// applied by [`BranchUpdate::set_clause`] to the row as it was, they leave what applying them one at a time
+/// would ([`upsert_desired`]).
+#[derive(Debug, Default)]
+struct BranchUpdate {
+    present: i64,
+    sha: Option<String>,
+    /// Every delivery carried a present state without a commit (a `create`): the recorded commit stays if
+    /// the branch was wanted already, as it does one delivery at a time. `sha` is then `None`.
+    keep_sha: bool,
+    /// Some delivery said the branch exists: no longer missing or expired, pushed now.
+    any_present: bool,
+    /// The last spelling of the repository a delivery carried.
+    display: Option<String>,
+    n: i64,
+}
+
+impl BranchUpdate {
+    /// `SET` of an `UPDATE environments … FROM {rows} AS v`, with `$2` the webhook lane and `$3` now. SQL
+    /// evaluates every `SET` expression against the row as it was (see `mark_due`, whose arithmetic this
+    /// repeats). The status moves as [`Status::on_new_desire`] moves it, once: it moves nowhere further.
+    fn set_clause() -> String {
+        let moves: String = Status::ALL
+            .into_iter()
+            .filter(|s| s.on_new_desire() != *s)
+            .map(|s| format!(" WHEN '{}' THEN '{}'", s.as_str(), s.on_new_desire().as_str()))
+            .collect();
+        format!(
+            "SET desired_present = v.present, \
+             desired_sha = CASE WHEN v.keep_sha = 1 AND desired_present = 1 THEN desired_sha ELSE v.sha END, \
+             desired_seq = desired_seq + v.n, desired_at = $3, status = CASE status{moves} ELSE status END, \
+             attempts = 0, retries = 0, \
+             missing_since = CASE WHEN v.any_present = 1 THEN NULL ELSE missing_since END, \
              expired_at = CASE WHEN v.any_present = 1 THEN NULL ELSE expired_at END, \
              pushed_at = CASE WHEN v.any_present = 1 THEN $3 ELSE pushed_at END, \
              repo_display = COALESCE(v.display, repo_display), updated_at = $3, \
              observed_rev = observed_rev + v.n, feedback_due = COALESCE(feedback_due, $3), \
              due_seq = due_seq + v.n, \
              due_lane = CASE WHEN due_at IS NULL OR due_lane > $2 THEN $2 ELSE due_lane END, \
-             due_at = CASE WHEN due_at IS NULL OR due_at > $3 THEN $3 ELSE due_at END \
-             FROM {} WHERE environments.id = v.id",
-            json_rows(backend, "v", &columns)
-        );
-        let args = json_args(&rows, &[Lane::Webhook as i64, now])?;
-        let done = sqlx::query_with(&sql, args).execute(&mut *tx).await.map_err(db("update desired"))?;
-        if done.rows_affected() != updates.len() as u64 {
-            return Err(StoreError::Corrupt {
-                what: "environment",
-                value: format!("{} of {} environments updated", done.rows_affected(), updates.len()),
-            });
+             due_at = CASE WHEN due_at IS NULL OR due_at > $3 THEN $3 ELSE due_at END"
+        )
+    }
+
+    fn fold<'c>(changes: impl IntoIterator<Item = &'c DesiredChange>) -> Self {
+        // `None`: as recorded before the batch.
+        let mut present: Option<i64> = None;
+        let mut u = BranchUpdate::default();
+        for c in changes {
+            let (p, s) = desired_columns(&c.desired);
+            if p == 1 && s.is_none() {
+                // A `create` event carries no commit: keep the one a push already told us.
+                match present {
+                    Some(1) => {}
+                    Some(_) => u.sha = None,
+                    None => u.keep_sha = true,
+                }
+            } else {
+                (u.sha, u.keep_sha) = (s, false);
+            }
+            present = Some(p);
+            u.any_present |= p == 1;
+            u.display = c.repo_display.clone().or(u.display);
+            u.n += 1;
         }
-        let rows: Vec<_> =
-            events.iter().map(|(id, reason)| serde_json::json!({ "env_id": id, "message": reason })).collect();
+        u.present = present.unwrap_or(0);
+        u
+    }
+
+    fn json(&self, repo: &str, branch: &str) -> serde_json::Value {
+        serde_json::json!({
+            "repo": repo, "branch": branch, "present": self.present, "sha": self.sha,
+            "keep_sha": i64::from(self.keep_sha), "n": self.n, "any_present": i64::from(self.any_present),
+            "display": self.display,
+        })
+    }
+}
+
+/// PostgreSQL: a batch in one statement, so in one round trip with no `BEGIN` or `COMMIT` of its own,
+/// when every delivery is new and every branch it changes is recorded (the usual case: GitHub
+/// redelivers rarely, and a branch is new once). Otherwise it changes nothing and answers `None`. The
+/// branches' rows are locked in (repo, branch) order, as every batch locks them. A delivery id inserted
+/// meanwhile by another replica fails the statement, and with it the whole batch.
+async fn record_batch_at_once(
+    conn: &mut sqlx::AnyConnection,
+    batch: &[Delivery],
+    plan: &BatchPlan<'_>,
+    now: i64,
+) -> Result<Option<Vec<Recorded>>, StoreError> {
+    let sql = format!(
+        "WITH env AS (SELECT id, repo, branch FROM environments \
+           WHERE (repo, branch) IN (SELECT v.repo, v.branch FROM {v}) ORDER BY repo, branch FOR UPDATE), \
+         ok AS (SELECT (SELECT count(*) FROM env) = $6 \
+           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE id IN (SELECT d.id FROM {d})) AS ok), \
+         ins AS (INSERT INTO deliveries (id, event, received_at, outcome) SELECT d.id, d.event, $3, d.outcome \
+           FROM {d} WHERE (SELECT ok FROM ok) RETURNING 1), \
+         upd AS (UPDATE environments {set} FROM {v}, env \
+           WHERE (SELECT ok FROM ok) AND environments.id = env.id AND env.repo = v.repo AND env.branch = v.branch \
+           RETURNING environments.id, environments.repo, environments.branch), \
+         ev AS (INSERT INTO events (env_id, at, kind, message) SELECT env.id, $3, 'webhook', e.message \
+           FROM {e} JOIN env ON env.repo = e.repo AND env.branch = e.branch WHERE (SELECT ok FROM ok) \
+           ORDER BY e.ord RETURNING 1) \
+         SELECT (SELECT ok FROM ok)::int::bigint AS ok, (SELECT count(*) FROM ins) AS ins, \
+           (SELECT count(*) FROM ev) AS ev, upd.id, upd.repo, upd.branch FROM (SELECT 1) AS one \
+           LEFT JOIN upd ON true",
+        v = json_rows_at(Backend::Postgres, 1, "v", &UPDATE_COLUMNS),
+        d = json_rows_at(Backend::Postgres, 4, "d", &DELIVERY_COLUMNS),
+        e = json_rows_at(Backend::Postgres, 5, "e", &EVENT_COLUMNS),
+        set = BranchUpdate::set_clause(),
+    );
+    let events = plan.events(batch);
+    let mut args = json_args(&plan.updates(), &[Lane::Webhook as i64, now])?;
+    bind_json(&mut args, &plan.deliveries(batch))?;
+    bind_json(&mut args, &events)?;
+    bind(&mut args, plan.branches.len() as i64)?;
+    let rows = sqlx::query_with(&sql, args).fetch_all(&mut *conn).await.map_err(db("record deliveries"))?;
+    let first = rows.first().ok_or(StoreError::Corrupt { what: "batch", value: "no answer".into() })?;
+    let count = |row: &AnyRow, c: &str| row.try_get::<i64, _>(c).map_err(db("record deliveries"));
+    if count(first, "ok")? != 1 {
+        return Ok(None);
+    }
+    let mut ids = HashMap::new();
+    for row in rows.iter().filter(|r| matches!(r.try_get::<Option<i64>, _>("id"), Ok(Some(_)))) {
+        let get = |c: &str| row.try_get::<String, _>(c).map_err(db("record deliveries"));
+        ids.insert((get("repo")?, get("branch")?), count(row, "id")?);
+    }
+    let done = (count(first, "ins")?, ids.len(), count(first, "ev")?);
+    if done != (plan.firsts.len() as i64, plan.branches.len(), events.len() as i64) {
+        return Err(StoreError::Corrupt { what: "batch", value: format!("recorded {done:?} of {}", batch.len()) });
+    }
+    Ok(Some(plan.recorded(batch, |repo, branch| ids.get(&(repo.to_owned(), branch.to_owned())).copied())))
+}
+
+impl BatchPlan<'_> {
+    /// Each delivery's answer: a duplicate unless it is a first occurrence, and then the environment it
+    /// changed (`env_id` by repo and branch), if any.
+    fn recorded(&self, batch: &[Delivery], env_id: impl Fn(&str, &str) -> Option<i64>) -> Vec<Recorded> {
+        let mut recorded = vec![Recorded::Duplicate; batch.len()];
+        for &i in &self.firsts {
+            let env_id = batch[i].change.as_ref().and_then(|c| env_id(c.repo.as_str(), c.branch.as_str()));
+            recorded[i] = Recorded::New { env_id };
+        }
+        recorded
+    }
+}
+
+/// A batch of deliveries in a few statements, whatever its size: one insert of the delivery ids (those it
+/// did not insert are duplicates), one update of the environments they change (on PostgreSQL after
+/// locking them in (repo, branch) order, as every batch locks them) and one insert of their events. Each
+/// environment ends as if its deliveries had been recorded one by one, in order ([`record_delivery`]); a
+/// branch seen for the first time is inserted that way.
+async fn record_batch(
+    tx: &mut sqlx::AnyConnection,
+    batch: &[Delivery],
+    plan: BatchPlan<'_>,
+    now: i64,
+    backend: Backend,
+) -> Result<Vec<Recorded>, StoreError> {
+    // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT's FROM as a join's.
+    let sql = format!(
+        "INSERT INTO deliveries (id, event, received_at, outcome) SELECT d.id, d.event, $2, d.outcome FROM {} \
+         WHERE true ON CONFLICT (id) DO NOTHING RETURNING id",
+        json_rows(backend, "d", &DELIVERY_COLUMNS)
+    );
+    let args = json_args(&plan.deliveries(batch), &[now])?;
+    let new: HashSet<String> = sqlx::query_scalar_with(&sql, args)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("record delivery"))?
+        .into_iter()
+        .collect();
+    // The new deliveries only, if some were not.
+    let plan = if new.len() == plan.firsts.len() {
+        plan
+    } else {
+        BatchPlan::of(batch, plan.firsts.into_iter().filter(|&i| new.contains(&batch[i].id)).collect())
+    };
+    let mut ids = HashMap::new();
+    if !plan.branches.is_empty() {
+        let updates = plan.updates();
+        if backend == Backend::Postgres {
+            let sql = format!(
+                "SELECT id FROM environments WHERE (repo, branch) IN (SELECT v.repo, v.branch FROM {}) \
+                 ORDER BY repo, branch FOR UPDATE",
+                json_rows(backend, "v", &UPDATE_COLUMNS)
+            );
+            sqlx::query_with(&sql, json_args(&updates, &[])?)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("lock environment"))?;
+        }
+        let sql = format!(
+            "UPDATE environments {} FROM {} WHERE environments.repo = v.repo AND environments.branch = v.branch \
+             RETURNING environments.id, environments.repo, environments.branch",
+            BranchUpdate::set_clause(),
+            json_rows(backend, "v", &UPDATE_COLUMNS)
+        );
+        let args = json_args(&updates, &[Lane::Webhook as i64, now])?;
+        for row in sqlx::query_with(&sql, args).fetch_all(&mut *tx).await.map_err(db("update desired"))? {
+            let get = |c: &str| row.try_get::<String, _>(c).map_err(db("update desired"));
+            ids.insert((get("repo")?, get("branch")?), row.try_get::<i64, _>("id").map_err(db("update desired"))?);
+        }
+    }
+    let mut events = Vec::new();
+    for (&(repo, branch), (deliveries, _)) in &plan.branches {
+        let key = (repo.to_owned(), branch.to_owned());
+        match ids.get(&key) {
+            Some(&id) => events.extend(deliveries.iter().map(|&i| (i, id))),
+            // A branch seen for the first time: inserted, then changed, one delivery at a time.
+            None => {
+                for (n, &i) in deliveries.iter().enumerate() {
+                    let c = batch[i].change.as_ref().expect("grouped by its change");
+                    ids.insert(key.clone(), upsert_desired(tx, c, now, backend, n == 0, Some(Lane::Webhook)).await?);
+                }
+            }
+        }
+    }
+    if !events.is_empty() {
         // In the batch's order: the log reads by id.
+        events.sort_unstable();
+        let rows: Vec<_> = events
+            .iter()
+            .filter_map(|&(i, id)| {
+                Some(serde_json::json!({ "env_id": id, "message": batch[i].change.as_ref()?.reason }))
+            })
+            .collect();
         let sql = format!(
             "INSERT INTO events (env_id, at, kind, message) SELECT e.env_id, $2, 'webhook', e.message FROM {} \
              ORDER BY e.ord",
             json_rows(backend, "e", &[("env_id", "bigint"), ("message", "text")])
         );
-        let args = json_args(&rows, &[now])?;
-        sqlx::query_with(&sql, args).execute(&mut *tx).await.map_err(db("append event"))?;
+        sqlx::query_with(&sql, json_args(&rows, &[now])?).execute(&mut *tx).await.map_err(db("append event"))?;
     }
-    Ok(recorded)
+    Ok(plan.recorded(batch, |repo, branch| ids.get(&(repo.to_owned(), branch.to_owned())).copied()))
 }
 
 /// A batch's rows, sent as one JSON array (`$1`, see [`json_args`]), as a table `alias` with `columns`
 /// (name, PostgreSQL type) and `ord`, each row's place in the array. The statement's text is the same
 /// whatever the batch's size, so it is parsed and planned once per connection, not once per batch.
 fn json_rows(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> String {
+    json_rows_at(backend, 1, alias, columns)
+}
+
+/// As [`json_rows`], from parameter `$param`.
+fn json_rows_at(backend: Backend, param: usize, alias: &str, columns: &[(&str, &str)]) -> String {
     let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
     match backend {
         Backend::Postgres => {
             let typed: Vec<String> = columns.iter().map(|(name, ty)| format!("{name} {ty}")).collect();
             format!(
-                "ROWS FROM (json_to_recordset($1::json) AS ({})) WITH ORDINALITY AS {alias}({}, ord)",
+                "ROWS FROM (json_to_recordset(${param}::json) AS ({})) WITH ORDINALITY AS {alias}({}, ord)",
                 typed.join(", "),
                 names.join(", ")
             )
         }
         Backend::Sqlite => {
             let read: Vec<String> = names.iter().map(|name| format!("value ->> '{name}' AS {name}")).collect();
-            format!("(SELECT {}, key AS ord FROM json_each($1)) AS {alias}", read.join(", "))
+            format!("(SELECT {}, key AS ord FROM json_each(${param})) AS {alias}", read.join(", "))
         }
     }
 }
@@ -1866,26 +2087,21 @@ fn json_rows(backend: Backend, alias: &str, columns: &[(&str, &str)]) -> String 
 /// The arguments of a batch statement: its rows as one JSON parameter (`$1`, read by [`json_rows`]),
 /// then `extra` (`$2`, …).
 fn json_args(rows: &[serde_json::Value], extra: &[i64]) -> Result<AnyArguments<'static>, StoreError> {
-    let bind = |e| StoreError::Db { op: "bind", source: sqlx::Error::Encode(e) };
-    let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt { what: "batch", value: e.to_string() })?;
     let mut args = AnyArguments::default();
-    args.add(json).map_err(bind)?;
+    bind_json(&mut args, rows)?;
     for &v in extra {
-        args.add(v).map_err(bind)?;
+        bind(&mut args, v)?;
     }
     Ok(args)
 }
 
-/// One environment's deliveries of a batch, folded into the row they leave.
-struct BranchUpdate {
-    id: i64,
-    present: i64,
-    sha: Option<String>,
-    status: Status,
-    /// Some delivery said the branch exists: no longer missing or expired, pushed now.
-    any_present: bool,
-    display: Option<String>,
-    n: i64,
+fn bind_json(args: &mut AnyArguments<'static>, rows: &[serde_json::Value]) -> Result<(), StoreError> {
+    let json = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt { what: "batch", value: e.to_string() })?;
+    args.add(json).map_err(|e| StoreError::Db { op: "bind", source: sqlx::Error::Encode(e) })
+}
+
+fn bind(args: &mut AnyArguments<'static>, v: i64) -> Result<(), StoreError> {
+    args.add(v).map_err(|e| StoreError::Db { op: "bind", source: sqlx::Error::Encode(e) })
 }
 
 /// Takes the write lock before a transaction reads what it then changes: SQLite refuses to turn a read
@@ -1938,4 +2154,109 @@ async fn mark_due(conn: &mut sqlx::AnyConnection, id: i64, lane: Lane, due_at: i
     .await
     .map_err(db("enqueue"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use previewd_domain::DnsZone;
+    use sqlx::{Connection as _, Executor as _};
+
+    use super::*;
+
+    fn change(branch: &str, desired: Desired) -> DesiredChange {
+        let repo = RepoName::new("acme/shop").expect("repo");
+        let branch = BranchName::new(branch).expect("branch");
+        let zone = DnsZone::new("p.example.com").expect("zone");
+        let names = EnvNames::new(&OwnerId::new("t").expect("owner"), &repo, &branch, &zone);
+        DesiredChange { repo, repo_display: None, branch, names, fallback: None, desired, reason: "test".into() }
+    }
+
+    fn push(id: &str, branch: &str, sha: Option<char>) -> Delivery {
+        let sha = sha.map(|c| CommitSha::new(&c.to_string().repeat(40)).expect("sha"));
+        Delivery { id: id.into(), event: "push".into(), change: Some(change(branch, Desired::Present { sha })) }
+    }
+
+    /// The one-statement path on PostgreSQL, called directly (the store suite cannot tell which path a
+    /// batch took): it records a batch of new deliveries for recorded branches, and leaves everything as
+    /// it was, answering `None`, when a delivery was seen before or a branch is new.
+    #[tokio::test]
+    async fn postgres_records_a_usual_batch_in_one_statement_and_nothing_else() {
+        let admin = std::env::var("PREVIEWD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        if admin == "skip" {
+            eprintln!("PostgreSQL skipped: PREVIEWD_TEST_POSTGRES_URL=skip");
+            return;
+        }
+        sqlx::any::install_default_drivers();
+        let name = format!("previewd_unit_{}", std::process::id());
+        let pool = AnyPool::connect(&admin).await.expect("PostgreSQL reachable (or PREVIEWD_TEST_POSTGRES_URL=skip)");
+        pool.execute(format!("DROP DATABASE IF EXISTS {name}").as_str()).await.expect("drop");
+        pool.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create");
+        let (base, _) = admin.rsplit_once('/').expect("url with a database");
+        let store = Store::connect(&format!("{base}/{name}")).await.expect("connect");
+        let mut conn = store.open_writer().await.expect("writer");
+
+        let a = store.record_webhook("a-0", "push", push("a-0", "a", Some('1')).change.as_ref()).await.expect("a");
+        let b = store.record_webhook("b-0", "push", push("b-0", "b", Some('1')).change.as_ref()).await.expect("b");
+        let (Recorded::New { env_id: Some(a) }, Recorded::New { env_id: Some(b) }) = (a.clone(), b.clone()) else {
+            panic!("{a:?} {b:?}")
+        };
+        let state = async |store: &Store| {
+            let env = |id| async move { store.get(id).await.expect("get").expect("env") };
+            let (ea, eb) = (env(a).await, env(b).await);
+            let events =
+                store.events(a, 100).await.expect("events").len() + store.events(b, 100).await.expect("events").len();
+            (
+                store.delivery_count().await.expect("count"),
+                ea.desired,
+                ea.desired_seq,
+                eb.desired,
+                eb.desired_seq,
+                events,
+            )
+        };
+
+        // A push then a `create` (no commit) on `a`, a ping, and a push on `b` twice by the same id.
+        let ping = Delivery { id: "p-1".into(), event: "ping".into(), change: None };
+        let batch = [
+            push("a-1", "a", Some('2')),
+            push("a-2", "a", None),
+            ping,
+            push("b-1", "b", Some('3')),
+            push("b-1", "b", Some('4')),
+        ];
+        let plan = BatchPlan::new(&batch);
+        let recorded =
+            record_batch_at_once(&mut conn, &batch, &plan, now_ms()).await.expect("batch").expect("in one statement");
+        let new = |env_id| Recorded::New { env_id };
+        assert_eq!(recorded, [new(Some(a)), new(Some(a)), new(None), new(Some(b)), Recorded::Duplicate]);
+        let sha = |c: char| Some(CommitSha::new(&c.to_string().repeat(40)).expect("sha"));
+        let after = state(&store).await;
+        assert_eq!(
+            after,
+            (6, Desired::Present { sha: sha('2') }, 3, Desired::Present { sha: sha('3') }, 2, 5),
+            "deliveries, each branch's desired state and generation, and the events"
+        );
+
+        // A delivery seen before, or a branch not recorded yet: not in one statement, and nothing changed.
+        for batch in [
+            [push("a-3", "a", Some('5')), push("b-1", "b", Some('5'))],
+            [push("a-4", "a", Some('5')), push("c-0", "c", Some('5'))],
+        ] {
+            let plan = BatchPlan::new(&batch);
+            assert_eq!(record_batch_at_once(&mut conn, &batch, &plan, now_ms()).await.expect("batch"), None);
+            assert_eq!(state(&store).await, after);
+            assert!(
+                store
+                    .find(&RepoName::new("acme/shop").expect("repo"), &BranchName::new("c").expect("branch"))
+                    .await
+                    .expect("find")
+                    .is_none()
+            );
+        }
+
+        conn.close().await.expect("close");
+        store.close().await;
+        pool.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.expect("drop");
+    }
 }
