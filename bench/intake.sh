@@ -8,6 +8,7 @@
 # webhook (Debian) if missing. Rerun with
 #   INTAKE_SECONDS=10 INTAKE_CONNECTIONS="1 50 500" INTAKE_TARGETS="webhook previewd" \
 #     INTAKE_BACKENDS="sqlite postgres" bench/intake.sh
+# INTAKE_BIN=PATH measures another build of previewd (an earlier commit's, say) instead of this one's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q "${need[@]}" >&2
 fi
 
-if [[ " $targets " == *" previewd "* ]]; then
+bin="${INTAKE_BIN:-target/release/previewd}"
+if [[ " $targets " == *" previewd "* ]] && [ -z "${INTAKE_BIN:-}" ]; then
   echo "==> cargo build --release -p previewd" >&2
   cargo build --release -p previewd --locked >&2
 fi
@@ -196,7 +198,7 @@ blueprint = "webapp"
 EOF
     PREVIEWD_CONFIG="$work/previewd-$backend.toml" AWS_ENDPOINT_URL=http://127.0.0.1:$silent_port AWS_REGION=us-east-1 \
       AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_EC2_METADATA_DISABLED=true \
-      target/release/previewd serve >/dev/null 2>"$work/previewd-$backend.log" &
+      "$bin" serve >/dev/null 2>"$work/previewd-$backend.log" &
     server=$!
     for i in $(seq 600); do
       curl -fso /dev/null "http://127.0.0.1:$port/healthz" && break
