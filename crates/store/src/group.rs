@@ -37,10 +37,20 @@ impl DeliveryLog {
     /// Starts the committer on a thread of its own. It ends when every handle is gone.
     pub fn start(store: Store) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new()
-            .name("previewd-intake".into())
-            .spawn(move || runtime.block_on(commit_loop(store, rx)))?;
+        // The runtime is made on its thread: one dropped here, inside the caller's runtime, would panic.
+        let (started, start) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new().name("previewd-intake".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => {
+                    let _ = started.send(Ok(()));
+                    runtime.block_on(commit_loop(store, rx));
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                }
+            }
+        })?;
+        start.recv().map_err(|_| std::io::Error::other("the committer's thread ended before it started"))??;
         Ok(Self { tx })
     }
 
@@ -72,15 +82,25 @@ async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>) {
             Err(e) if deliveries.len() > 1 => {
                 tracing::warn!(error = ?e, n = deliveries.len(), "a batch of deliveries failed: recording them one by one");
                 conn = None;
-                for (d, reply) in deliveries.iter().zip(replies) {
-                    let result = match connection(&store, &mut conn).await {
-                        Ok(c) => store.record_webhook_on(c, d).await,
-                        Err(e) => Err(e),
+                let mut pending = deliveries.iter().zip(replies);
+                for (d, reply) in pending.by_ref() {
+                    let c = match connection(&store, &mut conn).await {
+                        Ok(c) => c,
+                        // No database to record them in: the rest are not tried, each waiting out the
+                        // connection's timeout again.
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            break;
+                        }
                     };
+                    let result = store.record_webhook_on(c, d).await;
                     if result.is_err() {
                         conn = None;
                     }
                     let _ = reply.send(result);
+                }
+                for (_, reply) in pending {
+                    let _ = reply.send(Err(StoreError::Unavailable));
                 }
             }
             Err(e) => {
@@ -132,5 +152,26 @@ mod tests {
         }
         assert_eq!(new, 3, "the repeated id is a duplicate, in a batch or not");
         assert_eq!(store.delivery_count().await.expect("count"), 3);
+    }
+
+    #[tokio::test]
+    async fn without_a_database_every_sender_hears_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
+        // The committer opens its connection with the first batch: in a directory gone by then, it cannot.
+        drop(dir);
+        let log = DeliveryLog::start(store).expect("committer");
+        let send = |id: &str| {
+            let (log, id) = (log.clone(), id.to_owned());
+            tokio::spawn(async move { log.record(Delivery { id, event: "ping".into(), change: None }).await })
+        };
+        let answers: Vec<_> = ["a", "b", "c"].into_iter().map(send).collect();
+        for a in answers {
+            let answer = a.await.expect("task");
+            assert!(
+                matches!(answer, Err(StoreError::Db { op: "connect", .. } | StoreError::Unavailable)),
+                "{answer:?}"
+            );
+        }
     }
 }
