@@ -1857,7 +1857,12 @@ impl BranchUpdate {
     /// `SET` of an `UPDATE environments … FROM {rows} AS v`, with `$2` the webhook lane and `$3` now. SQL
     /// evaluates every `SET` expression against the row as it was (see `mark_due`, whose arithmetic this
     /// repeats). The status moves as [`Status::on_new_desire`] moves it, once: it moves nowhere further.
-    fn set_clause() -> String {
+    fn set_clause() -> &'static str {
+        static SET: std::sync::LazyLock<String> = std::sync::LazyLock::new(BranchUpdate::make_set_clause);
+        &SET
+    }
+
+    fn make_set_clause() -> String {
         let moves: String = Status::ALL
             .into_iter()
             .filter(|s| s.on_new_desire() != *s)
@@ -1924,8 +1929,10 @@ async fn record_batch_at_once(
     plan: &BatchPlan<'_>,
     now: i64,
 ) -> Result<Option<Vec<Recorded>>, StoreError> {
-    let sql = format!(
-        "WITH v AS (SELECT * FROM {v}), d AS (SELECT * FROM {d}), \
+    // Its text is made once: it is the same for every batch.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH v AS (SELECT * FROM {v}), d AS (SELECT * FROM {d}), \
          env AS (SELECT id, repo, branch FROM environments WHERE (repo, branch) IN (SELECT repo, branch FROM v) \
            ORDER BY repo, branch FOR UPDATE), \
          ok AS (SELECT (SELECT count(*) FROM env) = $6 \
@@ -1941,17 +1948,18 @@ async fn record_batch_at_once(
          SELECT (SELECT ok FROM ok)::int::bigint AS ok, (SELECT count(*) FROM ins) AS ins, \
            (SELECT count(*) FROM ev) AS ev, upd.id, upd.repo, upd.branch FROM (SELECT 1) AS one \
            LEFT JOIN upd ON true",
-        v = json_rows_at(Backend::Postgres, 1, "v", &UPDATE_COLUMNS),
-        d = json_rows_at(Backend::Postgres, 4, "d", &DELIVERY_COLUMNS),
-        e = json_rows_at(Backend::Postgres, 5, "e", &EVENT_COLUMNS),
-        set = BranchUpdate::set_clause(),
-    );
+            v = json_rows_at(Backend::Postgres, 1, "v", &UPDATE_COLUMNS),
+            d = json_rows_at(Backend::Postgres, 4, "d", &DELIVERY_COLUMNS),
+            e = json_rows_at(Backend::Postgres, 5, "e", &EVENT_COLUMNS),
+            set = BranchUpdate::set_clause(),
+        )
+    });
     let events = plan.events(batch);
     let mut args = json_args(&plan.updates(), &[Lane::Webhook as i64, now])?;
     bind_json(&mut args, &plan.deliveries(batch))?;
     bind_json(&mut args, &events)?;
     bind(&mut args, plan.branches.len() as i64)?;
-    let rows = match sqlx::query_with(&sql, args).fetch_all(&mut *conn).await {
+    let rows = match sqlx::query_with(SQL.as_str(), args).fetch_all(&mut *conn).await {
         Ok(rows) => rows,
         // Another replica recorded one of these deliveries meanwhile (a unique violation), or holds it
         // uncommitted while it waits for a row this statement locked (a deadlock, which PostgreSQL ends):
@@ -2297,7 +2305,19 @@ mod tests {
             let plan = BatchPlan::new(&batch);
             record_batch_at_once(&mut conn, &batch, &plan, now_ms()).await.map(|r| (r, conn))
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Until the statement waits for the other transaction's id.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .expect("activity")
+            == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "the statement never waited for the other id");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tx.commit().await.expect("commit");
         let (answer, conn) = racing.await.expect("task").expect("a conflict is no error");
         assert_eq!(answer, None);
