@@ -627,8 +627,7 @@ impl Store {
         change: Option<&DesiredChange>,
     ) -> Result<Recorded, StoreError> {
         let mut w = self.write().await?;
-        let delivery = Delivery { id: delivery_id.into(), event: event.into(), change: change.cloned() };
-        record_one(&mut w, &delivery, self.backend).await
+        record_one(&mut w, delivery_id, event, change, self.backend).await
     }
 
     /// Records many deliveries in one transaction (one commit, one fsync), in order; a delivery id seen
@@ -681,7 +680,7 @@ impl Store {
         delivery: &Delivery,
     ) -> Result<Recorded, StoreError> {
         let _turn = self.take_turn().await?;
-        record_one(conn, delivery, self.backend).await
+        record_one(conn, &delivery.id, &delivery.event, delivery.change.as_ref(), self.backend).await
     }
 
     /// Changes an environment's desired state (the reconciler does when GitHub's answer differs from what
@@ -1734,11 +1733,17 @@ async fn record_delivery(
 }
 
 /// One delivery in a transaction of its own on `conn`, in the caller's turn to write.
-async fn record_one(conn: &mut sqlx::AnyConnection, d: &Delivery, backend: Backend) -> Result<Recorded, StoreError> {
+async fn record_one(
+    conn: &mut sqlx::AnyConnection,
+    delivery_id: &str,
+    event: &str,
+    change: Option<&DesiredChange>,
+    backend: Backend,
+) -> Result<Recorded, StoreError> {
     use sqlx::Connection as _;
     let now = now_ms();
     let mut tx = conn.begin().await.map_err(db("begin"))?;
-    let recorded = record_delivery(&mut tx, &d.id, &d.event, d.change.as_ref(), now, backend).await?;
+    let recorded = record_delivery(&mut tx, delivery_id, event, change, now, backend).await?;
     tx.commit().await.map_err(db("commit"))?;
     Ok(recorded)
 }
@@ -1810,6 +1815,18 @@ impl<'a> BatchPlan<'a> {
     /// The branches' rows for [`BranchUpdate::set_clause`], read with [`UPDATE_COLUMNS`].
     fn updates(&self) -> Vec<serde_json::Value> {
         self.branches.iter().map(|(&(repo, branch), (_, u))| u.json(repo, branch)).collect()
+    }
+
+    /// Each delivery's answer: a duplicate unless it is a first occurrence, and then the environment it
+    /// changed (`env_id` by repo and branch), if any.
+    fn recorded(&self, batch: &[Delivery], env_ids: &HashMap<(String, String), i64>) -> Vec<Recorded> {
+        let mut recorded = vec![Recorded::Duplicate; batch.len()];
+        let key = |c: &DesiredChange| (c.repo.to_string(), c.branch.to_string());
+        for &i in &self.firsts {
+            recorded[i] =
+                Recorded::New { env_id: batch[i].change.as_ref().and_then(|c| env_ids.get(&key(c)).copied()) };
+        }
+        recorded
     }
 
     /// One event row per delivery that changes a branch, in the batch's order, read with [`EVENT_COLUMNS`].
@@ -1970,16 +1987,12 @@ async fn record_batch_at_once(
     // From here the statement has committed: its answer is read, and not second-guessed into an error
     // that would have the deliveries recorded again.
     let first = rows.first().ok_or(StoreError::Corrupt { what: "batch", value: "no answer".into() })?;
-    let count = |row: &AnyRow, c: &str| row.try_get::<i64, _>(c).map_err(db("record deliveries"));
-    if count(first, "ok")? != 1 {
+    let int = |c: &str| first.try_get::<i64, _>(c).map_err(db("record deliveries"));
+    if int("ok")? != 1 {
         return Ok(None);
     }
-    let mut ids = HashMap::new();
-    for row in rows.iter().filter(|r| matches!(r.try_get::<Option<i64>, _>("id"), Ok(Some(_)))) {
-        let get = |c: &str| row.try_get::<String, _>(c).map_err(db("record deliveries"));
-        ids.insert((get("repo")?, get("branch")?), count(row, "id")?);
-    }
-    let done = (count(first, "ins")?, ids.len(), count(first, "ev")?);
+    let ids = env_ids(&rows, "record deliveries")?;
+    let done = (int("ins")?, ids.len(), int("ev")?);
     let asked = (plan.firsts.len() as i64, plan.branches.len(), events.len() as i64);
     if done != asked {
         tracing::error!(
@@ -1988,20 +2001,19 @@ async fn record_batch_at_once(
             "a batch wrote other counts than it asked for (deliveries, environments, events)"
         );
     }
-    Ok(Some(plan.recorded(batch, |repo, branch| ids.get(&(repo.to_owned(), branch.to_owned())).copied())))
+    Ok(Some(plan.recorded(batch, &ids)))
 }
 
-impl BatchPlan<'_> {
-    /// Each delivery's answer: a duplicate unless it is a first occurrence, and then the environment it
-    /// changed (`env_id` by repo and branch), if any.
-    fn recorded(&self, batch: &[Delivery], env_id: impl Fn(&str, &str) -> Option<i64>) -> Vec<Recorded> {
-        let mut recorded = vec![Recorded::Duplicate; batch.len()];
-        for &i in &self.firsts {
-            let env_id = batch[i].change.as_ref().and_then(|c| env_id(c.repo.as_str(), c.branch.as_str()));
-            recorded[i] = Recorded::New { env_id };
+/// The environments a statement answers with (`id`, `repo`, `branch`; a row whose `id` is NULL names
+/// none), by repository and branch.
+fn env_ids(rows: &[AnyRow], op: &'static str) -> Result<HashMap<(String, String), i64>, StoreError> {
+    let mut ids = HashMap::new();
+    for row in rows {
+        if let Some(id) = row.try_get::<Option<i64>, _>("id").map_err(db(op))? {
+            ids.insert((row.try_get("repo").map_err(db(op))?, row.try_get("branch").map_err(db(op))?), id);
         }
-        recorded
     }
+    Ok(ids)
 }
 
 /// A batch of deliveries in a few statements, whatever its size: one insert of the delivery ids (those it
@@ -2056,10 +2068,8 @@ async fn record_batch(
             json_rows(backend, "v", &UPDATE_COLUMNS)
         );
         let args = json_args(&updates, &[Lane::Webhook as i64, now])?;
-        for row in sqlx::query_with(&sql, args).fetch_all(&mut *tx).await.map_err(db("update desired"))? {
-            let get = |c: &str| row.try_get::<String, _>(c).map_err(db("update desired"));
-            ids.insert((get("repo")?, get("branch")?), row.try_get::<i64, _>("id").map_err(db("update desired"))?);
-        }
+        let rows = sqlx::query_with(&sql, args).fetch_all(&mut *tx).await.map_err(db("update desired"))?;
+        ids = env_ids(&rows, "update desired")?;
     }
     let mut events = Vec::new();
     for (&(repo, branch), (deliveries, _)) in &plan.branches {
@@ -2091,7 +2101,7 @@ async fn record_batch(
         );
         sqlx::query_with(&sql, json_args(&rows, &[now])?).execute(&mut *tx).await.map_err(db("append event"))?;
     }
-    Ok(plan.recorded(batch, |repo, branch| ids.get(&(repo.to_owned(), branch.to_owned())).copied()))
+    Ok(plan.recorded(batch, &ids))
 }
 
 /// A batch's rows, sent as one JSON array (`$1`, see [`json_args`]), as a table `alias` with `columns`
