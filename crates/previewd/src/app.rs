@@ -49,8 +49,11 @@ impl Application {
             .collect();
         let state = AppState {
             store: store.clone(),
-            deliveries: previewd_store::DeliveryLog::start(store.clone())
-                .context("starting the webhook delivery committer")?,
+            deliveries: previewd_store::DeliveryLog::start(store.clone(), {
+                let queue = reconciler.queue();
+                move || queue.wake()
+            })
+            .context("starting the webhook delivery committer")?,
             queue: reconciler.queue(),
             owner,
             secrets: config.webhook_secrets.clone().into(),

@@ -2217,7 +2217,7 @@ mod tests {
         DesiredChange { repo, repo_display: None, branch, names, fallback: None, desired, reason: "test".into() }
     }
 
-    fn push(id: &str, branch: &str, sha: Option<char>) -> Delivery {
+    pub(crate) fn push(id: &str, branch: &str, sha: Option<char>) -> Delivery {
         let sha = sha.map(|c| CommitSha::new(&c.to_string().repeat(40)).expect("sha"));
         Delivery { id: id.into(), event: "push".into(), change: Some(change(branch, Desired::Present { sha })) }
     }

@@ -215,11 +215,9 @@ async fn record(state: &AppState, headers: &HeaderMap, event: &str, delivery: &s
             count(headers, "duplicate");
             (StatusCode::OK, "duplicate delivery: already recorded").into_response()
         }
-        Ok(Recorded::New { env_id }) => {
-            // The store made it due in the webhook's own transaction; this process's dispatcher looks now.
-            if env_id.is_some() {
-                state.queue.wake();
-            }
+        // The store made it due in the webhook's own transaction, and the committer woke this process's
+        // dispatcher (see `DeliveryLog::start`).
+        Ok(Recorded::New { .. }) => {
             count(headers, "accepted");
             tracing::info!(%repo, %branch, %env, "recorded");
             (StatusCode::ACCEPTED, "recorded").into_response()

@@ -28,7 +28,7 @@ async fn app_with(token: Option<&str>, public: bool, intake: Intake) -> (axum::R
     let state = AppState {
         store: store.clone(),
         queue: Queue::new(store.clone()),
-        deliveries: previewd_store::DeliveryLog::start(store.clone()).expect("committer"),
+        deliveries: previewd_store::DeliveryLog::start(store.clone(), || {}).expect("committer"),
         owner: OwnerId::new("t").expect("owner"),
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),

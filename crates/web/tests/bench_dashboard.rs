@@ -41,7 +41,7 @@ async fn the_list_with_many_environments() {
     eprintln!("set-up of {n} environments: {:.1?}", started.elapsed());
     let app = router(AppState {
         queue: Queue::new(store.clone()),
-        deliveries: previewd_store::DeliveryLog::start(store.clone()).expect("committer"),
+        deliveries: previewd_store::DeliveryLog::start(store.clone(), || {}).expect("committer"),
         store,
         owner,
         secrets: Arc::from(vec![Secret::new("hook")]),
