@@ -11,8 +11,8 @@ async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
     for (n, b) in branches.iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
     }
-    // Two are admitted and made ready; the third is recorded as skipped, with the reason, and nothing of
-    // it reaches AWS.
+    // Two are admitted and made ready; the third is recorded as skipped, with the reason, and no stack is
+    // made for it.
     let mut skipped = None;
     for b in branches {
         let env = t.wait_for(b, "ready or skipped", |e| matches!(e.status, Status::Ready | Status::Skipped)).await;
@@ -46,6 +46,17 @@ async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
     t.app().reconciler().resync().await;
     let n = branches.iter().position(|b| *b == skipped.branch.as_str()).expect("index");
     t.ready(skipped.branch.as_str(), &sha(n + 1)).await;
+
+    // Full again. A new branch's stack is looked at while its admission is decided (one DescribeStacks,
+    // nothing made); once the repository is known to be full, the next new branch asks AWS nothing.
+    for (b, looks) in [("flood/d", 1), ("flood/e", 0)] {
+        assert_eq!(t.push(b, &sha(9)).await, 202);
+        let env = t.wait_for(b, "skipped", |e| e.status == Status::Skipped).await;
+        // The look, if one is made, is on its way before the skip is written: it has arrived by now.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(t.proxy.count("DescribeStacks", &env.stack_name), looks, "{b}");
+        assert_eq!(t.proxy.count("CreateStack", &env.stack_name), 0, "{b}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

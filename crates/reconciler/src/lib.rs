@@ -13,7 +13,7 @@ mod reconcile;
 mod seed;
 mod sightings;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -251,6 +251,8 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     /// One admission under a repository's cap at a time in this process.
     pub(crate) admit_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Repositories whose last admission found them at their cap.
+    pub(crate) full: Mutex<HashSet<RepoName>>,
     /// What the last listing of stacks showed.
     pub(crate) sightings: Arc<sightings::Sightings>,
     pub(crate) looks: batch::Looks,
@@ -290,6 +292,7 @@ impl Reconciler {
             app_locks: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             admit_locks: Mutex::new(HashMap::new()),
+            full: Mutex::new(HashSet::new()),
             sightings: Arc::default(),
             looks: batch::Batcher::new(batch::MAX_LOOKS),
             dns_changes: batch::Batcher::new(batch::MAX_DNS_CHANGES),

@@ -69,31 +69,35 @@ pub(crate) async fn reconcile(
         return Ok(Action::Done);
     }
 
-    // Over the repository's cap: nothing to do (and nothing to ask) until there is room.
-    let unadmitted = env.desired != Desired::Absent && matches!(env.status, Status::Pending | Status::Skipped);
-    let admission = if unadmitted && env.stack_id.is_none() {
+    // Over the repository's cap, an environment waits until there is room, and GitHub is not asked. A new
+    // one is almost always let in: its stack is looked at while its admission is decided. A skipped one,
+    // or one whose repository was full at its last admission, is admitted first, and AWS is not asked
+    // either unless it is let in.
+    let unadmitted = env.desired != Desired::Absent
+        && env.stack_id.is_none()
+        && matches!(env.status, Status::Pending | Status::Skipped);
+    let admit_first = unadmitted
+        && (env.status == Status::Skipped || inner.full.lock().unwrap_or_else(|p| p.into_inner()).contains(&env.repo));
+    let admission = if admit_first {
         let Some(admission) = admit(inner, &env, repo).await? else { return Ok(Action::Done) };
-        Some(admission)
+        Admitting::Admitted(admission)
+    } else if unadmitted {
+        Admitting::ToDecide
     } else {
-        None
+        Admitting::No
     };
 
     // Absence was proven before the teardown began; its polls need not ask GitHub again.
     let tearing_down = env.desired == Desired::Absent && env.status == Status::Deleting;
-    // GitHub's word and the stack, asked at once (and while an admission is written): no answer changes
-    // what another asks, and nothing is changed in AWS before all are in.
-    let admitting = async {
-        match admission {
-            Some(a) => a.record(inner, &env).await,
-            None => Ok(()),
-        }
-    };
-    let asking = async { if tearing_down { Ok(GitHubAnswer::NotAsked) } else { ask_github(inner, &env).await } };
-    let describing = observe_stack(inner, &env);
-    // All three run to their end (each may be writing to the store): none is dropped for another's error.
-    // The stack's look goes first, so its request is on its way before the others' are made.
-    let (looked, admitted, answer) = tokio::join!(describing, admitting, asking);
-    let ((), answer, (stack, sighted)) = (admitted?, answer?, looked?);
+    // The stack is looked at while the rest is decided and GitHub asked: no answer changes what another
+    // asks, and nothing is changed in AWS before all are in. Each runs to its end (each may be writing to
+    // the store): none is dropped for another's error. The stack's look goes first, so its request is on
+    // its way before the others' are made.
+    let deciding = admit_and_ask(inner, &env, repo, admission, tearing_down);
+    let (looked, decided) = tokio::join!(observe_stack(inner, &env), deciding);
+    // Over the cap: recorded `skipped`, and what the look found is of no use yet.
+    let Some(answer) = decided? else { return Ok(Action::Done) };
+    let (stack, sighted) = looked?;
     let now = now_ms();
     let missing_since = match answer {
         GitHubAnswer::NotFound => Some(env.missing_since.unwrap_or(now)),
@@ -159,6 +163,45 @@ pub(crate) async fn reconcile(
     }
 }
 
+/// Where an environment stands with its repository's cap as a step begins.
+enum Admitting {
+    /// Already let in, or leaving: nothing to decide.
+    No,
+    /// Let in under the cap; to be recorded.
+    Admitted(Admission),
+    /// Not yet decided.
+    ToDecide,
+}
+
+/// Decides `admission` if it is still to be decided, records it while GitHub is asked for the branch
+/// (unless `tearing_down`), and returns GitHub's answer; `None` when the environment is over the cap.
+async fn admit_and_ask(
+    inner: &Inner,
+    env: &EnvRecord,
+    repo: &RepoSetup,
+    admission: Admitting,
+    tearing_down: bool,
+) -> Result<Option<GitHubAnswer>, ReconcileError> {
+    let admission = match admission {
+        Admitting::No => None,
+        Admitting::Admitted(a) => Some(a),
+        Admitting::ToDecide => match admit(inner, env, repo).await? {
+            Some(a) => Some(a),
+            None => return Ok(None),
+        },
+    };
+    let admitting = async {
+        match admission {
+            Some(a) => a.record(inner, env).await,
+            None => Ok(()),
+        }
+    };
+    let asking = async { if tearing_down { Ok(GitHubAnswer::NotAsked) } else { ask_github(inner, env).await } };
+    let (admitted, answer) = tokio::join!(admitting, asking);
+    admitted?;
+    Ok(Some(answer?))
+}
+
 /// Lets a new environment in under its repository's cap of live environments: `Some` with the
 /// admission to record (`provisioning`, so the next admission counts it); over the cap it is recorded
 /// `skipped` with the reason, and `None`. One admission at a time per repository in this process, until
@@ -168,6 +211,14 @@ async fn admit(inner: &Inner, env: &EnvRecord, repo: &RepoSetup) -> Result<Optio
     let one_at_a_time = lock.lock_owned().await;
     let live = inner.store.count_live(&env.repo, env.id).await?;
     let cap = repo.max_environments as i64;
+    {
+        let mut full = inner.full.lock().unwrap_or_else(|p| p.into_inner());
+        if live < cap {
+            full.remove(&env.repo);
+        } else {
+            full.insert(env.repo.clone());
+        }
+    }
     if live < cap {
         return Ok(Some(Admission { _one_at_a_time: one_at_a_time, live, cap }));
     }
