@@ -393,6 +393,8 @@ impl Reconciler {
                         drop(slot);
                         this.inner.queue.wake();
                     });
+                    // The step starts before this looks for more work (whose claim would go first).
+                    tokio::task::yield_now().await;
                     continue;
                 }
                 Ok(None) => {}
