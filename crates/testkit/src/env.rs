@@ -185,6 +185,18 @@ impl TestEnv {
         signature: Option<&str>,
         delivery: Option<&str>,
     ) -> reqwest::StatusCode {
+        let req = self.delivery_request(event, body, signature, delivery);
+        req.send().await.expect("previewd answers").status()
+    }
+
+    /// As [`TestEnv::deliver`], made but not sent.
+    pub fn delivery_request(
+        &mut self,
+        event: &str,
+        body: &[u8],
+        signature: Option<&str>,
+        delivery: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         self.deliveries += 1;
         let delivery =
             delivery.map_or_else(|| format!("delivery-{}-{}", self.deliveries, fastrand::u64(..)), str::to_owned);
@@ -199,14 +211,20 @@ impl TestEnv {
         if !sig.is_empty() {
             req = req.header("x-hub-signature-256", sig);
         }
-        req.send().await.expect("previewd answers").status()
+        req
     }
 
     /// The branch is at `sha` on GitHub, and GitHub delivers the push.
     pub async fn push(&mut self, branch: &str, sha: &str) -> reqwest::StatusCode {
+        let req = self.push_request(branch, sha);
+        req.send().await.expect("previewd answers").status()
+    }
+
+    /// The branch is at `sha` on GitHub, and GitHub's push delivery is made, signed, to be sent.
+    pub fn push_request(&mut self, branch: &str, sha: &str) -> reqwest::RequestBuilder {
         self.github.set_branch(REPO, branch, sha);
         let body = serde_json::to_vec(&webhook::push(REPO, branch, &"0".repeat(40), sha)).expect("json");
-        self.deliver("push", &body, None, None).await
+        self.delivery_request("push", &body, None, None)
     }
 
     /// The branch is deleted on GitHub, and GitHub delivers the `delete` event.
