@@ -45,9 +45,12 @@ async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
         t.set_target(replicas[i % 3].addr);
         assert_eq!(t.push(&branch(i), &sha(i + 1)).await, 202, "push {i}");
     }
-    // The third replica is killed (SIGKILL) while it holds work.
+    // The third replica is killed (SIGKILL) while it holds work, but not in a reaper pass: a pass's lock
+    // outlives its holder for 15 minutes, and every tick until then would be skipped (the ticks are
+    // checked below).
     let victim = format!("%/{}-%", replicas[2].child.id());
-    let held_sql = "SELECT id FROM environments WHERE lease_owner LIKE $1 AND lease_until > $2";
+    let held_sql = "SELECT id FROM environments WHERE lease_owner LIKE $1 AND lease_until > $2 \
+                    AND NOT EXISTS (SELECT 1 FROM locks WHERE name = 'reaper' AND holder LIKE $1 AND until > $2)";
     let deadline = Instant::now() + Duration::from_secs(60);
     let held: Vec<i64> = loop {
         let held: Vec<i64> = sqlx::query_scalar(held_sql)
@@ -106,7 +109,15 @@ async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
             .fetch_all(&pg)
             .await
             .expect("stuck");
-            panic!("{ready} of {PUSHES} ready after {SETTLE:?}: {stuck:#?}");
+            // What each replica logged of them, to tell why.
+            let mut seen = String::new();
+            for (n, r) in replicas.iter().enumerate() {
+                let logs = r.logs();
+                for line in logs.lines().filter(|l| stuck.iter().any(|(b, _, _)| l.contains(b.as_str()))) {
+                    seen.push_str(&format!("replica {n}: {line}\n"));
+                }
+            }
+            panic!("{ready} of {PUSHES} ready after {SETTLE:?}: {stuck:#?}\n{seen}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
