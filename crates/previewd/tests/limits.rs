@@ -52,8 +52,13 @@ async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
     for (b, looks) in [("flood/d", 1), ("flood/e", 0)] {
         assert_eq!(t.push(b, &sha(9)).await, 202);
         let env = t.wait_for(b, "skipped", |e| e.status == Status::Skipped).await;
-        // The look, if one is made, is on its way before the skip is written: it has arrived by now.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The skip is written while the look, if one is made, is still under way: wait for the step's end
+        // (its lease released, nothing due).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while t.store.pending(&[env.id]).await.expect("queue") > 0 {
+            assert!(std::time::Instant::now() < deadline, "{b}: its step never ended");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(t.proxy.count("DescribeStacks", &env.stack_name), looks, "{b}");
         assert_eq!(t.proxy.count("CreateStack", &env.stack_name), 0, "{b}");
     }
