@@ -31,7 +31,7 @@ async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
     let config = t.dir.path().join("replicas.toml");
     std::fs::write(&config, text).expect("replicas' config");
     let config = config.display().to_string();
-    let env = [("PREVIEWD_CONFIG", config.as_str()), ("RUST_LOG", "previewd=info,previewd_reconciler=info")];
+    let env = [("PREVIEWD_CONFIG", config.as_str()), ("RUST_LOG", "previewd=info,previewd_reconciler=debug")];
     let bin = env!("CARGO_BIN_EXE_previewd");
     let mut replicas = Vec::new();
     for n in 0..3 {
@@ -39,6 +39,7 @@ async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
     }
     let pg = sqlx::PgPool::connect(&db).await.expect("the test's database");
     let started_ms = previewd_store::now_ms();
+    let started = Instant::now();
 
     // The first half of the pushes, spread over all three.
     for i in 0..PUSHES / 2 {
@@ -102,22 +103,45 @@ async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
             break;
         }
         if Instant::now() > deadline {
-            let stuck: Vec<(String, String, Option<String>)> = sqlx::query_as(
-                "SELECT branch, status, last_error FROM environments \
-                 WHERE NOT (status = 'ready' AND deployed_sha = desired_sha)",
+            let stuck: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM environments WHERE NOT (status = 'ready' AND deployed_sha = desired_sha)",
             )
             .fetch_all(&pg)
             .await
             .expect("stuck");
-            // What each replica logged of them, to tell why.
-            let mut seen = String::new();
+            // Each one's record and place in the queue, its stack in moto, the calls naming it, its events,
+            // and what each replica logged of it, to tell why.
+            let mut seen = format!("now {}\n", previewd_store::now_ms());
+            let mut branches = Vec::new();
+            for id in &stuck {
+                let env = t.store.get(*id).await.expect("store").expect("env");
+                let queue: (Option<i64>, Option<String>, Option<i64>) =
+                    sqlx::query_as("SELECT due_at, lease_owner, lease_until FROM environments WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&pg)
+                        .await
+                        .expect("queue");
+                let in_moto = t.stack(&env.stack_name).await.map(|s| (s.status, s.reason));
+                seen.push_str(&format!("{env:?}\n(due, holder, until): {queue:?}\nin moto: {in_moto:?}\n"));
+                for c in t.proxy.calls().iter().filter(|c| c.stack.as_deref() == Some(env.stack_name.as_str())) {
+                    let at = c.at.saturating_duration_since(started.into());
+                    seen.push_str(&format!(
+                        "call at {at:?}: {} injected={} token={:?}\n",
+                        c.action, c.injected, c.token
+                    ));
+                }
+                for e in t.store.events(*id, 100).await.expect("events").iter().rev() {
+                    seen.push_str(&format!("event: {e:?}\n"));
+                }
+                branches.push(env.branch.to_string());
+            }
             for (n, r) in replicas.iter().enumerate() {
                 let logs = r.logs();
-                for line in logs.lines().filter(|l| stuck.iter().any(|(b, _, _)| l.contains(b.as_str()))) {
+                for line in logs.lines().filter(|l| branches.iter().any(|b| l.contains(b.as_str()))) {
                     seen.push_str(&format!("replica {n}: {line}\n"));
                 }
             }
-            panic!("{ready} of {PUSHES} ready after {SETTLE:?}: {stuck:#?}\n{seen}");
+            panic!("{ready} of {PUSHES} ready after {SETTLE:?}; not: {branches:?}\n{seen}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

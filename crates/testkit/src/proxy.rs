@@ -3,6 +3,12 @@
 //! states moto never reaches (ROLLBACK_COMPLETE, UPDATE_ROLLBACK_FAILED, a slow CREATE_IN_PROGRESS),
 //! DeleteStack refused while a bucket still holds objects (DELETE_FAILED), and per-key errors inside a
 //! DeleteObjects 200. It also records every call, so tests can count stack operations.
+//!
+//! moto is not thread-safe, where AWS handles each request whole: two stacks created at once can leave
+//! one `CREATE_IN_PROGRESS` for ever (its resources' maps are mutated during iteration), and a
+//! DescribeStacks creates a new stack's resources lazily, racing its CreateStack (`BucketAlreadyExists`).
+//! So the proxy lets one request at a time reach moto, and a request it has received is carried out even
+//! when its caller goes away (killed mid-call), as AWS carries out a request it has received.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -83,8 +89,13 @@ pub struct AwsProxy {
     state: Arc<Mutex<ProxyState>>,
     upstream: String,
     client: reqwest::Client,
+    /// Held while a request is at moto: one at a time.
+    turn: Arc<tokio::sync::Mutex<()>>,
     addr: SocketAddr,
 }
+
+/// What moto answered: status, headers, the whole body.
+type Answer = (StatusCode, reqwest::header::HeaderMap, Bytes);
 
 impl AwsProxy {
     pub async fn start(upstream: &str) -> Self {
@@ -93,6 +104,7 @@ impl AwsProxy {
             state: Arc::new(Mutex::new(ProxyState { strict_bucket_deletes: true, ..ProxyState::default() })),
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
+            turn: Arc::default(),
             addr: listener.local_addr().expect("addr"),
         };
         let app = Router::new().fallback(handle).with_state(proxy.clone());
@@ -229,20 +241,28 @@ impl AwsProxy {
             .count()
     }
 
+    /// Sends `req` to moto in its turn (see the module's documentation) and reads the whole answer.
+    async fn moto(&self, req: reqwest::RequestBuilder) -> Result<Answer, String> {
+        let _turn = self.turn.lock().await;
+        let answer = req.send().await.map_err(|e| e.to_string())?;
+        let (status, headers) = (answer.status(), answer.headers().clone());
+        Ok((status, headers, answer.bytes().await.unwrap_or_default()))
+    }
+
+    /// moto's answer as text; empty when it could not be reached.
+    async fn moto_text(&self, req: reqwest::RequestBuilder) -> String {
+        self.moto(req).await.map(|(_, _, body)| String::from_utf8_lossy(&body).into_owned()).unwrap_or_default()
+    }
+
     async fn upstream_form(&self, form: &[(&str, &str)]) -> String {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-        let r = self
+        let req = self
             .client
             .post(format!("{}/", self.upstream))
             .header("content-type", "application/x-www-form-urlencoded")
             .header("authorization", unsigned("cloudformation"))
-            .body(body)
-            .send()
-            .await;
-        match r {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+            .body(body);
+        self.moto_text(req).await
     }
 
     async fn stack_resources(&self, stack: &str, kind: &str) -> Vec<String> {
@@ -287,14 +307,13 @@ impl AwsProxy {
             let body = form_urlencoded::Serializer::new(String::new())
                 .extend_pairs([("Action", "DeleteRule"), ("RuleArn", rule.as_str()), ("Version", "2015-12-01")])
                 .finish();
-            let _ = self
+            let req = self
                 .client
                 .post(format!("{}/", self.upstream))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .header("authorization", unsigned("elasticloadbalancing"))
-                .body(body)
-                .send()
-                .await;
+                .body(body);
+            let _ = self.moto(req).await;
         }
     }
 
@@ -331,10 +350,7 @@ impl AwsProxy {
     async fn route53_get(&self, path_query: &str) -> String {
         let req =
             self.client.get(format!("{}{path_query}", self.upstream)).header("authorization", unsigned("route53"));
-        match req.send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        self.moto_text(req).await
     }
 
     async fn s3(&self, method: Method, path_query: &str, body: Option<&'static str>) -> String {
@@ -345,10 +361,7 @@ impl AwsProxy {
         if let Some(b) = body {
             req = req.body(b);
         }
-        match req.send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        self.moto_text(req).await
     }
 
     /// Does any bucket of the stack still hold an object version, a delete marker or an upload?
@@ -680,16 +693,23 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
             upstream = upstream.header(k, v);
         }
     }
-    let answer = match upstream.body(body.clone()).send().await {
-        Ok(a) => a,
+    // In a task of its own: a caller that goes away (killed mid-call) does not cut the request short.
+    let forward = {
+        let (proxy, upstream) = (proxy.clone(), upstream.body(body.clone()));
+        async move {
+            let answer = proxy.moto(upstream).await?;
+            if answer.0.is_success() && !rules.is_empty() {
+                proxy.delete_listener_rules(&rules).await;
+            }
+            Ok::<_, String>(answer)
+        }
+    };
+    let (status, headers, text) = match tokio::spawn(forward).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return (StatusCode::BAD_GATEWAY, e).into_response(),
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let mut text = answer.bytes().await.unwrap_or_default().to_vec();
-    if status.is_success() && !rules.is_empty() {
-        proxy.delete_listener_rules(&rules).await;
-    }
+    let mut text = text.to_vec();
 
     let mut st = proxy.lock();
     if let Some(name) = &stack
