@@ -116,6 +116,7 @@ struct ReconcilerFile {
     empty_batches_per_step: Option<usize>,
     api_lag: Option<String>,
     batch_window: Option<String>,
+    step_limit: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -295,6 +296,7 @@ impl Config {
         dur("stop_grace", &r.stop_grace, &mut tuning.stop_grace)?;
         dur("api_lag", &r.api_lag, &mut tuning.api_lag)?;
         dur("batch_window", &r.batch_window, &mut tuning.batch_window)?;
+        dur("step_limit", &r.step_limit, &mut tuning.step_limit)?;
         if tuning.poll_min > tuning.poll_max || tuning.retry_min > tuning.retry_max {
             bail!("{source}: [reconciler] poll_min and retry_min must not exceed poll_max and retry_max");
         }

@@ -295,6 +295,11 @@ const SEEDED_ZONE: &str = "seeded.test.example";
 /// previewd with the `seeded` blueprint for repository `acme/seeded` (beside the workspace's `webapp`),
 /// the database secret in moto, and a hook answering `hook_status`.
 async fn start_seeded(hook_status: u16) -> Seeded {
+    start_seeded_with(hook_status, "").await
+}
+
+/// As [`start_seeded`], with more `[reconciler]` keys.
+async fn start_seeded_with(hook_status: u16, reconciler: &str) -> Seeded {
     let (hook, hook_url) = Hook::start(hook_status).await;
     let table = format!("seed_rows_{:08x}", fastrand::u32(..));
     let secret = format!("previewd-test/db-{:08x}", fastrand::u32(..));
@@ -309,6 +314,7 @@ async fn start_seeded(hook_status: u16) -> Seeded {
         extra: &format!("[repos.\"{SEEDED}\"]\nblueprint = \"seeded\"\ndns_zone = \"{SEEDED_ZONE}\""),
         zones: &[SEEDED_ZONE],
         stacks_dir: Some(stacks.path().to_str().expect("utf-8")),
+        reconciler,
         ..Options::default()
     })
     .await;
@@ -435,6 +441,40 @@ async fn s3_sql_hook_and_ecs_steps_run_once_in_order() {
     );
     let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", s.table)).fetch_one(&pg).await.expect("rows");
     assert_eq!(n, 3, "the failed step left nothing behind");
+    sqlx::query(&format!("DROP TABLE {}", s.table)).execute(&pg).await.expect("drop");
+}
+
+/// A step that does not finish (here the SQL seed step, waiting on a lock in its database) is cut off
+/// after `step_limit`, reported, and tried again: it holds neither its environment nor a worker for ever.
+/// Once the lock goes, the environment is seeded and ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_hangs_is_cut_off_reported_and_tried_again() {
+    let mut s = start_seeded_with(200, r#"step_limit = "1s""#).await;
+    let key = fastrand::i64(..);
+    let rows = s._stacks.path().join("seeded/seed/rows.sql");
+    let sql = std::fs::read_to_string(&rows).expect("rows.sql");
+    std::fs::write(&rows, format!("SELECT pg_advisory_xact_lock({key});\n{sql}")).expect("rows.sql");
+    let pg = postgres().await;
+    let mut lock = pg.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(&mut *lock).await.expect("lock");
+
+    s.push("feat/hang", &sha(1)).await;
+    let cut = s
+        .wait("feat/hang", "cut off", |e| e.last_error.as_deref().is_some_and(|m| m.contains("step_limit (1s)")))
+        .await;
+    assert_eq!(cut.status, Status::Provisioning, "{cut:#?}");
+    let steps: Vec<_> = cut.seed_log.iter().map(|o| (o.kind.as_str(), o.outcome.as_str())).collect();
+    assert_eq!(steps, [("s3_copy", "ok")], "the SQL step has not run: {:#?}", cut.seed_log);
+    // Tried again, and cut off again, while the lock is held.
+    s.wait("feat/hang", "tried again", |e| e.retries >= 2).await;
+
+    lock.rollback().await.expect("unlock");
+    let env = s.wait("feat/hang", "ready", |e| e.status == Status::Ready).await;
+    let outcomes: Vec<_> = env.seed_log.iter().map(|o| (o.kind.as_str(), o.outcome.as_str())).collect();
+    assert_eq!(outcomes, [("s3_copy", "ok"), ("sql", "ok"), ("http", "ok"), ("ecs_task", "ok")], "{:#?}", env.seed_log);
+    assert_eq!(env.last_error, None);
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", s.table)).fetch_one(&pg).await.expect("rows");
+    assert_eq!(n, 3, "the cut-off attempts left nothing behind");
     sqlx::query(&format!("DROP TABLE {}", s.table)).execute(&pg).await.expect("drop");
 }
 

@@ -89,6 +89,10 @@ pub struct Tuning {
     /// Looks at stacks being waited on, and DNS changes, that come within this long of each other share
     /// one AWS call (nobody waits on these: they are polls and teardowns).
     pub batch_window: Duration,
+    /// One reconcile step may take this long. A step that takes longer (a seed script waiting on a lock in
+    /// its database, say) is cut off and reported, and the environment is looked at again after a backoff:
+    /// no step holds its environment, and a worker, for ever.
+    pub step_limit: Duration,
 }
 
 impl Tuning {
@@ -116,6 +120,7 @@ impl Default for Tuning {
             empty_batches_per_step: previewd_cloud::EMPTY_STEP_BATCHES,
             api_lag: Duration::from_secs(30),
             batch_window: Duration::from_millis(200),
+            step_limit: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -615,7 +620,14 @@ impl Reconciler {
     async fn step(&self, claim: &Claim, env: EnvRecord) -> Option<Option<Duration>> {
         let started = std::time::Instant::now();
         let mut kind = "gone";
-        let result = reconcile::reconcile(&self.inner, claim, env, &mut kind).await;
+        let limit = self.inner.setup.tuning.step_limit;
+        let result = match tokio::time::timeout(limit, reconcile::reconcile(&self.inner, claim, env, &mut kind)).await {
+            Ok(result) => result,
+            Err(_) => Err(ReconcileError::Transient(format!(
+                "the step did not finish within [reconciler] step_limit ({}): cut off, to be tried again",
+                humantime::format_duration(limit)
+            ))),
+        };
         let outcome = match &result {
             Ok(Action::Done) => "done",
             Ok(Action::Requeue(_)) => "requeue",

@@ -57,11 +57,22 @@ pub struct Options<'a> {
     pub zones: &'a [&'a str],
     /// previewd's database; a SQLite file in the test's folder when `None` (see [`postgres_database`]).
     pub database_url: Option<&'a str>,
+    /// More keys of the `[reconciler]` table (`step_limit = "1s"`).
+    pub reconciler: &'a str,
 }
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Self { top: "", github: "", extra: "", grace: "10m", stacks_dir: None, zones: &[], database_url: None }
+        Self {
+            top: "",
+            github: "",
+            extra: "",
+            grace: "10m",
+            stacks_dir: None,
+            zones: &[],
+            database_url: None,
+            reconciler: "",
+        }
     }
 }
 
@@ -109,7 +120,6 @@ impl TestEnv {
 
     /// The most general start: see [`Options`].
     pub async fn start_custom(opts: &Options<'_>) -> Self {
-        let (top, extra, grace) = (opts.top, opts.extra, opts.grace);
         let moto = Moto::start().await;
         let zones: Vec<&str> = std::iter::once(ZONE).chain(opts.zones.iter().copied()).collect();
         let seeded = moto.seed(&zones).await;
@@ -123,7 +133,7 @@ impl TestEnv {
         let db = opts
             .database_url
             .map_or_else(|| format!("sqlite://{}", dir.path().join("previewd.db").display()), str::to_owned);
-        let text = config_text(&db, &github, &seeded, &stacks, top, opts.github, extra, grace);
+        let text = config_text(&db, &github, &seeded, &stacks, opts);
         std::fs::write(&config_path, text).expect("config");
         let store = previewd_store::Store::connect(&db).await.expect("test database");
         let mut env = Self {
@@ -379,17 +389,8 @@ impl TestEnv {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn config_text(
-    db: &str,
-    github: &FakeGitHub,
-    seeded: &Seeded,
-    stacks: &std::path::Path,
-    top: &str,
-    github_keys: &str,
-    extra: &str,
-    grace: &str,
-) -> String {
+fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::path::Path, opts: &Options<'_>) -> String {
+    let Options { top, github: github_keys, extra, grace, reconciler, .. } = opts;
     let zone = &seeded.zones[ZONE];
     let subnets: Vec<String> = seeded.subnet_ids.iter().map(|s| format!("{s:?}")).collect();
     format!(
@@ -418,6 +419,7 @@ lease = "2s"
 api_lag = "300ms"
 # One DeleteObjects batch per teardown step, so bounded emptying shows in tests.
 empty_batches_per_step = 1
+{reconciler}
 
 # Tests run passes themselves: the schedule never fires during one (midnight on New Year's Day).
 [reaper]
