@@ -300,6 +300,9 @@ impl Config {
         if tuning.poll_min > tuning.poll_max || tuning.retry_min > tuning.retry_max {
             bail!("{source}: [reconciler] poll_min and retry_min must not exceed poll_max and retry_max");
         }
+        if tuning.step_limit < Duration::from_secs(1) {
+            bail!("{source}: [reconciler] step_limit must be at least 1s: every step would be cut off");
+        }
         if let Some(w) = r.workers {
             tuning.workers = w.max(1);
         }

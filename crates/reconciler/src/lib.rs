@@ -621,14 +621,16 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let mut kind = "gone";
         let limit = self.inner.setup.tuning.step_limit;
-        let result = match tokio::time::timeout(limit, reconcile::reconcile(&self.inner, claim, env, &mut kind)).await {
-            Ok(result) => result,
-            Err(_) => Err(ReconcileError::Transient(format!(
+        let stepped = tokio::time::timeout(limit, reconcile::reconcile(&self.inner, claim, env, &mut kind)).await;
+        let cut_off = stepped.is_err();
+        let result = stepped.unwrap_or_else(|_| {
+            Err(ReconcileError::Transient(format!(
                 "the step did not finish within [reconciler] step_limit ({}): cut off, to be tried again",
                 humantime::format_duration(limit)
-            ))),
-        };
+            )))
+        });
         let outcome = match &result {
+            _ if cut_off => "cut_off",
             Ok(Action::Done) => "done",
             Ok(Action::Requeue(_)) => "requeue",
             Err(ReconcileError::Store(e)) if e.is_fenced() => "fenced",

@@ -257,7 +257,10 @@ async fn run_sql(
         .username(&credentials.username)
         .password(&credentials.password)
         // TLS whenever the server offers it (RDS forces it from PostgreSQL 15 on).
-        .ssl_mode(sqlx::postgres::PgSslMode::Prefer);
+        .ssl_mode(sqlx::postgres::PgSslMode::Prefer)
+        // A step cut off at step_limit closes the connection, but PostgreSQL does not notice a client gone
+        // while the session waits (on a lock, say): the server ends the statement itself by then.
+        .options([("statement_timeout", inner.setup.tuning.step_limit.as_millis().to_string())]);
     let mut scripts = Vec::new();
     for file in files {
         let path = cx.blueprint.dir.join(file);

@@ -7,8 +7,10 @@
 //! moto is not thread-safe, where AWS handles each request whole: two stacks created at once can leave
 //! one `CREATE_IN_PROGRESS` for ever (its resources' maps are mutated during iteration), and a
 //! DescribeStacks creates a new stack's resources lazily, racing its CreateStack (`BucketAlreadyExists`).
-//! So the proxy lets one request at a time reach moto, and a request it has received is carried out even
-//! when its caller goes away (killed mid-call), as AWS carries out a request it has received.
+//! So the proxy handles one request at a time (its own calls to moto for that request included; a delay or
+//! an error it injects waits for no turn), and carries out a request it has received even when the caller
+//! goes away (killed mid-call), as AWS carries out a request it has received. Tests' own clients straight
+//! to moto ([`crate::TestEnv::s3`], say) are outside this: they act while previewd is idle, or only read.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,7 +91,7 @@ pub struct AwsProxy {
     state: Arc<Mutex<ProxyState>>,
     upstream: String,
     client: reqwest::Client,
-    /// Held while a request is at moto: one at a time.
+    /// Held while a request is handled with moto: one at a time.
     turn: Arc<tokio::sync::Mutex<()>>,
     addr: SocketAddr,
 }
@@ -103,7 +105,8 @@ impl AwsProxy {
         let proxy = Self {
             state: Arc::new(Mutex::new(ProxyState { strict_bucket_deletes: true, ..ProxyState::default() })),
             upstream: upstream.trim_end_matches('/').to_owned(),
-            client: reqwest::Client::new(),
+            // A moto that never answers holds the turn: the SDK's own operation timeout is as long.
+            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client"),
             turn: Arc::default(),
             addr: listener.local_addr().expect("addr"),
         };
@@ -241,9 +244,9 @@ impl AwsProxy {
             .count()
     }
 
-    /// Sends `req` to moto in its turn (see the module's documentation) and reads the whole answer.
+    /// Sends `req` to moto and reads the whole answer; the caller holds the turn (see the module's
+    /// documentation).
     async fn moto(&self, req: reqwest::RequestBuilder) -> Result<Answer, String> {
-        let _turn = self.turn.lock().await;
         let answer = req.send().await.map_err(|e| e.to_string())?;
         let (status, headers) = (answer.status(), answer.headers().clone());
         Ok((status, headers, answer.bytes().await.unwrap_or_default()))
@@ -530,6 +533,15 @@ fn first(xml: &str, tag: &str) -> Option<String> {
 async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    // In a task of its own: a caller that goes away (killed mid-call) does not cut the request short.
+    match tokio::spawn(answer(proxy, parts, body)).await {
+        Ok(response) => response,
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// What AWS would answer `parts` and `body`: an injected fault, or moto's answer made strict.
+async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes) -> Response {
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let is_form = parts
@@ -583,6 +595,9 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
             error_document(&service, &code, &message),
         );
     }
+
+    // From here on, moto is asked: one request at a time.
+    let _turn = proxy.turn.clone().lock_owned().await;
 
     if service == "s3" && action == "DeleteObjects" {
         let refuse = {
@@ -693,22 +708,13 @@ async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
             upstream = upstream.header(k, v);
         }
     }
-    // In a task of its own: a caller that goes away (killed mid-call) does not cut the request short.
-    let forward = {
-        let (proxy, upstream) = (proxy.clone(), upstream.body(body.clone()));
-        async move {
-            let answer = proxy.moto(upstream).await?;
-            if answer.0.is_success() && !rules.is_empty() {
-                proxy.delete_listener_rules(&rules).await;
-            }
-            Ok::<_, String>(answer)
-        }
+    let (status, headers, text) = match proxy.moto(upstream.body(body.clone())).await {
+        Ok(answer) => answer,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e).into_response(),
     };
-    let (status, headers, text) = match tokio::spawn(forward).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => return (StatusCode::BAD_GATEWAY, e).into_response(),
-        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
+    if status.is_success() && !rules.is_empty() {
+        proxy.delete_listener_rules(&rules).await;
+    }
     let mut text = text.to_vec();
 
     let mut st = proxy.lock();
