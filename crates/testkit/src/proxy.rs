@@ -533,15 +533,17 @@ fn first(xml: &str, tag: &str) -> Option<String> {
 async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let received = Instant::now();
     // In a task of its own: a caller that goes away (killed mid-call) does not cut the request short.
-    match tokio::spawn(answer(proxy, parts, body)).await {
+    match tokio::spawn(answer(proxy, parts, body, received)).await {
         Ok(response) => response,
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     }
 }
 
-/// What AWS would answer `parts` and `body`: an injected fault, or moto's answer made strict.
-async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes) -> Response {
+/// What AWS would answer `parts` and `body` (received at `received`): an injected fault, or moto's answer
+/// made strict.
+async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes, received: Instant) -> Response {
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let is_form = parts
@@ -562,7 +564,7 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes)
         stack: stack.clone(),
         injected: true,
         keys,
-        at: Instant::now(),
+        at: received,
         token: token.clone(),
     };
 
@@ -686,8 +688,8 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes)
         _ => vec![],
     };
 
-    // Counted when it arrives, as AWS would see it: a caller killed while moto works on it still made it.
-    let received = Instant::now();
+    // Counted as it arrived (not when its turn came), as AWS would see it: a caller killed while moto works
+    // on it still made it.
     proxy.lock().calls.push(Call {
         service: service.clone(),
         action: action.clone(),
