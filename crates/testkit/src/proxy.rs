@@ -10,7 +10,8 @@
 //! So the proxy handles one request at a time (its own calls to moto for that request included; a delay or
 //! an error it injects waits for no turn), and carries out a request it has received even when the caller
 //! goes away (killed mid-call), as AWS carries out a request it has received. Tests' own clients straight
-//! to moto ([`crate::TestEnv::s3`], say) are outside this: they act while previewd is idle, or only read.
+//! to moto ([`crate::TestEnv::stack`], say) are outside this, and even their reads can race previewd's
+//! calls: a test uses them once previewd has settled, or while it is idle.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -710,7 +711,7 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
             upstream = upstream.header(k, v);
         }
     }
-    let (status, headers, text) = match proxy.moto(upstream.body(body.clone())).await {
+    let (status, headers, text) = match proxy.moto(upstream.body(body)).await {
         Ok(answer) => answer,
         Err(e) => return (StatusCode::BAD_GATEWAY, e).into_response(),
     };
