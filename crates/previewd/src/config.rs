@@ -561,6 +561,16 @@ mod tests {
     }
 
     #[test]
+    fn a_step_limit_under_a_second_is_refused() {
+        let f = write("[reconciler]\nstep_limit = \"500ms\"");
+        let e = format!("{:#}", Config::load(Some(f.path()), env(&[])).expect_err("too short"));
+        assert!(e.contains("step_limit must be at least 1s"), "{e}");
+        let f = write("[reconciler]\nstep_limit = \"2s\"");
+        let c = Config::load(Some(f.path()), env(&[])).expect("loads");
+        assert_eq!(c.tuning.step_limit, Duration::from_secs(2));
+    }
+
+    #[test]
     fn a_short_dashboard_token_is_refused() {
         let e = Config::load(None, env(&[("PREVIEWD_DASHBOARD_TOKEN", "short")])).expect_err("too short").to_string();
         assert!(e.contains("shorter than 16 bytes") && !e.contains("short\""), "{e}");

@@ -103,8 +103,10 @@ async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
             break;
         }
         if Instant::now() > deadline {
-            let stuck: Vec<(i64, String, String)> = sqlx::query_as(
-                "SELECT id, branch, stack_name FROM environments WHERE NOT (status = 'ready' AND deployed_sha = desired_sha)",
+            type Stuck = (i64, String, String, Option<i64>, Option<String>, Option<i64>);
+            let stuck: Vec<Stuck> = sqlx::query_as(
+                "SELECT id, branch, stack_name, due_at, lease_owner, lease_until FROM environments \
+                 WHERE NOT (status = 'ready' AND deployed_sha = desired_sha)",
             )
             .fetch_all(&pg)
             .await
@@ -113,24 +115,20 @@ async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
             // and what each replica logged of it, to tell why (whatever of it can be read).
             let mut seen = format!("now {}\n", previewd_store::now_ms());
             let moto = t.direct_aws().await;
-            for (id, branch, stack) in &stuck {
+            for (id, branch, stack, due, holder, until) in &stuck {
                 let env = t.store.get(*id).await;
-                let queue: Result<(Option<i64>, Option<String>, Option<i64>), _> =
-                    sqlx::query_as("SELECT due_at, lease_owner, lease_until FROM environments WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&pg)
-                        .await;
+                let queue = (due, holder, until);
                 let in_moto = moto.describe_stack(stack).await.map(|s| s.map(|s| (s.status, s.reason)));
                 seen.push_str(&format!("{env:?}\n(due, holder, until): {queue:?}\nin moto: {in_moto:?}\n"));
                 for c in t.proxy.calls().iter().filter(|c| c.stack.as_deref() == Some(stack.as_str())) {
                     let at = c.at.saturating_duration_since(started.into());
                     seen.push_str(&format!("{branch}: call at {at:?}: {} injected={}\n", c.action, c.injected));
                 }
-                for e in t.store.events(*id, 100).await.unwrap_or_default().iter().rev() {
+                for e in t.store.events(*id, 100).await.unwrap_or_default() {
                     seen.push_str(&format!("{branch}: {e:?}\n"));
                 }
             }
-            let branches: Vec<&String> = stuck.iter().map(|(_, branch, _)| branch).collect();
+            let branches: Vec<&String> = stuck.iter().map(|(_, branch, ..)| branch).collect();
             for (n, r) in replicas.iter().enumerate() {
                 let logs = r.logs();
                 for line in logs.lines().filter(|l| branches.iter().any(|b| l.contains(b.as_str()))) {

@@ -626,7 +626,7 @@ impl Reconciler {
         let result = stepped.unwrap_or_else(|_| {
             Err(ReconcileError::Transient(format!(
                 "the step did not finish within [reconciler] step_limit ({}): cut off, to be tried again",
-                humantime::format_duration(limit)
+                reconcile::humanize(limit.as_millis() as i64)
             )))
         });
         let outcome = match &result {
