@@ -179,6 +179,13 @@ impl BranchName {
         Ok(Self(s.to_owned()))
     }
 
+    /// SHA-256 of the exact name, in 64 lower-case hex digits: the branch's identity on a stack's tags,
+    /// which hold at most 256 characters of a restricted set while a branch name holds 1,024 bytes of
+    /// anything git allows. A stack is adopted under a branch only when this matches.
+    pub fn identity(&self) -> String {
+        format!("{:x}", Sha256::digest(self.0.as_bytes()))
+    }
+
     /// Branches whose name ends in `-no-infra` are recorded and shown but never provisioned.
     pub fn is_no_infra(&self) -> bool {
         self.0.ends_with("-no-infra")
@@ -416,8 +423,8 @@ pub fn app_stack_name(repo: &RepoName, stage: Stage) -> String {
 }
 
 /// `s` made into a valid AWS tag value: characters outside the set every AWS service accepts become `_`,
-/// and the result is cut to 256 characters. Lossy by design: tags carry the exact environment key for
-/// machines and this for humans.
+/// and the result is cut to 256 characters. Lossy by design: it is for humans. Machines identify a
+/// branch by [`BranchName::identity`], and by this value only where it equals the name exactly.
 pub fn tag_value(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() || " _.:/=+-@".contains(c) { c } else { '_' })

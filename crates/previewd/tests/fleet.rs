@@ -557,10 +557,12 @@ async fn an_owner_tagged_stack_without_a_record_is_adopted_and_judged() {
     let t = TestEnv::start_opts("", "0s").await;
     // A crash between CreateStack and its record, or a lost database: our tags, no record.
     let names = t.names("lost/one");
+    let id = identity("lost/one");
     let tags = [
         ("previewd:owner", "test-owner"),
         ("previewd:repo", REPO),
         ("previewd:branch", "lost/one"),
+        ("previewd:branch-sha256", id.as_str()),
         ("previewd:env", names.env_key.as_str()),
         ("previewd:sha", "1111111111111111111111111111111111111111"),
     ];
@@ -576,6 +578,65 @@ async fn an_owner_tagged_stack_without_a_record_is_adopted_and_judged() {
     t.deleted("lost/one").await;
     assert!(t.stack(&names.stack_name).await.is_none(), "removed through the teardown path");
     assert!(t.stack("previewd-acme-shop-lost-one-lookalike").await.is_some(), "never touched");
+}
+
+fn identity(branch: &str) -> String {
+    previewd_domain::BranchName::new(branch).expect("branch").identity()
+}
+
+/// Stack tags cannot hold every branch name (`#`, `'` and non-ASCII become `_`): after a lost database,
+/// each stack is adopted under its exact branch or not at all, and nothing live is torn down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_database_stacks_are_adopted_under_their_exact_branch_or_reported() {
+    let mut t = TestEnv::start_opts("", "0s").await;
+    let branches = ["fix#12", "feat/über", "user's-branch"];
+    for (n, b) in branches.iter().enumerate() {
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+    }
+    let mut stacks = Vec::new();
+    for (n, b) in branches.iter().enumerate() {
+        stacks.push(ready(&t, b, &sha(n + 1)).await.stack_name);
+    }
+    // Two stacks no branch of a listing can be matched to: one made before previewd tagged a branch's
+    // identity, one whose lossy tag spells a branch that is gone.
+    let before = t.names("old/one");
+    let old_tags = [
+        ("previewd:owner", "test-owner"),
+        ("previewd:repo", REPO),
+        ("previewd:branch", "old/one"),
+        ("previewd:env", before.env_key.as_str()),
+    ];
+    foreign_stack(&t, &before.stack_name, &old_tags).await;
+    let gone = t.names("gone#1");
+    let gone_id = identity("gone#1");
+    let gone_tags = [
+        ("previewd:owner", "test-owner"),
+        ("previewd:repo", REPO),
+        ("previewd:branch", "gone_1"),
+        ("previewd:branch-sha256", gone_id.as_str()),
+        ("previewd:env", gone.env_key.as_str()),
+    ];
+    foreign_stack(&t, &gone.stack_name, &gone_tags).await;
+
+    t.lose_database().await;
+    let report = t.app().reconciler().reap(false).await;
+    let about =
+        |subject: &str| report.decisions.iter().filter(|d| d.subject == subject).map(|d| d.verdict).collect::<Vec<_>>();
+    for b in branches {
+        assert_eq!(about(b), [Verdict::Adopt], "{b}: {report:#?}");
+        assert_eq!(t.env(b).await.expect("recorded under its exact name").branch.as_str(), b);
+    }
+    assert_eq!(about(&before.stack_name), [Verdict::Refuse], "{report:#?}");
+    assert_eq!(about(&gone.stack_name), [Verdict::Refuse], "{report:#?}");
+    assert!(report.decisions.iter().all(|d| d.verdict != Verdict::Remove), "{report:#?}");
+    assert_eq!(report.outcome, Outcome::Refused, "what could not be adopted is reported");
+    // A second pass (the grace is 0 s) removes nothing either.
+    let again = t.app().reconciler().reap(false).await;
+    assert!(again.decisions.iter().all(|d| d.verdict != Verdict::Remove), "{again:#?}");
+    for name in stacks.iter().chain([&before.stack_name, &gone.stack_name]) {
+        assert_eq!(t.proxy.count("DeleteStack", name), 0, "{name}");
+        assert!(t.stack(name).await.is_some(), "{name} is still there");
+    }
 }
 
 /// A bucket of several listing pages is emptied in one step of several batches: each listing after a

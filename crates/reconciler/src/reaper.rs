@@ -17,7 +17,7 @@ use previewd_store::{DesiredChange, EnvRecord, ReaperPassRecord, now_ms};
 use serde::Serialize;
 
 use crate::fleet::{self, live, removal_limit};
-use crate::reconcile::{TAG_BRANCH, TAG_ENV, TAG_REPO, TAG_SHA, humanize};
+use crate::reconcile::{TAG_BRANCH, TAG_BRANCH_ID, TAG_ENV, TAG_REPO, TAG_SHA, humanize};
 use crate::{Inner, Lane};
 
 /// The setting that gives an environment a time-to-live since its last push.
@@ -239,7 +239,7 @@ impl Pass<'_> {
         stacks: &std::collections::HashMap<String, Stack>,
         envs: &mut Vec<EnvRecord>,
     ) -> Result<(), crate::ReconcileError> {
-        self.adopt(stacks, envs).await?;
+        self.adopt(stacks, &fleet.listings, envs).await?;
         for (repo, listing) in &fleet.listings {
             let repo_envs: Vec<&EnvRecord> = envs.iter().filter(|e| &e.repo == repo && live(e)).collect();
             match listing {
@@ -251,36 +251,41 @@ impl Pass<'_> {
     }
 
     /// Owner-tagged environment stacks without a record (a lost database, a crash between CreateStack and
-    /// its record) are recorded from their tags, when those name a configured repository and a branch
-    /// whose names are exactly the stack's; others are reported and left alone.
+    /// its record) are recorded under the branch they were made for, when that branch can be named
+    /// exactly: the stack's `previewd:branch-sha256` tag is the SHA-256 of the exact name, matched against
+    /// the `previewd:branch` tag (exact where the name fits a tag) or else against a complete listing of
+    /// the repository's branches; and the names that branch gives must be the stack's. Anything less
+    /// (no identity tag, as on stacks made before it existed; a lossy tag and no match in the listing; no
+    /// complete listing) is reported and left alone: adopting under a look-alike branch would find it
+    /// absent and tear down a live environment.
     async fn adopt(
         &mut self,
         stacks: &std::collections::HashMap<String, Stack>,
+        listings: &BTreeMap<RepoName, Result<std::collections::HashMap<BranchName, CommitSha>, String>>,
         envs: &mut Vec<EnvRecord>,
     ) -> Result<(), crate::ReconcileError> {
         let recorded: HashSet<&str> = envs.iter().map(|e| e.stack_name.as_str()).collect();
         let mut adopted = Vec::new();
-        for s in stacks.values() {
+        let mut stacks: Vec<&Stack> = stacks.values().collect();
+        stacks.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in stacks {
             if recorded.contains(s.name.as_str()) || s.tag(TAG_ENV).is_none() {
                 continue; // recorded, or an application stack
             }
-            let parsed = (|| {
-                let repo = RepoName::new(s.tag(TAG_REPO)?).ok()?;
-                let branch = BranchName::new(s.tag(TAG_BRANCH)?).ok()?;
-                let sha = s.tag(TAG_SHA).and_then(|t| CommitSha::new(t).ok());
-                Some((repo, branch, sha))
-            })();
-            let Some((repo, branch, sha)) = parsed else {
-                self.decide(
-                    "",
-                    &s.name,
-                    None,
-                    Verdict::Refuse,
-                    "owner-tagged stack whose tags name no branch: left for a person".into(),
-                );
+            let Some(repo) = s.tag(TAG_REPO).and_then(|r| RepoName::new(r).ok()) else {
+                let why = "owner-tagged stack whose tags name no repository: left for a person".to_owned();
+                self.decide("", &s.name, None, Verdict::Refuse, why);
                 continue;
             };
             let Some(setup) = self.inner.setup.repos.get(&repo) else { continue };
+            let branch = match exact_branch(s, listings.get(&repo)) {
+                Ok(branch) => branch,
+                Err(why) => {
+                    self.decide(repo.as_str(), &s.name, None, Verdict::Refuse, format!("{why}: left for a person"));
+                    continue;
+                }
+            };
+            let sha = s.tag(TAG_SHA).and_then(|t| CommitSha::new(t).ok());
             // Its names are the readable or the hashed ones its branch gives, exactly; anything else is
             // not a stack previewd made for this branch.
             let owner = &self.inner.setup.owner;
@@ -290,7 +295,7 @@ impl Pass<'_> {
             let Some(names) = [readable, Some(hashed.clone()), Some(always_hashed)]
                 .into_iter()
                 .flatten()
-                .find(|n| n.stack_name == s.name)
+                .find(|n| n.stack_name == s.name && s.tag(TAG_ENV) == Some(n.env_key.as_str()))
             else {
                 let why = format!(
                     "its tags name {repo}:{branch}, whose stack would be {}: left for a person",
@@ -516,5 +521,37 @@ impl Pass<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The branch an owner-tagged stack was made for, named exactly, or why it cannot be: its identity tag
+/// must match the branch tag (where that holds the whole name) or one branch of a complete listing.
+fn exact_branch(
+    s: &Stack,
+    listing: Option<&Result<std::collections::HashMap<BranchName, CommitSha>, String>>,
+) -> Result<BranchName, String> {
+    let Some(identity) = s.tag(TAG_BRANCH_ID) else {
+        return Err(format!(
+            "owner-tagged stack {} has no {TAG_BRANCH_ID} tag (made before previewd recorded a branch's exact \
+             identity), so its branch cannot be named exactly",
+            s.name
+        ));
+    };
+    if let Some(branch) = s.tag(TAG_BRANCH).and_then(|b| BranchName::new(b).ok())
+        && branch.identity() == identity
+    {
+        return Ok(branch);
+    }
+    match listing {
+        Some(Ok(branches)) => branches.keys().find(|b| b.identity() == identity).cloned().ok_or_else(|| {
+            format!(
+                "owner-tagged stack {} names branch {:?} only in part, and no branch GitHub lists has its \
+                 identity",
+                s.name,
+                s.tag(TAG_BRANCH).unwrap_or("")
+            )
+        }),
+        Some(Err(e)) => Err(format!("cannot name the branch of owner-tagged stack {}: {e}", s.name)),
+        None => Err(format!("owner-tagged stack {}: its repository was not listed", s.name)),
     }
 }

@@ -23,7 +23,10 @@ const SETTINGS_CACHE_MAX: usize = 10_000;
 
 pub(crate) const TAG_OWNER: &str = "previewd:owner";
 pub(crate) const TAG_REPO: &str = "previewd:repo";
+/// The branch for people ([`tag_value`]: lossy where the name holds characters tags refuse, or is long).
 pub(crate) const TAG_BRANCH: &str = "previewd:branch";
+/// The branch for machines: [`previewd_domain::BranchName::identity`], SHA-256 of the exact name.
+pub(crate) const TAG_BRANCH_ID: &str = "previewd:branch-sha256";
 pub(crate) const TAG_ENV: &str = "previewd:env";
 pub(crate) const TAG_SHA: &str = "previewd:sha";
 const TAG_STAGE: &str = "previewd:stage";
@@ -613,9 +616,9 @@ async fn converge(
     let rendered = blueprint.render(TemplateKind::Environment, &settings, &ctx)?;
     let hash = template_hash(&rendered.body);
     let tags = env_tags(owner, env, sha, &hash);
-    let current = stack
-        .as_ref()
-        .is_some_and(|s| s.tag(TAG_SHA) == Some(sha.as_str()) && s.tag(TAG_TEMPLATE) == Some(hash.as_str()));
+    // Current when every tag is as this render would set it: a stack made before a tag was added (the
+    // branch's identity) gains it at its next update.
+    let current = stack.as_ref().is_some_and(|s| tags.iter().all(|(k, v)| s.tag(k) == Some(v.as_str())));
     let view = stack.as_ref().map(|s| stack_view(inner, s, current));
 
     match (plan::converge(view.as_ref(), env.attempts, max), stack) {
@@ -886,6 +889,7 @@ fn env_tags(owner: &str, env: &EnvRecord, sha: &CommitSha, hash: &str) -> Vec<(S
         (TAG_OWNER.to_owned(), owner.to_owned()),
         (TAG_REPO.to_owned(), tag_value(env.repo.as_str())),
         (TAG_BRANCH.to_owned(), tag_value(env.branch.as_str())),
+        (TAG_BRANCH_ID.to_owned(), env.branch.identity()),
         (TAG_ENV.to_owned(), env.env_key.to_string()),
         (TAG_SHA.to_owned(), sha.to_string()),
         (TAG_TEMPLATE.to_owned(), hash.to_owned()),

@@ -171,6 +171,21 @@ impl TestEnv {
         }
     }
 
+    /// previewd's SQLite database is lost (a disk replaced, a restore from before): previewd is stopped,
+    /// the file removed, and previewd started on a new, empty one. AWS keeps what it held.
+    pub async fn lose_database(&mut self) {
+        self.stop_app().await;
+        self.store.close().await;
+        let db = self.dir.path().join("previewd.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let path = format!("{}{suffix}", db.display());
+            std::fs::remove_file(&path).or_else(|e| if suffix.is_empty() { Err(e) } else { Ok(()) }).expect("remove");
+        }
+        let url = format!("sqlite://{}", db.display());
+        self.store = previewd_store::Store::connect(&url).await.expect("test database");
+        self.start_app().await;
+    }
+
     /// The names previewd gives the branch's environment when no other environment holds its readable key.
     pub fn names(&self, branch: &str) -> EnvNames {
         let (owner, repo) = (OwnerId::new("test-owner").expect("owner"), RepoName::new(REPO).expect("repo"));

@@ -121,6 +121,16 @@ fn tag_values_keep_only_characters_aws_accepts() {
 }
 
 #[test]
+fn a_branch_identity_tells_apart_what_its_tag_value_confuses() {
+    let b = |s: &str| BranchName::new(s).unwrap();
+    assert_eq!(tag_value("fix#12"), tag_value("fix_12"));
+    assert_ne!(b("fix#12").identity(), b("fix_12").identity());
+    assert_ne!(b("feat/über").identity(), b("feat/_ber").identity());
+    // SHA-256 of the exact bytes, as `sha256sum` prints it: a person can check a tag by hand.
+    assert_eq!(b("main").identity(), "0d6e4079e36703ebd37c00722f5891d28b0e2811dc114b129215123adcce3605");
+}
+
+#[test]
 fn long_inputs_are_clipped_in_errors() {
     let err = BranchName::new(&format!("{}~", "a".repeat(5000))).unwrap_err().to_string();
     assert!(err.len() < 400, "{err}");
