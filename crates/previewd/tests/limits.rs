@@ -64,6 +64,28 @@ async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
     }
 }
 
+/// Branches whose settings are refused create nothing in AWS: however many there are, they hold no place
+/// under the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_branches_that_created_nothing_do_not_hold_the_cap() {
+    let mut t = TestEnv::start_custom(&Options { top: "max_environments = 1", ..Options::default() }).await;
+    for (n, b) in ["refused/a", "refused/b"].into_iter().enumerate() {
+        t.github.set_file(
+            previewd_testkit::REPO,
+            &sha(n + 1),
+            ".previewd.toml",
+            "service.cpu = 99999
+",
+        );
+        assert_eq!(t.push(b, &sha(n + 1)).await, 202);
+        let env = t.wait_for(b, "failed", |e| e.status == Status::Failed).await;
+        assert!(env.stack_id.is_none() && t.stack(&env.stack_name).await.is_none(), "{b} created nothing");
+    }
+    assert_eq!(t.push("works", &sha(3)).await, 202);
+    let env = t.ready("works", &sha(3)).await;
+    assert_eq!(env.status, Status::Ready);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacks_are_made_and_deleted_through_the_configured_service_role() {
     let role = "arn:aws:iam::123456789012:role/previewd-stacks";

@@ -1168,11 +1168,13 @@ impl Store {
         Ok(())
     }
 
-    /// The repository's live environments (those that may hold AWS resources), `except` one.
+    /// The repository's live environments, `except` one: those that hold AWS resources or are about to
+    /// (provisioning, ready, deleting, or failed with a stack). A failure that created nothing (a branch's
+    /// settings refused) holds no place under the cap.
     pub async fn count_live(&self, repo: &RepoName, except: i64) -> Result<i64, StoreError> {
         sqlx::query_scalar(
             "SELECT COUNT(*) FROM environments WHERE repo = $1 AND id <> $2 \
-             AND status IN ('provisioning', 'ready', 'failed', 'deleting')",
+             AND (status IN ('provisioning', 'ready', 'deleting') OR (status = 'failed' AND stack_id IS NOT NULL))",
         )
         .bind(repo.as_str())
         .bind(except)
