@@ -117,12 +117,27 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::page))
         .route("/environments/{id}", get(dashboard::environment))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
-    Router::new()
+    let router = Router::new()
         .route("/webhooks/github", post(webhook))
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", post(auth::login))
         .merge(protected)
-        .with_state(state)
+        .with_state(state);
+    with_security_headers(router)
+}
+
+/// Headers on every answer, error pages included: no page of previewd's may be framed by another site
+/// (clickjacking its destroy buttons), no answer is read as another type than it says, and nothing it
+/// answers (environments, tokens' pages, errors) is kept by a browser or a proxy. A handler that sets
+/// one of them itself keeps its own.
+fn with_security_headers(router: Router) -> Router {
+    use axum::http::{HeaderValue, header};
+    use tower_http::set_header::SetResponseHeaderLayer as Set;
+    router
+        .layer(Set::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(Set::if_not_present(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'")))
+        .layer(Set::if_not_present(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(Set::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }
 
 fn reject(headers: &HeaderMap, status: StatusCode, message: impl Into<String>) -> Response {

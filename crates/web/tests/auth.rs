@@ -62,6 +62,32 @@ async fn send(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Every answer, refusals and errors included, forbids framing and sniffing and asks not to be kept.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let (guarded, _dir) = app(Some("secret-token-0123456789")).await;
+    for (path, want) in [
+        ("/", StatusCode::UNAUTHORIZED),
+        ("/api/environments", StatusCode::UNAUTHORIZED),
+        ("/healthz", StatusCode::OK),
+        ("/no/such/page", StatusCode::NOT_FOUND),
+    ] {
+        let req = Request::get(path).header(header::HOST, "localhost:8080").body(Body::empty()).expect("request");
+        let res = guarded.clone().oneshot(req).await.expect("response");
+        assert_eq!(res.status(), want, "{path}");
+        let h = res.headers();
+        assert_eq!(h.get(header::X_FRAME_OPTIONS).map(|v| v.as_bytes()), Some(&b"DENY"[..]), "{path}");
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], "frame-ancestors 'none'", "{path}");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store", "{path}");
+    }
+    let (open, _dir) = app(None).await;
+    let req = Request::get("/api/environments").header(header::HOST, "localhost:8080").body(Body::empty());
+    let res = open.oneshot(req.expect("request")).await.expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+}
+
 #[tokio::test]
 async fn open_without_a_token() {
     let (app, _dir) = app(None).await;
