@@ -71,6 +71,19 @@ pub struct GitHub {
     /// One call (and reading its answer) may take this long.
     timeout: Duration,
     auth: Arc<Auth>,
+    /// Who previewd writes as, once asked (see [`GitHub::identity`]).
+    identity: Arc<tokio::sync::OnceCell<Identity>>,
+}
+
+/// Who previewd writes as on GitHub: what it wrote, and only that, is its own to find and edit again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// No credentials: previewd writes nothing.
+    Nobody,
+    /// A token's user (`GET /user`), by login; GitHub compares logins without regard to case.
+    User(String),
+    /// A GitHub App: what it writes carries `performed_via_github_app.id`.
+    App(u64),
 }
 
 #[derive(Debug)]
@@ -132,7 +145,37 @@ impl GitHub {
             etags: Arc::new(Mutex::new(HashMap::new())),
             timeout,
             auth: Arc::new(auth),
+            identity: Arc::new(tokio::sync::OnceCell::new()),
         })
+    }
+
+    /// Who previewd writes as: the App, or the token's user (asked of GitHub once, then remembered).
+    pub async fn identity(&self) -> Result<Identity, GithubError> {
+        let identity = self
+            .identity
+            .get_or_try_init(|| async {
+                match self.auth.as_ref() {
+                    Auth::None => Ok(Identity::Nobody),
+                    Auth::App(app) => Ok(Identity::App(app.app_id)),
+                    Auth::Token(_) => {
+                        #[derive(Deserialize)]
+                        struct User {
+                            login: String,
+                        }
+                        let what = "find the token's user";
+                        let answer =
+                            self.request(http::Method::GET, "/user", None, http::HeaderMap::new(), None, what).await?;
+                        let body = self.judge(answer.status, &answer.headers, answer.body, what)?.ok_or_else(|| {
+                            GithubError::Status { what: what.to_owned(), status: 404, message: "no user".into() }
+                        })?;
+                        let user: User = serde_json::from_str(&body)
+                            .map_err(|e| GithubError::Garbled { what: what.to_owned(), message: e.to_string() })?;
+                        Ok(Identity::User(user.login))
+                    }
+                }
+            })
+            .await?;
+        Ok(identity.clone())
     }
 
     /// Renews a GitHub App's installation tokens this long before they expire (five minutes unless set).
@@ -358,6 +401,17 @@ impl GitHub {
     ) -> Result<Answer, GithubError> {
         let err = |message: String| GithubError::Transport { what: what.to_owned(), message };
         let uri = if route.starts_with("http://") || route.starts_with("https://") {
+            // An absolute URL comes from an answer's `Link` header: credentials go only to the API.
+            if !under(&self.base, route) {
+                return Err(GithubError::Unexpected {
+                    what: what.to_owned(),
+                    message: format!(
+                        "a link to {} is outside the configured API {}: not followed",
+                        route.chars().take(200).collect::<String>(),
+                        self.base
+                    ),
+                });
+            }
             route.to_owned()
         } else {
             format!("{}{}", self.base.trim_end_matches('/'), route)
@@ -544,6 +598,17 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
+/// Is `url` under the API at `base`: the same scheme, host and port, and a path within the base's?
+fn under(base: &str, url: &str) -> bool {
+    let (Ok(base), Ok(url)) = (base.parse::<http::Uri>(), url.parse::<http::Uri>()) else { return false };
+    let prefix = base.path().trim_end_matches('/');
+    let path = url.path();
+    base.scheme() == url.scheme()
+        && base.authority().map(|a| a.as_str().to_ascii_lowercase())
+            == url.authority().map(|a| a.as_str().to_ascii_lowercase())
+        && path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 pub(crate) fn enc(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
@@ -569,6 +634,25 @@ mod tests {
     fn hostile_branch_names_stay_one_path_segment() {
         assert_eq!(enc("feat/x#y?z%20"), "feat%2Fx%23y%3Fz%2520");
         assert_eq!(enc("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn links_are_followed_only_under_the_configured_api() {
+        let ghe = "https://ghe.example/api/v3";
+        assert!(under(ghe, "https://ghe.example/api/v3/repositories/1/branches?page=2"));
+        assert!(under(ghe, "https://GHE.example/api/v3/repos/a/b/branches"));
+        assert!(under("https://api.github.com", "https://api.github.com/repositories/1/branches?page=2"));
+        for elsewhere in [
+            "https://evil.example/api/v3/repos/a/b/branches?page=2",
+            "http://ghe.example/api/v3/repos/a/b/branches",
+            "https://ghe.example:8443/api/v3/repos/a/b/branches",
+            "https://ghe.example/api/v3evil/x",
+            "https://ghe.example/other",
+            "https://ghe.example.evil.example/api/v3/x",
+            "https://user@ghe.example/api/v3/x",
+        ] {
+            assert!(!under(ghe, elsewhere), "{elsewhere}");
+        }
     }
 
     #[test]

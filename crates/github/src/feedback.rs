@@ -5,7 +5,7 @@ use previewd_domain::{BranchName, CommitSha, RepoName};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::client::{GitHub, GithubError, enc};
+use crate::client::{GitHub, GithubError, Identity, enc};
 
 /// A deployment status's description: GitHub takes at most 140 characters.
 pub const DESCRIPTION_MAX: usize = 140;
@@ -64,6 +64,32 @@ struct Comment {
     id: u64,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    user: Option<Login>,
+    #[serde(default)]
+    performed_via_github_app: Option<AppRef>,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct AppRef {
+    id: u64,
+}
+
+impl Comment {
+    /// Written by `me`? A comment anyone can write; only the author (or an admin) can edit it, and a
+    /// marker in it proves nothing.
+    fn by(&self, me: &Identity) -> bool {
+        match me {
+            Identity::Nobody => false,
+            Identity::User(login) => self.user.as_ref().is_some_and(|u| u.login.eq_ignore_ascii_case(login)),
+            Identity::App(id) => self.performed_via_github_app.as_ref().is_some_and(|a| a.id == *id),
+        }
+    }
 }
 
 /// `text` cut to at most `max` characters, with an ellipsis when cut.
@@ -170,13 +196,17 @@ impl GitHub {
         Ok(pulls.unwrap_or_default().into_iter().map(|p| p.number).collect())
     }
 
-    /// previewd's comment on the pull request: the first whose body carries `marker`.
+    /// previewd's comment on the pull request: the first previewd wrote (see [`GitHub::identity`]) whose
+    /// body carries `marker`. Another's comment carrying the marker is not adopted.
     pub async fn find_comment(&self, repo: &RepoName, number: u64, marker: &str) -> Result<Option<u64>, GithubError> {
+        let me = self.identity().await?;
         let what = format!("list comments of {repo}#{number}");
         for page in 1..=COMMENT_PAGES_MAX {
             let route = format!("{}/issues/{number}/comments?per_page=100&page={page}", Self::repo_path(repo));
             let comments: Vec<Comment> = self.get(repo, &route, &what).await?.unwrap_or_default();
-            if let Some(c) = comments.iter().find(|c| c.body.as_deref().is_some_and(|b| b.contains(marker))) {
+            if let Some(c) =
+                comments.iter().find(|c| c.by(&me) && c.body.as_deref().is_some_and(|b| b.contains(marker)))
+            {
                 return Ok(Some(c.id));
             }
             if comments.len() < 100 {

@@ -594,6 +594,14 @@ async fn a_github_app_gets_installation_tokens_and_renews_them() {
     assert_eq!(fake.tokens_issued(), 2, "renewed");
     assert_eq!(fake.unauthenticated_count(), 0);
 
+    // What the App wrote is found again by its marker; a person's comment carrying the marker is not.
+    fake.open_pull(REPO, 5, "main");
+    let marker = "<!-- previewd:test-owner:main -->";
+    fake.add_comment(REPO, 5, marker);
+    assert_eq!(github.find_comment(&repo, 5, marker).await.expect("an answer"), None);
+    let own = github.create_comment(&repo, 5, &format!("{marker}\nmine")).await.expect("comment");
+    assert_eq!(github.find_comment(&repo, 5, marker).await.expect("an answer"), Some(own));
+
     // Without credentials the App-only fake refuses, and the refusal is an error, not "no branch".
     let anonymous =
         previewd_github::GitHub::new(&fake.api_url(), &previewd_github::Credentials::None, Duration::from_secs(2))
@@ -611,6 +619,9 @@ async fn a_pull_request_opened_later_gets_the_comment_with_the_branch_escaped() 
     assert!(t.github.comments(REPO, 12).is_empty());
 
     t.github.open_pull(REPO, 12, branch);
+    // Someone plants a comment carrying previewd's marker: it is not previewd's to edit.
+    let marker = format!("<!-- previewd:test-owner:{} -->", env.env_key);
+    let planted = t.github.add_comment(REPO, 12, &format!("{marker}\nplanted"));
     let body = serde_json::json!({
         "action": "opened",
         "number": 12,
@@ -620,13 +631,14 @@ async fn a_pull_request_opened_later_gets_the_comment_with_the_branch_escaped() 
     let body = serde_json::to_vec(&body).expect("json");
     assert_eq!(t.deliver("pull_request", &body, None, Some("pr-12")).await, 202);
     assert_eq!(t.deliver("pull_request", &body, None, Some("pr-12")).await, 200, "a duplicate");
-    let comments = eventually("the comment", || {
+    let comments = eventually("previewd's own comment", || {
         let c = t.github.comments(REPO, 12);
-        (!c.is_empty()).then_some(c)
+        (c.len() == 2).then_some(c)
     })
     .await;
-    assert_eq!(comments.len(), 1);
-    let text = &comments[0].1;
+    assert_eq!(comments[0], (planted, format!("{marker}\nplanted")), "the planted comment is left as it was");
+    let text = &comments[1].1;
+    assert!(text.starts_with(&marker), "{text}");
     assert!(text.contains("&lt;img") && !text.contains("<img") && !text.contains("@team"), "{text}");
     assert!(text.contains("| Branch | feat\\/&lt;img\\_src\\=x&gt;@\u{200B}team\\|\\#1 |"), "{text}");
 }
@@ -648,4 +660,24 @@ async fn a_deployment_whose_answer_was_lost_is_found_not_made_twice() {
     let events = t.store.events(env.id, 100).await.expect("events");
     // The lost answer shows as a timeout or a broken connection, whichever the client saw first.
     assert!(events.iter().any(|e| e.kind == "github" && e.message.contains("create a deployment")), "{events:#?}");
+}
+
+/// A `Link` header may name any host: previewd follows it only under the configured API, so the token
+/// never reaches another host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_page_on_another_host_is_not_followed_with_the_token() {
+    let fake = previewd_testkit::FakeGitHub::start("/api/v3").await;
+    let elsewhere = previewd_testkit::FakeGitHub::start("/api/v3").await;
+    fake.set_branch(REPO, "main", &sha(1));
+    let port: u16 =
+        elsewhere.api_url().rsplit(':').next().and_then(|p| p.split('/').next()?.parse().ok()).expect("port");
+    fake.inject(Target::BranchList, Fault::LinkElsewhere(port), 1);
+    let token = previewd_github::Credentials::Token(previewd_domain::Secret::new("test-token"));
+    let github = previewd_github::GitHub::new(&fake.api_url(), &token, Duration::from_secs(2)).expect("client");
+    let repo = previewd_domain::RepoName::new(REPO).expect("repo");
+    let e = github.list_branches(&repo).await.expect_err("an incomplete listing").to_string();
+    assert!(e.contains("is outside the configured API") && e.contains("not followed"), "{e}");
+    assert!(elsewhere.requests().is_empty(), "{:?}", elsewhere.requests());
+    // The next listing, linked as GitHub links, is whole.
+    assert_eq!(github.list_branches(&repo).await.expect("a listing").branches.len(), 1);
 }

@@ -85,6 +85,9 @@ pub enum Fault {
     /// The requested page answered normally but without any `Link` header, so a client that trusts it
     /// stops early although more pages exist: broken pagination.
     NoLink,
+    /// The requested page answered normally, its `Link` header's next page on another host: the
+    /// loopback port given (a server that should never hear previewd's credentials).
+    LinkElsewhere(u16),
     /// A secondary rate limit: `status` (GitHub uses 403 or 429) with GitHub's "You have exceeded a
     /// secondary rate limit" document and `retry-after: seconds`; the primary quota is not spent.
     RetryAfter {
@@ -317,6 +320,8 @@ struct Comment {
     issue: u64,
     body: String,
     login: String,
+    /// The GitHub App it was written through, if any (`performed_via_github_app`).
+    app: Option<u64>,
     created: SystemTime,
     updated: SystemTime,
 }
@@ -332,6 +337,7 @@ impl Comment {
             "issue_url": format!("{base}/repos/{}/issues/{}", self.repo, self.issue),
             "body": self.body,
             "user": user_json(&self.login),
+            "performed_via_github_app": self.app.map(|id| json!({ "id": id, "slug": "previewd", "name": "previewd" })),
             "author_association": "NONE",
             "created_at": rfc3339(self.created),
             "updated_at": rfc3339(self.updated),
@@ -547,7 +553,7 @@ impl FakeGitHub {
             Fault::RateLimited { status } => {
                 assert!(matches!(status, 403 | 429), "GitHub answers a spent rate limit with 403 or 429, not {status}");
             }
-            Fault::Html | Fault::EmptyList | Fault::Delay(_) | Fault::NoLink => {}
+            Fault::Html | Fault::EmptyList | Fault::Delay(_) | Fault::NoLink | Fault::LinkElsewhere(_) => {}
         }
         if times > 0 {
             self.lock().faults.push(Injected { target, fault, remaining: times });
@@ -664,6 +670,7 @@ impl FakeGitHub {
             issue: number,
             body: body.to_owned(),
             login: HUMAN_LOGIN.to_owned(),
+            app: None,
             created: now,
             updated: now,
         };
@@ -1025,6 +1032,7 @@ fn answer(fake: &FakeGitHub, st: &mut GhState, asked: &Asked<'_>) -> (Reply, Opt
     let page = asked.param("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
     let mut paging = Paging { page, cap: st.page_cap, link: true };
     let mut delay = None;
+    let mut elsewhere = None;
     // A fault that answers in place of the request returns before anything is looked up or changed.
     match st.take_fault(Endpoint::of(&segs, page), is_write(&asked.method)) {
         Some(Fault::Status(code)) => {
@@ -1041,6 +1049,7 @@ fn answer(fake: &FakeGitHub, st: &mut GhState, asked: &Asked<'_>) -> (Reply, Opt
         }
         Some(Fault::Delay(d)) => delay = Some(d),
         Some(Fault::NoLink) => paging.link = false,
+        Some(Fault::LinkElsewhere(port)) => elsewhere = Some(port),
         None => {}
     }
     let mut reply = if let Some(refused) = refuse_unauthenticated(st, asked, &segs) {
@@ -1053,6 +1062,11 @@ fn answer(fake: &FakeGitHub, st: &mut GhState, asked: &Asked<'_>) -> (Reply, Opt
     // The fault's answer must reach the client as it is, not as a 304 for the healthy page it resembles.
     if !paging.link {
         reply.header("x-fake-fault", "no-link");
+    }
+    if let Some(port) = elsewhere {
+        let next = format!("<http://127.0.0.1:{port}{}?per_page=100&page=2>; rel=\"next\"", asked.raw_path);
+        reply.header("link", &next);
+        reply.header("x-fake-fault", "link-elsewhere");
     }
     (reply, delay)
 }
@@ -1132,6 +1146,11 @@ fn route(st: &mut GhState, asked: &Asked<'_>, segs: &[&str], paging: Paging) -> 
         ["repos", owner, name, "pulls", rest @ ..] => pulls(st, asked, &format!("{owner}/{name}"), rest, paging),
         ["repos", owner, name, "issues", rest @ ..] => issues(st, asked, &format!("{owner}/{name}"), rest, paging),
         ["app", "installations", id, "access_tokens"] if asked.method == Method::POST => access_token(st, id),
+        // The token's user; an installation token belongs to no user.
+        ["user"] if asked.method == Method::GET => match st.app {
+            Some(_) => Reply::message(StatusCode::FORBIDDEN, "Resource not accessible by integration"),
+            None => Reply::ok(&user_json(BOT_LOGIN)),
+        },
         _ => Reply::not_found(),
     }
 }
@@ -1415,8 +1434,9 @@ fn issues(st: &mut GhState, asked: &Asked<'_>, repo: &str, rest: &[&str], paging
             let id = st.next_comment_id;
             st.next_comment_id += 1;
             let now = SystemTime::now();
-            let comment =
-                Comment { repo: repo.to_owned(), issue, body, login: BOT_LOGIN.to_owned(), created: now, updated: now };
+            let app = st.app.as_ref().map(|a| a.app_id);
+            let (owned, login) = (repo.to_owned(), BOT_LOGIN.to_owned());
+            let comment = Comment { repo: owned, issue, body, login, app, created: now, updated: now };
             let reply = Reply::created(&comment.json(id, &asked.base, on_pull));
             st.comments.insert(id, comment);
             st.log(repo, format!("comment create {issue} {id}"));
