@@ -191,6 +191,42 @@ fn a_branch_may_give_restricted_keys_only_their_allowed_values() {
     assert!(bp.environment_settings(Stage::Staging, &branch, &patterns, None).is_ok());
 }
 
+/// A key a branch may set that sizes what runs (and so what it costs) has a list of allowed values in every
+/// shipped blueprint: `instances.type = "p5.48xlarge"` must not render.
+#[test]
+fn every_shipped_blueprint_bounds_what_a_branch_may_size() {
+    const SIZING: [&str; 7] = ["cpu", "memory", "type", "class", "count", "min", "max"];
+    for name in BLUEPRINTS {
+        let bp = Blueprint::load(&stacks_dir(), name).expect("loads");
+        for key in &bp.overridable {
+            let last = key.rsplit('.').next().unwrap_or(key);
+            if SIZING.contains(&last) {
+                assert!(bp.allowed.contains_key(key), "{name}: a branch may set {key} to anything");
+            }
+        }
+    }
+    let bp = Blueprint::load(&stacks_dir(), "beanstalk").expect("beanstalk");
+    let branch = BranchName::new("feat/gpu").expect("branch");
+    let own = |text: &str| Layer::parse(LayerKind::Branch, ".previewd.toml", text).expect("layer");
+    let e = bp
+        .environment_settings(
+            Stage::Staging,
+            &branch,
+            &RepoLayers::default(),
+            Some(&own("instances.type = \"p5.48xlarge\"")),
+        )
+        .expect_err("a GPU instance")
+        .to_string();
+    assert!(e.contains("key `instances.type`: \"p5.48xlarge\" is not allowed here"), "{e}");
+    bp.environment_settings(
+        Stage::Staging,
+        &branch,
+        &RepoLayers::default(),
+        Some(&own("instances.type = \"t4g.medium\"")),
+    )
+    .expect("a small instance");
+}
+
 #[test]
 fn an_allowed_list_must_fit_its_key() {
     let dir = tempfile::tempdir().expect("tempdir");
