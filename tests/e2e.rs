@@ -260,13 +260,24 @@ async fn create_events_no_infra_branches_and_branch_settings() {
         error.contains(".previewd.toml at 3333333 (branch overrides layer): key `service.cpu`: expected string"),
         "{error}"
     );
+    // A dynamic reference in a branch's file would be resolved with the stack's role into the branch's own
+    // container: refused, and nothing created.
+    let sha4 = "4444444444444444444444444444444444444444";
+    let secret = "app.log_level = \"{{resolve:secretsmanager:previewd/oidc:SecretString:client_secret}}\"\n";
+    t.github.set_file(REPO, sha4, ".previewd.toml", secret);
+    assert_eq!(t.push("feat/steal", sha4).await, 202);
+    let env = t.wait_for("feat/steal", "failed", |e| e.status == Status::Failed).await;
+    let error = env.last_error.expect("error");
+    assert!(error.contains("key `app.log_level`: a branch may not set a CloudFormation dynamic reference"), "{error}");
+    assert_eq!(t.proxy.count("CreateStack", &env.stack_name), 0);
+    assert!(t.stack(&env.stack_name).await.is_none());
     t.github.set_file(REPO, SHA2, ".previewd.toml", "service.cpu = \"512\"\n[database]\nenabled = false\n");
     assert_eq!(t.push("feat/own", SHA2).await, 202);
     let env = ready(&t, "feat/own", SHA2).await;
     let resources =
         t.direct_aws().await.stack_resources(&env.stack_name, "AWS::RDS::DBInstance").await.expect("resources");
     assert!(resources.is_empty(), "the branch turned its database off");
-    t.assert_clean(&["feat/created", "feat/own", "docs-no-infra"]).await;
+    t.assert_clean(&["feat/created", "feat/own", "docs-no-infra", "feat/steal"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

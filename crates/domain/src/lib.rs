@@ -5,6 +5,7 @@ mod names;
 pub mod plan;
 mod secret;
 mod state;
+pub mod text;
 
 pub use names::{
     BUCKET_PREFIX_MAX, BranchName, CommitSha, DNS_LABEL_MAX, DNS_NAME_MAX, DnsZone, EnvKey, EnvNames, NameError,

@@ -176,14 +176,28 @@ fn hostname() -> String {
 
 /// The URL without its password, for error messages.
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
             format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
         }
         _ => url.to_owned(),
+    };
+    // Parameters may carry a password too (`?password=…`, `sslpassword`): only their names are shown.
+    if let Some(query) = query {
+        let names: Vec<String> = query
+            .split('&')
+            .map(|pair| format!("{}=***", pair.split_once('=').map_or(pair, |(name, _)| name)))
+            .collect();
+        out.push('?');
+        out.push_str(&names.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -192,5 +206,10 @@ mod tests {
     fn database_passwords_stay_out_of_messages() {
         assert_eq!(super::redact_url("postgres://u:hunter2@h/db"), "postgres://u:***@h/db");
         assert_eq!(super::redact_url("sqlite://previewd.db"), "sqlite://previewd.db");
+        assert_eq!(
+            super::redact_url("postgres://u@h/db?sslmode=require&password=hunter2"),
+            "postgres://u@h/db?sslmode=***&password=***"
+        );
+        assert_eq!(super::redact_url("sqlite://p.db?mode=rwc"), "sqlite://p.db?mode=***");
     }
 }

@@ -30,6 +30,30 @@ fn database_url(url: String, password: Option<String>) -> anyhow::Result<Secret>
     Ok(Secret::new(parsed.to_string()))
 }
 
+/// A configuration file's error, naming the line and column but quoting nothing from it: the file holds
+/// secrets (webhook secrets, tokens, a database password), and a value of the wrong type would be quoted.
+fn config_error(text: &str, e: &toml::de::Error) -> String {
+    let described = previewd_render::toml_error(text, e);
+    // What toml quotes in its message is a value ("invalid type: string \"…\""): left out.
+    let mut out = String::with_capacity(described.len());
+    let mut quoted = false;
+    for c in described.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 /// GitHub allows 80 content-creating requests a minute: one every 750 ms stays under it.
 pub const DEFAULT_GITHUB_WRITE_GAP: Duration = Duration::from_millis(750);
 /// Live environments per repository unless configured: enough for a busy team, and a ceiling on what a
@@ -196,12 +220,12 @@ impl Config {
         let inline = var("PREVIEWD_CONFIG_TOML");
         let file: File = match (path, &inline) {
             (_, Some(text)) => {
-                toml::from_str(text).map_err(|e| anyhow::anyhow!("PREVIEWD_CONFIG_TOML: {}", e.to_string().trim()))?
+                toml::from_str(text).map_err(|e| anyhow::anyhow!("PREVIEWD_CONFIG_TOML: {}", config_error(text, &e)))?
             }
             (Some(p), None) => {
                 let text =
                     std::fs::read_to_string(p).with_context(|| format!("cannot read configuration {}", p.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().trim()))?
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), config_error(&text, &e)))?
             }
             (None, None) => File::default(),
         };
@@ -476,6 +500,22 @@ mod tests {
         let f = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(f.path(), text).expect("write");
         f
+    }
+
+    #[test]
+    fn a_mistake_in_the_configuration_never_shows_a_secret() {
+        for text in [
+            "webhook_secrets = \"hunter2-webhook\"\n",
+            "owner = \"a\"\ndashboard_token = \"hunter2-dashboard\" trailing\n",
+            "database_url = [\"postgres://u:hunter2@db/x\"]\n",
+        ] {
+            let file = write(text);
+            let e = format!("{:#}", Config::load(Some(file.path()), env(&[])).expect_err(text));
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("line ") && e.contains(", column "), "{e}");
+            let e = format!("{:#}", Config::load(None, env(&[("PREVIEWD_CONFIG_TOML", text)])).expect_err(text));
+            assert!(!e.contains("hunter2") && e.starts_with("PREVIEWD_CONFIG_TOML: line "), "{e}");
+        }
     }
 
     #[test]

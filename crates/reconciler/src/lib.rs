@@ -662,7 +662,8 @@ impl Reconciler {
         let t = &self.inner.setup.tuning;
         let Ok(Some(env)) = self.inner.store.get(claim.id).await else { return Some(Some(t.retry_max)) };
         let mut observed = env.observed();
-        let message = error.to_string();
+        // Errors quote what contributors wrote: kept and shown one line, bounded, without control characters.
+        let message = previewd_domain::text::message(&error.to_string());
         observed.last_error = Some(message.clone());
         let requeue = match error.needs_human() {
             false => {

@@ -17,8 +17,9 @@ use serde_json::Value as Json;
 use toml::Table;
 
 use crate::seed::SeedStep;
+use crate::settings::is_overridable;
 use crate::template::{self, Context, Rendered};
-use crate::{Layer, LayerKind, RenderError, Settings};
+use crate::{Layer, LayerKind, RenderError, Settings, holds_dynamic_reference};
 
 /// Which of a blueprint's two templates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,9 @@ struct Meta {
     /// Overridable key → the only values a branch may give it.
     #[serde(default)]
     allowed: Table,
+    /// Overridable keys whose value a branch may make a CloudFormation dynamic reference.
+    #[serde(default)]
+    dynamic_references: Vec<String>,
 }
 
 /// A loaded blueprint; loading reads and checks every file, rendering does no I/O.
@@ -62,6 +66,10 @@ pub struct Blueprint {
     pub seed: Vec<SeedStep>,
     /// Overridable key → the only values a branch's `.previewd.toml` may give it.
     pub allowed: std::collections::BTreeMap<String, Vec<toml::Value>>,
+    /// Overridable keys a branch may set to a CloudFormation dynamic reference (`{{resolve:…}}`); none by
+    /// default. Elsewhere a branch's reference is refused: CloudFormation would resolve it with the
+    /// stack's role, and the branch could read any secret that role reaches into its own container.
+    pub dynamic_references: Vec<String>,
     defaults: Layer,
     staging: Option<Layer>,
     production: Option<Layer>,
@@ -187,6 +195,7 @@ impl Blueprint {
             overridable: meta.overridable,
             seed,
             allowed,
+            dynamic_references: meta.dynamic_references,
             staging: layer("staging.toml", LayerKind::Stage(Stage::Staging))?,
             production: layer("production.toml", LayerKind::Stage(Stage::Production))?,
             preview: layer("preview.toml", LayerKind::Preview)?,
@@ -215,6 +224,16 @@ impl Blueprint {
                 });
             }
         }
+        for key in &self.dynamic_references {
+            if !is_overridable(key, &self.overridable) {
+                return Err(RenderError::Setting {
+                    file: self.dir.join("blueprint.toml").display().to_string(),
+                    layer: "blueprint".to_owned(),
+                    key: format!("dynamic_references.{key}"),
+                    reason: "names a key that is not overridable".to_owned(),
+                });
+            }
+        }
         let defaults = Settings::merge(std::slice::from_ref(&self.defaults), &[])?;
         for (key, values) in &self.allowed {
             let err = |reason: String| RenderError::Setting {
@@ -234,8 +253,21 @@ impl Blueprint {
         Ok(())
     }
 
-    /// A branch's own value outside its key's allowed values is refused, naming file, key and layer.
-    fn check_allowed(&self, settings: &Settings) -> Result<(), RenderError> {
+    /// A branch's own value outside its key's allowed values, or holding a dynamic reference where the
+    /// blueprint allows none, is refused, naming file, key and layer.
+    fn check_branch_values(&self, settings: &Settings) -> Result<(), RenderError> {
+        for (key, s) in settings.iter().filter(|(_, s)| s.origin.kind == LayerKind::Branch) {
+            if holds_dynamic_reference(&s.value) && !is_overridable(key, &self.dynamic_references) {
+                return Err(RenderError::Setting {
+                    file: s.origin.source.clone(),
+                    layer: s.origin.kind.to_string(),
+                    key: key.to_owned(),
+                    reason: "a branch may not set a CloudFormation dynamic reference ({{resolve:…}}): it would \
+                             be resolved with the stack's role"
+                        .to_owned(),
+                });
+            }
+        }
         for (key, values) in &self.allowed {
             let Some(s) = settings.get(key).filter(|s| s.origin.kind == LayerKind::Branch) else { continue };
             if !values.contains(&s.value) {
@@ -244,7 +276,11 @@ impl Blueprint {
                     file: s.origin.source.clone(),
                     layer: s.origin.kind.to_string(),
                     key: key.clone(),
-                    reason: format!("{} is not allowed here; allowed: {}", s.value, list.join(", ")),
+                    reason: format!(
+                        "{} is not allowed here; allowed: {}",
+                        previewd_domain::text::quote(&s.value.to_string()),
+                        list.join(", ")
+                    ),
                 });
             }
         }
@@ -282,7 +318,7 @@ impl Blueprint {
             layers.extend(own.cloned());
         }
         let settings = Settings::merge(&layers, &self.overridable)?;
-        self.check_allowed(&settings)?;
+        self.check_branch_values(&settings)?;
         Ok(settings)
     }
 
@@ -292,7 +328,7 @@ impl Blueprint {
             TemplateKind::Environment => &self.environment,
         };
         let file = self.dir.join(kind.file_name()).display().to_string();
-        let rendered = template::render(&file, template, settings, ctx)?;
+        let rendered = template::render(&file, template, settings, ctx, &self.dynamic_references)?;
         match kind {
             TemplateKind::Application => Ok(rendered),
             TemplateKind::Environment => template::declare_emptied_buckets(rendered, &file),

@@ -14,7 +14,7 @@ pub mod template;
 pub use blueprint::{Blueprint, PatternOverride, RepoLayers, TemplateKind};
 pub use error::RenderError;
 pub use seed::{EcsTaskStep, HttpStep, Ref, RefError, SeedKind, SeedSource, SeedStep, SqlStep};
-pub use settings::{Layer, LayerKind, Origin, Setting, Settings};
+pub use settings::{Layer, LayerKind, Origin, Setting, Settings, holds_dynamic_reference, toml_error};
 pub use template::{Context, Rendered, TEMPLATE_BODY_MAX};
 
 /// A setting's value as JSON, the form it takes in a template.

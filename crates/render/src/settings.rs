@@ -52,13 +52,29 @@ impl Layer {
     /// Parses `text` as a TOML layer; a syntax error names the file and the layer.
     pub fn parse(kind: LayerKind, source: impl Into<String>, text: &str) -> Result<Self, RenderError> {
         let source = source.into();
-        let table = text.parse::<Table>().map_err(|e| RenderError::Syntax {
+        let table = toml::from_str::<Table>(text).map_err(|e| RenderError::Syntax {
             file: source.clone(),
             layer: kind.to_string(),
             format: "TOML",
-            message: e.to_string().trim().replace('\n', " "),
+            message: toml_error(text, &e),
         })?;
         Ok(Self { kind, source, table })
+    }
+}
+
+/// A TOML error as one line: where (line and column) and what, never the line itself: a branch's file
+/// may hold control characters or a huge value, an operator's a secret. Values the message quotes are
+/// shown as [`previewd_domain::text::quote`] shows them.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let what = previewd_domain::text::quote(e.message().trim());
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
     }
 }
 
@@ -154,11 +170,27 @@ impl Settings {
     }
 }
 
+/// Does `v` (or an item of it) hold a CloudFormation dynamic reference, `{{resolve:…}}`? Read loosely
+/// (any case, blanks after the braces), so no spelling CloudFormation might accept slips through.
+pub fn holds_dynamic_reference(v: &Value) -> bool {
+    match v {
+        Value::String(s) => is_dynamic_reference(s),
+        Value::Array(items) => items.iter().any(holds_dynamic_reference),
+        _ => false,
+    }
+}
+
+/// Does the text hold `{{resolve:`, in any case, with any blanks inside?
+pub(crate) fn is_dynamic_reference(s: &str) -> bool {
+    let folded: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    folded.contains("{{resolve:")
+}
+
 fn is_plain_key(k: &str) -> bool {
     !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn is_overridable(key: &str, overridable: &[String]) -> bool {
+pub(crate) fn is_overridable(key: &str, overridable: &[String]) -> bool {
     overridable.iter().any(|o| key == o || key.strip_prefix(o.as_str()).is_some_and(|r| r.starts_with('.')))
 }
 
@@ -344,6 +376,15 @@ mod tests {
     #[test]
     fn syntax_errors_name_the_file_and_layer() {
         let e = Layer::parse(LayerKind::Branch, ".previewd.toml", "x = ").expect_err("bad TOML").to_string();
-        assert!(e.starts_with(".previewd.toml (branch overrides layer): not valid TOML:"), "{e}");
+        assert!(e.starts_with(".previewd.toml (branch overrides layer): not valid TOML: line 1, column 5:"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_quote_no_raw_control_character_and_no_huge_line() {
+        let hostile = format!("a = 1\nb = \"{}\" \u{1b}]0;pwned\u{7}\r\u{9b}", "x".repeat(200_000));
+        let e = Layer::parse(LayerKind::Branch, ".previewd.toml", &hostile).expect_err("bad TOML").to_string();
+        assert!(e.contains("line 2, column"), "{e}");
+        assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+        assert!(e.len() < 600, "{} bytes", e.len());
     }
 }

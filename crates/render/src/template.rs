@@ -17,7 +17,8 @@ use previewd_domain::{EMPTY_ON_DELETE_MARK, EMPTY_ON_DELETE_OUTPUT, EnvNames, Re
 use serde_json::{Map, Value as Json};
 use toml::Value as Toml;
 
-use crate::{RenderError, Settings};
+use crate::settings::{is_dynamic_reference, is_overridable};
+use crate::{LayerKind, RenderError, Settings};
 
 /// CloudFormation refuses a TemplateBody longer than this; larger templates must go through S3.
 pub const TEMPLATE_BODY_MAX: usize = 51_200;
@@ -74,7 +75,15 @@ impl Rendered {
     }
 }
 
-pub(crate) fn render(file: &str, template: &Json, settings: &Settings, ctx: &Context) -> Result<Rendered, RenderError> {
+/// `dynamic` lists the settings a branch may make a dynamic reference (see
+/// [`crate::Blueprint::dynamic_references`]): a join that makes one out of another branch value fails.
+pub(crate) fn render(
+    file: &str,
+    template: &Json,
+    settings: &Settings,
+    ctx: &Context,
+    dynamic: &[String],
+) -> Result<Rendered, RenderError> {
     let fail = |pointer: &str, reason: String| RenderError::Template {
         file: file.to_owned(),
         pointer: pointer.to_owned(),
@@ -92,7 +101,7 @@ pub(crate) fn render(file: &str, template: &Json, settings: &Settings, ctx: &Con
     if !top.contains_key("Resources") {
         return Err(fail("/", "a template needs Resources".to_owned()));
     }
-    let expander = Expander { file, settings, ctx };
+    let expander = Expander { file, settings, ctx, dynamic };
     let template = expander.walk(template, "")?.unwrap_or(Json::Null);
     let body = serde_json::to_string(&template).map_err(|e| fail("/", e.to_string()))?;
     Ok(Rendered { template, body })
@@ -102,6 +111,7 @@ struct Expander<'a> {
     file: &'a str,
     settings: &'a Settings,
     ctx: &'a Context,
+    dynamic: &'a [String],
 }
 
 impl Expander<'_> {
@@ -181,9 +191,33 @@ impl Expander<'_> {
                         }
                     }
                 }
+                if is_dynamic_reference(&s) && parts.iter().any(|p| self.branch_set(p)) {
+                    return Err(self.fail(
+                        at,
+                        "joins a value a branch set into a CloudFormation dynamic reference ({{resolve:…}}): it \
+                         would be resolved with the stack's role",
+                    ));
+                }
                 Ok(Json::String(s))
             }
             other => Err(self.fail(at, format!("unknown directive `{other}`"))),
+        }
+    }
+
+    /// Does `v` use a setting a branch set, outside the keys it may make a dynamic reference?
+    fn branch_set(&self, v: &Json) -> bool {
+        match v {
+            Json::Object(obj) => obj.iter().any(|(k, arg)| {
+                if k == "Previewd::Setting" {
+                    arg.as_str().and_then(|key| self.settings.get(key).map(|s| (key, s))).is_some_and(|(key, s)| {
+                        s.origin.kind == LayerKind::Branch && !is_overridable(key, self.dynamic)
+                    })
+                } else {
+                    self.branch_set(arg)
+                }
+            }),
+            Json::Array(items) => items.iter().any(|i| self.branch_set(i)),
+            _ => false,
         }
     }
 

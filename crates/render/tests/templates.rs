@@ -179,3 +179,56 @@ fn branch_overrides_are_limited_to_overridable_keys() {
         .expect("production");
     assert_eq!(s.get("size").expect("size").origin.kind, LayerKind::Defaults);
 }
+
+#[test]
+fn a_branch_cannot_make_a_dynamic_reference_unless_the_blueprint_allows_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = json!({ "Resources": { "R": { "Type": "T", "Properties": {
+        "N": { "Previewd::Setting": "name" },
+        "J": { "Previewd::Join": ["{{resolve:ssm:", { "Previewd::Setting": "name" }, "}}"] }
+    } } } });
+    blueprint(dir.path(), &env);
+    let meta = dir.path().join("tiny/blueprint.toml");
+    std::fs::write(&meta, "description = \"tiny\"\noverridable = [\"name\", \"list\"]\n").expect("write");
+    let bp = Blueprint::load(dir.path(), "tiny").expect("loads");
+    let branch = BranchName::new("main").expect("branch");
+    let ctx = Context::application("o", &"a/b".parse().expect("repo"), Stage::Staging, "app-stack");
+    let own = |text: &str| Layer::parse(LayerKind::Branch, ".previewd.toml", text).expect("toml");
+    let settings = |repo: &RepoLayers, text: Option<&str>| {
+        bp.environment_settings(Stage::Staging, &branch, repo, text.map(own).as_ref())
+    };
+    let none = RepoLayers::default();
+    for text in [
+        r#"name = "{{resolve:secretsmanager:previewd/oidc:SecretString:client_secret}}""#,
+        r#"name = "x-{{ RESOLVE:ssm:param}}""#,
+        r#"list = ["a", "{{resolve:ssm:param}}"]"#,
+    ] {
+        let e = settings(&none, Some(text)).expect_err(text).to_string();
+        assert!(e.contains("may not set a CloudFormation dynamic reference"), "{text}: {e}");
+        assert!(e.starts_with(".previewd.toml (branch overrides layer): key `"), "{e}");
+    }
+    // Nor make one out of the template's text.
+    let s = settings(&none, Some(r#"name = "previewd/oidc""#)).expect("a plain value");
+    let e = bp.render(TemplateKind::Environment, &s, &ctx).expect_err("joined into a reference").to_string();
+    assert!(e.contains("/Resources/R/Properties/J/Previewd::Join: joins a value a branch set"), "{e}");
+    // The blueprint's own values and the operator's configuration may hold one.
+    bp.render(TemplateKind::Environment, &settings(&none, None).expect("defaults"), &ctx).expect("the blueprint's");
+    let table: toml::Table = toml::from_str(r#"name = "{{resolve:ssm:operator}}""#).expect("toml");
+    let operator = RepoLayers {
+        stages: Vec::new(),
+        patterns: vec![previewd_render::PatternOverride::new("main", "previewd.toml", table).expect("pattern")],
+    };
+    let s = settings(&operator, None).expect("the operator's");
+    assert_eq!(s.get("name").expect("name").value.as_str(), Some("{{resolve:ssm:operator}}"));
+    // A blueprint may open a key to a branch's references, and only an overridable one.
+    std::fs::write(&meta, "description = \"tiny\"\noverridable = [\"name\"]\ndynamic_references = [\"name\"]\n")
+        .expect("write");
+    let open = Blueprint::load(dir.path(), "tiny").expect("loads");
+    let s = open
+        .environment_settings(Stage::Staging, &branch, &none, Some(&own(r#"name = "{{resolve:ssm:p}}""#)))
+        .expect("allowed by the blueprint");
+    open.render(TemplateKind::Environment, &s, &ctx).expect("renders");
+    std::fs::write(&meta, "description = \"tiny\"\ndynamic_references = [\"name\"]\n").expect("write");
+    let e = Blueprint::load(dir.path(), "tiny").expect_err("not overridable").to_string();
+    assert!(e.contains("key `dynamic_references.name`: names a key that is not overridable"), "{e}");
+}
