@@ -271,13 +271,46 @@ async fn create_events_no_infra_branches_and_branch_settings() {
     assert!(error.contains("key `app.log_level`: a branch may not set a CloudFormation dynamic reference"), "{error}");
     assert_eq!(t.proxy.count("CreateStack", &env.stack_name), 0);
     assert!(t.stack(&env.stack_name).await.is_none());
+    // A file too large to be settings (over 64 KiB, or over 1 MB, whose content GitHub leaves out) and a
+    // folder of that name are refused with the reason, once: nothing is retried and nothing created.
+    let huge = format!("app.log_level = \"{}\"\n", "x".repeat(2 << 20));
+    for (n, (branch, file, why)) in [
+        ("feat/large", Some(format!("# {}\n", "x".repeat(70_000))), "is 70003 bytes, over the 65536 bytes it may hold"),
+        ("feat/huge", Some(huge), "bytes, over the 65536 bytes it may hold"),
+        ("feat/folder", None, ".previewd.toml is a folder, not a file"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sha = format!("{}{n}", "5".repeat(39));
+        match file {
+            Some(text) => t.github.set_file(REPO, &sha, ".previewd.toml", &text),
+            None => t.github.set_folder(REPO, &sha, ".previewd.toml"),
+        }
+        assert_eq!(t.push(branch, &sha).await, 202);
+        let env = t.wait_for(branch, "failed", |e| e.status == Status::Failed).await;
+        let error = env.last_error.clone().expect("error");
+        assert!(error.contains(why) && error.len() < 400, "{branch}: {error}");
+        assert_eq!(t.proxy.count("CreateStack", &env.stack_name), 0, "{branch}");
+    }
+    let reads = t.github.requests().iter().filter(|r| r.contains("/contents/")).count();
+    assert!(reads <= 8, "refused files are not asked for again and again: {reads}");
     t.github.set_file(REPO, SHA2, ".previewd.toml", "service.cpu = \"512\"\n[database]\nenabled = false\n");
     assert_eq!(t.push("feat/own", SHA2).await, 202);
     let env = ready(&t, "feat/own", SHA2).await;
     let resources =
         t.direct_aws().await.stack_resources(&env.stack_name, "AWS::RDS::DBInstance").await.expect("resources");
     assert!(resources.is_empty(), "the branch turned its database off");
-    t.assert_clean(&["feat/created", "feat/own", "docs-no-infra", "feat/steal"]).await;
+    t.assert_clean(&[
+        "feat/created",
+        "feat/own",
+        "docs-no-infra",
+        "feat/steal",
+        "feat/large",
+        "feat/huge",
+        "feat/folder",
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

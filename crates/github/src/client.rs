@@ -113,6 +113,10 @@ struct Commit {
 
 #[derive(Deserialize)]
 struct Contents {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
     #[serde(default)]
     content: Option<String>,
     #[serde(default)]
@@ -209,14 +213,36 @@ impl GitHub {
     }
 
     /// A file's text at a commit, or `None` when it does not exist there.
-    pub async fn file_at(&self, repo: &RepoName, path: &str, sha: &CommitSha) -> Result<Option<String>, GithubError> {
+    /// The text of `path` at commit `sha`, `None` when there is no such file. Anything but a UTF-8 file
+    /// of at most `max_bytes` (a folder, a link, a submodule, a larger file) is refused with the reason:
+    /// it will not change by asking again.
+    pub async fn file_at(
+        &self,
+        repo: &RepoName,
+        path: &str,
+        sha: &CommitSha,
+        max_bytes: usize,
+    ) -> Result<Option<String>, GithubError> {
         let what = format!("get {path} of {repo} at {}", sha.short());
         let path_enc: Vec<String> = path.split('/').map(enc).collect();
         let route = format!("{}/contents/{}?ref={}", Self::repo_path(repo), path_enc.join("/"), sha);
-        let Some(c) = self.get::<Contents>(repo, &route, &what).await? else { return Ok(None) };
+        let Some(answer) = self.get::<serde_json::Value>(repo, &route, &what).await? else { return Ok(None) };
         let unexpected = |message: String| GithubError::Unexpected { what: what.clone(), message };
+        if answer.is_array() {
+            return Err(unexpected(format!("{path} is a folder, not a file")));
+        }
+        let c: Contents = serde_json::from_value(answer)
+            .map_err(|e| GithubError::Garbled { what: what.clone(), message: e.to_string() })?;
+        if c.kind.as_deref() != Some("file") {
+            return Err(unexpected(format!("{path} is a {}, not a file", c.kind.as_deref().unwrap_or("thing"))));
+        }
+        // GitHub leaves out the content of a file over 1 MB (`encoding: none`); the size is always there.
+        if c.size.is_none_or(|size| size > max_bytes as u64) || c.encoding.as_deref() == Some("none") {
+            let size = c.size.map_or_else(|| "of unknown size".to_owned(), |s| format!("{s} bytes"));
+            return Err(unexpected(format!("{path} is {size}, over the {max_bytes} bytes it may hold")));
+        }
         if c.encoding.as_deref() != Some("base64") {
-            return Err(unexpected(format!("{path} is not a file")));
+            return Err(unexpected(format!("{path} comes in an unknown encoding")));
         }
         let raw: String = c.content.unwrap_or_default().chars().filter(|c| !c.is_whitespace()).collect();
         let bytes = BASE64.decode(raw).map_err(|_| unexpected("content is not base64".into()))?;

@@ -11,6 +11,7 @@ mod queue;
 mod reaper;
 mod reconcile;
 mod seed;
+mod settings_files;
 mod sightings;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -248,7 +249,7 @@ pub(crate) struct Inner {
     pub(crate) blueprints: HashMap<String, Blueprint>,
     pub(crate) zone_ids: Mutex<HashMap<String, String>>,
     /// Branch settings files by repository and commit (a file at a commit never changes).
-    pub(crate) settings_files: Mutex<HashMap<(RepoName, previewd_domain::CommitSha), Option<String>>>,
+    pub(crate) settings_files: Mutex<settings_files::SettingsFiles>,
     /// One application-stack step per repository at a time in this process: environments of one
     /// repository share that stack, and two of them must not both create it.
     pub(crate) app_locks: Mutex<HashMap<RepoName, Arc<tokio::sync::Mutex<()>>>>,
@@ -293,7 +294,7 @@ impl Reconciler {
             github,
             blueprints,
             zone_ids: Mutex::new(HashMap::new()),
-            settings_files: Mutex::new(HashMap::new()),
+            settings_files: Mutex::new(settings_files::SettingsFiles::default()),
             app_locks: Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             admit_locks: Mutex::new(HashMap::new()),
@@ -488,7 +489,7 @@ impl Reconciler {
         let Some(blueprint) = self.inner.blueprints.get(&repo.blueprint) else { return Ok(Vec::new()) };
         let own = env.deployed_sha.as_ref().and_then(|sha| {
             let files = self.inner.settings_files.lock().unwrap_or_else(|p| p.into_inner());
-            let text = files.get(&(env.repo.clone(), sha.clone()))?.clone()?;
+            let text = files.get(&env.repo, sha)?.clone()?;
             let source = format!("{} at {}", reconcile::BRANCH_SETTINGS_FILE, sha.short());
             previewd_render::Layer::parse(previewd_render::LayerKind::Branch, source, &text).ok()
         });

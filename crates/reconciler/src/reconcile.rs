@@ -13,14 +13,11 @@ use previewd_render::{Context, Layer, LayerKind, TemplateKind};
 use previewd_store::{Claim, EnvRecord, Observed, StoreError, now_ms};
 use sha2::{Digest, Sha256};
 
+use crate::settings_files::SETTINGS_FILE_MAX;
 use crate::{Action, Inner, ReconcileError, RepoSetup, seed};
 
 /// The file a branch commits to override settings of its own environment.
 pub const BRANCH_SETTINGS_FILE: &str = ".previewd.toml";
-/// Branch settings files remembered by commit; past this the cache starts afresh (each is a few hundred
-/// bytes).
-const SETTINGS_CACHE_MAX: usize = 10_000;
-
 pub(crate) const TAG_OWNER: &str = "previewd:owner";
 pub(crate) const TAG_REPO: &str = "previewd:repo";
 /// The branch for people ([`tag_value`]: lossy where the name holds characters tags refuse, or is long).
@@ -528,17 +525,14 @@ fn stack_view(inner: &Inner, s: &Stack, current: bool) -> StackView {
 /// A file at a commit never changes, so it is fetched once per commit (and a settled environment asks
 /// GitHub nothing).
 async fn branch_layer(inner: &Inner, env: &EnvRecord, sha: &CommitSha) -> Result<Option<Layer>, ReconcileError> {
-    let key = (env.repo.clone(), sha.clone());
-    let cached = inner.settings_files.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+    let cached = inner.settings_files.lock().unwrap_or_else(|p| p.into_inner()).get(&env.repo, sha).cloned();
     let text = match cached {
         Some(text) => text,
         None => {
-            let text = inner.github.file_at(&env.repo, BRANCH_SETTINGS_FILE, sha).await?;
+            // A refusal (too large, a folder) is an error and is not remembered.
+            let text = inner.github.file_at(&env.repo, BRANCH_SETTINGS_FILE, sha, SETTINGS_FILE_MAX).await?;
             let mut files = inner.settings_files.lock().unwrap_or_else(|p| p.into_inner());
-            if files.len() >= SETTINGS_CACHE_MAX {
-                files.clear();
-            }
-            files.insert(key, text.clone());
+            files.insert(env.repo.clone(), sha.clone(), text.clone());
             text
         }
     };

@@ -49,6 +49,8 @@ const HUMAN_LOGIN: &str = "octocat";
 const DEPLOYMENT_STATES: [&str; 7] = ["error", "failure", "inactive", "in_progress", "queued", "pending", "success"];
 /// The longest deployment status description GitHub takes, in characters.
 const MAX_STATUS_DESCRIPTION: usize = 140;
+/// The contents API inlines a file's content up to 1 MB; a larger one comes with `encoding: none`.
+const CONTENTS_INLINE_MAX: usize = 1024 * 1024;
 /// The longest comment body GitHub takes, in characters.
 const MAX_COMMENT_BODY: usize = 65_536;
 /// The longest a GitHub App's JWT may live (`exp` - `iat`), in seconds.
@@ -373,6 +375,8 @@ struct GhState {
     repos: BTreeSet<String>,
     /// (repo, sha, path) → text
     files: BTreeMap<(String, String, String), String>,
+    /// (repository, commit, path) of folders
+    folders: BTreeSet<(String, String, String)>,
     /// every request path under the prefix, decoded
     requests: Vec<String>,
     /// every request: (method, path and query as sent less the prefix, status answered)
@@ -417,6 +421,7 @@ impl Default for GhState {
             branches: BTreeMap::new(),
             repos: BTreeSet::new(),
             files: BTreeMap::new(),
+            folders: BTreeSet::new(),
             requests: Vec::new(),
             calls: Vec::new(),
             bodies: Vec::new(),
@@ -518,6 +523,11 @@ impl FakeGitHub {
 
     pub fn set_file(&self, repo: &str, sha: &str, path: &str, text: &str) {
         self.lock().files.insert((repo.to_owned(), sha.to_owned(), path.to_owned()), text.to_owned());
+    }
+
+    /// `path` is a folder (holding one file, `README.md`) at commit `sha`.
+    pub fn set_folder(&self, repo: &str, sha: &str, path: &str) {
+        self.lock().folders.insert((repo.to_owned(), sha.to_owned(), path.to_owned()));
     }
 
     /// Answers 404 for the repository and everything in it (`false`: shows it again).
@@ -1124,7 +1134,23 @@ fn route(st: &mut GhState, asked: &Asked<'_>, segs: &[&str], paging: Paging) -> 
             let repo = format!("{owner}/{name}");
             let path = rest.join("/");
             let sha = asked.param("ref").unwrap_or_default().to_owned();
+            if st.folders.contains(&(repo.clone(), sha.clone(), path.clone())) {
+                let inner = format!("{path}/README.md");
+                return Reply::ok(
+                    &json!([{ "type": "file", "size": 5, "name": "README.md", "path": inner, "sha": sha }]),
+                );
+            }
             match st.files.get(&(repo, sha.clone(), path.clone())) {
+                // Over 1 MB GitHub leaves the content out and says so.
+                Some(text) if text.len() > CONTENTS_INLINE_MAX => Reply::ok(&json!({
+                    "type": "file",
+                    "encoding": "none",
+                    "size": text.len(),
+                    "name": path.rsplit('/').next(),
+                    "path": path,
+                    "sha": sha,
+                    "content": "",
+                })),
                 Some(text) => Reply::ok(&json!({
                     "type": "file",
                     "encoding": "base64",
