@@ -121,9 +121,11 @@ fn previewds_policies_pass_parliament_and_hold_least_privilege() {
         let report = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && report.trim().is_empty(), "{role}/{name}: parliament found:\n{report}");
         if !service_role {
+            // Passing roles, and running and watching a blueprint's seed task, are previewd's only IAM and
+            // ECS rights.
             for a in actions(doc) {
-                let allowed =
-                    a == "iam:PassRole" || !(a.starts_with("iam:") || a.starts_with("ecs:") || a.starts_with("rds:"));
+                let allowed = matches!(a.as_str(), "iam:PassRole" | "ecs:RunTask" | "ecs:DescribeTasks")
+                    || !(a.starts_with("iam:") || a.starts_with("ecs:") || a.starts_with("rds:"));
                 assert!(allowed, "{role}/{name} holds {a}");
             }
         }
@@ -147,6 +149,74 @@ fn previewds_policies_pass_parliament_and_hold_least_privilege() {
             );
         }
     }
+}
+
+/// The stack role may create a role (or give it rights) only with previewd's permissions boundary, and
+/// every role a shipped blueprint makes carries that boundary: no template previewd renders can make a
+/// role that does more than the boundary allows.
+#[test]
+fn preview_roles_are_made_only_within_the_boundary() {
+    let t = template();
+    let boundary_name = &t["Resources"]["PreviewRoleBoundary"]["Properties"]["ManagedPolicyName"]["Fn::Sub"];
+    assert_eq!(boundary_name, "previewd-${Owner}-boundary");
+    let want = "arn:${AWS::Partition}:iam::${AWS::AccountId}:policy/previewd-${Owner}-boundary";
+    let stack_role = &t["Resources"]["PreviewStackRole"]["Properties"]["Policies"][0]["PolicyDocument"];
+    let granting = ["iam:CreateRole", "iam:PutRolePolicy", "iam:AttachRolePolicy", "iam:PutRolePermissionsBoundary"];
+    for s in stack_role["Statement"].as_array().expect("statements") {
+        let acts = actions(&serde_json::json!({ "Statement": [s] }));
+        assert!(!acts.iter().any(|a| a.contains('*') && a.starts_with("iam:")), "{acts:?}");
+        if acts.iter().any(|a| granting.contains(&a.as_str())) {
+            assert!(acts.iter().all(|a| granting.contains(&a.as_str())), "{acts:?} mixes in other actions");
+            let condition = &s["Condition"]["StringEquals"]["iam:PermissionsBoundary"]["Fn::Sub"];
+            assert_eq!(condition, want, "{s}");
+        }
+    }
+    let in_blueprint = serde_json::json!({ "Fn::Sub": [
+        "arn:${AWS::Partition}:iam::${AWS::AccountId}:policy/previewd-${Owner}-boundary",
+        { "Owner": { "Previewd::Context": "owner" } }
+    ] });
+    let mut roles = 0;
+    for blueprint in ["webapp", "beanstalk"] {
+        for file in ["application.json", "environment.json"] {
+            let path = root().join("stacks").join(blueprint).join(file);
+            let text = std::fs::read_to_string(&path).expect("template");
+            let tpl: Json = serde_json::from_str(&text).expect("JSON");
+            for (name, r) in tpl["Resources"].as_object().expect("resources") {
+                if r["Type"] == "AWS::IAM::Role" {
+                    roles += 1;
+                    assert_eq!(r["Properties"]["PermissionsBoundary"], in_blueprint, "{blueprint}/{file}: {name}");
+                }
+            }
+        }
+    }
+    assert!(roles >= 3, "{roles} roles");
+}
+
+/// Load balancers drop header fields that are not valid HTTP rather than pass them to the app.
+#[test]
+fn load_balancers_drop_invalid_header_fields() {
+    let drop = serde_json::json!({ "Key": "routing.http.drop_invalid_header_fields.enabled", "Value": "true" });
+    let app: Json = serde_json::from_str(
+        &std::fs::read_to_string(root().join("stacks/webapp/application.json")).expect("template"),
+    )
+    .expect("JSON");
+    for (what, lb) in
+        [("previewd's", &template()["Resources"]["LoadBalancer"]), ("webapp's", &app["Resources"]["LoadBalancer"])]
+    {
+        let attrs = lb["Properties"]["LoadBalancerAttributes"].as_array().expect("attributes");
+        assert!(attrs.contains(&drop), "{what} load balancer: {attrs:?}");
+    }
+}
+
+/// The check every end-to-end test makes when it ends (see `previewd_testkit::role`) is itself sound: a
+/// call the shipped role does not grant is named.
+#[test]
+fn a_call_the_role_does_not_grant_is_named() {
+    use previewd_testkit::role::not_allowed;
+    let calls = [("cloudformation".to_owned(), "CreateStack".to_owned()), ("ecs".to_owned(), "RunTask".to_owned())];
+    assert_eq!(not_allowed(&calls), Vec::<String>::new());
+    let calls = [("iam".to_owned(), "CreateUser".to_owned()), ("s3".to_owned(), "ListObjectVersions".to_owned())];
+    assert_eq!(not_allowed(&calls), ["iam:CreateUser"]);
 }
 
 #[test]

@@ -97,6 +97,20 @@ impl std::fmt::Debug for TestEnv {
     }
 }
 
+/// Every AWS call previewd made in the test (at the proxy) must be one its deployed role allows.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let missing = crate::role::not_allowed(&self.proxy.actions_seen());
+        assert!(
+            missing.is_empty(),
+            "previewd called AWS with actions deploy/aws/previewd.json does not grant its task role: {missing:?}"
+        );
+    }
+}
+
 impl TestEnv {
     pub async fn start() -> Self {
         Self::start_with("").await

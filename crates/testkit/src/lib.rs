@@ -7,6 +7,7 @@ mod env;
 mod github;
 mod moto;
 mod proxy;
+pub mod role;
 pub mod webhook;
 
 pub use env::{Options, REPO, SECRET, Serve, TestEnv, ZONE, aws_for, postgres_database, sha};

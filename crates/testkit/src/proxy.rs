@@ -76,6 +76,8 @@ struct StatusOverride {
 #[derive(Debug, Default)]
 struct ProxyState {
     calls: Vec<Call>,
+    /// The (service, action) of calls cleared by `reset_calls`.
+    earlier: std::collections::BTreeSet<(String, String)>,
     errors: Vec<ErrorFault>,
     overrides: Vec<StatusOverride>,
     strict_bucket_deletes: bool,
@@ -224,7 +226,17 @@ impl AwsProxy {
 
     /// Forgets the calls seen so far (to count what one pass does).
     pub fn reset_calls(&self) {
-        self.lock().calls.clear();
+        let mut st = self.lock();
+        let calls = std::mem::take(&mut st.calls);
+        st.earlier.extend(calls.into_iter().map(|c| (c.service, c.action)));
+    }
+
+    /// Every (service, action) called since the proxy started, [`reset_calls`](Self::reset_calls) or not.
+    pub fn actions_seen(&self) -> std::collections::BTreeSet<(String, String)> {
+        let st = self.lock();
+        let mut seen = st.earlier.clone();
+        seen.extend(st.calls.iter().map(|c| (c.service.clone(), c.action.clone())));
+        seen
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -392,15 +404,25 @@ fn identify(
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
     let service = auth.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or("unknown").to_owned();
     let action = match service.as_str() {
-        "s3" => match (method.as_str(), query) {
-            ("POST", q) if q.contains("delete") => "DeleteObjects",
-            ("GET", q) if q.contains("versions") => "ListObjectVersions",
-            ("GET", q) if q.contains("uploads") => "ListMultipartUploads",
-            ("DELETE", q) if q.contains("uploadId") => "AbortMultipartUpload",
-            ("PUT", _) => "PutObject",
-            (m, _) => m,
+        "s3" => {
+            // Path-style: `/bucket` for the bucket, `/bucket/key…` for an object.
+            let object = path.trim_start_matches('/').contains('/');
+            match (method.as_str(), query, object) {
+                ("POST", q, _) if q.contains("delete") => "DeleteObjects",
+                ("GET", q, false) if q.contains("versions") => "ListObjectVersions",
+                ("GET", q, false) if q.contains("uploads") => "ListMultipartUploads",
+                ("GET", _, false) => "ListObjectsV2",
+                ("HEAD", _, false) => "HeadBucket",
+                ("DELETE", q, true) if q.contains("uploadId") => "AbortMultipartUpload",
+                ("PUT", _, true) if headers.contains_key("x-amz-copy-source") => "CopyObject",
+                ("PUT", _, true) => "PutObject",
+                ("GET", _, true) => "GetObject",
+                ("HEAD", _, true) => "HeadObject",
+                ("DELETE", _, true) => "DeleteObject",
+                (m, _, _) => m,
+            }
+            .to_owned()
         }
-        .to_owned(),
         "route53" => match (method.as_str(), path) {
             ("POST", p) if p.ends_with("/rrset") || p.ends_with("/rrset/") => "ChangeResourceRecordSets",
             ("GET", p) if p.ends_with("/rrset") => "ListResourceRecordSets",
