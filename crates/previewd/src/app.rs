@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(super::redact_url("sqlite://previewd.db"), "sqlite://previewd.db");
         assert_eq!(
             super::redact_url("postgres://u@h/db?sslmode=require&password=hunter2"),
-            "postgres://u@h/db?sslmode=***&password=***"
+            "postgres://u:***@h/db?sslmode=***&password=***"
         );
         assert_eq!(super::redact_url("sqlite://p.db?mode=rwc"), "sqlite://p.db?mode=***");
     }
