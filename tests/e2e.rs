@@ -58,7 +58,8 @@ async fn push_update_and_delete() {
     assert_eq!(stack.status, "CREATE_COMPLETE");
     for (k, v) in [
         ("previewd:owner", "test-owner"),
-        ("previewd:repo", REPO),
+        // As GitHub treats names: without regard to case (previewd keeps them in lower case).
+        ("previewd:repo", REPO.to_ascii_lowercase().as_str()),
         ("previewd:branch", "feature/login"),
         ("previewd:env", env.env_key.as_str()),
         ("previewd:sha", SHA1),

@@ -55,6 +55,28 @@ impl GithubError {
     }
 }
 
+/// What GitHub says of one branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BranchHead {
+    /// It exists, at this commit.
+    At(CommitSha),
+    /// 404 (GitHub's own): no such branch, or no repository the token can see.
+    Missing,
+    /// 301 to another branch of the same repository: renamed. Gone under this name, once a complete
+    /// listing agrees.
+    Renamed(BranchName),
+}
+
+impl BranchHead {
+    /// The commit, if the branch exists under this name.
+    pub fn at(&self) -> Option<&CommitSha> {
+        match self {
+            BranchHead::At(sha) => Some(sha),
+            _ => None,
+        }
+    }
+}
+
 /// A complete listing of a repository's branches: every page answered 200.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BranchListing {
@@ -194,15 +216,29 @@ impl GitHub {
         format!("/repos/{}/{}", enc(repo.owner()), enc(repo.name()))
     }
 
-    /// The branch's head commit, or `None` when GitHub answers 404: the truth about a branch.
-    pub async fn branch_head(&self, repo: &RepoName, branch: &BranchName) -> Result<Option<CommitSha>, GithubError> {
+    /// What GitHub says of the branch: its head commit, missing (GitHub's own 404), or renamed (a 301 to
+    /// another branch of the same repository). A 301 anywhere else means the repository moved: an error
+    /// that asks a person to update the configuration, since what previewd knows by that name proves
+    /// nothing about the new one.
+    pub async fn branch_head(&self, repo: &RepoName, branch: &BranchName) -> Result<BranchHead, GithubError> {
         let what = format!("get branch {repo}:{branch}");
         let route = format!("{}/branches/{}", Self::repo_path(repo), enc(branch.as_str()));
-        match self.get::<Branch>(repo, &route, &what).await? {
-            None => Ok(None),
-            Some(b) => CommitSha::new(&b.commit.sha)
-                .map(Some)
-                .map_err(|e| GithubError::Garbled { what, message: e.to_string() }),
+        let answer = self.request(http::Method::GET, &route, Some(repo), http::HeaderMap::new(), None, &what).await?;
+        if answer.status == http::StatusCode::MOVED_PERMANENTLY {
+            let location = answer.headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if let Some(to) = renamed_to(&self.base, repo, location).filter(|to| to != branch) {
+                return Ok(BranchHead::Renamed(to));
+            }
+        }
+        match self.judge(answer.status, &answer.headers, answer.body, &what)? {
+            None => Ok(BranchHead::Missing),
+            Some(body) => {
+                let b: Branch = serde_json::from_str(&body)
+                    .map_err(|e| GithubError::Garbled { what: what.clone(), message: e.to_string() })?;
+                CommitSha::new(&b.commit.sha)
+                    .map(BranchHead::At)
+                    .map_err(|e| GithubError::Garbled { what, message: e.to_string() })
+            }
         }
     }
 
@@ -377,6 +413,19 @@ impl GitHub {
         }
         if let Some(wait) = rate_limited(status, headers) {
             return Err(GithubError::RateLimited { what: what.to_owned(), retry_after: wait });
+        }
+        if status == http::StatusCode::MOVED_PERMANENTLY {
+            // A renamed or transferred repository: what previewd knows by the old name proves nothing
+            // about the new one, and following it would act on a repository nobody configured.
+            let location = header("location").unwrap_or("");
+            return Err(GithubError::Unexpected {
+                what: what.to_owned(),
+                message: format!(
+                    "HTTP 301: the repository moved (renamed or transferred; Location: {}): update [repos] in \
+                     the configuration; nothing is changed meanwhile",
+                    previewd_domain::text::quote(location)
+                ),
+            });
         }
         if status == http::StatusCode::NOT_FOUND {
             // GitHub's own 404: JSON with a message. Anything else (a bare 404 from something in between)
@@ -624,6 +673,35 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
+/// The branch a `301`'s `Location` names when it is another branch of the same repository
+/// (`…/repos/{owner}/{repo}/branches/{branch}`, the API's own host, names compared as GitHub does,
+/// without regard to case); `None` for anything else (a moved repository answers with
+/// `…/repositories/{id}/…`).
+fn renamed_to(base: &str, repo: &RepoName, location: &str) -> Option<BranchName> {
+    let absolute;
+    let location = if location.starts_with('/') {
+        absolute = format!("{}{}", base.trim_end_matches('/'), location);
+        absolute.as_str()
+    } else {
+        location
+    };
+    if !under(base, location) {
+        return None;
+    }
+    let path = location.parse::<http::Uri>().ok()?.path().to_owned();
+    let prefix = base.parse::<http::Uri>().ok()?.path().trim_end_matches('/').to_owned();
+    let rest = path.strip_prefix(&prefix)?;
+    let mut segments = rest.trim_start_matches('/').split('/');
+    let (Some("repos"), Some(owner), Some(name), Some("branches"), Some(branch), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return None;
+    };
+    let same = RepoName::new(&format!("{owner}/{name}")).ok()? == *repo;
+    let branch = percent_encoding::percent_decode_str(branch).decode_utf8().ok()?;
+    same.then(|| BranchName::new(&branch).ok()).flatten()
+}
+
 /// Is `url` under the API at `base`: the same scheme, host and port, and a path within the base's?
 fn under(base: &str, url: &str) -> bool {
     let (Ok(base), Ok(url)) = (base.parse::<http::Uri>(), url.parse::<http::Uri>()) else { return false };
@@ -660,6 +738,29 @@ mod tests {
     fn hostile_branch_names_stay_one_path_segment() {
         assert_eq!(enc("feat/x#y?z%20"), "feat%2Fx%23y%3Fz%2520");
         assert_eq!(enc("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn a_301_to_another_branch_of_the_repository_is_a_rename_and_anything_else_a_move() {
+        let repo = RepoName::new("acme/shop").expect("repo");
+        let base = "https://ghe.example/api/v3";
+        let renamed = |l: &str| renamed_to(base, &repo, l).map(|b| b.as_str().to_owned());
+        assert_eq!(
+            renamed("https://ghe.example/api/v3/repos/acme/shop/branches/feat%2Fnew").as_deref(),
+            Some("feat/new")
+        );
+        assert_eq!(renamed("https://ghe.example/api/v3/repos/Acme/Shop/branches/new").as_deref(), Some("new"));
+        assert_eq!(renamed("/api/v3/repos/acme/shop/branches/new").as_deref(), Some("new"));
+        for moved in [
+            "https://ghe.example/api/v3/repositories/42/branches/new",
+            "https://ghe.example/api/v3/repos/acme/other/branches/new",
+            "https://evil.example/api/v3/repos/acme/shop/branches/new",
+            "https://ghe.example/api/v3/repos/acme/shop/branches/new/extra",
+            "https://ghe.example/api/v3/repos/acme/shop/branches/..",
+            "",
+        ] {
+            assert_eq!(renamed(moved), None, "{moved}");
+        }
     }
 
     #[test]

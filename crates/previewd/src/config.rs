@@ -363,6 +363,13 @@ impl Config {
                 .with_context(|| format!("{source}: [repos.{name:?}] dns_zone"))?;
             let blueprint = repo.blueprint.unwrap_or_else(|| DEFAULT_BLUEPRINT.to_owned());
             let max_environments = repo.max_environments.or(file.max_environments).unwrap_or(DEFAULT_MAX_ENVIRONMENTS);
+            // GitHub reads repository names without regard to case: two tables for one repository would
+            // silently lose one.
+            if repos.contains_key(&repo_name) {
+                bail!(
+                    "{source}: [repos.{name:?}] names a repository configured already (names are compared without regard to case)"
+                );
+            }
             repos.insert(repo_name, RepoConfig { blueprint, dns_zone, layers, max_environments });
         }
         if let Some(list) = var("PREVIEWD_REPOS") {
@@ -500,6 +507,13 @@ mod tests {
         let f = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(f.path(), text).expect("write");
         f
+    }
+
+    #[test]
+    fn a_repository_configured_twice_in_another_case_is_refused() {
+        let file = write("owner = \"o\"\n[repos.\"Acme/Shop\"]\n[repos.\"acme/shop\".branches.\"x/*\"]\n");
+        let e = format!("{:#}", Config::load(Some(file.path()), env(&[])).expect_err("twice"));
+        assert!(e.contains("configured already"), "{e}");
     }
 
     #[test]

@@ -37,14 +37,14 @@ async fn idle_resync_over_a_large_fleet() {
         })
         .collect();
     let creates = envs.iter().map(|(branch, sha, names)| {
-        let (cfn, template) = (cfn.clone(), template.clone());
+        let (cfn, template, repo) = (cfn.clone(), template.clone(), repo.clone());
         async move {
             let tag = |k: &str, v: &str| aws_sdk_cloudformation::types::Tag::builder().key(k).value(v).build();
             cfn.create_stack()
                 .stack_name(&names.stack_name)
                 .template_body(template)
                 .tags(tag("previewd:owner", "test-owner"))
-                .tags(tag("previewd:repo", REPO))
+                .tags(tag("previewd:repo", repo.as_str()))
                 .tags(tag("previewd:branch", branch.as_str()))
                 .tags(tag("previewd:env", names.env_key.as_str()))
                 .tags(tag("previewd:sha", sha.as_str()))
@@ -55,7 +55,7 @@ async fn idle_resync_over_a_large_fleet() {
     });
     futures::stream::iter(creates).buffer_unordered(8).collect::<Vec<_>>().await;
     for (branch, sha, names) in &envs {
-        let marker = previewd_cloud::OwnershipMarker::new("test-owner", REPO, names.env_key.as_str());
+        let marker = previewd_cloud::OwnershipMarker::new("test-owner", repo.as_str(), names.env_key.as_str());
         aws.upsert_dns(&zone_id, &names.dns_name, ENDPOINT, &marker).await.expect("dns");
         t.github.set_branch(REPO, branch.as_str(), sha.as_str());
         let change = DesiredChange {

@@ -19,7 +19,7 @@ fn writes(t: &TestEnv) -> Vec<String> {
     t.proxy
         .calls()
         .into_iter()
-        .filter(|c| !c.action.starts_with("List") && !c.action.starts_with("Describe") && c.action != "GET")
+        .filter(|c| ["List", "Describe", "Get", "Head"].iter().all(|read| !c.action.starts_with(read)))
         .map(|c| format!("{} {}", c.service, c.action))
         .collect()
 }
@@ -210,7 +210,7 @@ async fn one_pass_removes_exactly_the_orphans_and_never_a_foreign_stack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_the_template_retains_keeps_what_it_holds() {
-    let extra = "[repos.\"acme/shop\".branches.\"archive/*\"]\nbucket.deletion_policy = \"Retain\"\n";
+    let extra = &format!("[repos.\"{REPO}\".branches.\"archive/*\"]\nbucket.deletion_policy = \"Retain\"\n");
     let mut t = TestEnv::start_with(extra).await;
     for (n, b) in ["archive/q3", "feature/x"].iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
@@ -311,7 +311,7 @@ async fn names_are_deleted_as_written_and_one_changed_since_is_read_first() {
     let aws = t.direct_aws().await;
     let zone = t.seeded.zones[previewd_testkit::ZONE].hosted_zone_id.clone();
     // A person re-points one name (keeping previewd's marker): it is no longer as previewd wrote it.
-    let marker = previewd_cloud::OwnershipMarker::new("test-owner", REPO, moved.env_key.as_str());
+    let marker = previewd_cloud::OwnershipMarker::new("test-owner", &REPO.to_ascii_lowercase(), moved.env_key.as_str());
     aws.upsert_dns(&zone, &moved.dns_name, "elsewhere.example.com", &marker).await.expect("re-point");
     t.proxy.reset_calls();
     for b in ["as/written", "re/pointed"] {
@@ -479,7 +479,7 @@ async fn dangling_names_with_our_marker_go_and_hand_made_ones_stay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_time_to_live_ends_quiet_environments_until_their_next_push() {
-    let extra = "[repos.\"acme/shop\".branches.\"short/*\"]\nlifecycle.ttl = \"1s\"\n";
+    let extra = &format!("[repos.\"{REPO}\".branches.\"short/*\"]\nlifecycle.ttl = \"1s\"\n");
     let mut t = TestEnv::start_opts(extra, "10m").await;
     for (n, b) in ["short/x", "short/kept", "long/y"].iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
@@ -655,4 +655,34 @@ async fn a_bucket_of_many_pages_is_emptied_in_one_step() {
     assert_eq!(report.uploads_aborted, 1);
     let left = t.s3().await.list_object_versions().bucket(&bucket).send().await.expect("list");
     assert!(left.versions().is_empty() && left.delete_markers().is_empty(), "{left:?}");
+}
+
+/// GitHub answers `301` for a renamed branch (to its new name) and for a renamed or transferred
+/// repository (to `/repositories/{id}/…`): the first, with a complete listing that lacks the old name, is
+/// proof the old name is gone; the second is reported and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_branch_is_torn_down_and_a_moved_repository_reported() {
+    let mut t = TestEnv::start_opts("", "0s").await;
+    assert_eq!(t.push("feat/old-name", &sha(1)).await, 202);
+    assert_eq!(t.push("feat/stays", &sha(2)).await, 202);
+    let old = ready(&t, "feat/old-name", &sha(1)).await;
+    let stays = ready(&t, "feat/stays", &sha(2)).await;
+    t.github.rename_branch(REPO, "feat/old-name", "feat/new-name");
+    assert_eq!(t.delete("feat/old-name").await, 202);
+    t.deleted("feat/old-name").await;
+    assert!(t.stack(&old.stack_name).await.is_none(), "torn down");
+    assert!(t.github.requests().iter().any(|r| r.ends_with("/branches/feat/old-name")), "asked GitHub");
+
+    // The repository moves: every request by its old name answers 301. Nothing is torn down; the
+    // environment and the reaper say why.
+    t.github.move_repo(REPO);
+    assert_eq!(t.push("feat/stays", &sha(3)).await, 202);
+    let env = t.wait_for("feat/stays", "failed", |e| e.status == Status::Failed).await;
+    let error = env.last_error.expect("error");
+    assert!(error.contains("the repository moved") && error.contains("/repositories/"), "{error}");
+    let report = t.app().reconciler().reap(false).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    assert!(report.decisions.iter().all(|d| d.verdict != Verdict::Remove), "{report:#?}");
+    assert!(report.summary.contains("the repository moved"), "{}", report.summary);
+    assert!(t.stack(&stays.stack_name).await.is_some(), "never touched");
 }

@@ -585,12 +585,12 @@ async fn a_github_app_gets_installation_tokens_and_renews_them() {
     let repo = previewd_domain::RepoName::new(REPO).expect("repo");
     let main = previewd_domain::BranchName::new("main").expect("branch");
     let head = github.branch_head(&repo, &main).await.expect("an answer");
-    assert_eq!(head.map(|h| h.to_string()), Some(sha(1)));
+    assert_eq!(head.at().map(|h| h.to_string()), Some(sha(1)));
     assert!(github.repo_visible(&repo).await.expect("an answer"));
     assert_eq!(fake.tokens_issued(), 1, "one token for both calls");
     // Within a second of its expiry (3 s), the token is renewed before the next call.
     tokio::time::sleep(Duration::from_millis(2_200)).await;
-    assert!(github.branch_head(&repo, &main).await.expect("an answer").is_some());
+    assert!(github.branch_head(&repo, &main).await.expect("an answer").at().is_some());
     assert_eq!(fake.tokens_issued(), 2, "renewed");
     assert_eq!(fake.unauthenticated_count(), 0);
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use previewd_cloud::{OwnershipMarker, Stack};
 use previewd_domain::{BranchName, CommitSha, Desired, EnvNames, RepoName, Status};
+use previewd_github::BranchHead;
 use previewd_store::{DesiredChange, EnvRecord, ReaperPassRecord, now_ms};
 use serde::Serialize;
 
@@ -338,7 +339,7 @@ impl Pass<'_> {
         for env in envs.iter().filter(|e| !branches.contains_key(&e.branch)) {
             // The listing may lag or race a push: a direct look-up must answer 404 as well.
             match inner.github.branch_head(repo, &env.branch).await {
-                Ok(Some(_)) => {
+                Ok(BranchHead::At(_)) => {
                     if !self.dry_run && env.missing_since.is_some() {
                         inner.store.mark_seen(env.id).await?;
                     }
@@ -350,7 +351,8 @@ impl Pass<'_> {
                         "not in the listing, but GitHub shows the branch".into(),
                     );
                 }
-                Ok(None) => orphans.push(*env),
+                // The listing in hand is complete and lacks it: a 404, or a 301 to the branch's new name.
+                Ok(BranchHead::Missing | BranchHead::Renamed(_)) => orphans.push(*env),
                 Err(e) => {
                     self.refuse(repo, format!("cannot look up branch {}: {e}", env.branch));
                     return Ok(());

@@ -9,6 +9,7 @@ use previewd_domain::plan::{
     self, BranchDecision, ConvergeStep, Evidence, GitHubAnswer, StackView, TeardownStep, Waits,
 };
 use previewd_domain::{CommitSha, Desired, RULE_PRIORITY_MAX, Stage, Status, app_stack_name, tag_value};
+use previewd_github::BranchHead;
 use previewd_render::{Context, Layer, LayerKind, TemplateKind};
 use previewd_store::{Claim, EnvRecord, Observed, StoreError, now_ms};
 use sha2::{Digest, Sha256};
@@ -305,24 +306,36 @@ async fn observe_stack(inner: &Inner, env: &EnvRecord) -> Result<(Option<Stack>,
 /// that lost access must not tear every environment down. The first 404 is noted (the grace counts from
 /// it); a branch seen again is no longer missing.
 async fn ask_github(inner: &Inner, env: &EnvRecord) -> Result<GitHubAnswer, ReconcileError> {
-    match inner.github.branch_head(&env.repo, &env.branch).await? {
-        Some(head) => {
+    let absent = match inner.github.branch_head(&env.repo, &env.branch).await? {
+        BranchHead::At(head) => {
             if env.missing_since.is_some() {
                 inner.store.mark_seen(env.id).await?;
             }
-            Ok(GitHubAnswer::At(head))
+            return Ok(GitHubAnswer::At(head));
         }
-        None if inner.github.repo_visible(&env.repo).await? => {
-            if env.missing_since.is_none() {
-                inner.store.mark_missing(env.id, now_ms()).await?;
+        BranchHead::Missing => inner.github.repo_visible(&env.repo).await?,
+        // Renamed: gone under this name once a complete listing agrees (a 301 alone is one answer).
+        BranchHead::Renamed(to) => {
+            let listing = inner.github.list_branches(&env.repo).await?;
+            if listing.branches.iter().any(|(b, _)| *b == env.branch) {
+                return Err(ReconcileError::Transient(format!(
+                    "GitHub says {} was renamed to {} but still lists it: looking again later",
+                    env.branch, to
+                )));
             }
-            Ok(GitHubAnswer::NotFound)
+            true
         }
-        None => Err(ReconcileError::Transient(format!(
+    };
+    if !absent {
+        return Err(ReconcileError::Transient(format!(
             "GitHub does not show repository {} to previewd's token (404): check its access; nothing is changed meanwhile",
             env.repo
-        ))),
+        )));
     }
+    if env.missing_since.is_none() {
+        inner.store.mark_missing(env.id, now_ms()).await?;
+    }
+    Ok(GitHubAnswer::NotFound)
 }
 
 /// A duration in milliseconds as people write it (`10m`, `90s`).

@@ -13,7 +13,8 @@ use previewd_store::EnvRecord;
 
 use crate::{AwsProxy, FakeGitHub, Moto, Seeded, webhook, workspace_root};
 
-pub const REPO: &str = "acme/shop";
+/// Mixed case, as GitHub shows many repositories: previewd must treat the name as GitHub does.
+pub const REPO: &str = "Acme/Shop";
 pub const ZONE: &str = "preview.test.example";
 pub const SECRET: &str = "test-webhook-secret";
 

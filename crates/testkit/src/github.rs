@@ -377,6 +377,16 @@ struct GhState {
     files: BTreeMap<(String, String, String), String>,
     /// (repository, commit, path) of folders
     folders: BTreeSet<(String, String, String)>,
+    /// repository (lower case) → its name as the test spelled it, as GitHub answers it
+    spelling: BTreeMap<String, String>,
+    /// (repository, old branch) → new branch
+    renamed: BTreeMap<(String, String), String>,
+    /// moved repositories → their id
+    moved: BTreeMap<String, u64>,
+    /// every request, for [`FakeGitHub::sent`]
+    sent: Vec<Value>,
+    /// requests answered per credential, for `x-ratelimit-*`
+    used: BTreeMap<String, u64>,
     /// every request path under the prefix, decoded
     requests: Vec<String>,
     /// every request: (method, path and query as sent less the prefix, status answered)
@@ -422,6 +432,11 @@ impl Default for GhState {
             repos: BTreeSet::new(),
             files: BTreeMap::new(),
             folders: BTreeSet::new(),
+            spelling: BTreeMap::new(),
+            renamed: BTreeMap::new(),
+            moved: BTreeMap::new(),
+            sent: Vec::new(),
+            used: BTreeMap::new(),
             requests: Vec::new(),
             calls: Vec::new(),
             bodies: Vec::new(),
@@ -508,30 +523,71 @@ impl FakeGitHub {
     }
 
     pub fn set_branch(&self, repo: &str, branch: &str, sha: &str) {
+        let spelled = repo;
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let mut st = self.lock();
         st.know_repo(repo);
+        st.spelling.entry(repo.to_owned()).or_insert_with(|| spelled.to_owned());
         st.branches.insert((repo.to_owned(), branch.to_owned()), sha.to_owned());
     }
 
     pub fn delete_branch(&self, repo: &str, branch: &str) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         self.lock().branches.remove(&(repo.to_owned(), branch.to_owned()));
     }
 
+    /// Renames a branch as GitHub does: the old name answers `301` with the new one's address.
+    pub fn rename_branch(&self, repo: &str, from: &str, to: &str) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
+        let mut st = self.lock();
+        let sha = st.branches.remove(&(repo.to_owned(), from.to_owned())).expect("the branch exists");
+        st.branches.insert((repo.to_owned(), to.to_owned()), sha);
+        st.renamed.insert((repo.to_owned(), from.to_owned()), to.to_owned());
+    }
+
+    /// Renames or transfers the repository as GitHub does: every request by its old name answers `301`
+    /// to `/repositories/{id}/…`.
+    pub fn move_repo(&self, repo: &str) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
+        let mut st = self.lock();
+        let id = 1_000 + st.moved.len() as u64;
+        st.moved.insert(repo.to_owned(), id);
+    }
+
+    /// Every request answered so far, as `{method, path, query, body}` (the path as sent, still
+    /// percent-encoded, without the API prefix; `query` as `[name, value]` pairs): for holding them
+    /// against GitHub's published description.
+    pub fn sent(&self) -> Vec<Value> {
+        self.lock().sent.clone()
+    }
+
     pub fn branch_count(&self, repo: &str) -> usize {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         self.lock().branches.keys().filter(|(r, _)| r == repo).count()
     }
 
     pub fn set_file(&self, repo: &str, sha: &str, path: &str, text: &str) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         self.lock().files.insert((repo.to_owned(), sha.to_owned(), path.to_owned()), text.to_owned());
     }
 
     /// `path` is a folder (holding one file, `README.md`) at commit `sha`.
     pub fn set_folder(&self, repo: &str, sha: &str, path: &str) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         self.lock().folders.insert((repo.to_owned(), sha.to_owned(), path.to_owned()));
     }
 
     /// Answers 404 for the repository and everything in it (`false`: shows it again).
     pub fn hide_repo(&self, repo: &str, hidden: bool) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let mut st = self.lock();
         if hidden {
             st.hidden.insert(repo.to_owned());
@@ -610,6 +666,8 @@ impl FakeGitHub {
 
     /// The repository's deployments in the order created: each the request body as sent, plus its `"id"`.
     pub fn deployments(&self, repo: &str) -> Vec<Value> {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let st = self.lock();
         st.deployments
             .iter()
@@ -627,6 +685,8 @@ impl FakeGitHub {
     /// The statuses posted for deployment `id` of the repository, each the request body as sent, in the
     /// order posted; empty for a deployment the fake does not have.
     pub fn deployment_statuses(&self, repo: &str, id: u64) -> Vec<Value> {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let st = self.lock();
         st.deployments
             .iter()
@@ -639,6 +699,8 @@ impl FakeGitHub {
     /// {environment}`, `status {deployment id} {state}`, `comment create {issue} {comment id}`, `comment
     /// edit {comment id}`.
     pub fn feedback_log(&self, repo: &str) -> Vec<String> {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let st = self.lock();
         st.feedback.iter().filter(|(r, _)| r == repo).map(|(_, line)| line.clone()).collect()
     }
@@ -646,6 +708,8 @@ impl FakeGitHub {
     /// Opens pull request `number` from `head_branch` of the repository itself (head owner = repo owner),
     /// or reopens it; the repository becomes one the fake shows.
     pub fn open_pull(&self, repo: &str, number: u64, head_branch: &str) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let mut st = self.lock();
         st.know_repo(repo);
         st.pulls.insert((repo.to_owned(), number), Pull { head_branch: head_branch.to_owned(), open: true });
@@ -653,6 +717,8 @@ impl FakeGitHub {
 
     /// Closes pull request `number`; nothing if the fake does not have it.
     pub fn close_pull(&self, repo: &str, number: u64) {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         if let Some(pull) = self.lock().pulls.get_mut(&(repo.to_owned(), number)) {
             pull.open = false;
         }
@@ -660,6 +726,8 @@ impl FakeGitHub {
 
     /// The comments on issue or pull request `number`, oldest first, as `(id, body)`.
     pub fn comments(&self, repo: &str, number: u64) -> Vec<(u64, String)> {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let st = self.lock();
         st.comments
             .iter()
@@ -670,6 +738,8 @@ impl FakeGitHub {
 
     /// Adds a comment by a person (not previewd) on issue or pull request `number`; returns its id.
     pub fn add_comment(&self, repo: &str, number: u64, body: &str) -> u64 {
+        let repo = repo.to_ascii_lowercase();
+        let repo = repo.as_str();
         let mut st = self.lock();
         st.know_repo(repo);
         let id = st.next_comment_id;
@@ -705,7 +775,7 @@ impl FakeGitHub {
 
     /// The installation id of the repository owner's installation, if the fake has seen the owner.
     pub fn installation_id(&self, owner: &str) -> Option<u64> {
-        self.lock().installations.get(owner).copied()
+        self.lock().installations.get(&owner.to_ascii_lowercase()).copied()
     }
 
     /// How many installation tokens the fake has issued.
@@ -1013,8 +1083,25 @@ async fn handle(State(fake): State<FakeGitHub>, req: Request) -> Response {
         if is_write(&asked.method) {
             st.bodies.push((asked.method.to_string(), sent.clone(), asked.body.clone()));
         }
+        let raw = sent.split('?').next().unwrap_or("").to_owned();
+        let query: Vec<Value> = asked.query.iter().map(|(k, v)| json!([k, v])).collect();
+        let body = if asked.body.is_null() { Value::Null } else { asked.body.clone() };
+        st.sent.push(json!({ "method": asked.method.as_str(), "path": raw, "query": query, "body": body }));
         let (reply, delay) = answer(&fake, &mut st, &asked);
-        let reply = reply.conditional(&asked.method, if_none_match);
+        let mut reply = reply.conditional(&asked.method, if_none_match);
+        // As GitHub: every answer says where the caller stands with its rate limit (per credential).
+        if !reply.headers.contains_key("x-ratelimit-remaining") {
+            let who = asked.authorization.unwrap_or("anonymous").to_owned();
+            let used = st.used.entry(who).or_insert(0);
+            *used += 1;
+            let used = *used;
+            let reset = unix_seconds(SystemTime::now()) + 3600;
+            reply.header("x-ratelimit-limit", "5000");
+            reply.header("x-ratelimit-used", &used.to_string());
+            reply.header("x-ratelimit-remaining", &5000u64.saturating_sub(used).to_string());
+            reply.header("x-ratelimit-reset", &reset.to_string());
+            reply.header("x-ratelimit-resource", "core");
+        }
         st.calls.push((asked.method.to_string(), sent, reply.status.as_u16()));
         (reply, delay)
     };
@@ -1032,6 +1119,12 @@ fn answer(fake: &FakeGitHub, st: &mut GhState, asked: &Asked<'_>) -> (Reply, Opt
         .skip(1)
         .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
         .collect();
+    let mut segs = segs;
+    // GitHub reads owner and repository names without regard to case.
+    if segs.first().is_some_and(|s| s == "repos") && segs.len() >= 3 {
+        segs[1] = segs[1].to_ascii_lowercase();
+        segs[2] = segs[2].to_ascii_lowercase();
+    }
     st.requests.push(segs.join("/"));
     if st.fail_next > 0 {
         st.fail_next -= 1;
@@ -1064,6 +1157,8 @@ fn answer(fake: &FakeGitHub, st: &mut GhState, asked: &Asked<'_>) -> (Reply, Opt
     }
     let mut reply = if let Some(refused) = refuse_unauthenticated(st, asked, &segs) {
         refused
+    } else if let Some(moved) = moved(st, asked, path, &segs) {
+        moved
     } else if let Some((status, message)) = asked.bad_body {
         Reply::message(status, message)
     } else {
@@ -1079,6 +1174,29 @@ fn answer(fake: &FakeGitHub, st: &mut GhState, asked: &Asked<'_>) -> (Reply, Opt
         reply.header("x-fake-fault", "link-elsewhere");
     }
     (reply, delay)
+}
+
+/// GitHub's `301 Moved Permanently` for a renamed branch (to the new branch) or a moved repository (to
+/// `/repositories/{id}/…`), if the request names one.
+fn moved(st: &GhState, asked: &Asked<'_>, path: &str, segs: &[&str]) -> Option<Reply> {
+    let ["repos", owner, name, rest @ ..] = segs else { return None };
+    let repo = format!("{owner}/{name}");
+    let location = if let Some(id) = st.moved.get(&repo) {
+        let raw_rest: Vec<&str> = path.split('/').skip(4).collect();
+        let tail = if raw_rest.is_empty() { String::new() } else { format!("/{}", raw_rest.join("/")) };
+        format!("{}/repositories/{id}{tail}", asked.base)
+    } else if let ["branches", branch] = rest
+        && let Some(to) = st.renamed.get(&(repo.clone(), (*branch).to_owned()))
+        && !st.branches.contains_key(&(repo.clone(), (*branch).to_owned()))
+    {
+        let to = percent_encoding::utf8_percent_encode(to, percent_encoding::NON_ALPHANUMERIC);
+        format!("{}/repos/{owner}/{name}/branches/{to}", asked.base)
+    } else {
+        return None;
+    };
+    let mut reply = Reply::message(StatusCode::MOVED_PERMANENTLY, "Moved Permanently");
+    reply.header("location", &location);
+    Some(reply)
 }
 
 /// In app mode, the 401 for a request without the credentials its path wants: a JWT of the app for
@@ -1113,7 +1231,8 @@ fn route(st: &mut GhState, asked: &Asked<'_>, segs: &[&str], paging: Paging) -> 
         ["repos", owner, name] => {
             let repo = format!("{owner}/{name}");
             if st.repos.contains(&repo) {
-                Reply::ok(&json!({"full_name": repo, "private": true, "default_branch": "main"}))
+                let full_name = st.spelling.get(&repo).unwrap_or(&repo);
+                Reply::ok(&json!({"full_name": full_name, "private": true, "default_branch": "main"}))
             } else {
                 Reply::not_found()
             }
