@@ -28,6 +28,12 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "==> installing playwright-core (npm) for the browser test" >&2
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
+# Requests previewd sends to the fake GitHub are held against GitHub's OpenAPI description (pinned
+# @octokit/openapi with ajv, tests/github-openapi).
+if [ ! -d tests/github-openapi/node_modules/@octokit/openapi ]; then
+  echo "==> installing GitHub's OpenAPI description (npm) for the request check" >&2
+  (cd tests/github-openapi && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "==> cargo fmt --check" >&2

@@ -55,6 +55,42 @@ impl GithubError {
     }
 }
 
+/// What previewd says it is, as GitHub asks every client to (`previewd/<version>`).
+pub const USER_AGENT: &str = concat!("previewd/", env!("CARGO_PKG_VERSION"));
+/// The media type GitHub recommends asking for.
+const ACCEPT: &str = "application/vnd.github+json";
+
+/// octocrab over a hyper client of previewd's own: octocrab's ready-made client sends `User-Agent:
+/// octocrab` (and would send it beside previewd's own), so previewd builds the stack and names itself.
+/// (octocrab adds `X-GitHub-Api-Version` to each request itself.)
+/// Every call is bounded as a whole in [`GitHub::send`], connecting included.
+fn http_client(api_url: &str) -> Result<Octocrab, String> {
+    use octocrab::service::middleware::base_uri::BaseUriLayer;
+    use octocrab::service::middleware::extra_headers::ExtraHeadersLayer;
+    let uri: http::Uri = api_url.parse().map_err(|e| format!("{api_url:?} is not a URL: {e}"))?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let headers = vec![
+        (http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)),
+        (http::header::ACCEPT, http::HeaderValue::from_static(ACCEPT)),
+    ];
+    octocrab::OctocrabBuilder::new_empty()
+        .with_service(client)
+        .with_layer(&BaseUriLayer::new(uri))
+        .with_layer(&ExtraHeadersLayer::new(Arc::new(headers)))
+        .with_auth(octocrab::AuthState::None)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// What GitHub says of one branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BranchHead {
@@ -150,14 +186,7 @@ impl GitHub {
     /// (and reading its answer) may take `timeout`.
     pub fn new(api_url: &str, credentials: &Credentials, timeout: Duration) -> Result<Self, GithubError> {
         let setup = |message: String| GithubError::Transport { what: "set-up".into(), message };
-        let client = Octocrab::builder()
-            .base_uri(api_url)
-            .map_err(|e| setup(e.to_string()))?
-            .set_connect_timeout(Some(timeout))
-            .set_read_timeout(Some(timeout))
-            .set_write_timeout(Some(timeout))
-            .build()
-            .map_err(|e| setup(e.to_string()))?;
+        let client = http_client(api_url).map_err(setup)?;
         let auth = match credentials {
             Credentials::None => Auth::None,
             Credentials::Token(t) => Auth::Token(t.clone()),

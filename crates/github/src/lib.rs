@@ -8,6 +8,6 @@ mod feedback;
 mod webhook;
 
 pub use auth::{AuthError, Credentials, REFRESH_MARGIN};
-pub use client::{BranchHead, BranchListing, CALL_TIMEOUT, GitHub, GithubError, Identity};
+pub use client::{BranchHead, BranchListing, CALL_TIMEOUT, GitHub, GithubError, Identity, USER_AGENT};
 pub use feedback::{DESCRIPTION_MAX, DeploymentState, DeploymentStatus, truncate};
 pub use webhook::{MAX_BODY_BYTES, ParseError, SignatureError, WebhookEvent, parse_event, verify_signature};

@@ -681,3 +681,59 @@ async fn a_next_page_on_another_host_is_not_followed_with_the_token() {
     // The next listing, linked as GitHub links, is whole.
     assert_eq!(github.list_branches(&repo).await.expect("a listing").branches.len(), 1);
 }
+
+/// Every request previewd sends in a whole scenario (provisioning, a pull request's comment, an update,
+/// the fleet observer, the reaper, a teardown) is one GitHub's published OpenAPI description accepts:
+/// its operation, path and query parameters and body (tests/github-openapi, pinned `@octokit/openapi`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_previewd_sends_is_one_githubs_description_accepts() {
+    let checker = previewd_testkit::workspace_root().join("tests/github-openapi");
+    assert!(
+        checker.join("node_modules/@octokit/openapi").is_dir(),
+        "the checker is not installed: ./test.sh installs it (cd tests/github-openapi && npm ci)"
+    );
+    let mut t = TestEnv::start_custom(&Options { github: FEEDBACK, grace: "0s", ..Options::default() }).await;
+    let branch = "feat/spec#1";
+    assert_eq!(t.push(branch, &sha(1)).await, 202);
+    t.ready(branch, &sha(1)).await;
+    t.github.open_pull(REPO, 21, branch);
+    let body = serde_json::json!({
+        "action": "opened",
+        "number": 21,
+        "pull_request": { "number": 21, "head": { "ref": branch, "repo": { "full_name": REPO } } },
+        "repository": { "full_name": REPO },
+    });
+    assert_eq!(t.deliver("pull_request", &serde_json::to_vec(&body).expect("json"), None, None).await, 202);
+    eventually("the comment", || (!t.github.comments(REPO, 21).is_empty()).then_some(())).await;
+    assert_eq!(t.push(branch, &sha(2)).await, 202);
+    t.ready(branch, &sha(2)).await;
+    t.wait_for(branch, "told GitHub", |e| e.feedback_due.is_none()).await;
+    t.app().reconciler().resync().await;
+    t.app().reconciler().reap(false).await;
+    assert_eq!(t.delete(branch).await, 202);
+    t.deleted(branch).await;
+    t.wait_for(branch, "told GitHub", |e| e.feedback_due.is_none()).await;
+
+    let sent = t.github.sent();
+    assert!(sent.len() >= 20, "a whole scenario: {} requests", sent.len());
+    // Each names previewd and asks for GitHub's media type and API version, once, as GitHub asks.
+    let agent = serde_json::json!([previewd_github::USER_AGENT]);
+    for r in &sent {
+        assert_eq!(r["user_agent"], agent, "{r}");
+        assert_eq!(r["accept"], serde_json::json!(["application/vnd.github+json"]), "{r}");
+        assert_eq!(r["api_version"], serde_json::json!(["2022-11-28"]), "{r}");
+    }
+    assert!(previewd_github::USER_AGENT.starts_with("previewd/0."), "{}", previewd_github::USER_AGENT);
+    let file = t.dir.path().join("github-requests.jsonl");
+    let lines: Vec<String> = sent.iter().map(|r| r.to_string()).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").expect("write");
+    let out = std::process::Command::new("node")
+        .arg(checker.join("check.mjs"))
+        .arg(&file)
+        .output()
+        .expect("node runs (./test.sh has it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "requests GitHub would refuse:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("github-openapi: {} passed, 0 failed", sent.len())), "{stdout}");
+    eprintln!("{} requests held against GitHub's description", sent.len());
+}

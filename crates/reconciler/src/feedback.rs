@@ -113,9 +113,23 @@ fn target(env: &EnvRecord) -> Option<(Option<CommitSha>, DeploymentState)> {
     }
 }
 
+/// GitHub takes an environment name of at most 255 characters.
+const ENVIRONMENT_NAME_MAX: usize = 255;
+
 /// GitHub's environment name for a branch's previews.
 pub(crate) fn environment_name(env: &EnvRecord) -> String {
-    format!("preview/{}", env.branch)
+    name_for(env.branch.as_str(), env.env_key.as_str())
+}
+
+/// `preview/<branch>`; a branch too long for that is cut and ended with `~<environment key>`, which is
+/// unique in the repository, so two long branches never share a GitHub environment.
+fn name_for(branch: &str, env_key: &str) -> String {
+    let name = format!("preview/{branch}");
+    if name.chars().count() <= ENVIRONMENT_NAME_MAX {
+        return name;
+    }
+    let room = ENVIRONMENT_NAME_MAX - "preview/".len() - 1 - env_key.chars().count();
+    format!("preview/{}~{env_key}", branch.chars().take(room).collect::<String>())
 }
 
 /// Waits out the gap GitHub's secondary limit asks between content-creating requests.
@@ -346,6 +360,17 @@ mod tests {
         }
         // 81 writes take at least 80 gaps: a minute, so never more than 80 in any minute.
         assert!(start.elapsed() >= Duration::from_secs(60), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn environment_names_fit_githubs_limit() {
+        assert_eq!(name_for("feat/x", "feat-x"), "preview/feat/x");
+        let long = "é".repeat(1_000);
+        let (a, b) = (name_for(&format!("{long}a"), "aaa-11111111"), name_for(&format!("{long}b"), "aaa-22222222"));
+        assert_eq!(a.chars().count(), ENVIRONMENT_NAME_MAX);
+        assert!(a.ends_with("~aaa-11111111") && a != b, "{a}");
+        let exact = "x".repeat(ENVIRONMENT_NAME_MAX - "preview/".len());
+        assert_eq!(name_for(&exact, "k"), format!("preview/{exact}"));
     }
 
     #[test]

@@ -558,9 +558,9 @@ impl FakeGitHub {
         st.moved.insert(repo.to_owned(), id);
     }
 
-    /// Every request answered so far, as `{method, path, query, body}` (the path as sent, still
-    /// percent-encoded, without the API prefix; `query` as `[name, value]` pairs): for holding them
-    /// against GitHub's published description.
+    /// Every request answered so far, as `{method, path, query, body, user_agent, accept, api_version}`
+    /// (the path as sent, still percent-encoded, without the API prefix; `query` as `[name, value]` pairs;
+    /// each header as the list of values sent): for holding them against GitHub's published description.
     pub fn sent(&self) -> Vec<Value> {
         self.lock().sent.clone()
     }
@@ -1086,7 +1086,12 @@ async fn handle(State(fake): State<FakeGitHub>, req: Request) -> Response {
         let raw = sent.split('?').next().unwrap_or("").to_owned();
         let query: Vec<Value> = asked.query.iter().map(|(k, v)| json!([k, v])).collect();
         let body = if asked.body.is_null() { Value::Null } else { asked.body.clone() };
-        st.sent.push(json!({ "method": asked.method.as_str(), "path": raw, "query": query, "body": body }));
+        let all = |name| -> Vec<&str> { headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect() };
+        let (agent, accept) = (all(axum::http::header::USER_AGENT), all(axum::http::header::ACCEPT));
+        st.sent.push(json!({
+            "method": asked.method.as_str(), "path": raw, "query": query, "body": body,
+            "user_agent": agent, "accept": accept, "api_version": all(axum::http::HeaderName::from_static("x-github-api-version")),
+        }));
         let (reply, delay) = answer(&fake, &mut st, &asked);
         let mut reply = reply.conditional(&asked.method, if_none_match);
         // As GitHub: every answer says where the caller stands with its rate limit (per credential).
