@@ -327,6 +327,30 @@ async fn rollback_complete_is_deleted_and_created_again() {
     assert!(events(&t, env.id).await.iter().any(|e| e.starts_with("rollback: create rolled back")));
 }
 
+/// A listener rule priority held by a rule previewd did not make (the cause is in the failed resource's
+/// event, not the stack's reason): the environment moves to the next free priority, and the try is not
+/// counted against `max_stack_attempts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_priority_taken_by_another_rule_moves_to_the_next_free_one() {
+    let mut t = TestEnv::start_custom(&previewd_testkit::Options {
+        reconciler: "max_stack_attempts = 1",
+        ..previewd_testkit::Options::default()
+    })
+    .await;
+    let stack = &t.names("feat/rule").stack_name;
+    let reason = "Priority '7' is currently in use (Service: ElasticLoadBalancingV2; Status Code: 400; Error Code: \
+                  PriorityInUse; Request ID: 0f6a2a3c)";
+    t.proxy.rollback_next_create_because(stack, "ListenerRule", "AWS::ElasticLoadBalancingV2::ListenerRule", reason);
+    assert_eq!(t.push("feat/rule", SHA1).await, 202);
+    let first = t.wait_for("feat/rule", "a priority", |e| e.rule_priority.is_some()).await.rule_priority;
+    let env = ready(&t, "feat/rule", SHA1).await;
+    assert_ne!(env.rule_priority, first, "moved");
+    assert_eq!(env.rule_priority, first.map(|p| p % 50_000 + 1), "to the next free one");
+    let log = events(&t, env.id).await;
+    assert!(log.iter().any(|e| e.contains("is held by a rule previewd did not make: moving to")), "{log:#?}");
+    assert_eq!(t.proxy.count("CreateStack", stack), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_updates_and_throttling_converge() {
     let mut t = TestEnv::start().await;

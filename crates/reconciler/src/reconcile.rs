@@ -338,6 +338,17 @@ async fn ask_github(inner: &Inner, env: &EnvRecord) -> Result<GitHubAnswer, Reco
     Ok(GitHubAnswer::NotFound)
 }
 
+/// The failed event of a listener rule whose priority is taken (`PriorityInUse`), if that is why the
+/// stack rolled back: the stack's own reason names only the resource, its events the cause.
+async fn priority_in_use(inner: &Inner, stack: &Stack) -> Result<Option<String>, ReconcileError> {
+    let events = inner.aws.stack_events(&stack.id).await?;
+    Ok(events
+        .into_iter()
+        .filter(|e| e.status.ends_with("_FAILED") && e.resource_type == "AWS::ElasticLoadBalancingV2::ListenerRule")
+        .filter_map(|e| e.reason)
+        .find(|r| r.contains("PriorityInUse") || r.contains("is currently in use")))
+}
+
 /// A duration in milliseconds as people write it (`10m`, `90s`).
 pub(crate) fn humanize(ms: i64) -> String {
     humantime::format_duration(Duration::from_secs((ms.max(0) / 1000) as u64)).to_string()
@@ -659,11 +670,25 @@ async fn converge(
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
+            // A listener rule priority something else holds: the next free one, and this try not counted.
+            let moved = match priority_in_use(inner, &stack).await? {
+                Some(_) => {
+                    let max = i64::from(RULE_PRIORITY_MAX);
+                    let next = inner.store.move_priority(env.id, &env.repo, priority, max).await?;
+                    let why = format!(
+                        "listener rule priority {priority} is held by a rule previewd did not make: moving to {next}"
+                    );
+                    inner.store.add_event(env.id, "priority", &why).await?;
+                    true
+                }
+                None => false,
+            };
             let Some(_) = empty_buckets(inner, env, &stack, true).await? else {
                 return Ok(Action::Requeue(Duration::ZERO));
             };
             inner.delete_stack(&stack, &token("delete-rollback", &[&stack.id])).await?;
-            let o = Observed { status: Status::Provisioning, attempts: env.attempts + 1, ..env.observed() };
+            let attempts = if moved { env.attempts } else { env.attempts + 1 };
+            let o = Observed { status: Status::Provisioning, attempts, ..env.observed() };
             let why = format!(
                 "create rolled back ({}); deleting to create again",
                 stack.reason.as_deref().unwrap_or("no reason given")

@@ -1087,6 +1087,18 @@ impl Store {
         Err(StoreError::Corrupt { what: "rule priority", value: format!("all {max} taken in {repo}") })
     }
 
+    /// Gives the environment the next free priority after `taken` (which something else holds on the
+    /// listener), as [`Store::allocate_priority`] gives one: its record of `taken` goes first.
+    pub async fn move_priority(&self, id: i64, repo: &RepoName, taken: i64, max: i64) -> Result<i64, StoreError> {
+        sqlx::query("UPDATE environments SET rule_priority = NULL WHERE id = $1 AND rule_priority = $2")
+            .bind(id)
+            .bind(taken)
+            .execute(&mut *self.write().await?)
+            .await
+            .map_err(db("move priority"))?;
+        self.allocate_priority(id, repo, taken % max + 1, max).await
+    }
+
     /// After a reconcile step that went through: the next error starts the backoff afresh.
     pub async fn reset_retries(&self, fence: Fence) -> Result<(), StoreError> {
         let sql = format!("UPDATE environments SET retries = 0 WHERE id = $1 AND retries <> 0{}", fence.condition(2));

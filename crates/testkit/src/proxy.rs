@@ -71,6 +71,9 @@ struct StatusOverride {
     until: Until,
     /// For a `Time` bound: how long after activation.
     duration: Duration,
+    /// A failed resource's event shown first in the stack's events while active: (logical id, type,
+    /// reason), as CloudFormation records the cause of a rollback.
+    event: Option<(String, String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -166,7 +169,18 @@ impl AwsProxy {
             active: after.is_none(),
             until,
             duration,
+            event: None,
         });
+    }
+
+    /// As [`rollback_next_create`](Self::rollback_next_create), with the cause CloudFormation records: a
+    /// `CREATE_FAILED` event of resource `logical_id` (of `resource_type`) saying `reason`.
+    pub fn rollback_next_create_because(&self, stack: &str, logical_id: &str, resource_type: &str, reason: &str) {
+        self.rollback_next_create(stack);
+        let mut st = self.lock();
+        if let Some(o) = st.overrides.iter_mut().rev().find(|o| o.stack == stack) {
+            o.event = Some((logical_id.to_owned(), resource_type.to_owned(), reason.to_owned()));
+        }
     }
 
     /// After the stack's next CreateStack, it shows ROLLBACK_COMPLETE (a failed create) until deleted.
@@ -447,6 +461,10 @@ fn stack_name(param: &str) -> String {
     }
 }
 
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 fn request_id() -> String {
     format!(
         "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
@@ -697,6 +715,7 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
                 active: true,
                 until: Until::Action("DeleteStack".into()),
                 duration: Duration::ZERO,
+                event: None,
             });
             let ok = format!(
                 "<DeleteStackResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></DeleteStackResponse>",
@@ -780,6 +799,26 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
             }
             out.push_str(rest);
             text = out.into_bytes();
+        }
+    }
+    // ... and its events begin with the failed resource's, when a test gave one.
+    if action == "DescribeStackEvents" && status.is_success() {
+        let event = stack.as_ref().and_then(|name| {
+            st.overrides.iter().find(|o| o.active && &o.stack == name).and_then(|o| o.event.clone().map(|e| (name, e)))
+        });
+        let body = String::from_utf8_lossy(&text).into_owned();
+        if let Some((name, (logical, kind, reason))) = event
+            && let Some(at) = body.find("<StackEvents>")
+        {
+            let at = at + "<StackEvents>".len();
+            let member = format!(
+                "<member><EventId>previewd-test-{logical}</EventId><StackName>{name}</StackName>\
+                 <LogicalResourceId>{logical}</LogicalResourceId><ResourceType>{kind}</ResourceType>\
+                 <Timestamp>2026-01-01T00:00:00.000Z</Timestamp><ResourceStatus>CREATE_FAILED</ResourceStatus>\
+                 <ResourceStatusReason>{}</ResourceStatusReason></member>",
+                xml_escape(&reason)
+            );
+            text = format!("{}{member}{}", &body[..at], &body[at..]).into_bytes();
         }
     }
     drop(st);
