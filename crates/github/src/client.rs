@@ -427,9 +427,6 @@ impl GitHub {
         what: &str,
     ) -> Result<Option<String>, GithubError> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        if let Some(n) = header("x-ratelimit-remaining").and_then(|v| v.parse::<i64>().ok()) {
-            previewd_metrics::METRICS.github_rate_limit_remaining.set(n);
-        }
         let content_type = header("content-type");
         let json = content_type.is_none_or(|t| t.contains("json"));
         // An HTML page (a proxy's, a captive portal's) is no answer from GitHub, whatever its status:
@@ -491,7 +488,25 @@ impl GitHub {
         what: &str,
     ) -> Result<Answer, GithubError> {
         let authorization = self.authorization(repo, what).await?;
-        self.send(method, route, authorization.as_ref(), headers, body, what).await
+        let credential = match (self.auth.as_ref(), repo) {
+            (Auth::None, _) => "anonymous".to_owned(),
+            (Auth::Token(_), _) => "token".to_owned(),
+            (Auth::App(_), None) => "app".to_owned(),
+            (Auth::App(app), Some(repo)) => app
+                .installations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(repo.as_str())
+                .map_or_else(|| "app".to_owned(), u64::to_string),
+        };
+        let answer = self.send(method, route, authorization.as_ref(), headers, body, what).await?;
+        // Each credential has a quota of its own; the gauge appears once GitHub has said something.
+        if let Some(n) = answer.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+        {
+            let label = previewd_metrics::CredentialLabel { credential };
+            previewd_metrics::METRICS.github_rate_limit_remaining.get_or_create(&label).set(n);
+        }
+        Ok(answer)
     }
 
     async fn send(

@@ -59,6 +59,13 @@ pub struct SeedLabels {
     pub outcome: String,
 }
 
+/// Whose GitHub rate limit: `token`, `anonymous`, `app` (the App's own JWT calls), or an App
+/// installation's id; each has a quota of its own.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabel {
+    pub credential: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
@@ -75,7 +82,8 @@ pub struct Metrics {
     pub webhooks: Family<WebhookLabels, Counter>,
     pub aws_requests: Family<AwsLabels, Counter>,
     pub github_requests: Family<GithubLabels, Counter>,
-    pub github_rate_limit_remaining: Gauge,
+    /// Absent for a credential until GitHub has answered one of its requests.
+    pub github_rate_limit_remaining: Family<CredentialLabel, Gauge>,
     pub reconcile_steps: Family<StepLabels, Counter>,
     pub reconcile_seconds: Family<KindLabel, Histogram>,
     pub seed_steps: Family<SeedLabels, Counter>,
@@ -94,7 +102,7 @@ impl Default for Metrics {
             webhooks: Family::default(),
             aws_requests: Family::default(),
             github_requests: Family::default(),
-            github_rate_limit_remaining: Gauge::default(),
+            github_rate_limit_remaining: Family::default(),
             reconcile_steps: Family::default(),
             reconcile_seconds: Family::new_with_constructor(step_seconds),
             seed_steps: Family::default(),
@@ -134,7 +142,7 @@ impl Metrics {
         );
         r.register(
             "previewd_github_rate_limit_remaining",
-            "GitHub's x-ratelimit-remaining in its latest answer",
+            "GitHub's x-ratelimit-remaining in its latest answer, by credential",
             self.github_rate_limit_remaining.clone(),
         );
         r.register("previewd_reconcile_steps", "Reconcile steps by kind and outcome", self.reconcile_steps.clone());
@@ -174,6 +182,33 @@ impl Metrics {
     }
 }
 
+/// The OpenMetrics text [`Metrics::encode`] gives, in Prometheus's older text format (`text/plain;
+/// version=0.0.4`) for a scraper that asks for it: prometheus-client writes only OpenMetrics, where a
+/// counter's family is named without `_total` and the text ends with `# EOF`; read as the older format,
+/// each counter would be an untyped series. The samples themselves are the same in both.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(l.trim_end()),
+            None if line == "# EOF" || line.starts_with("# UNIT ") => continue,
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +235,28 @@ mod tests {
         );
         assert!(text.contains(r#"previewd_environments{status="ready"} 3"#), "{text}");
         assert!(text.contains("previewd_queue_depth 2") && text.ends_with("# EOF\n"), "{text}");
+        // Absent until GitHub has answered: a 0 would raise a false "rate limit low" alert.
+        let sample = |l: &&str| l.starts_with("previewd_github_rate_limit_remaining");
+        assert!(!text.lines().any(|l| sample(&l)), "{text}");
+        m.github_rate_limit_remaining.get_or_create(&CredentialLabel { credential: "42".into() }).set(4_999);
+        let text = m.encode(&snapshot);
+        assert!(text.contains(r#"previewd_github_rate_limit_remaining{credential="42"} 4999"#), "{text}");
+    }
+
+    #[test]
+    fn the_older_text_format_names_counter_families_as_their_samples() {
+        let m = Metrics::default();
+        m.webhooks.get_or_create(&WebhookLabels { event: "push".into(), outcome: "accepted".into() }).inc();
+        let text = to_text_format(&m.encode(&Snapshot::default()));
+        assert!(text.contains("# TYPE previewd_webhooks_total counter\n"), "{text}");
+        assert!(text.contains("# HELP previewd_webhooks_total Webhook deliveries"), "{text}");
+        assert!(text.contains(r#"previewd_webhooks_total{event="push",outcome="accepted"} 1"#), "{text}");
+        assert!(text.contains("# TYPE previewd_queue_depth gauge\n"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        // Every sample line of a counter family carries its TYPE line's name.
+        for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter"))
+        {
+            assert!(family.ends_with("_total"), "{family}");
+        }
     }
 }

@@ -9,7 +9,12 @@ fn value(text: &str, series: &str) -> f64 {
 }
 
 async fn scrape(t: &TestEnv) -> String {
-    let r = reqwest::get(t.url("/metrics")).await.expect("metrics");
+    let r = reqwest::Client::new()
+        .get(t.url("/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .expect("metrics");
     assert!(
         r.headers()["content-type"].to_str().expect("ascii").starts_with("application/openmetrics-text"),
         "{:?}",
@@ -44,11 +49,18 @@ async fn metrics_move_with_a_push() {
         r#"previewd_environments{status="ready"}"#,
         "previewd_queue_depth",
         "previewd_queue_oldest_due_seconds",
-        "previewd_github_rate_limit_remaining",
+        r#"previewd_github_rate_limit_remaining{credential="token"}"#,
         // Reaper passes by outcome appear with the first pass (tests/fleet.rs scrapes them).
         "previewd_reaper_removals_total",
     ] {
         assert!(after.contains(series), "{series} missing:\n{after}");
     }
     assert!(value(&after, r#"previewd_environments{status="ready"}"#) >= 1.0);
+    assert!(value(&after, r#"previewd_github_rate_limit_remaining{credential="token"}"#) > 4_000.0, "{after}");
+
+    // A scraper that asks for the older text format (promtool, curl) gets it, counters typed.
+    let plain = reqwest::get(t.url("/metrics")).await.expect("metrics");
+    assert!(plain.headers()["content-type"].to_str().expect("ascii").starts_with("text/plain; version=0.0.4"));
+    let plain = plain.text().await.expect("text");
+    assert!(plain.contains("# TYPE previewd_webhooks_total counter") && !plain.contains("# EOF"), "{plain}");
 }

@@ -556,7 +556,10 @@ async fn last_reaper_pass(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Metrics in the format the scraper asks for, as Prometheus's own client libraries choose it:
+/// OpenMetrics when `Accept` names `application/openmetrics-text`, else the older text format 0.0.4
+/// (what `promtool check metrics` and a plain `curl` read).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     // Environments by status, reaper passes and the queue are counted in SQL; a failing store leaves them out.
     let queue = state.store.queue_stats().await.unwrap_or_default();
     let snapshot = previewd_metrics::Snapshot {
@@ -573,5 +576,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
         queue_oldest_seconds: queue.oldest_due.map_or(0.0, |at| (previewd_store::now_ms() - at).max(0) as f64 / 1000.0),
     };
     let text = previewd_metrics::METRICS.encode(&snapshot);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("application/openmetrics-text") {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    } else {
+        let text = previewd_metrics::to_text_format(&text);
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    }
 }
