@@ -96,7 +96,7 @@ pub async fn envs(args: &EnvsArgs, token: Option<&Secret>, out: &mut String) -> 
         bail!("previewd at {base} wants its dashboard token: set PREVIEWD_DASHBOARD_TOKEN");
     }
     if !status.is_success() {
-        bail!("previewd at {base} answered {status}: {}", body.trim());
+        bail!("previewd at {base} answered {status}: {}", previewd_domain::text::message(body.trim()));
     }
     let value: Value = serde_json::from_str(&body).context("previewd's answer is not JSON")?;
     if args.json {
@@ -113,9 +113,11 @@ pub async fn envs(args: &EnvsArgs, token: Option<&Secret>, out: &mut String) -> 
     Ok(())
 }
 
+/// A value as the terminal shows it: control characters (an escape sequence in a branch's settings
+/// error could retitle or clear the operator's terminal) written out, not obeyed.
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => previewd_domain::text::printable(s).into_owned(),
         Value::Null => "-".to_owned(),
         other => other.to_string(),
     }
@@ -173,5 +175,25 @@ fn show(e: &Value, out: &mut String) {
         let at = ev["at"].as_i64().unwrap_or(0);
         let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(at.max(0) as u64));
         let _ = writeln!(out, "  {when}  {:<10} {}", text(&ev["kind"]), text(&ev["message"]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_previewd_recorded_reaches_the_terminal_as_text_not_as_control_sequences() {
+        let hostile = "bad \u{1b}]0;owned\u{7}\u{1b}[2J\r\nforged line \u{9b}31m \u{202e}";
+        let env = serde_json::json!({
+            "id": 1, "branch": hostile, "last_error": hostile,
+            "events": [{ "at": 0, "kind": "failed", "message": hostile }],
+        });
+        let mut out = String::new();
+        show(&env, &mut out);
+        table(std::slice::from_ref(&env), &mut out);
+        assert!(!out.chars().any(|c| previewd_domain::text::is_unsafe(c) && c != '\n'), "{out:?}");
+        assert!(out.contains("\\u{1b}]0;owned"), "{out}");
+        assert!(!out.lines().any(|l| l.starts_with("forged line")), "no line of its own: {out}");
     }
 }

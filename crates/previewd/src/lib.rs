@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod envs;
+pub mod logs;
 pub mod offline;
 pub mod reap;
 

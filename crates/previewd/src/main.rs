@@ -96,11 +96,14 @@ fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,tokio_cron_scheduler=warn"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let json = matches!(format, LogFormat::Json);
+    let safe = previewd::logs::SafeLines::new(std::io::stderr, json);
     match format {
-        LogFormat::Text => logs.init(),
+        // Colours would be escape sequences, which the safe writer writes out rather than passes on.
+        LogFormat::Text => logs.with_ansi(false).with_writer(safe).init(),
         // Each line carries its span's fields (a reconcile's repo, branch, env and stack).
-        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Json => logs.with_writer(safe).json().with_current_span(true).with_span_list(false).init(),
     }
 }
 
