@@ -722,25 +722,24 @@ fn next_link(header: &str) -> Option<String> {
 /// without regard to case); `None` for anything else (a moved repository answers with
 /// `…/repositories/{id}/…`).
 fn renamed_to(base: &str, repo: &RepoName, location: &str) -> Option<BranchName> {
-    let absolute;
-    let location = if location.starts_with('/') {
-        absolute = format!("{}{}", base.trim_end_matches('/'), location);
-        absolute.as_str()
-    } else {
-        location
+    let base_uri = base.parse::<http::Uri>().ok()?;
+    // A relative Location is relative to the API's host.
+    let absolute = match (location.starts_with('/'), base_uri.scheme_str(), base_uri.authority()) {
+        (true, Some(scheme), Some(authority)) => format!("{scheme}://{authority}{location}"),
+        _ => location.to_owned(),
     };
-    if !under(base, location) {
+    if !under(base, &absolute) {
         return None;
     }
-    let path = location.parse::<http::Uri>().ok()?.path().to_owned();
-    let prefix = base.parse::<http::Uri>().ok()?.path().trim_end_matches('/').to_owned();
-    let rest = path.strip_prefix(&prefix)?;
-    let mut segments = rest.trim_start_matches('/').split('/');
-    let (Some("repos"), Some(owner), Some(name), Some("branches"), Some(branch), None) =
-        (segments.next(), segments.next(), segments.next(), segments.next(), segments.next(), segments.next())
+    let path = absolute.parse::<http::Uri>().ok()?.path().to_owned();
+    let rest = path.strip_prefix(base_uri.path().trim_end_matches('/'))?;
+    let mut segments = rest.trim_start_matches('/').splitn(5, '/');
+    let (Some("repos"), Some(owner), Some(name), Some("branches"), Some(branch)) =
+        (segments.next(), segments.next(), segments.next(), segments.next(), segments.next())
     else {
         return None;
     };
+    // The new name may come encoded as one segment (`feat%2Fx`) or not (`feat/x`).
     let same = RepoName::new(&format!("{owner}/{name}")).ok()? == *repo;
     let branch = percent_encoding::percent_decode_str(branch).decode_utf8().ok()?;
     same.then(|| BranchName::new(&branch).ok()).flatten()
@@ -795,11 +794,14 @@ mod tests {
         );
         assert_eq!(renamed("https://ghe.example/api/v3/repos/Acme/Shop/branches/new").as_deref(), Some("new"));
         assert_eq!(renamed("/api/v3/repos/acme/shop/branches/new").as_deref(), Some("new"));
+        assert_eq!(
+            renamed("https://ghe.example/api/v3/repos/acme/shop/branches/feat/new").as_deref(),
+            Some("feat/new")
+        );
         for moved in [
             "https://ghe.example/api/v3/repositories/42/branches/new",
             "https://ghe.example/api/v3/repos/acme/other/branches/new",
             "https://evil.example/api/v3/repos/acme/shop/branches/new",
-            "https://ghe.example/api/v3/repos/acme/shop/branches/new/extra",
             "https://ghe.example/api/v3/repos/acme/shop/branches/..",
             "",
         ] {

@@ -73,6 +73,8 @@ struct Comment {
 #[derive(Deserialize)]
 struct Login {
     login: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +89,11 @@ impl Comment {
         match me {
             Identity::Nobody => false,
             Identity::User(login) => self.user.as_ref().is_some_and(|u| u.login.eq_ignore_ascii_case(login)),
-            Identity::App(id) => self.performed_via_github_app.as_ref().is_some_and(|a| a.id == *id),
+            // The App's bot: a person acting through the App (a user-to-server token) is not previewd.
+            Identity::App(id) => {
+                self.performed_via_github_app.as_ref().is_some_and(|a| a.id == *id)
+                    && self.user.as_ref().is_some_and(|u| u.kind.as_deref() == Some("Bot"))
+            }
         }
     }
 }

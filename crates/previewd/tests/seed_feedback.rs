@@ -736,4 +736,10 @@ async fn every_request_previewd_sends_is_one_githubs_description_accepts() {
     assert!(out.status.success(), "requests GitHub would refuse:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("github-openapi: {} passed, 0 failed", sent.len())), "{stdout}");
     eprintln!("{} requests held against GitHub's description", sent.len());
+    // The checker is really consulted: a request GitHub would refuse is named.
+    let bad = serde_json::json!({ "method": "GET", "path": "/repos/acme/shop/branches", "query": [["per_page", "500"]], "body": null });
+    std::fs::write(&file, format!("{bad}\n")).expect("write");
+    let out = std::process::Command::new("node").arg(checker.join("check.mjs")).arg(&file).output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && stdout.contains("github-openapi: 0 passed, 1 failed"), "{stdout}");
 }
