@@ -176,10 +176,7 @@ fn hostname() -> String {
 
 /// The URL without its password, for error messages.
 fn redact_url(url: &str) -> String {
-    let (url, query) = match url.split_once('?') {
-        Some((url, query)) => (url, Some(query)),
-        None => (url, None),
-    };
+    // The password first, over the whole text (a password may hold `?`), then the query's values.
     let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -189,13 +186,12 @@ fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     };
     // Parameters may carry a password too (`?password=…`, `sslpassword`): only their names are shown.
-    if let Some(query) = query {
+    if let Some((before, query)) = out.split_once('?') {
         let names: Vec<String> = query
             .split('&')
             .map(|pair| format!("{}=***", pair.split_once('=').map_or(pair, |(name, _)| name)))
             .collect();
-        out.push('?');
-        out.push_str(&names.join("&"));
+        out = format!("{before}?{}", names.join("&"));
     }
     out
 }
@@ -211,5 +207,6 @@ mod tests {
             "postgres://u:***@h/db?sslmode=***&password=***"
         );
         assert_eq!(super::redact_url("sqlite://p.db?mode=rwc"), "sqlite://p.db?mode=***");
+        assert_eq!(super::redact_url("postgres://u:ab?cd@h/db"), "postgres://u:***@h/db");
     }
 }

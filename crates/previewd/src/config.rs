@@ -34,22 +34,33 @@ fn database_url(url: String, password: Option<String>) -> anyhow::Result<Secret>
 /// secrets (webhook secrets, tokens, a database password), and a value of the wrong type would be quoted.
 fn config_error(text: &str, e: &toml::de::Error) -> String {
     let described = previewd_render::toml_error(text, e);
-    // What toml quotes in its message is a value ("invalid type: string \"…\""): left out.
+    // What toml quotes in its message is a value (`invalid type: string "…"`, ``integer `1234` ``): left
+    // out, escapes within it included.
+    // Messages about keys (unknown field `ownr`, expected one of ...) quote key names, which stay.
+    let about_keys = ["unknown field", "missing field", "duplicate key"].iter().any(|m| e.message().starts_with(m));
     let mut out = String::with_capacity(described.len());
-    let mut quoted = false;
-    for c in described.chars() {
-        match (c, quoted) {
-            ('"', false) => {
-                quoted = true;
-                out.push_str("\"…");
+    let mut chars = described.chars();
+    while let Some(c) = chars.next() {
+        let close = match c {
+            '"' => '"',
+            '`' if !about_keys => '`',
+            c => {
+                out.push(c);
+                continue;
             }
-            ('"', true) => {
-                quoted = false;
-                out.push('"');
+        };
+        out.push(c);
+        out.push('…');
+        while let Some(q) = chars.next() {
+            match q {
+                '\\' => {
+                    chars.next();
+                }
+                q if q == close => break,
+                _ => {}
             }
-            (_, true) => {}
-            (c, false) => out.push(c),
         }
+        out.push(close);
     }
     out
 }
@@ -522,13 +533,18 @@ mod tests {
             "webhook_secrets = \"hunter2-webhook\"\n",
             "owner = \"a\"\ndashboard_token = \"hunter2-dashboard\" trailing\n",
             "database_url = [\"postgres://u:hunter2@db/x\"]\n",
+            "webhook_secrets = 'hun\"ter2'\n",
+            "dashboard_token = 12345678901234567890\n",
         ] {
             let file = write(text);
             let e = format!("{:#}", Config::load(Some(file.path()), env(&[])).expect_err(text));
-            assert!(!e.contains("hunter2"), "{e}");
+            assert!(!e.contains("ter2") && !e.contains("345678"), "{e}");
             assert!(e.contains("line ") && e.contains(", column "), "{e}");
             let e = format!("{:#}", Config::load(None, env(&[("PREVIEWD_CONFIG_TOML", text)])).expect_err(text));
-            assert!(!e.contains("hunter2") && e.starts_with("PREVIEWD_CONFIG_TOML: line "), "{e}");
+            assert!(
+                !e.contains("ter2") && !e.contains("345678") && e.starts_with("PREVIEWD_CONFIG_TOML: line "),
+                "{e}"
+            );
         }
     }
 

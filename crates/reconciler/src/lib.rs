@@ -669,13 +669,13 @@ impl Reconciler {
         let requeue = match error.needs_human() {
             false => {
                 observed.retries += 1;
-                tracing::warn!(error = ?error, retries = observed.retries, "will retry");
+                tracing::warn!(error = %message, retries = observed.retries, "will retry");
                 // GitHub said when: not before then.
                 Some(t.backoff(observed.retries).max(error.retry_after().unwrap_or_default()))
             }
             true => {
                 observed.status = previewd_domain::Status::Failed;
-                tracing::error!(error = ?error, "needs a person");
+                tracing::error!(error = %message, "needs a person");
                 None
             }
         };
