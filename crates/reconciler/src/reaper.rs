@@ -267,6 +267,9 @@ impl Pass<'_> {
     ) -> Result<(), crate::ReconcileError> {
         let recorded: HashSet<&str> = envs.iter().map(|e| e.stack_name.as_str()).collect();
         let mut adopted = Vec::new();
+        // Each repository's listed branches by identity, hashed once a pass and only when a stack needs it.
+        let mut identities: BTreeMap<RepoName, Result<std::collections::HashMap<String, BranchName>, String>> =
+            BTreeMap::new();
         let mut stacks: Vec<&Stack> = stacks.values().collect();
         stacks.sort_by(|a, b| a.name.cmp(&b.name));
         for s in stacks {
@@ -279,7 +282,12 @@ impl Pass<'_> {
                 continue;
             };
             let Some(setup) = self.inner.setup.repos.get(&repo) else { continue };
-            let branch = match exact_branch(s, listings.get(&repo)) {
+            let listed = identities.entry(repo.clone()).or_insert_with(|| match listings.get(&repo) {
+                Some(Ok(branches)) => Ok(branches.keys().map(|b| (b.identity(), b.clone())).collect()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err("its repository was not listed".to_owned()),
+            });
+            let branch = match exact_branch(s, listed) {
                 Ok(branch) => branch,
                 Err(why) => {
                     self.decide(repo.as_str(), &s.name, None, Verdict::Refuse, format!("{why}: left for a person"));
@@ -527,10 +535,11 @@ impl Pass<'_> {
 }
 
 /// The branch an owner-tagged stack was made for, named exactly, or why it cannot be: its identity tag
-/// must match the branch tag (where that holds the whole name) or one branch of a complete listing.
+/// must match the branch tag (where that holds the whole name) or one branch of a complete listing
+/// (`listed`: the listing's branches by identity).
 fn exact_branch(
     s: &Stack,
-    listing: Option<&Result<std::collections::HashMap<BranchName, CommitSha>, String>>,
+    listed: &Result<std::collections::HashMap<String, BranchName>, String>,
 ) -> Result<BranchName, String> {
     let Some(identity) = s.tag(TAG_BRANCH_ID) else {
         return Err(format!(
@@ -544,8 +553,8 @@ fn exact_branch(
     {
         return Ok(branch);
     }
-    match listing {
-        Some(Ok(branches)) => branches.keys().find(|b| b.identity() == identity).cloned().ok_or_else(|| {
+    match listed {
+        Ok(branches) => branches.get(identity).cloned().ok_or_else(|| {
             format!(
                 "owner-tagged stack {} names branch {:?} only in part, and no branch GitHub lists has its \
                  identity",
@@ -553,7 +562,6 @@ fn exact_branch(
                 s.tag(TAG_BRANCH).unwrap_or("")
             )
         }),
-        Some(Err(e)) => Err(format!("cannot name the branch of owner-tagged stack {}: {e}", s.name)),
-        None => Err(format!("owner-tagged stack {}: its repository was not listed", s.name)),
+        Err(e) => Err(format!("cannot name the branch of owner-tagged stack {}: {e}", s.name)),
     }
 }

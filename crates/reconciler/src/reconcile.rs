@@ -338,15 +338,16 @@ async fn ask_github(inner: &Inner, env: &EnvRecord) -> Result<GitHubAnswer, Reco
     Ok(GitHubAnswer::NotFound)
 }
 
-/// The failed event of a listener rule whose priority is taken (`PriorityInUse`), if that is why the
-/// stack rolled back: the stack's own reason names only the resource, its events the cause.
-async fn priority_in_use(inner: &Inner, stack: &Stack) -> Result<Option<String>, ReconcileError> {
+/// The priority a listener rule could not take (`Priority 'N' is currently in use … PriorityInUse`), if that
+/// is why the stack rolled back: the stack's own reason names only the resource, its events the cause.
+async fn priority_in_use(inner: &Inner, stack: &Stack) -> Result<Option<i64>, ReconcileError> {
     let events = inner.aws.stack_events(&stack.id).await?;
     Ok(events
         .into_iter()
         .filter(|e| e.status.ends_with("_FAILED") && e.resource_type == "AWS::ElasticLoadBalancingV2::ListenerRule")
         .filter_map(|e| e.reason)
-        .find(|r| r.contains("PriorityInUse") || r.contains("is currently in use")))
+        .filter(|r| r.contains("PriorityInUse"))
+        .find_map(|r| r.split('\'').nth(1)?.parse().ok()))
 }
 
 /// A duration in milliseconds as people write it (`10m`, `90s`).
@@ -671,8 +672,10 @@ async fn converge(
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
             // A listener rule priority something else holds: the next free one, and this try not counted.
+            // Only when the priority taken is the one the environment holds: a step repeated before the
+            // delete, or a template that does not use the allocated priority, moves nothing (and counts).
             let moved = match priority_in_use(inner, &stack).await? {
-                Some(_) => {
+                Some(taken) if taken == priority => {
                     let max = i64::from(RULE_PRIORITY_MAX);
                     let next = inner.store.move_priority(env.id, &env.repo, priority, max).await?;
                     let why = format!(
@@ -681,7 +684,7 @@ async fn converge(
                     inner.store.add_event(env.id, "priority", &why).await?;
                     true
                 }
-                None => false,
+                _ => false,
             };
             let Some(_) = empty_buckets(inner, env, &stack, true).await? else {
                 return Ok(Action::Requeue(Duration::ZERO));
