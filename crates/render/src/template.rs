@@ -159,6 +159,20 @@ impl Expander<'_> {
                 out.insert(k.clone(), v);
             }
         }
+        // CloudFormation's own joins run before it resolves references: a branch's value must not make
+        // one there either.
+        if obj.len() == 1
+            && let Some((k, arg)) = obj.iter().next()
+            && (k == "Fn::Join" || k == "Fn::Sub")
+            && self.branch_set(arg)
+            && out.get(k).is_some_and(|joined| is_dynamic_reference(&joined_text(k, joined)))
+        {
+            return Err(self.fail(
+                &format!("{at}/{}", escape(k)),
+                "joins a value a branch set into a CloudFormation dynamic reference ({{resolve:…}}): it would be \
+                 resolved with the stack's role",
+            ));
+        }
         Ok(Some(Json::Object(out)))
     }
 
@@ -281,6 +295,28 @@ pub(crate) fn declare_emptied_buckets(rendered: Rendered, file: &str) -> Result<
         reason: e.to_string(),
     })?;
     Ok(Rendered { template, body })
+}
+
+/// The text a `Fn::Join` or `Fn::Sub` makes, as far as it is known at render time: what CloudFormation
+/// fills in later (a `Ref`, an attribute) stands as a NUL, which no reference can span.
+fn joined_text(function: &str, arg: &Json) -> String {
+    let text = |v: &Json| v.as_str().map_or_else(|| "\0".to_owned(), str::to_owned);
+    match (function, arg) {
+        ("Fn::Join", Json::Array(a)) => {
+            let delimiter = a.first().map(text).unwrap_or_default();
+            let parts = a.get(1).and_then(Json::as_array).map(|p| p.iter().map(text).collect::<Vec<_>>());
+            parts.map(|p| p.join(&delimiter)).unwrap_or_default()
+        }
+        ("Fn::Sub", Json::String(s)) => s.clone(),
+        ("Fn::Sub", Json::Array(a)) => {
+            let mut s = a.first().map(text).unwrap_or_default();
+            for (name, value) in a.get(1).and_then(Json::as_object).into_iter().flatten() {
+                s = s.replace(&format!("${{{name}}}"), &text(value));
+            }
+            s
+        }
+        _ => String::new(),
+    }
 }
 
 /// JSON pointer escaping (RFC 6901).

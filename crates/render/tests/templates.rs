@@ -211,6 +211,35 @@ fn a_branch_cannot_make_a_dynamic_reference_unless_the_blueprint_allows_it() {
     let s = settings(&none, Some(r#"name = "previewd/oidc""#)).expect("a plain value");
     let e = bp.render(TemplateKind::Environment, &s, &ctx).expect_err("joined into a reference").to_string();
     assert!(e.contains("/Resources/R/Properties/J/Previewd::Join: joins a value a branch set"), "{e}");
+    // Nor through CloudFormation's own joins, which run before it resolves references.
+    for (function, arg) in [
+        ("Fn::Join", json!(["", ["{{resolve:ssm:", { "Previewd::Setting": "name" }, "}}"]])),
+        ("Fn::Sub", json!(["{{resolve:ssm:${P}}}", { "P": { "Previewd::Setting": "name" } }])),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = json!({ "Resources": { "R": { "Type": "T", "Properties": { "J": { function: arg } } } } });
+        blueprint(dir.path(), &env);
+        std::fs::write(dir.path().join("tiny/blueprint.toml"), "description = \"t\"\noverridable = [\"name\"]\n")
+            .expect("write");
+        let cfn = Blueprint::load(dir.path(), "tiny").expect("loads");
+        let own = own("name = \"p\"");
+        let result = cfn
+            .environment_settings(Stage::Staging, &branch, &none, Some(&own))
+            .and_then(|s| cfn.render(TemplateKind::Environment, &s, &ctx));
+        let e = result.expect_err(function).to_string();
+        assert!(e.contains("joins a value a branch set into a CloudFormation dynamic reference"), "{function}: {e}");
+    }
+    // A plain branch value in CloudFormation's joins is fine.
+    let plain_dir = tempfile::tempdir().expect("tempdir");
+    let env = json!({ "Resources": { "R": { "Type": "T", "Properties": {
+        "J": { "Fn::Join": ["-", [{ "Ref": "AWS::StackName" }, { "Previewd::Setting": "name" }]] }
+    } } } });
+    blueprint(plain_dir.path(), &env);
+    std::fs::write(plain_dir.path().join("tiny/blueprint.toml"), "description = \"t\"\noverridable = [\"name\"]\n")
+        .expect("write");
+    let plain = Blueprint::load(plain_dir.path(), "tiny").expect("loads");
+    let s = plain.environment_settings(Stage::Staging, &branch, &none, Some(&own("name = \"p\""))).expect("plain");
+    plain.render(TemplateKind::Environment, &s, &ctx).expect("a plain join renders");
     // The blueprint's own values and the operator's configuration may hold one.
     bp.render(TemplateKind::Environment, &settings(&none, None).expect("defaults"), &ctx).expect("the blueprint's");
     let table: toml::Table = toml::from_str(r#"name = "{{resolve:ssm:operator}}""#).expect("toml");
