@@ -186,10 +186,22 @@ fn preview_roles_are_made_only_within_the_boundary() {
                     roles += 1;
                     assert_eq!(r["Properties"]["PermissionsBoundary"], in_blueprint, "{blueprint}/{file}: {name}");
                 }
+                // Under a path of their own, which previewd's own roles (named after its stack, which
+                // may well begin with previewd-) never are: the stack role may pass and delete only those.
+                if r["Type"] == "AWS::IAM::Role" || r["Type"] == "AWS::IAM::InstanceProfile" {
+                    assert_eq!(r["Properties"]["Path"], "/previewd-preview/", "{blueprint}/{file}: {name}");
+                }
             }
         }
     }
     assert!(roles >= 3, "{roles} roles");
+    for (name, r) in t["Resources"].as_object().expect("resources") {
+        if r["Type"] == "AWS::IAM::Role" {
+            assert!(r["Properties"].get("Path").is_none(), "previewd's own {name} is outside the preview path");
+        }
+    }
+    let text = std::fs::read_to_string(root().join("deploy/aws/previewd.json")).expect("template");
+    assert!(!text.contains(":role/previewd-*"), "IAM grants on roles are scoped to /previewd-preview/");
 }
 
 /// Load balancers drop header fields that are not valid HTTP rather than pass them to the app.
