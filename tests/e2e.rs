@@ -337,12 +337,20 @@ async fn a_listener_priority_taken_by_another_rule_moves_to_the_next_free_one() 
         ..previewd_testkit::Options::default()
     })
     .await;
-    let stack = &t.names("feat/rule").stack_name;
-    let reason = "Priority '7' is currently in use (Service: ElasticLoadBalancingV2; Status Code: 400; Error Code: \
-                  PriorityInUse; Request ID: 0f6a2a3c)";
-    t.proxy.rollback_next_create_because(stack, "ListenerRule", "AWS::ElasticLoadBalancingV2::ListenerRule", reason);
+    let names = t.names("feat/rule");
+    let stack = &names.stack_name;
+    // The first environment of the repository gets its key's hint: that is the priority another rule holds.
+    let taken = names.env_key.rule_priority_hint();
+    let reason = format!(
+        "Priority '{taken}' is currently in use (Service: ElasticLoadBalancingV2; Status Code: 400; Error Code: \
+         PriorityInUse; Request ID: 0f6a2a3c)"
+    );
+    t.proxy.rollback_next_create_because(stack, "ListenerRule", "AWS::ElasticLoadBalancingV2::ListenerRule", &reason);
     assert_eq!(t.push("feat/rule", SHA1).await, 202);
     let first = t.wait_for("feat/rule", "a priority", |e| e.rule_priority.is_some()).await.rule_priority;
+    assert_eq!(first, Some(i64::from(taken)));
+    let moved = t.wait_for("feat/rule", "moved", |e| e.rule_priority.is_some() && e.rule_priority != first).await;
+    assert_eq!(moved.attempts, 0, "the try is not counted against max_stack_attempts");
     let env = ready(&t, "feat/rule", SHA1).await;
     assert_ne!(env.rule_priority, first, "moved");
     assert_eq!(env.rule_priority, first.map(|p| p % 50_000 + 1), "to the next free one");
