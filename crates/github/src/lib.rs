@@ -4,8 +4,10 @@
 
 mod auth;
 mod client;
+mod error;
 mod feedback;
 mod webhook;
+mod wire;
 
 pub use auth::{AuthError, Credentials, REFRESH_MARGIN};
 pub use client::{BranchHead, BranchListing, CALL_TIMEOUT, GitHub, GithubError, Identity, USER_AGENT};
