@@ -424,21 +424,21 @@ impl GitHub {
         what: &str,
     ) -> Result<Answer, GithubError> {
         let authorization = self.authorization(repo, what).await?;
-        let credential = match (self.auth.as_ref(), repo) {
-            (Auth::None, _) => "anonymous".to_owned(),
-            (Auth::Token(_), _) => "token".to_owned(),
-            (Auth::App(_), None) => "app".to_owned(),
-            (Auth::App(app), Some(repo)) => app
-                .installations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(repo.as_str())
-                .map_or_else(|| "app".to_owned(), u64::to_string),
-        };
         let answer = self.send(method, route, authorization.as_ref(), headers, body, what).await?;
         // Each credential has a quota of its own; the gauge appears once GitHub has said something.
         if let Some(n) = answer.headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
         {
+            let credential = match (self.auth.as_ref(), repo) {
+                (Auth::None, _) => "anonymous".to_owned(),
+                (Auth::Token(_), _) => "token".to_owned(),
+                (Auth::App(_), None) => "app".to_owned(),
+                (Auth::App(app), Some(repo)) => app
+                    .installations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(repo.as_str())
+                    .map_or_else(|| "app".to_owned(), u64::to_string),
+            };
             let label = previewd_metrics::CredentialLabel { credential };
             previewd_metrics::METRICS.github_rate_limit_remaining.get_or_create(&label).set(n);
         }

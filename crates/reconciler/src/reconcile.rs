@@ -671,9 +671,12 @@ async fn converge(
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
-            // A listener rule priority something else holds: the next free one, and this try not counted.
-            // Only when the priority taken is the one the environment holds: a step repeated before the
-            // delete, or a template that does not use the allocated priority, moves nothing (and counts).
+            let Some(_) = empty_buckets(inner, env, &stack, true).await? else {
+                return Ok(Action::Requeue(Duration::ZERO));
+            };
+            // A listener rule priority something else holds: the next free one, and this try not counted;
+            // only when the priority taken is the environment's own (a template that does not use it
+            // moves nothing, and counts). Asked once the buckets are empty, right before the delete.
             let moved = match priority_in_use(inner, &stack).await? {
                 Some(taken) if taken == priority => {
                     let max = i64::from(RULE_PRIORITY_MAX);
@@ -685,9 +688,6 @@ async fn converge(
                     true
                 }
                 _ => false,
-            };
-            let Some(_) = empty_buckets(inner, env, &stack, true).await? else {
-                return Ok(Action::Requeue(Duration::ZERO));
             };
             inner.delete_stack(&stack, &token("delete-rollback", &[&stack.id])).await?;
             let attempts = if moved { env.attempts } else { env.attempts + 1 };

@@ -167,11 +167,7 @@ impl Expander<'_> {
             && self.branch_set(arg)
             && out.get(k).is_some_and(|joined| is_dynamic_reference(&joined_text(k, joined)))
         {
-            return Err(self.fail(
-                &format!("{at}/{}", escape(k)),
-                "joins a value a branch set into a CloudFormation dynamic reference ({{resolve:…}}): it would be \
-                 resolved with the stack's role",
-            ));
+            return Err(self.joined_reference(&format!("{at}/{}", escape(k))));
         }
         Ok(Some(Json::Object(out)))
     }
@@ -206,16 +202,21 @@ impl Expander<'_> {
                     }
                 }
                 if is_dynamic_reference(&s) && parts.iter().any(|p| self.branch_set(p)) {
-                    return Err(self.fail(
-                        at,
-                        "joins a value a branch set into a CloudFormation dynamic reference ({{resolve:…}}): it \
-                         would be resolved with the stack's role",
-                    ));
+                    return Err(self.joined_reference(at));
                 }
                 Ok(Json::String(s))
             }
             other => Err(self.fail(at, format!("unknown directive `{other}`"))),
         }
+    }
+
+    /// A join (previewd's or CloudFormation's) made a dynamic reference out of a branch's value.
+    fn joined_reference(&self, at: &str) -> RenderError {
+        self.fail(
+            at,
+            "joins a value a branch set into a CloudFormation dynamic reference ({{resolve:…}}): it would be \
+             resolved with the stack's role",
+        )
     }
 
     /// Does `v` use a setting a branch set, outside the keys it may make a dynamic reference?
