@@ -1,0 +1,277 @@
+//! Answering a request as AWS would: an injected fault, a refusal AWS makes where moto is lenient, or
+//! moto's answer, one request at a time, with the stack states a test gave shown in it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
+use tokio::time::Instant;
+
+use super::operation::{identify, stack_name};
+use super::state::{StatusOverride, Until};
+use super::xml::{blocks, error_document, first, member_len, request_id, with_status, xml, xml_escape};
+use super::{AwsProxy, Call};
+
+pub(super) async fn handle(State(proxy): State<AwsProxy>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let received = Instant::now();
+    // In a task of its own: a caller that goes away (killed mid-call) does not cut the request short.
+    match tokio::spawn(answer(proxy, parts, body, received)).await {
+        Ok(response) => response,
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// What AWS would answer `parts` and `body` (received at `received`): an injected fault, or moto's answer
+/// made strict.
+async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes, received: Instant) -> Response {
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let is_form = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form: BTreeMap<String, String> =
+        if is_form { form_urlencoded::parse(&body).into_owned().collect() } else { BTreeMap::new() };
+    let (service, action) = identify(&parts.method, &path, &query, &parts.headers, &form);
+    let stack = form.get("StackName").map(|s| stack_name(s));
+    let token = form.get("ClientRequestToken").cloned();
+    let keys = if action == "DeleteObjects" { String::from_utf8_lossy(&body).matches("<Key>").count() } else { 0 };
+    // A call answered here, as AWS would have answered it, rather than by moto.
+    let refused = || Call {
+        service: service.clone(),
+        action: action.clone(),
+        stack: stack.clone(),
+        injected: true,
+        keys,
+        at: received,
+        token: token.clone(),
+    };
+
+    // Injected errors.
+    let injected = {
+        let mut st = proxy.lock();
+        let hit =
+            st.errors.iter_mut().find(|f| f.remaining > 0 && f.service == service && f.action == action).map(|f| {
+                f.remaining -= 1;
+                (f.status, f.code.clone(), f.message.clone())
+            });
+        if hit.is_some() {
+            st.calls.push(refused());
+        }
+        hit
+    };
+    let delay = {
+        let mut st = proxy.lock();
+        st.delays.iter_mut().find(|d| d.3 > 0 && d.0 == service && d.1 == action).map(|d| {
+            d.3 -= 1;
+            d.2
+        })
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some((status, code, message)) = injected {
+        return xml(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            error_document(&service, &code, &message),
+        );
+    }
+
+    // From here on, moto is asked: one request at a time.
+    let _turn = proxy.turn.clone().lock_owned().await;
+
+    if service == "s3" && action == "DeleteObjects" {
+        let refuse = {
+            let mut st = proxy.lock();
+            let refuse = st.key_errors > 0;
+            if refuse {
+                st.key_errors -= 1;
+                st.calls.push(refused());
+            }
+            refuse
+        };
+        if refuse {
+            let text = String::from_utf8_lossy(&body);
+            let errors: String = blocks(&text, "Object")
+                .iter()
+                .map(|o| {
+                    let version = first(o, "VersionId").map(|v| format!("<VersionId>{v}</VersionId>")).unwrap_or_default();
+                    format!("<Error><Key>{}</Key>{version}<Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>", first(o, "Key").unwrap_or_default())
+                })
+                .collect();
+            return xml(
+                StatusCode::OK,
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{errors}</DeleteResult>"
+                ),
+            );
+        }
+    }
+
+    if action == "ChangeResourceRecordSets"
+        && let Some(why) = proxy.mismatched_delete(&path, &String::from_utf8_lossy(&body)).await
+    {
+        proxy.lock().calls.push(refused());
+        return xml(StatusCode::BAD_REQUEST, error_document(&service, "InvalidChangeBatch", &why));
+    }
+
+    // DeleteStack is refused, as AWS does, while a bucket of the stack still holds anything.
+    if action == "DeleteStack"
+        && let Some(name) = &stack
+    {
+        let refill = {
+            let mut st = proxy.lock();
+            match st.refill.get_mut(name) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if refill {
+            for bucket in proxy.stack_buckets(name).await {
+                proxy
+                    .s3(
+                        Method::PUT,
+                        &format!("{bucket}/late-write-{}.txt", fastrand::u32(..)),
+                        Some("written during teardown"),
+                    )
+                    .await;
+            }
+        }
+        let strict = proxy.lock().strict_bucket_deletes;
+        if strict && let Some(bucket) = proxy.blocking_bucket(name).await {
+            let mut st = proxy.lock();
+            st.calls.push(refused());
+            st.overrides.retain(|o| &o.stack != name);
+            st.overrides.push(StatusOverride {
+                stack: name.clone(),
+                status: "DELETE_FAILED".into(),
+                reason: format!("The following resource(s) failed to delete: [Bucket]. The bucket you tried to delete is not empty ({bucket})."),
+                after: None,
+                active: true,
+                until: Until::Action("DeleteStack".into()),
+                duration: Duration::ZERO,
+                event: None,
+            });
+            let ok = format!(
+                "<DeleteStackResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></DeleteStackResponse>",
+                request_id()
+            );
+            return xml(StatusCode::OK, ok);
+        }
+    }
+
+    let rules = match (&stack, action.as_str()) {
+        (Some(name), "DeleteStack") => proxy.stack_resources(name, "AWS::ElasticLoadBalancingV2::ListenerRule").await,
+        _ => vec![],
+    };
+
+    // Counted as it arrived (not when its turn came), as AWS would see it: a caller killed while moto works
+    // on it still made it.
+    proxy.lock().calls.push(Call {
+        service: service.clone(),
+        action: action.clone(),
+        stack: stack.clone(),
+        injected: false,
+        keys,
+        at: received,
+        token: token.clone(),
+    });
+
+    // Forward to moto.
+    let mut upstream = proxy.client.request(
+        parts.method.clone(),
+        format!("{}{}", proxy.upstream, parts.uri.path_and_query().map_or("/", |p| p.as_str())),
+    );
+    for (k, v) in &parts.headers {
+        if k != "host" && k != "content-length" {
+            upstream = upstream.header(k, v);
+        }
+    }
+    let (status, headers, text) = match proxy.moto(upstream.body(body)).await {
+        Ok(answer) => answer,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e).into_response(),
+    };
+    if status.is_success() && !rules.is_empty() {
+        proxy.delete_listener_rules(&rules).await;
+    }
+    let mut text = text.to_vec();
+
+    let mut st = proxy.lock();
+    if let Some(name) = &stack
+        && status.is_success()
+    {
+        let now = Instant::now();
+        for o in st.overrides.iter_mut().filter(|o| &o.stack == name) {
+            if !o.active && o.after.as_deref() == Some(action.as_str()) {
+                o.active = true;
+                if let Until::Time(_) = o.until {
+                    o.until = Until::Time(now + o.duration);
+                }
+            }
+        }
+        st.overrides
+            .retain(|o| !(o.active && &o.stack == name && matches!(&o.until, Until::Action(a) if *a == action)));
+    }
+    // A stack described alone or in a listing shows the state a test gave it.
+    if action == "DescribeStacks" && status.is_success() {
+        let now = Instant::now();
+        st.overrides.retain(|o| !matches!(o.until, Until::Time(t) if o.active && t <= now));
+        let active: Vec<&StatusOverride> = st.overrides.iter().filter(|o| o.active).collect();
+        if !active.is_empty() {
+            let body = String::from_utf8_lossy(&text).into_owned();
+            let mut out = String::with_capacity(body.len());
+            let mut rest = body.as_str();
+            while let Some(start) = rest.find("<member>") {
+                let Some(len) = member_len(&rest[start..]) else { break };
+                let member = &rest[start..start + len];
+                out.push_str(&rest[..start]);
+                let name = first(member, "StackName");
+                match active.iter().find(|o| name.as_deref() == Some(o.stack.as_str())) {
+                    Some(o) if member.contains("<StackStatus>") => out.push_str(&with_status(member, o)),
+                    _ => out.push_str(member),
+                }
+                rest = &rest[start + len..];
+            }
+            out.push_str(rest);
+            text = out.into_bytes();
+        }
+    }
+    // ... and its events begin with the failed resource's, when a test gave one.
+    if action == "DescribeStackEvents" && status.is_success() {
+        let event = stack.as_ref().and_then(|name| {
+            st.overrides.iter().find(|o| o.active && &o.stack == name).and_then(|o| o.event.clone().map(|e| (name, e)))
+        });
+        let body = String::from_utf8_lossy(&text).into_owned();
+        if let Some((name, (logical, kind, reason))) = event
+            && let Some(at) = body.find("<StackEvents>")
+        {
+            let at = at + "<StackEvents>".len();
+            let member = format!(
+                "<member><EventId>previewd-test-{logical}</EventId><StackName>{name}</StackName>\
+                 <LogicalResourceId>{logical}</LogicalResourceId><ResourceType>{kind}</ResourceType>\
+                 <Timestamp>2026-01-01T00:00:00.000Z</Timestamp><ResourceStatus>CREATE_FAILED</ResourceStatus>\
+                 <ResourceStatusReason>{}</ResourceStatusReason></member>",
+                xml_escape(&reason)
+            );
+            text = format!("{}{member}{}", &body[..at], &body[at..]).into_bytes();
+        }
+    }
+    drop(st);
+    let mut response = Response::builder().status(status.as_u16());
+    for (k, v) in &headers {
+        if k != "content-length" && k != "transfer-encoding" {
+            response = response.header(k.as_str(), v.as_bytes());
+        }
+    }
+    response.body(axum::body::Body::from(text)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
