@@ -49,37 +49,26 @@ echo "==> starting a fake GitHub on :$gh_port with acme/shop:$branch at ${sha:0:
 ./target/debug/fake-github "127.0.0.1:$gh_port" "acme/shop:$branch:$sha" >"$work/github.log" 2>&1 & pids+=($!)
 
 python - "$seed" "$work" "$zone" "$gh_port" "$secret" "$pd_port" <<'PY'
-import json, sys
+import json, string, sys
 seed, work, zone, gh_port, secret, pd_port = json.loads(sys.argv[1]), *sys.argv[2:]
-subnets = ", ".join(json.dumps(s) for s in seed["subnet_ids"])
-open(f"{work}/previewd.toml", "w").write(f'''# Written by demo.sh for the local AWS emulator.
-owner = "local-demo"
-dns_zone = "{zone}"
-database_url = "sqlite://{work}/previewd.db"
-webhook_secrets = ["{secret}"]
-
-public_url = "http://127.0.0.1:{pd_port}"
-
-[github]
-api_url = "http://127.0.0.1:{gh_port}"
-# The fake GitHub takes any token; with one, previewd reports deployments and pull-request comments.
-token = "demo-token"
-
-[reconciler]
-poll_min = "500ms"
-poll_max = "2s"
-
-[repos."acme/shop"]
-blueprint = "webapp"
-
-[repos."acme/shop".stages.staging]
-network.vpc_id = "{seed["vpc_id"]}"
-network.subnet_ids = [{subnets}]
-load_balancer.certificate_arn = "{seed["zones"][zone]["certificate_arn"]}"
-# The emulator's RDS is no database to run SQL against (nor can it name the managed password's secret):
-# the demo's environments have none, so seeding puts the fixtures into the bucket only.
-database.enabled = false
-''')
+# The emulator configuration the tests use too, with the demo's values and keys.
+template = string.Template(open("tests/config/emulator.toml").read())
+open(f"{work}/previewd.toml", "w").write("# Written by demo.sh for the local AWS emulator.\n" + template.substitute(
+    owner="local-demo",
+    zone=zone,
+    database_url=f"sqlite://{work}/previewd.db",
+    secret=secret,
+    top=f'public_url = "http://127.0.0.1:{pd_port}"',
+    github_api=f"http://127.0.0.1:{gh_port}",
+    # The fake GitHub takes any token; with one, previewd reports deployments and pull-request comments.
+    github='token = "demo-token"',
+    reconciler='poll_min = "500ms"\npoll_max = "2s"',
+    repo="acme/shop",
+    vpc_id=seed["vpc_id"],
+    subnet_ids=", ".join(json.dumps(s) for s in seed["subnet_ids"]),
+    certificate_arn=seed["zones"][zone]["certificate_arn"],
+    extra="",
+))
 PY
 
 echo "==> starting previewd on :$pd_port" >&2

@@ -4,7 +4,7 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 use previewd_domain::Status;
-use previewd_testkit::{REPO, SECRET, TestEnv, sha, webhook};
+use previewd_testkit::{Options, REPO, SECRET, TestEnv, sha, webhook};
 
 const SHA1: &str = "1111111111111111111111111111111111111111";
 const SHA2: &str = "2222222222222222222222222222222222222222";
@@ -108,7 +108,7 @@ async fn push_update_and_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_stale_pushes_are_harmless() {
     // A short grace: a push that GitHub contradicts is not proof of absence until the grace has passed.
-    let mut t = TestEnv::start_opts("", "2s").await;
+    let mut t = TestEnv::with(&Options { grace: "2s", ..Options::default() }).await;
     t.github.set_branch(REPO, "feat/dup", SHA1);
     let body = serde_json::to_vec(&webhook::push(REPO, "feat/dup", &"0".repeat(40), SHA1)).expect("json");
     let answers = [
@@ -332,11 +332,7 @@ async fn rollback_complete_is_deleted_and_created_again() {
 /// counted against `max_stack_attempts`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_priority_taken_by_another_rule_moves_to_the_next_free_one() {
-    let mut t = TestEnv::start_custom(&previewd_testkit::Options {
-        reconciler: "max_stack_attempts = 1",
-        ..previewd_testkit::Options::default()
-    })
-    .await;
+    let mut t = TestEnv::with(&Options { reconciler: "max_stack_attempts = 1", ..Options::default() }).await;
     let names = t.names("feat/rule");
     let stack = &names.stack_name;
     // The first environment of the repository gets its key's hint: that is the priority another rule holds.

@@ -1,12 +1,15 @@
 //! previewd's domain: validated newtypes for what GitHub tells us, the names derived from them for AWS and
 //! DNS, and (with the reconciler) the desired and observed state of an environment. No I/O lives here.
 
+pub mod kinds;
 mod names;
 pub mod plan;
 mod secret;
 mod state;
+pub mod tags;
 pub mod text;
 
+pub use kinds::{DeliveryOutcome, DeploymentState, EventKind, PassOutcome, StepOutcome};
 pub use names::{
     BUCKET_PREFIX_MAX, BranchName, CommitSha, DNS_LABEL_MAX, DNS_NAME_MAX, DnsZone, EnvKey, EnvNames, NameError,
     OwnerId, RULE_PRIORITY_MAX, RepoName, STACK_NAME_MAX, Stage, TAG_VALUE_MAX, app_stack_name, is_valid_bucket_prefix,
@@ -14,7 +17,7 @@ pub use names::{
 };
 pub use plan::StackStatus;
 pub use secret::Secret;
-pub use state::{Desired, Status};
+pub use state::{Desired, DesiredFold, Status};
 
 /// The output previewd adds to every environment template: the buckets CloudFormation deletes with the
 /// stack (DeletionPolicy `Delete`), which a teardown must empty first, as `previewd,<bucket>,…`. A

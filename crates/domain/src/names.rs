@@ -384,6 +384,29 @@ impl EnvNames {
         EnvKey::readable(branch).map(|key| Self::with_key(owner, repo, branch, zone, key))
     }
 
+    /// The names a new environment takes: the readable ones when the branch has them, and the always-hashed
+    /// ones as the fallback the store takes when another environment holds the readable key.
+    pub fn choices(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone) -> (Self, Option<Self>) {
+        let hashed = Self::hashed(owner, repo, branch, zone);
+        match Self::readable(owner, repo, branch, zone) {
+            Some(readable) => (readable, Some(hashed)),
+            None => (hashed, None),
+        }
+    }
+
+    /// Every set of names an environment of the branch may carry (its choices, and the hashed key older
+    /// versions gave): a stack with none of them is not one previewd made for the branch.
+    pub fn candidates(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone) -> Vec<Self> {
+        let (first, fallback) = Self::choices(owner, repo, branch, zone);
+        let mut all = vec![first];
+        all.extend(fallback);
+        let older = Self::new(owner, repo, branch, zone);
+        if !all.contains(&older) {
+            all.push(older);
+        }
+        all
+    }
+
     fn with_key(owner: &OwnerId, repo: &RepoName, branch: &BranchName, zone: &DnsZone, env_key: EnvKey) -> Self {
         let stack_name = format!("previewd-{}-{}-{}", repo.slug(REPO_SLUG_IN_STACK), env_key.as_str(), repo.hash());
         let dns_name = format!("{}.{}", env_key.as_str(), zone.as_str());

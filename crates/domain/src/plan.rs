@@ -293,6 +293,49 @@ pub fn converge(stack: Option<&StackView>, attempts: i64, max_attempts: i64) -> 
     }
 }
 
+/// One step for a repository's application stack, which its environments share and import from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppStep {
+    Create,
+    /// CloudFormation is working on it: the environment waits.
+    Wait,
+    /// As rendered: the environment goes on.
+    Ready,
+    /// `counted`: after a rolled-back update, another try counted against the environment.
+    Update {
+        counted: bool,
+    },
+    /// A failed create leaves a stack that can only be deleted: delete it (counted), then create again.
+    DeleteAfterRollback,
+    Refuse(String),
+}
+
+/// The next step for the application stack, `attempts` having been spent on it by this environment.
+/// `current` says its template tag matches this render.
+pub fn application(stack: Option<&StackView>, attempts: i64, max_attempts: i64) -> AppStep {
+    let advice = "this application stack is shared by the repository's environments: look at its events";
+    let Some(s) = stack else { return AppStep::Create };
+    if !s.owned {
+        return AppStep::Refuse("it exists but was not created by this previewd; it is never touched".to_owned());
+    }
+    if s.status.in_progress() {
+        return AppStep::Wait;
+    }
+    match &s.status {
+        st if st.updatable() && s.current => AppStep::Ready,
+        StackStatus::UpdateRollbackComplete if attempts >= max_attempts => {
+            AppStep::Refuse(exhausted("rolled back an update", attempts, advice))
+        }
+        StackStatus::UpdateRollbackComplete => AppStep::Update { counted: true },
+        st if st.updatable() => AppStep::Update { counted: false },
+        StackStatus::RollbackComplete if attempts >= max_attempts => {
+            AppStep::Refuse(exhausted("failed to create", attempts, advice))
+        }
+        StackStatus::RollbackComplete => AppStep::DeleteAfterRollback,
+        other => AppStep::Refuse(format!("it is {other}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,5 +494,32 @@ mod tests {
         for st in [StackStatus::RollbackComplete, StackStatus::UpdateRollbackComplete] {
             assert!(matches!(converge(Some(&view(st, false)), 3, 3), ConvergeStep::Refuse(_)), "attempts spent");
         }
+    }
+
+    #[test]
+    fn application_over_every_stack_state() {
+        assert_eq!(application(None, 0, 3), AppStep::Create);
+        for st in StackStatus::known().chain([StackStatus::Other("X".into())]) {
+            for current in [true, false] {
+                let step = application(Some(&view(st.clone(), current)), 0, 3);
+                let ok = match (&st, current) {
+                    (s, _) if s.in_progress() => step == AppStep::Wait,
+                    (s, true) if s.updatable() => step == AppStep::Ready,
+                    (StackStatus::UpdateRollbackComplete, false) => step == AppStep::Update { counted: true },
+                    (s, false) if s.updatable() => step == AppStep::Update { counted: false },
+                    (StackStatus::RollbackComplete, _) => step == AppStep::DeleteAfterRollback,
+                    _ => matches!(step, AppStep::Refuse(_)),
+                };
+                assert!(ok, "{st} current={current}: {step:?}");
+                let foreign = StackView { owned: false, ..view(st.clone(), current) };
+                assert!(matches!(application(Some(&foreign), 0, 3), AppStep::Refuse(_)), "{st}: never touch another's");
+            }
+        }
+        for st in [StackStatus::RollbackComplete, StackStatus::UpdateRollbackComplete] {
+            let step = application(Some(&view(st, false)), 3, 3);
+            assert!(matches!(step, AppStep::Refuse(m) if m.contains("3 times")), "attempts spent");
+        }
+        let current_after_rollback = application(Some(&view(StackStatus::UpdateRollbackComplete, true)), 3, 3);
+        assert_eq!(current_after_rollback, AppStep::Ready, "a rolled-back update to this very template is in use");
     }
 }

@@ -1,6 +1,7 @@
 //! What previewd tells GitHub: deployments with their statuses (GitHub's "View deployment" button and the
 //! environment's history), and one comment on each open pull request of the branch, edited in place.
 
+pub use previewd_domain::DeploymentState;
 use previewd_domain::{BranchName, CommitSha, RepoName};
 use serde::Deserialize;
 use serde_json::json;
@@ -11,26 +12,6 @@ use crate::client::{GitHub, GithubError, Identity, enc};
 pub const DESCRIPTION_MAX: usize = 140;
 /// Pages of comments read while looking for previewd's own on a pull request.
 const COMMENT_PAGES_MAX: usize = 30;
-
-/// The states previewd posts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeploymentState {
-    InProgress,
-    Success,
-    Failure,
-    Inactive,
-}
-
-impl DeploymentState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeploymentState::InProgress => "in_progress",
-            DeploymentState::Success => "success",
-            DeploymentState::Failure => "failure",
-            DeploymentState::Inactive => "inactive",
-        }
-    }
-}
 
 /// A status to post on a deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -170,6 +170,10 @@ fn show(e: &Value, out: &mut String) {
     ] {
         let _ = writeln!(out, "{key:<13} {}", text(&e[key]));
     }
+    if e["stack"].is_object() {
+        let seen = &e["stack"];
+        let _ = writeln!(out, "{:<13} {} (seen {})", "stack_status", text(&seen["status"]), text(&seen["observed_at"]));
+    }
     let _ = writeln!(out, "events:");
     for ev in e["events"].as_array().map_or(&[][..], Vec::as_slice) {
         let at = ev["at"].as_i64().unwrap_or(0);

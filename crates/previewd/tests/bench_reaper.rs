@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use futures::StreamExt as _;
 use previewd_domain::Status;
-use previewd_testkit::{REPO, TestEnv, sha};
+use previewd_testkit::{Options, REPO, TestEnv, sha};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run bench/reaper.sh"]
 async fn reaper_removes_orphans_with_full_buckets() {
     let var = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (orphans, versions) = (var("PREVIEWD_BENCH_ORPHANS", 20), var("PREVIEWD_BENCH_VERSIONS", 2_000));
-    let mut t = TestEnv::start_opts("", "0s").await;
+    let mut t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     // Every environment is an orphan here: the reaper's guard against removing too large a share at once
     // is lifted for the benchmark.
     let text = std::fs::read_to_string(&t.config_path).expect("config");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use previewd_domain::Status;
-use previewd_testkit::{Fault, REPO, Target, TestEnv, sha, workspace_root};
+use previewd_testkit::{Fault, Options, REPO, Target, TestEnv, sha, workspace_root};
 
 const TOKEN: &str = "browser-test-dashboard-token";
 
@@ -22,7 +22,7 @@ async fn the_dashboard_in_chromium() {
     let chromium = std::env::var("PREVIEWD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     assert!(std::path::Path::new(&chromium).exists(), "{chromium} is missing: ./test.sh installs Debian's chromium");
 
-    let mut t = TestEnv::start_full(&format!("dashboard_token = \"{TOKEN}\""), "", "10m").await;
+    let mut t = TestEnv::with(&Options { top: &format!("dashboard_token = \"{TOKEN}\""), ..Options::default() }).await;
     for (n, b) in
         ["feature/login", "<img/src=x/onerror=alert(1)>", "rtl/\u{202E}evil", "docs-no-infra"].iter().enumerate()
     {

@@ -38,7 +38,7 @@ async fn sigkills_amid_mixed_deliveries_settle_to_exactly_the_live_branches() {
     let mut rng = fastrand::Rng::with_seed(seed);
     // A late push of a deleted branch is believed over GitHub's 404 until the grace has passed: short here.
     let opts = Options { top: "max_environments = 500", grace: "1s", ..Options::default() };
-    let mut t = TestEnv::start_custom(&opts).await;
+    let mut t = TestEnv::with(&opts).await;
     t.stop_app().await;
     let bin = env!("CARGO_BIN_EXE_previewd");
     let logs = t.dir.path().to_owned();

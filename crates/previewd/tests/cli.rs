@@ -46,24 +46,8 @@ fn fails(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).expect("utf-8")
 }
 
-const CONFIG: &str = r#"
-owner = "acme-previews"
-dns_zone = "preview.example.com"
-
-[repos."acme/shop"]
-blueprint = "webapp"
-
-[repos."acme/shop".stages.staging]
-network.vpc_id = "vpc-0aaaaaaaaaaaaaaaa"
-
-[repos."acme/shop".branches."perf/*"]
-service.cpu = "4096"
-service.memory = "8192"
-
-[repos."acme/legacy"]
-blueprint = "beanstalk"
-dns_zone = "legacy.preview.example.com"
-"#;
+/// The configuration `deploy/local.toml` gives, as the README's examples use it.
+const CONFIG: &str = include_str!("../../../deploy/local.toml");
 
 fn line<'a>(text: &'a str, key: &str) -> &'a str {
     text.lines().find(|l| l.split_whitespace().next() == Some(key)).unwrap_or_else(|| panic!("no {key} in\n{text}"))
@@ -74,7 +58,7 @@ fn explain_names_the_layer_of_every_value() {
     let env = Env::new(CONFIG);
     let out = ok(&env.run(&["explain", "--repo", "acme/shop", "--branch", "perf/load"]));
     assert!(
-        line(&out, "service.cpu").contains("\"4096\"") && line(&out, "service.cpu").contains("branch pattern perf/*")
+        line(&out, "service.cpu").contains("\"1024\"") && line(&out, "service.cpu").contains("branch pattern perf/*")
     );
     assert!(line(&out, "service.cpu").contains("[repos.\"acme/shop\".branches.\"perf/*\"]"));
     assert!(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use previewd_domain::Status;
+use previewd_domain::{EventKind, Status};
 use previewd_testkit::{Fault, Target, TestEnv, sha};
 
 /// The stack's CloudFormation calls that reached moto, by action.
@@ -43,7 +43,7 @@ async fn slow_answers_longer_than_the_lease_keep_one_holder() {
     let env = t.ready("fault/slow", &sha(1)).await;
     assert_eq!(creates_and_deletes(&t, &env.stack_name), (1, 0));
     let events = t.store.events(env.id, 100).await.expect("events");
-    assert!(!events.iter().any(|e| e.kind == "retry"), "no step failed: {events:#?}");
+    assert!(!events.iter().any(|e| e.kind == EventKind::Retry), "no step failed: {events:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

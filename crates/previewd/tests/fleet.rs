@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use previewd_domain::Status;
 use previewd_reconciler::{Outcome, Verdict};
-use previewd_testkit::{Fault, REPO, Target, TestEnv, ZONE, sha, webhook};
+use previewd_testkit::{Fault, Options, REPO, Target, TestEnv, ZONE, sha, webhook};
 
 async fn ready(t: &TestEnv, branch: &str, sha: &str) -> previewd_store::EnvRecord {
     t.ready(branch, sha).await
@@ -73,7 +73,7 @@ async fn a_push_ahead_of_githubs_api_and_a_quick_delete_and_push_end_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_environment_whose_branch_went_while_previewd_was_down_is_removed() {
-    let mut t = TestEnv::start_opts("", "0s").await;
+    let mut t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     assert_eq!(t.push("feat/broken", &sha(1)).await, 202);
     let env = ready(&t, "feat/broken", &sha(1)).await;
     t.proxy.rollback_fails_after_update(&env.stack_name);
@@ -124,7 +124,7 @@ use futures::StreamExt as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_pass_removes_exactly_the_orphans_and_never_a_foreign_stack() {
-    let mut t = TestEnv::start_opts("", "0s").await;
+    let mut t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     let branches = ["keep/a", "keep/b", "keep/c", "gone/d", "gone/e"];
     for (n, b) in branches.iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
@@ -211,7 +211,7 @@ async fn one_pass_removes_exactly_the_orphans_and_never_a_foreign_stack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_the_template_retains_keeps_what_it_holds() {
     let extra = &format!("[repos.\"{REPO}\".branches.\"archive/*\"]\nbucket.deletion_policy = \"Retain\"\n");
-    let mut t = TestEnv::start_with(extra).await;
+    let mut t = TestEnv::with(&Options { extra, ..Options::default() }).await;
     for (n, b) in ["archive/q3", "feature/x"].iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
     }
@@ -340,7 +340,7 @@ async fn names_are_deleted_as_written_and_one_changed_since_is_read_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_faults_delete_nothing_and_the_command_says_so() {
-    let mut t = TestEnv::start_opts("", "0s").await;
+    let mut t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     for (n, b) in ["a", "b", "c"].iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
         ready(&t, b, &sha(n + 1)).await;
@@ -401,7 +401,7 @@ async fn github_faults_delete_nothing_and_the_command_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_branch_recreated_before_the_removal_is_kept() {
-    let mut t = TestEnv::start_opts("", "0s").await;
+    let mut t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     assert_eq!(t.push("feat/back", &sha(1)).await, 202);
     let env = ready(&t, "feat/back", &sha(1)).await;
     t.github.delete_branch(REPO, "feat/back");
@@ -430,7 +430,7 @@ async fn a_branch_recreated_before_the_removal_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dangling_names_with_our_marker_go_and_hand_made_ones_stay() {
-    let t = TestEnv::start_opts("", "0s").await;
+    let t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     let aws = t.direct_aws().await;
     let zone = t.seeded.zones[ZONE].hosted_zone_id.clone();
     let ghost = format!("ghost.{ZONE}");
@@ -480,7 +480,7 @@ async fn dangling_names_with_our_marker_go_and_hand_made_ones_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_time_to_live_ends_quiet_environments_until_their_next_push() {
     let extra = &format!("[repos.\"{REPO}\".branches.\"short/*\"]\nlifecycle.ttl = \"1s\"\n");
-    let mut t = TestEnv::start_opts(extra, "10m").await;
+    let mut t = TestEnv::with(&Options { extra, ..Options::default() }).await;
     for (n, b) in ["short/x", "short/kept", "long/y"].iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
     }
@@ -534,12 +534,23 @@ async fn the_envs_command_lists_shows_and_says_why_it_is_refused() {
     let one: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let cpu = one["settings"].as_array().and_then(|s| s.iter().find(|s| s["key"] == "service.cpu")).cloned();
     assert_eq!(cpu.as_ref().map(|c| c["layer"].clone()), Some(serde_json::json!("preview")), "{one}");
+    assert_eq!(one["stack"]["status"], "CREATE_COMPLETE", "the stack as the reconciler last saw it: {one}");
+    assert!(one["stack"]["outputs"]["Endpoint"].is_string() && one["stack"]["observed_at"].is_string(), "{one}");
+    // The page shows the stack as the reconciler last saw it, with its age, and asks AWS nothing.
+    t.proxy.reset_calls();
     let page =
         reqwest::get(t.url(&format!("/environments/{}", env.id))).await.expect("page").text().await.expect("html");
     assert!(
         page.contains("Recent stack events") && page.contains("Endpoint") && page.contains("blueprint defaults"),
         "{page}"
     );
+    assert!(
+        page.contains("CREATE_COMPLETE") && page.contains(" ago"),
+        "the stack's status, and when it was seen: {page}"
+    );
+    let asked: Vec<_> =
+        t.proxy.calls().into_iter().filter(|c| c.stack.as_deref() == Some(env.stack_name.as_str())).collect();
+    assert!(asked.is_empty(), "the page called AWS: {asked:?}");
     // Without a token the server is read-only: the refusal says what to do.
     let out = run(&["redeploy", &env.id.to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -554,7 +565,7 @@ async fn the_envs_command_lists_shows_and_says_why_it_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_tagged_stack_without_a_record_is_adopted_and_judged() {
-    let t = TestEnv::start_opts("", "0s").await;
+    let t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     // A crash between CreateStack and its record, or a lost database: our tags, no record.
     let names = t.names("lost/one");
     let id = identity("lost/one");
@@ -588,7 +599,7 @@ fn identity(branch: &str) -> String {
 /// each stack is adopted under its exact branch or not at all, and nothing live is torn down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_lost_database_stacks_are_adopted_under_their_exact_branch_or_reported() {
-    let mut t = TestEnv::start_opts("", "0s").await;
+    let mut t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     let branches = ["fix#12", "feat/über", "user's-branch"];
     for (n, b) in branches.iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
@@ -662,7 +673,7 @@ async fn a_bucket_of_many_pages_is_emptied_in_one_step() {
 /// proof the old name is gone; the second is reported and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_branch_is_torn_down_and_a_moved_repository_reported() {
-    let mut t = TestEnv::start_opts("", "0s").await;
+    let mut t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     assert_eq!(t.push("feat/old-name", &sha(1)).await, 202);
     assert_eq!(t.push("feat/stays", &sha(2)).await, 202);
     let old = ready(&t, "feat/old-name", &sha(1)).await;

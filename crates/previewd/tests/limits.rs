@@ -6,7 +6,7 @@ use previewd_testkit::{Options, TestEnv, sha};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
-    let mut t = TestEnv::start_custom(&Options { top: "max_environments = 2", ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { top: "max_environments = 2", ..Options::default() }).await;
     let branches = ["flood/a", "flood/b", "flood/c"];
     for (n, b) in branches.iter().enumerate() {
         assert_eq!(t.push(b, &sha(n + 1)).await, 202);
@@ -68,7 +68,7 @@ async fn a_branch_flood_stops_at_the_cap_and_waits_for_room() {
 /// under the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_branches_that_created_nothing_do_not_hold_the_cap() {
-    let mut t = TestEnv::start_custom(&Options { top: "max_environments = 1", ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { top: "max_environments = 1", ..Options::default() }).await;
     for (n, b) in ["refused/a", "refused/b"].into_iter().enumerate() {
         t.github.set_file(
             previewd_testkit::REPO,
@@ -90,7 +90,7 @@ async fn refused_branches_that_created_nothing_do_not_hold_the_cap() {
 async fn stacks_are_made_and_deleted_through_the_configured_service_role() {
     let role = "arn:aws:iam::123456789012:role/previewd-stacks";
     let top = format!("cloudformation_role_arn = \"{role}\"");
-    let mut t = TestEnv::start_custom(&Options { top: &top, ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { top: &top, ..Options::default() }).await;
     assert_eq!(t.push("feat/role", &sha(1)).await, 202);
     let env = t.ready("feat/role", &sha(1)).await;
     let cfn = aws_sdk_cloudformation::Client::new(&t.sdk_config().await);

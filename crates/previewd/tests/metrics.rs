@@ -25,7 +25,7 @@ async fn scrape(t: &TestEnv) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_a_push() {
-    let mut t = TestEnv::start_custom(&Options { github: r#"token = "t""#, ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { github: r#"token = "t""#, ..Options::default() }).await;
     let before = scrape(&t).await;
     assert_eq!(t.push("feat/metrics", &sha(1)).await, 202);
     t.ready("feat/metrics", &sha(1)).await;

@@ -23,7 +23,7 @@ fn branch(i: usize) -> String {
 async fn three_replicas_share_the_work_and_take_over_from_one_killed() {
     let Some(db) = postgres_database("replicas").await else { return };
     let opts = Options { top: "max_environments = 500", database_url: Some(&db), ..Options::default() };
-    let mut t = TestEnv::start_custom(&opts).await;
+    let mut t = TestEnv::with(&opts).await;
     t.stop_app().await;
     // The test's configuration (a 2 s lease), with the reaper firing every 2 seconds.
     let text = std::fs::read_to_string(&t.config_path).expect("config");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use previewd_domain::Status;
+use previewd_domain::{EventKind, Status};
 use previewd_testkit::{Serve, TestEnv};
 
 const SHA1: &str = "1111111111111111111111111111111111111111";
@@ -56,6 +56,6 @@ async fn sigkill_while_creating_then_restart_converges() {
     assert_eq!(t.proxy.count("CreateStack", &stack), 1, "no duplicate stack");
     assert_eq!(t.stack(&stack).await.expect("stack").tag("previewd:sha"), Some(SHA2));
     let events = t.store.events(env.id, 100).await.expect("events");
-    let webhooks: Vec<_> = events.iter().filter(|e| e.kind == "webhook").collect();
+    let webhooks: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Webhook).collect();
     assert_eq!(webhooks.len(), 2, "both acknowledged webhooks recorded: {events:#?}");
 }

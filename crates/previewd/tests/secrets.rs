@@ -14,8 +14,7 @@ const HOOK_SECRET: &str = "seed-hook-secret-value-42";
 const DB_PASSWORD: &str = "db-password-never-logged";
 
 async fn scenario(format: &str) {
-    let mut t =
-        TestEnv::start_custom(&Options { github: r#"token = "unused-in-process""#, ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { github: r#"token = "unused-in-process""#, ..Options::default() }).await;
     t.stop_app().await; // the process below is the one under test
     // Its own PostgreSQL database, reached with a password in the URL (trust auth ignores it).
     let db = format!("previewd_secrets_{:08x}", fastrand::u32(..));

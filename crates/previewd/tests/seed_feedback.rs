@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use previewd_domain::Status;
+use previewd_domain::{EventKind, Status};
 use previewd_testkit::{Fault, Options, REPO, Target, TestEnv};
 use sha2::Sha256;
 
@@ -39,7 +39,7 @@ async fn bucket_keys(t: &TestEnv, bucket: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_once_deployments_in_order_and_one_comment_edited_in_place() {
-    let mut t = TestEnv::start_custom(&Options {
+    let mut t = TestEnv::with(&Options {
         github: FEEDBACK,
         top: r#"public_url = "https://previewd.test.example""#,
         ..Options::default()
@@ -308,7 +308,7 @@ async fn start_seeded_with(hook_status: u16, reconciler: &str) -> Seeded {
         .expect("symlink");
     let source = format!("seed-source-{:08x}", fastrand::u32(..));
     seeded_blueprint(stacks.path(), &table, &hook_url, &secret, &source);
-    let t = TestEnv::start_custom(&Options {
+    let t = TestEnv::with(&Options {
         github: FEEDBACK,
         top: &format!("dashboard_token = \"{TOKEN}\"\n[seed]\nhook_secret = \"{HOOK_SECRET}\""),
         extra: &format!("[repos.\"{SEEDED}\"]\nblueprint = \"seeded\"\ndns_zone = \"{SEEDED_ZONE}\""),
@@ -529,7 +529,7 @@ async fn a_failing_hook_fails_the_environment_and_its_deployment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_limits_and_outages_delay_feedback_never_provisioning() {
-    let mut t = TestEnv::start_custom(&Options { github: FEEDBACK, ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { github: FEEDBACK, ..Options::default() }).await;
     t.github.open_pull(REPO, 3, "feature/slow");
     t.github.inject(Target::Writes, Fault::RetryAfter { status: 403, seconds: 1 }, 1);
     t.github.inject(Target::Deployments, Fault::Status(500), 2);
@@ -551,7 +551,7 @@ async fn github_limits_and_outages_delay_feedback_never_provisioning() {
     assert_eq!(log.iter().filter(|l| l.starts_with("comment create 3 ")).count(), 1, "{log:?}");
     assert_eq!(env.feedback_error, None);
     let events = t.store.events(env.id, 100).await.expect("events");
-    assert!(events.iter().any(|e| e.kind == "github" && e.message.contains("rate limited")), "{events:#?}");
+    assert!(events.iter().any(|e| e.kind == EventKind::Github && e.message.contains("rate limited")), "{events:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,7 +611,7 @@ async fn a_github_app_gets_installation_tokens_and_renews_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_request_opened_later_gets_the_comment_with_the_branch_escaped() {
-    let mut t = TestEnv::start_custom(&Options { github: FEEDBACK, ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { github: FEEDBACK, ..Options::default() }).await;
     let branch = "feat/<img_src=x>@team|#1";
     assert_eq!(t.push(branch, &sha(1)).await, 202);
     let env = t.ready(branch, &sha(1)).await;
@@ -645,7 +645,7 @@ async fn a_pull_request_opened_later_gets_the_comment_with_the_branch_escaped() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_whose_answer_was_lost_is_found_not_made_twice() {
-    let mut t = TestEnv::start_custom(&Options { github: FEEDBACK, ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { github: FEEDBACK, ..Options::default() }).await;
     // The first write (creating the deployment) is carried out, but its answer comes after previewd's
     // GitHub timeout (2 s in tests).
     t.github.inject(Target::Writes, Fault::Delay(Duration::from_secs(3)), 1);
@@ -659,7 +659,10 @@ async fn a_deployment_whose_answer_was_lost_is_found_not_made_twice() {
     assert_eq!(states, [serde_json::json!("in_progress"), serde_json::json!("success")]);
     let events = t.store.events(env.id, 100).await.expect("events");
     // The lost answer shows as a timeout or a broken connection, whichever the client saw first.
-    assert!(events.iter().any(|e| e.kind == "github" && e.message.contains("create a deployment")), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Github && e.message.contains("create a deployment")),
+        "{events:#?}"
+    );
 }
 
 /// A `Link` header may name any host: previewd follows it only under the configured API, so the token
@@ -692,7 +695,7 @@ async fn every_request_previewd_sends_is_one_githubs_description_accepts() {
         checker.join("node_modules/@octokit/openapi").is_dir(),
         "the checker is not installed: ./test.sh installs it (cd tests/github-openapi && npm ci)"
     );
-    let mut t = TestEnv::start_custom(&Options { github: FEEDBACK, grace: "0s", ..Options::default() }).await;
+    let mut t = TestEnv::with(&Options { github: FEEDBACK, grace: "0s", ..Options::default() }).await;
     let branch = "feat/spec#1";
     assert_eq!(t.push(branch, &sha(1)).await, 202);
     t.ready(branch, &sha(1)).await;

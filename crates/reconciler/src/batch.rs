@@ -16,8 +16,6 @@ use std::time::Duration;
 use previewd_cloud::{CloudError, DnsChange, Stack};
 use tokio::sync::oneshot;
 
-use crate::Inner;
-
 /// Looks batched together at most (a listing answers any number; this bounds one batch's answer).
 pub(crate) const MAX_LOOKS: usize = 1_000;
 /// Names changed in one ChangeResourceRecordSets at most: two records each, of Route53's 1,000.
@@ -25,75 +23,6 @@ pub(crate) const MAX_DNS_CHANGES: usize = 100;
 
 pub(crate) type Looks = Batcher<(), String, Result<Option<Stack>, CloudError>>;
 pub(crate) type DnsChanges = Batcher<String, DnsChange, Result<(), CloudError>>;
-
-impl Inner {
-    /// The stack as CloudFormation shows it now, for an environment waiting on it: looks that come
-    /// together share one listing when that costs fewer calls (its pages) than describing each.
-    pub(crate) async fn look(&self, name: &str) -> Result<Option<Stack>, CloudError> {
-        let (aws, pages) = (self.aws.clone(), self.sightings.pages());
-        let sightings = self.sightings.clone();
-        let serve = move |names: Vec<String>| async move {
-            if names.len() >= 2 && names.len() >= pages {
-                match aws.list_stacks().await {
-                    Ok(listing) => {
-                        sightings.paged(listing.pages);
-                        let by_name: HashMap<&str, &Stack> =
-                            listing.stacks.iter().map(|s| (s.name.as_str(), s)).collect();
-                        // One page is one answer; a walk over several is not a snapshot (a stack deleted
-                        // meanwhile shifts the pages), so a stack it lacks is looked up on its own.
-                        let whole = listing.pages == 1;
-                        let answers = names.iter().map(|n| {
-                            let aws = aws.clone();
-                            let seen = by_name.get(n.as_str()).map(|s| (*s).clone());
-                            async move {
-                                match seen {
-                                    Some(s) => Ok(Some(s)),
-                                    None if whole => Ok(None),
-                                    None => aws.describe_stack(n).await,
-                                }
-                            }
-                        });
-                        return futures::future::join_all(answers).await;
-                    }
-                    Err(e) => return names.iter().map(|_| Err(e.clone())).collect(),
-                }
-            }
-            futures::future::join_all(names.iter().map(|n| aws.describe_stack(n))).await
-        };
-        let answer = self.looks.submit((), name.to_owned(), self.setup.tuning.batch_window, serve).await;
-        answer.unwrap_or_else(|| Err(unanswered("DescribeStacks")))
-    }
-
-    /// Submits `change` to the zone with the others that come together: one request for all, and when
-    /// Route53 refuses it (one change among them not as it says), each again on its own, so one name's
-    /// error is its own.
-    pub(crate) async fn change_dns(&self, zone: &str, change: DnsChange) -> Result<(), CloudError> {
-        let (aws, zone_id) = (self.aws.clone(), zone.to_owned());
-        let serve = move |changes: Vec<DnsChange>| async move {
-            if changes.len() == 1 {
-                return vec![aws.submit_dns(&zone_id, changes).await];
-            }
-            let n = changes.len();
-            match aws.submit_dns(&zone_id, changes.clone()).await {
-                Ok(()) => vec![Ok(()); n],
-                Err(e) if e.is_retryable() => vec![Err(e); n],
-                Err(_) => {
-                    let mut each = Vec::with_capacity(n);
-                    for c in changes {
-                        each.push(aws.submit_dns(&zone_id, vec![c]).await);
-                    }
-                    each
-                }
-            }
-        };
-        let answer = self.dns_changes.submit(zone.to_owned(), change, self.setup.tuning.batch_window, serve).await;
-        answer.unwrap_or_else(|| Err(unanswered("ChangeResourceRecordSets")))
-    }
-}
-
-fn unanswered(op: &'static str) -> CloudError {
-    CloudError::Retryable { op, code: "Unanswered".into(), message: "the batch this call joined was not served".into() }
-}
 
 type Waiting<T, R> = Vec<(T, oneshot::Sender<R>)>;
 /// Each open batch, by key, with the id its window's timer knows it by.

@@ -10,12 +10,13 @@
 
 use std::time::Duration;
 
-use previewd_domain::{CommitSha, Desired, Status};
+use previewd_domain::{CommitSha, Desired, Status, StepOutcome};
 use previewd_github::{DeploymentState, DeploymentStatus, GithubError};
 use previewd_store::{DeploymentRecord, EnvRecord, PrComment, now_ms};
 use sha2::{Digest, Sha256};
 
-use crate::{Inner, ReconcileError};
+use crate::context::{Inner, humanize};
+use crate::error::ReconcileError;
 
 /// Environments taken per look at the store.
 const BATCH: i64 = 20;
@@ -87,8 +88,7 @@ async fn failed(inner: &Inner, env: &EnvRecord, e: &ReconcileError, retry_after:
     let id = env.id;
     // GitHub's wait when it named one, else the reconciler's backoff.
     let wait = retry_after.unwrap_or_else(|| inner.setup.tuning.backoff(env.feedback_retries + 1));
-    let message =
-        format!("GitHub feedback: {e}; trying again in {}", crate::reconcile::humanize(wait.as_millis() as i64));
+    let message = format!("GitHub feedback: {e}; trying again in {}", humanize(wait.as_millis() as i64));
     tracing::warn!(env_id = id, error = %e, "GitHub feedback failed");
     if let Err(e) =
         inner.store.feedback_failed(id, now_ms() + wait.as_millis() as i64, retry_after.is_none(), &message).await
@@ -133,7 +133,7 @@ fn name_for(branch: &str, env_key: &str) -> String {
 }
 
 /// Waits out the gap GitHub's secondary limit asks between content-creating requests.
-async fn pace(setup: &crate::FeedbackSetup, last_write: &mut tokio::time::Instant) {
+async fn pace(setup: &crate::setup::FeedbackSetup, last_write: &mut tokio::time::Instant) {
     tokio::time::sleep_until(*last_write + setup.write_gap).await;
     *last_write = tokio::time::Instant::now();
 }
@@ -141,7 +141,7 @@ async fn pace(setup: &crate::FeedbackSetup, last_write: &mut tokio::time::Instan
 async fn tell(
     inner: &Inner,
     env: &EnvRecord,
-    setup: &crate::FeedbackSetup,
+    setup: &crate::setup::FeedbackSetup,
     last_write: &mut tokio::time::Instant,
 ) -> Result<(), ReconcileError> {
     let id = env.id;
@@ -164,7 +164,7 @@ async fn deployment(
     sha: Option<CommitSha>,
     state: DeploymentState,
     log_url: Option<String>,
-    setup: &crate::FeedbackSetup,
+    setup: &crate::setup::FeedbackSetup,
     last_write: &mut tokio::time::Instant,
 ) -> Result<(), ReconcileError> {
     let github = &inner.github;
@@ -185,13 +185,13 @@ async fn deployment(
     };
     let Some(sha) = sha else {
         // Torn down: the last deployment goes inactive (nothing was ever reported: nothing to say).
-        if let Some(d) = current.filter(|d| d.state.as_deref() != Some(DeploymentState::Inactive.as_str())) {
+        if let Some(d) = current.filter(|d| d.state != Some(DeploymentState::Inactive)) {
             pace(setup, last_write).await;
             match github.create_deployment_status(&env.repo, d.id as u64, &post(DeploymentState::Inactive)).await {
                 Ok(()) | Err(GithubError::Status { status: 404, .. }) => {}
                 Err(e) => return Err(e.into()),
             }
-            let d = DeploymentRecord { state: Some(DeploymentState::Inactive.as_str().to_owned()), ..d };
+            let d = DeploymentRecord { state: Some(DeploymentState::Inactive), ..d };
             inner.store.set_deployment(env.id, &d).await?;
         }
         return Ok(());
@@ -199,7 +199,7 @@ async fn deployment(
     if current.as_ref().is_none_or(|d| d.sha != sha) {
         // GitHub marks older deployments inactive only for non-transient environments: previewd does it
         // for the commit it replaces.
-        if let Some(old) = current.take().filter(|d| d.state.as_deref() != Some(DeploymentState::Inactive.as_str())) {
+        if let Some(old) = current.take().filter(|d| d.state != Some(DeploymentState::Inactive)) {
             pace(setup, last_write).await;
             let mut superseded = post(DeploymentState::Inactive);
             superseded.description = format!("superseded by {}", sha.short());
@@ -209,7 +209,7 @@ async fn deployment(
                 Err(GithubError::Status { status: 404, .. }) => {}
                 Err(e) => return Err(e.into()),
             }
-            let old = DeploymentRecord { state: Some(DeploymentState::Inactive.as_str().to_owned()), ..old };
+            let old = DeploymentRecord { state: Some(DeploymentState::Inactive), ..old };
             inner.store.set_deployment(env.id, &old).await?;
         }
         let environment = environment_name(env);
@@ -231,7 +231,7 @@ async fn deployment(
     if d.state.is_none() {
         steps.push(DeploymentState::InProgress);
     }
-    if state != DeploymentState::InProgress && d.state.as_deref() != Some(state.as_str()) {
+    if state != DeploymentState::InProgress && d.state != Some(state) {
         steps.push(state);
     }
     for step in steps {
@@ -243,7 +243,7 @@ async fn deployment(
             }
             return Err(e.into());
         }
-        d.state = Some(step.as_str().to_owned());
+        d.state = Some(step);
         inner.store.set_deployment(env.id, &d).await?;
     }
     Ok(())
@@ -291,7 +291,7 @@ fn comment_body(inner: &Inner, env: &EnvRecord, log_url: Option<&str>) -> String
     rows.push(("Commit", sha.map_or_else(|| "—".to_owned(), |s| format!("`{}`", s.short()))));
     let seed = match (env.seeded_at, env.seed_log.last()) {
         (Some(_), _) => format!("seeded ({} steps)", env.seed_log.len()),
-        (None, Some(last)) if last.outcome == "failed" => {
+        (None, Some(last)) if last.outcome == StepOutcome::Failed => {
             format!("step {} ({}) failed", last.step + 1, markdown_text(&last.name))
         }
         (None, Some(_)) if env.seed_pending => "seeding…".to_owned(),
@@ -313,7 +313,7 @@ async fn comments(
     inner: &Inner,
     env: &EnvRecord,
     log_url: Option<&str>,
-    setup: &crate::FeedbackSetup,
+    setup: &crate::setup::FeedbackSetup,
     last_write: &mut tokio::time::Instant,
 ) -> Result<(), ReconcileError> {
     let github = &inner.github;
@@ -352,7 +352,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn content_creating_requests_are_spaced_under_githubs_limit() {
-        let setup = crate::FeedbackSetup { dashboard_url: None, write_gap: Duration::from_millis(750) };
+        let setup = crate::setup::FeedbackSetup { dashboard_url: None, write_gap: Duration::from_millis(750) };
         let start = tokio::time::Instant::now();
         let mut last = start - setup.write_gap;
         for _ in 0..81 {

@@ -12,8 +12,10 @@ use previewd_domain::{BranchName, CommitSha, Desired, RepoName, Status};
 use previewd_github::{BranchListing, GithubError};
 use previewd_store::EnvRecord;
 
-use crate::reconcile::{TAG_ENV, TAG_OWNER, TAG_SHA};
-use crate::{Inner, ReconcileError};
+use previewd_domain::tags;
+
+use crate::context::Inner;
+use crate::error::ReconcileError;
 
 /// What one pass saw. An observation that failed is `Err` and decides nothing.
 pub(crate) struct Fleet {
@@ -36,7 +38,7 @@ pub(crate) async fn observe(inner: &Inner) -> Fleet {
     let mut stack_pages = 0;
     let stacks = inner.aws.list_stacks().await.map(|listing| {
         stack_pages = listing.pages;
-        listing.stacks.into_iter().filter(|s| s.tag(TAG_OWNER) == Some(owner)).map(|s| (s.name.clone(), s)).collect()
+        listing.stacks.into_iter().filter(|s| s.tag(tags::OWNER) == Some(owner)).map(|s| (s.name.clone(), s)).collect()
     });
     let mut zones: HashMap<String, Result<HashMap<String, MarkedName>, String>> = HashMap::new();
     let mut dns = BTreeMap::new();
@@ -45,7 +47,7 @@ pub(crate) async fn observe(inner: &Inner) -> Fleet {
         let zone = repo.zone.as_str().to_owned();
         if !zones.contains_key(&zone) {
             let read = async {
-                let id = crate::reconcile::zone_id(inner, repo).await.map_err(|e| e.to_string())?;
+                let id = inner.zone_id(repo).await.map_err(|e| e.to_string())?;
                 let names = inner.aws.marked_names(&id).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(names.into_iter().map(|m| (m.name.clone(), m)).collect())
             };
@@ -68,13 +70,13 @@ fn listing(l: Result<BranchListing, GithubError>) -> Result<HashMap<BranchName, 
 
 /// The environments of one repository whose branches a listing must show: wanted, provisioned or on
 /// the way. The share of these a single pass may find missing is bounded.
-pub(crate) fn live(env: &EnvRecord) -> bool {
+pub(crate) fn expects_branch(env: &EnvRecord) -> bool {
     env.desired != Desired::Absent
         && !matches!(env.status, Status::Deleted | Status::Skipped)
         && !env.branch.is_no_infra()
 }
 
-/// The most environments of `live` that one pass may find gone before it trusts nothing: a share, but
+/// The most environments of `live` (those [`expects_branch`]) that one pass may find gone before it trusts nothing: a share, but
 /// never fewer than `floor`.
 pub(crate) fn removal_limit(live: usize, max_share: f64, floor: usize) -> usize {
     ((live as f64 * max_share).floor() as usize).max(floor)
@@ -128,11 +130,11 @@ pub(crate) fn differs(
             }
             let stack = stack?;
             let Some(s) = stack else { return Some("its stack is gone") };
-            if s.tag(TAG_OWNER) != Some(owner) || s.tag(TAG_ENV) != Some(env.env_key.as_str()) {
+            if s.tag(tags::OWNER) != Some(owner) || s.tag(tags::ENV) != Some(env.env_key.as_str()) {
                 return Some("its stack is not ours");
             }
             let deployed = env.deployed_sha.as_ref().map(CommitSha::as_str);
-            if !s.stack_status().updatable() || s.tag(TAG_SHA) != deployed {
+            if !s.stack_status().updatable() || s.tag(tags::SHA) != deployed {
                 return Some("its stack changed");
             }
             match dns {
@@ -171,7 +173,7 @@ impl Inner {
             match listing {
                 Err(e) => tracing::warn!(%repo, error = %e, "cannot list branches: nothing is taken as gone"),
                 Ok(branches) => {
-                    let live: Vec<_> = envs.iter().filter(|e| &e.repo == repo && live(e)).collect();
+                    let live: Vec<_> = envs.iter().filter(|e| &e.repo == repo && expects_branch(e)).collect();
                     let missing = live.iter().filter(|e| !branches.contains_key(&e.branch)).count();
                     let limit = removal_limit(live.len(), self.setup.reaper.max_share, self.setup.reaper.min_removals);
                     if missing > limit {
@@ -190,7 +192,7 @@ impl Inner {
                 // Evidence for the grace period: when a trusted listing first lacked the branch.
                 if h.is_some() && env.missing_since.is_some() {
                     self.store.mark_seen(env.id).await?;
-                } else if h.is_none() && live(env) && env.missing_since.is_none() {
+                } else if h.is_none() && expects_branch(env) && env.missing_since.is_none() {
                     self.store.mark_missing(env.id, now).await?;
                 }
             }
@@ -201,7 +203,7 @@ impl Inner {
             };
             if let Some(why) = differs(env, owner, head, stack, dns) {
                 tracing::debug!(repo = %env.repo, branch = %env.branch, why, "resync: differs");
-                self.queue.enqueue_in(env.id, crate::Lane::Background, std::time::Duration::ZERO).await?;
+                self.queue.enqueue_in(env.id, previewd_store::Lane::Background, std::time::Duration::ZERO).await?;
                 enqueued += 1;
             }
         }
@@ -277,9 +279,9 @@ mod tests {
             status: status.into(),
             reason: None,
             tags: BTreeMap::from([
-                (TAG_OWNER.to_owned(), "me".to_owned()),
-                (TAG_ENV.to_owned(), e.env_key.to_string()),
-                (TAG_SHA.to_owned(), sha_tag.to_owned()),
+                (tags::OWNER.to_owned(), "me".to_owned()),
+                (tags::ENV.to_owned(), e.env_key.to_string()),
+                (tags::SHA.to_owned(), sha_tag.to_owned()),
             ]),
             outputs: BTreeMap::from([("Endpoint".to_owned(), "lb.example.com".to_owned())]),
         }

@@ -12,14 +12,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use previewd_cloud::{OwnershipMarker, Stack};
-use previewd_domain::{BranchName, CommitSha, Desired, EnvNames, RepoName, Status};
+use previewd_domain::{
+    BranchName, CommitSha, Desired, EnvNames, EventKind, PassOutcome as Outcome, RepoName, Status, tags,
+};
 use previewd_github::BranchHead;
-use previewd_store::{DesiredChange, EnvRecord, ReaperPassRecord, now_ms};
+use previewd_store::{DesiredChange, EnvRecord, Lane, ReaperPassRecord, now_ms};
 use serde::Serialize;
 
-use crate::fleet::{self, live, removal_limit};
-use crate::reconcile::{TAG_BRANCH, TAG_BRANCH_ID, TAG_ENV, TAG_REPO, TAG_SHA, humanize};
-use crate::{Inner, Lane};
+use crate::context::{Inner, humanize};
+use crate::fleet::{self, expects_branch, removal_limit};
 
 /// The setting that gives an environment a time-to-live since its last push.
 pub const TTL_SETTING: &str = "lifecycle.ttl";
@@ -59,36 +60,6 @@ pub struct Decision {
     pub env_id: Option<i64>,
 }
 
-/// How a pass ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Looked at everything; nothing to remove.
-    Clean,
-    /// Looked at everything and removed (or, in a dry run, would remove) something.
-    Removed,
-    /// Some repository could not be judged (an error, a suspicious listing): nothing removed there.
-    Refused,
-    /// Another pass holds the lock, or the pass could not read what it needs.
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Clean => "clean",
-            Outcome::Removed => "removed",
-            Outcome::Refused => "refused",
-            Outcome::Failed => "failed",
-        }
-    }
-
-    /// Whether `previewd reap` should exit 0.
-    pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Clean | Outcome::Removed)
-    }
-}
-
 /// What one pass decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -97,24 +68,6 @@ pub struct Report {
     pub decisions: Vec<Decision>,
     /// One line for logs and the dashboard.
     pub summary: String,
-}
-
-/// How the reaper behaves.
-#[derive(Debug, Clone)]
-pub struct ReaperSetup {
-    /// Cron, seconds first.
-    pub schedule: String,
-    pub grace: Duration,
-    /// A pass that would remove more than this share of a repository's environments removes nothing.
-    pub max_share: f64,
-    /// ... unless it removes at most this many.
-    pub min_removals: usize,
-}
-
-impl Default for ReaperSetup {
-    fn default() -> Self {
-        Self { schedule: "0 0 * * * *".to_owned(), grace: Duration::from_secs(600), max_share: 0.5, min_removals: 3 }
-    }
 }
 
 struct Pass<'a> {
@@ -200,7 +153,7 @@ impl Inner {
             started_at: started,
             finished_at: now_ms(),
             dry_run,
-            outcome: outcome.as_str().to_owned(),
+            outcome,
             summary: report.summary.clone(),
             decisions: serde_json::to_string(&report.decisions).unwrap_or_default(),
         };
@@ -213,11 +166,13 @@ impl Inner {
 }
 
 impl Pass<'_> {
-    async fn run(&mut self) -> Result<(), crate::ReconcileError> {
+    async fn run(&mut self) -> Result<(), crate::error::ReconcileError> {
         let inner = self.inner;
         let fleet = fleet::observe(inner).await;
-        let stacks =
-            fleet.stacks.as_ref().map_err(|e| crate::ReconcileError::Transient(format!("cannot list stacks: {e}")))?;
+        let stacks = fleet
+            .stacks
+            .as_ref()
+            .map_err(|e| crate::error::ReconcileError::Transient(format!("cannot list stacks: {e}")))?;
         // The teardowns this pass asks for start from its listing (see `crate::sightings`): kept from
         // before the first is asked for, then only theirs.
         inner.sightings.listed(stacks.values(), fleet.stack_pages, fleet.stacks_listed_at);
@@ -239,10 +194,10 @@ impl Pass<'_> {
         fleet: &fleet::Fleet,
         stacks: &std::collections::HashMap<String, Stack>,
         envs: &mut Vec<EnvRecord>,
-    ) -> Result<(), crate::ReconcileError> {
+    ) -> Result<(), crate::error::ReconcileError> {
         self.adopt(stacks, &fleet.listings, envs).await?;
         for (repo, listing) in &fleet.listings {
-            let repo_envs: Vec<&EnvRecord> = envs.iter().filter(|e| &e.repo == repo && live(e)).collect();
+            let repo_envs: Vec<&EnvRecord> = envs.iter().filter(|e| &e.repo == repo && expects_branch(e)).collect();
             match listing {
                 Err(e) => self.refuse(repo, format!("cannot list branches: {e}")),
                 Ok(branches) => self.judge(repo, branches, &repo_envs).await?,
@@ -264,7 +219,7 @@ impl Pass<'_> {
         stacks: &std::collections::HashMap<String, Stack>,
         listings: &BTreeMap<RepoName, Result<std::collections::HashMap<BranchName, CommitSha>, String>>,
         envs: &mut Vec<EnvRecord>,
-    ) -> Result<(), crate::ReconcileError> {
+    ) -> Result<(), crate::error::ReconcileError> {
         let recorded: HashSet<&str> = envs.iter().map(|e| e.stack_name.as_str()).collect();
         let mut adopted = Vec::new();
         // Each repository's listed branches by identity, hashed once a pass and only when a stack needs it.
@@ -273,10 +228,10 @@ impl Pass<'_> {
         let mut stacks: Vec<&Stack> = stacks.values().collect();
         stacks.sort_by(|a, b| a.name.cmp(&b.name));
         for s in stacks {
-            if recorded.contains(s.name.as_str()) || s.tag(TAG_ENV).is_none() {
+            if recorded.contains(s.name.as_str()) || s.tag(tags::ENV).is_none() {
                 continue; // recorded, or an application stack
             }
-            let Some(repo) = s.tag(TAG_REPO).and_then(|r| RepoName::new(r).ok()) else {
+            let Some(repo) = s.tag(tags::REPO).and_then(|r| RepoName::new(r).ok()) else {
                 let why = "owner-tagged stack whose tags name no repository: left for a person".to_owned();
                 self.decide("", &s.name, None, Verdict::Refuse, why);
                 continue;
@@ -294,22 +249,16 @@ impl Pass<'_> {
                     continue;
                 }
             };
-            let sha = s.tag(TAG_SHA).and_then(|t| CommitSha::new(t).ok());
+            let sha = s.tag(tags::SHA).and_then(|t| CommitSha::new(t).ok());
             // Its names are the readable or the hashed ones its branch gives, exactly; anything else is
             // not a stack previewd made for this branch.
             let owner = &self.inner.setup.owner;
-            let hashed = EnvNames::new(owner, &repo, &branch, &setup.zone);
-            let readable = EnvNames::readable(owner, &repo, &branch, &setup.zone);
-            let always_hashed = EnvNames::hashed(owner, &repo, &branch, &setup.zone);
-            let Some(names) = [readable, Some(hashed.clone()), Some(always_hashed)]
-                .into_iter()
-                .flatten()
-                .find(|n| n.stack_name == s.name && s.tag(TAG_ENV) == Some(n.env_key.as_str()))
+            let candidates = EnvNames::candidates(owner, &repo, &branch, &setup.zone);
+            let expected = candidates[0].stack_name.clone();
+            let Some(names) =
+                candidates.into_iter().find(|n| n.stack_name == s.name && s.tag(tags::ENV) == Some(n.env_key.as_str()))
             else {
-                let why = format!(
-                    "its tags name {repo}:{branch}, whose stack would be {}: left for a person",
-                    hashed.stack_name
-                );
+                let why = format!("its tags name {repo}:{branch}, whose stack would be {expected}: left for a person");
                 self.decide(repo.as_str(), &s.name, None, Verdict::Refuse, why);
                 continue;
             };
@@ -341,7 +290,7 @@ impl Pass<'_> {
         repo: &RepoName,
         branches: &std::collections::HashMap<BranchName, CommitSha>,
         envs: &[&EnvRecord],
-    ) -> Result<(), crate::ReconcileError> {
+    ) -> Result<(), crate::error::ReconcileError> {
         let inner = self.inner;
         let mut orphans = Vec::new();
         for env in envs.iter().filter(|e| !branches.contains_key(&e.branch)) {
@@ -452,7 +401,7 @@ impl Pass<'_> {
                 if let Some(id) = d.env_id {
                     inner
                         .store
-                        .add_event(id, "reaper", &format!("{:?}: {}", d.verdict, d.reason).to_lowercase())
+                        .add_event(id, EventKind::Reaper, &format!("{:?}: {}", d.verdict, d.reason).to_lowercase())
                         .await?;
                 }
             }
@@ -463,7 +412,7 @@ impl Pass<'_> {
     /// Why an environment whose branch exists is past its time-to-live (the `lifecycle.ttl` setting, from
     /// its blueprint or a branch pattern; none by default), if it is: then it is torn down until its next
     /// push.
-    fn expiry(&mut self, repo: &RepoName, env: &EnvRecord) -> Result<Option<String>, crate::ReconcileError> {
+    fn expiry(&mut self, repo: &RepoName, env: &EnvRecord) -> Result<Option<String>, crate::error::ReconcileError> {
         let inner = self.inner;
         let Some(setup) = inner.setup.repos.get(repo) else { return Ok(None) };
         let Some(blueprint) = inner.blueprints.get(&setup.blueprint) else { return Ok(None) };
@@ -494,7 +443,11 @@ impl Pass<'_> {
 
     /// Names carrying our marker whose environment no longer exists invite a subdomain takeover: they
     /// go. Names without the marker, or with another owner's, are never touched.
-    async fn dangling_dns(&mut self, fleet: &fleet::Fleet, envs: &[EnvRecord]) -> Result<(), crate::ReconcileError> {
+    async fn dangling_dns(
+        &mut self,
+        fleet: &fleet::Fleet,
+        envs: &[EnvRecord],
+    ) -> Result<(), crate::error::ReconcileError> {
         let inner = self.inner;
         let owner = inner.setup.owner.as_str();
         let mut seen = HashSet::new();
@@ -504,7 +457,7 @@ impl Pass<'_> {
         let Ok(stacks) = &fleet.stacks else { return Ok(()) };
         let stacked: HashSet<(String, String)> = stacks
             .values()
-            .filter_map(|s| Some((s.tag(TAG_REPO)?.to_ascii_lowercase(), s.tag(TAG_ENV)?.to_owned())))
+            .filter_map(|s| Some((s.tag(tags::REPO)?.to_ascii_lowercase(), s.tag(tags::ENV)?.to_owned())))
             .collect();
         for (repo, names) in &fleet.dns {
             let Ok(names) = names else { continue };
@@ -523,9 +476,9 @@ impl Pass<'_> {
                 let why =
                     format!("carries our marker for {}:{}, whose environment no longer exists", m.repo, m.env_key);
                 if !self.dry_run {
-                    let zone = crate::reconcile::zone_id(inner, setup).await?;
+                    let zone = inner.zone_id(setup).await?;
                     let marker = OwnershipMarker::new(&m.owner, &m.repo, &m.env_key);
-                    crate::reconcile::remove_name(inner, &zone, &m.name, m.target.as_deref(), &marker).await?;
+                    inner.remove_name(&zone, &m.name, m.target.as_deref(), &marker).await?;
                 }
                 self.decide(&m.repo, &m.name, env.map(|e| e.id), Verdict::RemoveDns, why);
             }
@@ -541,14 +494,15 @@ fn exact_branch(
     s: &Stack,
     listed: &Result<std::collections::HashMap<String, BranchName>, String>,
 ) -> Result<BranchName, String> {
-    let Some(identity) = s.tag(TAG_BRANCH_ID) else {
+    let Some(identity) = s.tag(tags::BRANCH_ID) else {
         return Err(format!(
-            "owner-tagged stack {} has no {TAG_BRANCH_ID} tag (made before previewd recorded a branch's exact \
+            "owner-tagged stack {} has no {} tag (made before previewd recorded a branch's exact \
              identity), so its branch cannot be named exactly",
-            s.name
+            s.name,
+            tags::BRANCH_ID
         ));
     };
-    if let Some(branch) = s.tag(TAG_BRANCH).and_then(|b| BranchName::new(b).ok())
+    if let Some(branch) = s.tag(tags::BRANCH).and_then(|b| BranchName::new(b).ok())
         && branch.identity() == identity
     {
         return Ok(branch);
@@ -559,7 +513,7 @@ fn exact_branch(
                 "owner-tagged stack {} names branch {:?} only in part, and no branch GitHub lists has its \
                  identity",
                 s.name,
-                s.tag(TAG_BRANCH).unwrap_or("")
+                s.tag(tags::BRANCH).unwrap_or("")
             )
         }),
         Err(e) => Err(format!("cannot name the branch of owner-tagged stack {}: {e}", s.name)),

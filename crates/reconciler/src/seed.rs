@@ -10,13 +10,14 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable as _};
 use hmac::{Hmac, Mac};
 use previewd_cloud::TaskRequest;
-use previewd_domain::CommitSha;
+use previewd_domain::{CommitSha, EventKind, StepOutcome};
 use previewd_render::{Blueprint, Ref, SeedKind, SeedSource, SeedStep, Settings};
 use previewd_store::{EnvRecord, SeedOutcome, SeedProgress, now_ms};
 use sha2::Sha256;
 use sqlx::Connection as _;
 
-use crate::{Action, Inner, ReconcileError};
+use crate::context::Inner;
+use crate::error::{Action, ReconcileError};
 
 /// The header carrying the HMAC-SHA256 of a seed hook's body, as GitHub signs its webhooks.
 pub const HOOK_SIGNATURE_HEADER: &str = "x-previewd-signature-256";
@@ -71,9 +72,12 @@ pub(crate) async fn step(inner: &Inner, cx: &SeedContext<'_>) -> Result<Option<A
         return Ok(None);
     };
     let (word, result) = if step.applies(cx.settings) {
-        ("ok", run(inner, cx, step).await)
+        (StepOutcome::Ok, run(inner, cx, step).await)
     } else {
-        ("skipped", Ok(StepResult::Done(format!("{} is not true", step.when.as_deref().unwrap_or_default()))))
+        (
+            StepOutcome::Skipped,
+            Ok(StepResult::Done(format!("{} is not true", step.when.as_deref().unwrap_or_default()))),
+        )
     };
     match result {
         Ok(StepResult::Waiting) => Ok(Some(Action::Requeue(inner.setup.tuning.poll_min))),
@@ -90,7 +94,7 @@ pub(crate) async fn step(inner: &Inner, cx: &SeedContext<'_>) -> Result<Option<A
         Err(StepError::Failed(detail)) => {
             let progress = SeedProgress {
                 next_step: index as i64,
-                outcome: Some(outcome(index, step, "failed", detail.clone())),
+                outcome: Some(outcome(index, step, StepOutcome::Failed, detail.clone())),
                 ..SeedProgress::default()
             };
             inner.store.seed_progress(env.fence(), progress).await?;
@@ -175,21 +179,22 @@ async fn run(inner: &Inner, cx: &SeedContext<'_>, step: &SeedStep) -> Result<Ste
             inner.store.seed_progress(cx.env.fence(), progress).await?;
             inner
                 .store
-                .add_event(cx.env.id, "seed", &format!("started ECS task {arn} for seed step {:?}", step.name))
+                .add_event(cx.env.id, EventKind::Seed, &format!("started ECS task {arn} for seed step {:?}", step.name))
                 .await?;
             Ok(StepResult::Waiting)
         }
     }
 }
 
-fn outcome(index: usize, step: &SeedStep, result: &str, detail: String) -> SeedOutcome {
-    let labels = previewd_metrics::SeedLabels { kind: step.kind.name().to_owned(), outcome: result.to_owned() };
+fn outcome(index: usize, step: &SeedStep, result: StepOutcome, detail: String) -> SeedOutcome {
+    let labels =
+        previewd_metrics::SeedLabels { kind: step.kind.name().to_owned(), outcome: result.as_str().to_owned() };
     previewd_metrics::METRICS.seed_steps.get_or_create(&labels).inc();
     SeedOutcome {
         step: index as i64,
         name: step.name.clone(),
         kind: step.kind.name().to_owned(),
-        outcome: result.to_owned(),
+        outcome: result,
         detail,
         at: now_ms(),
     }

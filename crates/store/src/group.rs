@@ -21,7 +21,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Delivery, Recorded, Store, StoreError};
+use crate::{Delivery, Recorded, Store, StoreError, intake};
 
 /// Deliveries in one transaction at most.
 const MAX_BATCH: usize = 256;
@@ -74,7 +74,11 @@ async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>, on
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (deliveries, replies): (Vec<Delivery>, Vec<Reply>) = batch.drain(..).unzip();
         let result = match connection(&store, &mut conn).await {
-            Ok(c) => store.record_webhooks_on(c, &deliveries).await,
+            // In this process's turn to write (SQLite), as every writer.
+            Ok(c) => match store.take_turn().await {
+                Ok(_turn) => intake::record_many(c, &deliveries, store.backend(), store.now()).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match result {
@@ -101,7 +105,13 @@ async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>, on
                             break;
                         }
                     };
-                    let result = store.record_webhook_on(c, d).await;
+                    let result = match store.take_turn().await {
+                        Ok(_turn) => {
+                            let change = d.change.as_ref();
+                            intake::record_one(c, &d.id, &d.event, change, store.backend(), store.now()).await
+                        }
+                        Err(e) => Err(e),
+                    };
                     match &result {
                         Ok(Recorded::New { env_id: Some(_) }) => on_due(),
                         Ok(_) => {}
@@ -179,12 +189,15 @@ mod tests {
         })
         .expect("committer");
         let record = |d: Delivery| log.record(d);
-        assert!(matches!(record(crate::tests::push("d1", "feature/a", Some('a'))).await, Ok(Recorded::New { .. })));
+        assert!(matches!(
+            record(crate::batch::tests::push("d1", "feature/a", Some('a'))).await,
+            Ok(Recorded::New { .. })
+        ));
         // Called before the answer is sent, so it has been by the time the answer arrives.
         assert_eq!(told.load(Ordering::SeqCst), 1);
         // A duplicate and a ping make nothing due.
         assert_eq!(
-            record(crate::tests::push("d1", "feature/a", Some('a'))).await.expect("recorded"),
+            record(crate::batch::tests::push("d1", "feature/a", Some('a'))).await.expect("recorded"),
             Recorded::Duplicate
         );
         let ping = Delivery { id: "d2".into(), event: "ping".into(), change: None };

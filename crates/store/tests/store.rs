@@ -4,7 +4,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Status};
+use previewd_domain::{
+    BranchName, CommitSha, DeploymentState, Desired, DnsZone, EnvNames, EventKind, OwnerId, PassOutcome, RepoName,
+    Status, StepOutcome,
+};
 use previewd_store::{DesiredChange, Fence, Lane, Observed, Recorded, Store, StoreError, now_ms};
 use sqlx::Executor as _;
 
@@ -142,7 +145,10 @@ async fn observed_state_and_events_round_trip(store: Store) {
         attempts: 2,
         retries: 3,
     };
-    store.update_observed(Fence::unleased(id), &o, Some(("ready", "stack CREATE_COMPLETE"))).await.expect("update");
+    store
+        .update_observed(Fence::unleased(id), &o, Some((EventKind::Ready, "stack CREATE_COMPLETE")))
+        .await
+        .expect("update");
     let env = store.get(id).await.expect("get").expect("env");
     assert_eq!(env.observed(), o);
     store.reset_retries(Fence::unleased(id)).await.expect("reset");
@@ -159,11 +165,11 @@ async fn observed_state_and_events_round_trip(store: Store) {
     assert!(store.request_seed(id, "new stack").await.expect("request seed"));
     let env = store.get(id).await.expect("get").expect("env");
     assert!(env.seed_pending && env.seed_step == 0 && env.seed_log.is_empty() && env.seeded_at.is_none());
-    let outcome = |step: i64, result: &str| previewd_store::SeedOutcome {
+    let outcome = |step: i64, result: StepOutcome| previewd_store::SeedOutcome {
         step,
         name: format!("step {step}"),
         kind: "http".into(),
-        outcome: result.into(),
+        outcome: result,
         detail: "HTTP 500".into(),
         at: 1,
     };
@@ -174,16 +180,19 @@ async fn observed_state_and_events_round_trip(store: Store) {
         finished,
     };
     store
-        .seed_progress(Fence::unleased(id), progress(0, Some("arn:task"), Some(outcome(0, "failed")), false))
+        .seed_progress(Fence::unleased(id), progress(0, Some("arn:task"), Some(outcome(0, StepOutcome::Failed)), false))
         .await
         .expect("fail");
-    store.seed_progress(Fence::unleased(id), progress(1, None, Some(outcome(0, "ok")), false)).await.expect("ok");
+    store
+        .seed_progress(Fence::unleased(id), progress(1, None, Some(outcome(0, StepOutcome::Ok)), false))
+        .await
+        .expect("ok");
     store.seed_progress(Fence::unleased(id), progress(1, None, None, true)).await.expect("done");
     let env = store.get(id).await.expect("get").expect("env");
     assert!(!env.seed_pending && env.seeded_at.is_some() && env.seed_task.is_none(), "{env:#?}");
     assert_eq!(env.seed_log.iter().map(|o| o.outcome.as_str()).collect::<Vec<_>>(), ["failed", "ok"]);
     let kinds: Vec<_> = store.events(id, 20).await.expect("events").into_iter().map(|e| e.kind).collect();
-    assert_eq!(kinds.iter().filter(|k| *k == "seed").count(), 3, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == EventKind::Seed).count(), 3, "{kinds:?}");
 
     // Feedback: every write of observed state makes it due; done only for the revision told.
     let env = store.get(id).await.expect("get").expect("env");
@@ -203,13 +212,14 @@ async fn observed_state_and_events_round_trip(store: Store) {
     store.feedback_failed(id, 43, true, "GitHub API: HTTP 500").await.expect("failed again");
     let env = store.get(id).await.expect("get").expect("env");
     assert_eq!((env.feedback_due, env.feedback_retries), (Some(43), 2));
-    let github_events = store.events(id, 50).await.expect("events").iter().filter(|e| e.kind == "github").count();
+    let github_events =
+        store.events(id, 50).await.expect("events").iter().filter(|e| e.kind == EventKind::Github).count();
     assert_eq!(github_events, 1, "the same error is logged once");
     store.feedback_done(id, env.observed_rev).await.expect("done");
     let env = store.get(id).await.expect("get").expect("env");
     assert_eq!((env.feedback_due, env.feedback_retries, env.feedback_error), (None, 0, None));
     assert!(store.feedback_due(i64::MAX, 10).await.expect("due").is_empty());
-    let d = previewd_store::DeploymentRecord { sha: sha('b'), id: 9, state: Some("success".into()) };
+    let d = previewd_store::DeploymentRecord { sha: sha('b'), id: 9, state: Some(DeploymentState::Success) };
     store.set_deployment(id, &d).await.expect("deployment");
     assert_eq!(store.get(id).await.expect("get").expect("env").deployment, Some(d));
 
@@ -273,7 +283,7 @@ async fn a_lease_taken_over_fences_the_old_holder(store: Store) {
     assert!(store.renew(&b, "b", now_ms() + 60_000).await.expect("renew"));
     let before = store.get(id).await.expect("get").expect("env");
     let o = Observed { status: Status::Failed, last_error: Some("a's stale view".into()), ..before.observed() };
-    let refused = store.update_observed(a.fence(), &o, Some(("failed", "stale"))).await;
+    let refused = store.update_observed(a.fence(), &o, Some((EventKind::Failed, "stale"))).await;
     assert!(matches!(refused, Err(StoreError::Fenced { id: i }) if i == id), "{refused:?}");
     let refused = store.seed_progress(a.fence(), Default::default()).await;
     assert!(matches!(&refused, Err(e) if e.is_fenced()), "{refused:?}");
@@ -284,7 +294,7 @@ async fn a_lease_taken_over_fences_the_old_holder(store: Store) {
     assert!(!store.events(id, 10).await.expect("events").iter().any(|e| e.message == "stale"));
     assert_eq!(env.fence(), b.fence(), "the record carries the latest claim's epoch");
     let o = Observed { status: Status::Provisioning, ..env.observed() };
-    store.update_observed(b.fence(), &o, Some(("create", "b's"))).await.expect("b's write");
+    store.update_observed(b.fence(), &o, Some((EventKind::Create, "b's"))).await.expect("b's write");
     store.release(&b, None).await.expect("release");
     assert_eq!(store.get(id).await.expect("get").expect("env").status, Status::Provisioning);
 }
@@ -398,17 +408,17 @@ async fn named_locks_exclude_other_holders_until_they_expire(store: Store) {
 
 async fn reaper_passes_round_trip(store: Store) {
     assert_eq!(store.last_reaper_pass().await.expect("none"), None);
-    let pass = |dry_run, outcome: &str| previewd_store::ReaperPassRecord {
+    let pass = |dry_run, outcome: PassOutcome| previewd_store::ReaperPassRecord {
         id: 0,
         started_at: 1,
         finished_at: 2,
         dry_run,
-        outcome: outcome.into(),
+        outcome,
         summary: format!("{outcome} pass"),
         decisions: "[]".into(),
     };
-    store.record_reaper_pass(&pass(false, "removed")).await.expect("record");
-    store.record_reaper_pass(&pass(true, "clean")).await.expect("record dry run");
+    store.record_reaper_pass(&pass(false, PassOutcome::Removed)).await.expect("record");
+    store.record_reaper_pass(&pass(true, PassOutcome::Clean)).await.expect("record dry run");
     let last = store.last_reaper_pass().await.expect("read").expect("one");
     assert_eq!((last.outcome.as_str(), last.dry_run), ("removed", false), "dry runs are not the last pass");
 }

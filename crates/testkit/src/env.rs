@@ -40,7 +40,7 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// How [`TestEnv::start_custom`] configures previewd; every field has a default.
+/// How [`TestEnv::with`] configures previewd; every field has a default.
 #[derive(Debug, Clone, Copy)]
 pub struct Options<'a> {
     /// Top-level configuration keys (`dashboard_token = "…"`).
@@ -113,28 +113,13 @@ impl Drop for TestEnv {
 }
 
 impl TestEnv {
+    /// previewd as most tests want it; [`TestEnv::with`] changes what a test needs.
     pub async fn start() -> Self {
-        Self::start_with("").await
+        Self::with(&Options::default()).await
     }
 
-    /// `extra` is appended to the configuration file (more repositories, pattern overrides).
-    pub async fn start_with(extra: &str) -> Self {
-        Self::start_opts(extra, "10m").await
-    }
-
-    /// As [`TestEnv::start_with`], with the reaper's grace period (`0s`: the first proof of absence counts).
-    pub async fn start_opts(extra: &str, grace: &str) -> Self {
-        Self::start_full("", extra, grace).await
-    }
-
-    /// As [`TestEnv::start_opts`], with `top` put among the configuration's top-level keys
-    /// (`dashboard_token = "…"`, say).
-    pub async fn start_full(top: &str, extra: &str, grace: &str) -> Self {
-        Self::start_custom(&Options { top, extra, grace, ..Options::default() }).await
-    }
-
-    /// The most general start: see [`Options`].
-    pub async fn start_custom(opts: &Options<'_>) -> Self {
+    /// previewd configured as `opts` says (every field has a default).
+    pub async fn with(opts: &Options<'_>) -> Self {
         let moto = Moto::start().await;
         let zones: Vec<&str> = std::iter::once(ZONE).chain(opts.zones.iter().copied()).collect();
         let seeded = moto.seed(&zones).await;
@@ -419,27 +404,32 @@ impl TestEnv {
     }
 }
 
+/// The shared emulator configuration (`tests/config/emulator.toml`) with this test's values in it.
 fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::path::Path, opts: &Options<'_>) -> String {
     let Options { top, github: github_keys, extra, grace, reconciler, .. } = opts;
     let zone = &seeded.zones[ZONE];
     let subnets: Vec<String> = seeded.subnet_ids.iter().map(|s| format!("{s:?}")).collect();
-    format!(
-        r#"owner = "test-owner"
-dns_zone = "{ZONE}"
-listen = "127.0.0.1:0"
-database_url = "{db}"
-webhook_secrets = ["{SECRET}"]
-stacks_dir = "{stacks}"
-{top}
+    let template = std::fs::read_to_string(workspace_root().join("tests/config/emulator.toml")).expect("emulator.toml");
+    let values = [
+        ("owner", "test-owner".to_owned()),
+        ("zone", ZONE.to_owned()),
+        ("database_url", db.to_owned()),
+        ("secret", SECRET.to_owned()),
+        ("top", format!("listen = \"127.0.0.1:0\"\nstacks_dir = \"{}\"\n{top}", stacks.display())),
+        ("github_api", github.api_url()),
+        ("github", format!("timeout = \"2s\"\nwrite_gap = \"0s\"\n{github_keys}")),
+        ("reconciler", format!("{TEST_RECONCILER}{reconciler}")),
+        ("repo", REPO.to_owned()),
+        ("vpc_id", seeded.vpc_id.clone()),
+        ("subnet_ids", subnets.join(", ")),
+        ("certificate_arn", zone.certificate_arn.clone()),
+        ("extra", format!("\n{TEST_REAPER}grace = \"{grace}\"\n{extra}")),
+    ];
+    values.iter().fold(template, |text, (key, value)| text.replace(&format!("${{{key}}}"), value))
+}
 
-[github]
-api_url = "{api}"
-timeout = "2s"
-write_gap = "0s"
-{github_keys}
-
-[reconciler]
-workers = 4
+/// Tests wait little: short polls, retries and leases.
+const TEST_RECONCILER: &str = r#"workers = 4
 poll_min = "50ms"
 poll_max = "250ms"
 retry_min = "50ms"
@@ -449,31 +439,12 @@ lease = "2s"
 api_lag = "300ms"
 # One DeleteObjects batch per teardown step, so bounded emptying shows in tests.
 empty_batches_per_step = 1
-{reconciler}
+"#;
 
-# Tests run passes themselves: the schedule never fires during one (midnight on New Year's Day).
-[reaper]
+/// Tests run passes themselves: the schedule never fires during one (midnight on New Year's Day).
+const TEST_REAPER: &str = r#"[reaper]
 schedule = "0 0 0 1 1 *"
-grace = "{grace}"
-
-[repos."{REPO}"]
-blueprint = "webapp"
-
-[repos."{REPO}".stages.staging]
-network.vpc_id = "{vpc}"
-network.subnet_ids = [{subnets}]
-load_balancer.certificate_arn = "{cert}"
-# moto's RDS is no database to seed (nor can it name the managed password's secret).
-database.enabled = false
-{extra}
-"#,
-        stacks = stacks.display(),
-        api = github.api_url(),
-        vpc = seeded.vpc_id,
-        subnets = subnets.join(", "),
-        cert = zone.certificate_arn,
-    )
-}
+"#;
 
 /// A fresh, empty PostgreSQL database on the local server (`PREVIEWD_TEST_POSTGRES_URL`, default
 /// `postgres://postgres@127.0.0.1:5432/postgres`), or `None` when that variable is `skip`. Its URL; the

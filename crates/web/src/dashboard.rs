@@ -9,10 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+use previewd_domain::{Status, StepOutcome};
 use previewd_store::EnvRecord;
 use serde::Deserialize;
 
-use crate::{AppState, EnvView, ListQuery};
+use crate::api::{RECENT_EVENTS, load, rfc3339};
+use crate::{AppState, EnvAction, EnvView, ListQuery};
 
 /// Rows per page.
 const PAGE_SIZE: i64 = 50;
@@ -113,9 +115,9 @@ fn rows(state: &AppState, envs: &[EnvRecord]) -> Markup {
                 td { a href=(format!("/environments/{}", v.id)) { bdi { (v.branch) } } }
                 td { span class={ "status " (v.status) } { (v.status) } @if v.keep { " (kept)" } }
                 td {
-                    @match (&v.url, v.status.as_str()) {
-                        (Some(url), "ready") if web_link(url) => a href=(url) { (url) },
-                        (Some(url), "ready") => span { (url) },
+                    @match (&v.url, e.status) {
+                        (Some(url), Status::Ready) if web_link(url) => a href=(url) { (url) },
+                        (Some(url), Status::Ready) => span { (url) },
                         _ => span.muted { (v.dns_name) },
                     }
                 }
@@ -123,7 +125,7 @@ fn rows(state: &AppState, envs: &[EnvRecord]) -> Markup {
                 td title=(v.created_at) { (age(e.created_at)) }
                 td title=(v.updated_at) { (age(e.updated_at)) }
                 // Seeding lands with issue 7: until a blueprint declares seed steps, nothing was seeded.
-                td { @match e.seeded_at { Some(at) => span title=(crate::rfc3339(at)) { "seeded " (age(at)) }, None => span.muted { "—" } } }
+                td { @match e.seeded_at { Some(at) => span title=(rfc3339(at)) { "seeded " (age(at)) }, None => span.muted { "—" } } }
                 td.error {
                     @if let Some(err) = &v.last_error {
                         details { summary { (err.chars().take(60).collect::<String>()) } (err) }
@@ -141,7 +143,7 @@ async fn reaper_banner(state: &AppState) -> Markup {
     match state.store.last_reaper_pass().await {
         Ok(Some(p)) => html! {
             p class={ "reaper " (p.outcome) } {
-                "Reaper, " (crate::rfc3339(p.finished_at)) ": " (p.summary)
+                "Reaper, " (rfc3339(p.finished_at)) ": " (p.summary)
             }
         },
         _ => html! { p.reaper.muted { "The reaper has not run yet." } },
@@ -234,19 +236,20 @@ pub(crate) async fn environment(
     Path(id): Path<i64>,
     Query(q): Query<EnvironmentQuery>,
 ) -> Response {
-    let env = match crate::load(&state, id).await {
+    let env = match load(&state, id).await {
         Ok(env) => env,
         Err(answer) => return answer,
     };
     if q.fragment.as_deref() == Some("status") {
         return env.status.as_str().into_response();
     }
-    let events = state.store.events(id, crate::RECENT_EVENTS).await.unwrap_or_default();
-    // What the reconciler knows: the settings and their layers; the stack as AWS shows it now.
-    let (settings, stack) = match &state.reconciler {
-        Some(r) => (r.settings(&env).map_err(|e| e.to_string()), Some(r.stack(&env).await)),
-        None => (Ok(Vec::new()), None),
+    let events = state.store.events(id, RECENT_EVENTS).await.unwrap_or_default();
+    // The settings and their layers, as the blueprint gives them; the stack as the reconciler last saw it.
+    let settings = match &state.reconciler {
+        Some(r) => r.settings(&env).map_err(|e| e.to_string()),
+        None => Ok(Vec::new()),
     };
+    let stack = state.store.stack_observation(id).await;
     let v = EnvView::from(&env);
     let actions = state.dashboard_token.is_some();
     let body = html! {
@@ -274,13 +277,13 @@ pub(crate) async fn environment(
             table {
                 tr { th { "Step" } th { "Kind" } th { "Outcome" } th { "Detail" } th { "At" } }
                 @for o in &v.seed {
-                    tr { td { (o.step + 1) " " (o.name) } td { code { (o.kind) } } td class={ "status " (if o.outcome == "failed" { "failed" } else { "ready" }) } { (o.outcome) } td { (o.detail) } td { (crate::rfc3339(o.at)) } }
+                    tr { td { (o.step + 1) " " (o.name) } td { code { (o.kind) } } td class={ "status " (if o.outcome == StepOutcome::Failed { Status::Failed } else { Status::Ready }) } { (o.outcome) } td { (o.detail) } td { (rfc3339(o.at)) } }
                 }
             }
         }
         @if actions {
             p.actions {
-                @for action in ["redeploy", "reseed", "destroy", "keep"] {
+                @for action in EnvAction::ALL.map(EnvAction::as_str) {
                     button data-action=(action) { (action) } " "
                 }
             }
@@ -298,18 +301,23 @@ pub(crate) async fn environment(
              if(!r.ok)return;const st=await r.text();const s=document.getElementById('status');\
              s.textContent=st;s.className='status '+st;}},{STATUS_REFRESH_MS});"
         ))) }
-        @if let Some(stack) = &stack {
-            h2 { "Stack" }
-            @if let Some(err) = &stack.error { p.error { "AWS: " (err) } }
-            p { code { (v.stack_name) } " " (stack.status.clone().unwrap_or_else(|| "not found".into())) " · "
+        h2 { "Stack" }
+        @match &stack {
+            Err(e) => p.error { "Cannot read what the reconciler saw: " (format!("{e}")) },
+            Ok(None) => p.muted { code { (v.stack_name) } ": not looked at yet" },
+            Ok(Some(_)) => {},
+        }
+        @if let Ok(Some(stack)) = &stack {
+            p { code { (v.stack_name) } " " (stack.status.clone().unwrap_or_else(|| "not found".into()))
+                " · " span.muted title=(rfc3339(stack.observed_at)) { "seen " (age(stack.observed_at)) " ago" } " · "
                 a href=(format!("https://console.aws.amazon.com/cloudformation/home#/stacks?filteringText={}", v.stack_name)) { "AWS console" } }
             @if !stack.outputs.is_empty() {
                 table { @for (k, val) in &stack.outputs { tr { th { (k) } td { code { (val) } } } } }
             }
             @if !stack.events.is_empty() {
                 details { summary { "Recent stack events" }
-                    table { @for (at, logical, status, reason) in &stack.events {
-                        tr { td { (at) } td { (logical) } td { (status) } td { (reason.clone().unwrap_or_default()) } }
+                    table { @for e in &stack.events {
+                        tr { td { (e.timestamp) } td { (e.logical_id) } td { (e.status) } td { (e.reason.clone().unwrap_or_default()) } }
                     } }
                 }
             }
@@ -326,7 +334,7 @@ pub(crate) async fn environment(
         h2 { "Events" }
         table {
             @for e in events.iter().rev() {
-                tr { td { (crate::rfc3339(e.at)) } td { (e.kind) } td { (e.message) } }
+                tr { td { (rfc3339(e.at)) } td { (e.kind) } td { (e.message) } }
             }
         }
     };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures::StreamExt as _;
-use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, OwnerId, RepoName, Secret};
+use previewd_domain::{BranchName, CommitSha, Desired, DnsZone, EnvNames, EventKind, OwnerId, RepoName, Secret};
 use previewd_reconciler::Queue;
 use previewd_store::{DesiredChange, Store};
 use previewd_web::{AppState, Intake, router};
@@ -194,7 +194,7 @@ async fn actions_need_the_token_and_refuse_other_sites() {
     let bearer = ("authorization", "Bearer s3cret-dash".to_owned());
     assert_eq!(post(&app, &path, std::slice::from_ref(&bearer)).await.0, StatusCode::ACCEPTED);
     let events = store.events(id, 10).await.expect("events");
-    assert!(events.iter().any(|e| e.kind == "redeploy"), "{events:?}");
+    assert!(events.iter().any(|e| e.kind == EventKind::Redeploy), "{events:?}");
 
     let res = app
         .clone()

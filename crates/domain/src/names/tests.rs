@@ -314,3 +314,24 @@ fn readable_keys_are_slugs_that_cannot_pass_for_hashed_ones() {
         assert!(EnvKey::new(readable.as_str()).is_ok(), "{b}: a valid key");
     }
 }
+
+/// The names a new environment takes are chosen here only (the webhook and the reaper's adoption both
+/// ask): readable first, the always-hashed key on a collision; a branch with no readable key has no
+/// fallback; adoption accepts those and the hashed key older versions gave.
+#[test]
+fn a_new_environment_chooses_its_names_in_one_place() {
+    let owner = OwnerId::new("acme-previews").expect("owner");
+    let repo = RepoName::new("acme/shop").expect("repo");
+    let zone = DnsZone::new("preview.example.com").expect("zone");
+    let login = BranchName::new("feature/login").expect("branch");
+    let (first, fallback) = EnvNames::choices(&owner, &repo, &login, &zone);
+    assert_eq!(first.env_key.as_str(), "feature-login");
+    assert_eq!(fallback, Some(EnvNames::hashed(&owner, &repo, &login, &zone)));
+    // Shaped like a hashed key: no readable one.
+    let odd = BranchName::new("release-0123abcd").expect("branch");
+    assert_eq!(EnvNames::choices(&owner, &repo, &odd, &zone), (EnvNames::hashed(&owner, &repo, &odd, &zone), None));
+    let candidates = EnvNames::candidates(&owner, &repo, &login, &zone);
+    assert_eq!(candidates[0], first);
+    assert!(candidates.contains(&EnvNames::new(&owner, &repo, &login, &zone)));
+    assert!(candidates.contains(&EnvNames::hashed(&owner, &repo, &login, &zone)));
+}

@@ -1,0 +1,249 @@
+//! Converging: one step toward the desired commit, as [`plan::converge`] says, with the application
+//! stack first ([`super::application`]).
+
+use std::time::Duration;
+
+use previewd_cloud::{OwnershipMarker, Stack, StackRequest, Template, UpdateOutcome};
+use previewd_domain::plan::{self, ConvergeStep, StackView};
+use previewd_domain::{CommitSha, EventKind, RULE_PRIORITY_MAX, Stage, Status, app_stack_name, tags};
+use previewd_render::{Context, TemplateKind};
+use previewd_store::{EnvRecord, Observed, now_ms};
+use sha2::{Digest, Sha256};
+
+use super::record::{poll_delay, record};
+use super::{application, observe, teardown};
+use crate::context::Inner;
+use crate::error::{Action, ReconcileError};
+use crate::seed;
+use crate::setup::RepoSetup;
+
+/// One step toward the desired commit: wait, create, delete after a rolled-back create, update, or
+/// point DNS and call it ready.
+pub(super) async fn converge(
+    inner: &Inner,
+    env: &EnvRecord,
+    repo: &RepoSetup,
+    sha: &CommitSha,
+    stack: Option<Stack>,
+) -> Result<Action, ReconcileError> {
+    let max = inner.setup.tuning.max_stack_attempts;
+    let refuse = |s: &Stack, why: &str| {
+        ReconcileError::NeedsHuman(format!(
+            "stack {} is {}: {why} ({})",
+            s.name,
+            s.status,
+            s.reason.as_deref().unwrap_or("no reason given")
+        ))
+    };
+    // Waiting and refusing need neither the settings nor a rendered template.
+    if let Some(s) = &stack {
+        match plan::converge(Some(&stack_view(inner, s, false)), env.attempts, max) {
+            ConvergeStep::Wait => {
+                let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
+                record(inner, env, o, None).await?;
+                return Ok(Action::Requeue(poll_delay(inner, env)));
+            }
+            ConvergeStep::Refuse(why) => return Err(refuse(s, &why)),
+            _ => {}
+        }
+    }
+    let owner = inner.setup.owner.as_str();
+    let blueprint = inner
+        .blueprints
+        .get(&repo.blueprint)
+        .ok_or_else(|| ReconcileError::NeedsHuman(format!("blueprint {} is not loaded", repo.blueprint)))?;
+    // The settings first: a branch whose settings are wrong changes nothing in AWS, not even the
+    // application stack.
+    let own = observe::branch_layer(inner, env, sha).await?;
+    let settings = blueprint.environment_settings(Stage::Staging, &env.branch, &repo.layers, own.as_ref())?;
+
+    // The application stack comes first: the environment imports from it.
+    let app_name = app_stack_name(&env.repo, Stage::Staging);
+    let app_ctx = Context::application(owner, &env.repo, Stage::Staging, &app_name);
+    if let Some(action) = application::ensure(inner, env, repo, &app_name, &app_ctx).await? {
+        return Ok(action);
+    }
+
+    let names = env.names(&inner.setup.owner);
+    let hint = i64::from(names.env_key.rule_priority_hint());
+    let priority = inner.store.allocate_priority(env.id, &env.repo, hint, i64::from(RULE_PRIORITY_MAX)).await?;
+    let ctx = app_ctx.with_environment(env.branch.as_str(), sha.as_str(), &names, priority as u32);
+    let rendered = blueprint.render(TemplateKind::Environment, &settings, &ctx)?;
+    let hash = template_hash(&rendered.body);
+    let tags = tags::environment(owner, &env.repo, &env.branch, &env.env_key, sha, &hash);
+    // Current when every tag is as this render would set it: a stack made before a tag was added (the
+    // branch's identity) gains it at its next update.
+    let current = stack.as_ref().is_some_and(|s| tags.iter().all(|(k, v)| s.tag(k) == Some(v.as_str())));
+    let view = stack.as_ref().map(|s| stack_view(inner, s, current));
+
+    match (plan::converge(view.as_ref(), env.attempts, max), stack) {
+        (ConvergeStep::Create, _) => {
+            // Asked before the create, so a crash right after it cannot lose the seeding; from the first
+            // step, whatever an earlier stack of this environment got through.
+            if !blueprint.seed.is_empty() {
+                let why = format!("a new stack: {} seed steps will run once it is created", blueprint.seed.len());
+                inner.store.request_seed(env.id, &why).await?;
+            }
+            let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
+            let req = StackRequest {
+                name: env.stack_name.clone(),
+                template,
+                tags,
+                // A stack deleted behind previewd's back is a new create (the old id is part of it).
+                token: token("create", &[&hash, env.stack_id.as_deref().unwrap_or(""), &env.attempts.to_string()]),
+                role_arn: inner.setup.stack_role_arn.clone(),
+            };
+            let stack_id = match inner.create_stack(&req).await {
+                Ok(id) => Some(id),
+                // Created by an earlier attempt whose answer was lost: look again.
+                Err(e) if e.code() == "AlreadyExistsException" => {
+                    return Ok(Action::Requeue(inner.setup.tuning.poll_min));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let o = Observed { status: Status::Provisioning, stack_id, last_error: None, ..env.observed() };
+            let why = format!("creating stack {} at {}", env.stack_name, sha.short());
+            inner.store.update_observed(env.fence(), &o, Some((EventKind::Create, &why))).await?;
+            Ok(Action::Requeue(inner.setup.tuning.poll_min))
+        }
+        (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
+            let Some(_) = teardown::empty_buckets(inner, env, &stack, true).await? else {
+                return Ok(Action::Requeue(Duration::ZERO));
+            };
+            // A listener rule priority something else holds: the next free one, and this try not counted;
+            // only when the priority taken is the environment's own (a template that does not use it
+            // moves nothing, and counts). Asked once the buckets are empty, right before the delete.
+            let moved = match observe::priority_in_use(inner, &stack).await? {
+                Some(taken) if taken == priority => {
+                    let max = i64::from(RULE_PRIORITY_MAX);
+                    let next = inner.store.move_priority(env.id, &env.repo, priority, max).await?;
+                    let why = format!(
+                        "listener rule priority {priority} is held by a rule previewd did not make: moving to {next}"
+                    );
+                    inner.store.add_event(env.id, EventKind::Priority, &why).await?;
+                    true
+                }
+                _ => false,
+            };
+            inner.delete_stack(&stack, &token("delete-rollback", &[&stack.id])).await?;
+            let attempts = if moved { env.attempts } else { env.attempts + 1 };
+            let o = Observed { status: Status::Provisioning, attempts, ..env.observed() };
+            let why = format!(
+                "create rolled back ({}); deleting to create again",
+                stack.reason.as_deref().unwrap_or("no reason given")
+            );
+            inner.store.update_observed(env.fence(), &o, Some((EventKind::Rollback, &why))).await?;
+            Ok(Action::Requeue(inner.setup.tuning.poll_min))
+        }
+        (ConvergeStep::Update { counted }, Some(stack)) => {
+            let attempts = if counted { env.attempts + 1 } else { env.attempts };
+            let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
+            let req = StackRequest {
+                name: env.stack_name.clone(),
+                template,
+                tags,
+                token: token("update", &[&stack.id, &hash, sha.as_str(), &attempts.to_string()]),
+                role_arn: inner.setup.stack_role_arn.clone(),
+            };
+            if inner.update_stack(&req).await? == UpdateOutcome::Started {
+                let o = Observed {
+                    status: Status::Provisioning,
+                    stack_id: Some(stack.id.clone()),
+                    attempts,
+                    ..env.observed()
+                };
+                let why = format!("updating stack {} to {}", stack.name, sha.short());
+                inner.store.update_observed(env.fence(), &o, Some((EventKind::Update, &why))).await?;
+                return Ok(Action::Requeue(inner.setup.tuning.poll_min));
+            }
+            inner
+                .store
+                .add_event(env.id, EventKind::Update, "no updates are to be performed: the stack is up to date")
+                .await?;
+            point_dns(inner, env, repo, sha, &stack, blueprint, &settings).await
+        }
+        (ConvergeStep::PointDns, Some(stack)) => point_dns(inner, env, repo, sha, &stack, blueprint, &settings).await,
+        (ConvergeStep::Refuse(why), Some(stack)) => Err(refuse(&stack, &why)),
+        (ConvergeStep::Wait, _) => Ok(Action::Requeue(poll_delay(inner, env))),
+        (step, None) => Err(ReconcileError::NeedsHuman(format!("{step:?} planned for a stack that does not exist"))),
+    }
+}
+
+/// The stack is what was asked for: point the name at it (unless it already points there), seed a new
+/// environment, and call it ready.
+async fn point_dns(
+    inner: &Inner,
+    env: &EnvRecord,
+    repo: &RepoSetup,
+    sha: &CommitSha,
+    stack: &Stack,
+    blueprint: &previewd_render::Blueprint,
+    settings: &previewd_render::Settings,
+) -> Result<Action, ReconcileError> {
+    let endpoint = stack.outputs.get("Endpoint").ok_or_else(|| {
+        ReconcileError::NeedsHuman(format!("stack {} has no Endpoint output for the DNS record", stack.name))
+    })?;
+    let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
+    inner.aws.upsert_dns(&inner.zone_id(repo).await?, &env.dns_name, endpoint, &marker).await?;
+    let url = stack.outputs.get("Url").cloned().unwrap_or_else(|| format!("https://{}", env.dns_name));
+    if env.seed_pending {
+        if env.seed_step == 0 && env.seed_log.is_empty() && env.seed_task.is_none() {
+            let o = Observed { status: Status::Provisioning, url: Some(url.clone()), ..env.observed() };
+            record(inner, env, o, Some((EventKind::Seed, "the stack is ready: seeding"))).await?;
+        }
+        let cx = seed::SeedContext { env, blueprint, settings, outputs: &stack.outputs, sha, url: &url };
+        if let Some(action) = seed::step(inner, &cx).await? {
+            return Ok(action);
+        }
+    }
+    let o = Observed {
+        status: Status::Ready,
+        deployed_sha: Some(sha.clone()),
+        stack_id: Some(stack.id.clone()),
+        url: Some(url.clone()),
+        last_error: None,
+        attempts: 0,
+        retries: 0,
+    };
+    let event = (env.status != Status::Ready || env.deployed_sha.as_ref() != Some(sha))
+        .then(|| format!("ready at {}: {url}", sha.short()));
+    if event.is_some()
+        && let Some(pushed) = env.pushed_at
+    {
+        previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
+    }
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Ready, m))).await?;
+    Ok(Action::Done)
+}
+
+pub(super) fn stack_view(inner: &Inner, s: &Stack, current: bool) -> StackView {
+    StackView { status: s.stack_status(), owned: s.tag(tags::OWNER) == Some(inner.setup.owner.as_str()), current }
+}
+
+pub(super) fn template_hash(body: &str) -> String {
+    format!("{:x}", Sha256::digest(body.as_bytes()))[..16].to_owned()
+}
+
+pub(super) async fn template(inner: &Inner, key: &str, body: String) -> Result<Template, ReconcileError> {
+    if body.len() <= previewd_render::TEMPLATE_BODY_MAX {
+        return Ok(Template::Body(body));
+    }
+    let Some(bucket) = &inner.setup.template_bucket else {
+        return Err(ReconcileError::NeedsHuman(format!(
+            "the template is {} bytes, over CloudFormation's 51,200-byte TemplateBody limit: configure template_bucket",
+            body.len()
+        )));
+    };
+    Ok(Template::Url(inner.aws.upload_template(bucket, key, body).await?))
+}
+
+/// A ClientRequestToken, new for every request previewd makes (the SDK's own retries of one request
+/// reuse it). CloudFormation silently ignores a request whose token it has seen, so a token is never
+/// reused for another request; a retry after a lost answer is found by describing the stack first.
+pub(super) fn token(op: &str, request: &[&str]) -> String {
+    // The same for the same request (what it asks of which stack, at which attempt), so a step repeated
+    // after a crash lost its answer is a retry CloudFormation recognises and does not do twice; any other
+    // request gets another token, since CloudFormation ignores a request whose token it has seen.
+    let digest = Sha256::digest(request.join("\n").as_bytes());
+    format!("previewd-{op}-{}", &hex::encode(digest)[..24])
+}

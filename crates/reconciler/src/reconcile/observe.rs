@@ -1,0 +1,101 @@
+//! Observing: what AWS shows of the stack and what GitHub says of the branch (and, for a render, the
+//! branch's own settings file). Nothing here writes to the store.
+
+use previewd_cloud::Stack;
+use previewd_domain::plan::GitHubAnswer;
+use previewd_domain::{CommitSha, Desired, Status};
+use previewd_github::BranchHead;
+use previewd_render::{Layer, LayerKind};
+use previewd_store::EnvRecord;
+
+use super::BRANCH_SETTINGS_FILE;
+use crate::context::Inner;
+use crate::error::ReconcileError;
+use crate::settings_files::SETTINGS_FILE_MAX;
+
+/// The environment's stack as CloudFormation shows it, and whether a sighting stood in for the look. A
+/// teardown about to begin starts from the last listing when it is young (see [`crate::sightings`]):
+/// the reaper lists every stack just before it asks for one. Only an environment
+/// whose record says its stack is settled (`ready` or `failed`: no replica is changing it) and is the
+/// one listed may start so; the caller looks again if the step turns out not to be a teardown. An
+/// environment waiting on CloudFormation looks together with the others waiting ([`Inner::look`]).
+/// Anything else describes its stack at once.
+pub(super) async fn observe_stack(inner: &Inner, env: &EnvRecord) -> Result<(Option<Stack>, bool), ReconcileError> {
+    let leaving = env.desired == Desired::Absent || env.expired_at.is_some();
+    if leaving
+        && matches!(env.status, Status::Ready | Status::Failed)
+        && let Some(seen) = inner.sightings.settled(&env.stack_name, crate::sightings::SIGHTING_FRESH)
+        && env.stack_id.as_ref().is_none_or(|id| *id == seen.id)
+    {
+        return Ok((Some(seen), true));
+    }
+    let waiting = env.status == Status::Deleting || (env.status == Status::Provisioning && env.stack_id.is_some());
+    if waiting {
+        return Ok((inner.look(&env.stack_name).await?, false));
+    }
+    Ok((inner.aws.describe_stack(&env.stack_name).await?, false))
+}
+
+/// Asks GitHub for the branch. A 404 is an answer only while GitHub still shows the repository: a token
+/// that lost access must not tear every environment down. Nothing is written: the caller notes what
+/// the answer changes ([`super::record::branch_seen`]).
+pub(super) async fn ask_github(inner: &Inner, env: &EnvRecord) -> Result<GitHubAnswer, ReconcileError> {
+    let absent = match inner.github.branch_head(&env.repo, &env.branch).await? {
+        BranchHead::At(head) => return Ok(GitHubAnswer::At(head)),
+        BranchHead::Missing => inner.github.repo_visible(&env.repo).await?,
+        // Renamed: gone under this name once a complete listing agrees (a 301 alone is one answer).
+        BranchHead::Renamed(to) => {
+            let listing = inner.github.list_branches(&env.repo).await?;
+            if listing.branches.iter().any(|(b, _)| *b == env.branch) {
+                return Err(ReconcileError::Transient(format!(
+                    "GitHub says {} was renamed to {} but still lists it: looking again later",
+                    env.branch, to
+                )));
+            }
+            true
+        }
+    };
+    if !absent {
+        return Err(ReconcileError::Transient(format!(
+            "GitHub does not show repository {} to previewd's token (404): check its access; nothing is changed meanwhile",
+            env.repo
+        )));
+    }
+    Ok(GitHubAnswer::NotFound)
+}
+
+/// The priority a listener rule could not take (`Priority 'N' is currently in use … PriorityInUse`), if that
+/// is why the stack rolled back: the stack's own reason names only the resource, its events the cause.
+pub(super) async fn priority_in_use(inner: &Inner, stack: &Stack) -> Result<Option<i64>, ReconcileError> {
+    let events = inner.aws.stack_events(&stack.id).await?;
+    Ok(events
+        .into_iter()
+        .filter(|e| e.status.ends_with("_FAILED") && e.resource_type == "AWS::ElasticLoadBalancingV2::ListenerRule")
+        .filter_map(|e| e.reason)
+        .filter(|r| r.contains("PriorityInUse"))
+        .find_map(|r| r.split('\'').nth(1)?.parse().ok()))
+}
+
+/// Reads the branch's own settings file at `sha`: absent means no overrides.
+/// A file at a commit never changes, so it is fetched once per commit (and a settled environment asks
+/// GitHub nothing).
+pub(super) async fn branch_layer(
+    inner: &Inner,
+    env: &EnvRecord,
+    sha: &CommitSha,
+) -> Result<Option<Layer>, ReconcileError> {
+    let cached = inner.settings_files.lock().unwrap_or_else(|p| p.into_inner()).get(&env.repo, sha).cloned();
+    let text = match cached {
+        Some(text) => text,
+        None => {
+            // A refusal (too large, a folder) is an error and is not remembered.
+            let text = inner.github.file_at(&env.repo, BRANCH_SETTINGS_FILE, sha, SETTINGS_FILE_MAX).await?;
+            let mut files = inner.settings_files.lock().unwrap_or_else(|p| p.into_inner());
+            files.insert(env.repo.clone(), sha.clone(), text.clone());
+            text
+        }
+    };
+    let Some(text) = text else { return Ok(None) };
+    let source = format!("{BRANCH_SETTINGS_FILE} at {}", sha.short());
+    Ok(Some(Layer::parse(LayerKind::Branch, source, &text)?))
+}
