@@ -155,7 +155,8 @@ impl Reconciler {
     /// taken over (nothing of this step is recorded then).
     async fn step(&self, claim: &Claim, env: EnvRecord) -> Option<Option<Duration>> {
         let started = std::time::Instant::now();
-        let kind = if env.lease_epoch == claim.epoch { env.status.as_str() } else { StepResult::Fenced.as_str() };
+        // A record another holder claimed since has no status this step may speak for.
+        let kind = if env.lease_epoch == claim.epoch { env.status.as_str() } else { NO_STATUS };
         let limit = self.inner.setup.tuning.step_limit;
         let stepped = tokio::time::timeout(limit, reconcile::reconcile(&self.inner, claim, env)).await;
         let cut_off = stepped.is_err();
@@ -228,6 +229,9 @@ impl Reconciler {
         }
     }
 }
+
+/// The step metrics' kind of a step that found no record of its own (its lease was taken over).
+const NO_STATUS: &str = "gone";
 
 /// How a step ended, for the step metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
