@@ -166,14 +166,13 @@ impl Reconciler {
                 humanize(limit.as_millis() as i64)
             )))
         });
-        let policy = result.as_ref().err().map(|e| (e, error_policy(e, 0, &self.inner.setup.tuning)));
-        let outcome = match (&result, &policy) {
+        let outcome = match &result {
             _ if cut_off => StepResult::CutOff,
-            (Ok(Action::Done), _) => StepResult::Done,
-            (Ok(Action::Requeue(_)), _) => StepResult::Requeue,
-            (_, Some((_, ErrorAction::Fenced))) => StepResult::Fenced,
-            (_, Some((_, ErrorAction::Fail))) => StepResult::Failed,
-            (_, _) => StepResult::Retry,
+            Ok(Action::Done) => StepResult::Done,
+            Ok(Action::Requeue(_)) => StepResult::Requeue,
+            Err(e) if e.is_fenced() => StepResult::Fenced,
+            Err(e) if e.needs_human() => StepResult::Failed,
+            Err(_) => StepResult::Retry,
         };
         let m = &previewd_metrics::METRICS;
         let labels = previewd_metrics::StepLabels { kind: kind.to_owned(), outcome: outcome.as_str().to_owned() };
@@ -197,7 +196,7 @@ impl Reconciler {
     /// person (until the next change). `None`: the lease was taken over.
     async fn record_error(&self, claim: &Claim, error: ReconcileError) -> Option<Option<Duration>> {
         let t = &self.inner.setup.tuning;
-        if error_policy(&error, 0, t) == ErrorAction::Fenced {
+        if error.is_fenced() {
             return None;
         }
         let Ok(Some(env)) = self.inner.store.get(claim.id).await else { return Some(Some(t.retry_max)) };

@@ -46,6 +46,11 @@ impl ReconcileError {
         }
     }
 
+    /// Another replica holds the environment now: the step's writes were refused, and it records nothing.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ReconcileError::Store(e) if e.is_fenced())
+    }
+
     /// Retrying will not help: the environment is `failed` until a person acts or a push asks again.
     pub fn needs_human(&self) -> bool {
         match self {
@@ -73,7 +78,7 @@ pub(crate) enum ErrorAction {
 /// GitHub asked), the rest need a person. `retries`: transient errors in a row before this one.
 pub(crate) fn error_policy(error: &ReconcileError, retries: i64, tuning: &Tuning) -> ErrorAction {
     match error {
-        ReconcileError::Store(e) if e.is_fenced() => ErrorAction::Fenced,
+        e if e.is_fenced() => ErrorAction::Fenced,
         e if e.needs_human() => ErrorAction::Fail,
         e => {
             let retries = retries + 1;

@@ -144,9 +144,9 @@ impl TryFrom<EnvRow> for EnvRecord {
         let corrupt = |what: &'static str, value: &str| StoreError::Corrupt { what, value: value.to_owned() };
         let desired =
             if r.desired_present != 0 { Desired::Present { sha: sha(r.desired_sha)? } } else { Desired::Absent };
-        let deployment = match (r.deployment_sha, r.deployment_id) {
-            (Some(s), Some(id)) => Some(DeploymentRecord {
-                sha: CommitSha::new(&s).map_err(|_| corrupt("commit", &s))?,
+        let deployment = match (sha(r.deployment_sha)?, r.deployment_id) {
+            (Some(sha), Some(id)) => Some(DeploymentRecord {
+                sha,
                 id,
                 state: r.deployment_state.as_deref().map(|s| parse("deployment state", s)).transpose()?,
             }),
