@@ -6,6 +6,7 @@
 //! be performed" is not an error at all ([`UpdateOutcome::NoChanges`]). Throttling and 5xx answers are
 //! retried inside the SDK first (standard retry mode: exponential backoff with jitter).
 
+mod artifacts;
 mod dns;
 mod s3;
 mod seed;
@@ -21,6 +22,7 @@ use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, S
 use aws_sdk_cloudformation::types::{Capability, Tag};
 use previewd_domain::{EMPTY_ON_DELETE_MARK, EMPTY_ON_DELETE_OUTPUT};
 
+pub use artifacts::{EcrRepository, IMAGE_IDS_PER_CALL};
 pub use dns::{DnsChange, DnsRecord, MISMATCHED_CHANGE_CODES, MarkedName, OwnershipMarker};
 pub use s3::{EMPTY_STEP_BATCHES, EmptyReport};
 pub use seed::{TaskRequest, TaskState};
@@ -193,6 +195,8 @@ pub struct Aws {
     pub(crate) route53: aws_sdk_route53::Client,
     pub(crate) secrets: aws_sdk_secretsmanager::Client,
     pub(crate) ecs: aws_sdk_ecs::Client,
+    /// The configuration every client was built from: ECR is asked in the region an image names.
+    pub(crate) config: aws_config::SdkConfig,
     region: String,
 }
 
@@ -227,6 +231,7 @@ impl Aws {
                 aws_sdk_ecs::config::Builder::from(config).interceptor(CountRequests).build(),
             ),
             region: config.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string()),
+            config: config.clone(),
         }
     }
 

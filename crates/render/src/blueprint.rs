@@ -4,6 +4,8 @@
 //! - `defaults.toml`: every setting and its default (the schema for every later layer);
 //! - `staging.toml`, `production.toml`: the stage layers (optional);
 //! - `preview.toml`: what every branch environment gets on top of staging (optional);
+//! - `waiting.toml`: what a branch environment runs with while its commit's artifact is missing, so its
+//!   infrastructure comes up while CI builds (optional: without it, the whole stack waits);
 //! - `application.json`: the application stack, one per repository and stage;
 //! - `environment.json`: the environment stack, one per branch.
 
@@ -16,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 use toml::Table;
 
+use crate::ready::{self, ArtifactSpec, Rules};
 use crate::seed::SeedStep;
 use crate::settings::is_overridable;
 use crate::template::{self, Context, Rendered};
@@ -52,6 +55,9 @@ struct Meta {
     /// Overridable keys whose value a branch may make a CloudFormation dynamic reference.
     #[serde(default)]
     dynamic_references: Vec<String>,
+    /// What a commit's artifact is (`image = "…"` or `object = "…"`), waited for before the commit runs.
+    #[serde(default)]
+    artifact: Option<ArtifactSpec>,
 }
 
 /// A loaded blueprint; loading reads and checks every file, rendering does no I/O.
@@ -70,10 +76,13 @@ pub struct Blueprint {
     /// default. Elsewhere a branch's reference is refused: CloudFormation would resolve it with the
     /// stack's role, and the branch could read any secret that role reaches into its own container.
     pub dynamic_references: Vec<String>,
+    /// What a commit's artifact is; `None`: nothing to wait for.
+    pub artifact: Option<ArtifactSpec>,
     defaults: Layer,
     staging: Option<Layer>,
     production: Option<Layer>,
     preview: Option<Layer>,
+    waiting: Option<Layer>,
     application: Json,
     environment: Json,
 }
@@ -196,9 +205,11 @@ impl Blueprint {
             seed,
             allowed,
             dynamic_references: meta.dynamic_references,
+            artifact: meta.artifact,
             staging: layer("staging.toml", LayerKind::Stage(Stage::Staging))?,
             production: layer("production.toml", LayerKind::Stage(Stage::Production))?,
             preview: layer("preview.toml", LayerKind::Preview)?,
+            waiting: layer("waiting.toml", LayerKind::Waiting)?,
             application: read_template(&dir, TemplateKind::Application)?,
             environment,
             defaults,
@@ -212,7 +223,9 @@ impl Blueprint {
     fn check(&self) -> Result<(), RenderError> {
         let none = RepoLayers::default();
         let settings = Settings::merge(&self.fixed_layers(Stage::Production, &none, false), &[])?;
-        Settings::merge(&self.fixed_layers(Stage::Staging, &none, true), &[])?;
+        let mut staging = self.fixed_layers(Stage::Staging, &none, true);
+        staging.extend(self.waiting.clone());
+        Settings::merge(&staging, &[])?;
         for key in &self.overridable {
             let prefix = format!("{key}.");
             if settings.get(key).is_none() && !settings.iter().any(|(k, _)| k.starts_with(&prefix)) {
@@ -320,6 +333,30 @@ impl Blueprint {
         let settings = Settings::merge(&layers, &self.overridable)?;
         self.check_branch_values(&settings)?;
         Ok(settings)
+    }
+
+    /// The settings a branch environment runs with while its commit's artifact is missing: its own
+    /// settings with the blueprint's waiting layer on top; `None` when the blueprint has none (then the
+    /// whole stack waits for the artifact).
+    pub fn waiting_settings(
+        &self,
+        branch: &BranchName,
+        repo: &RepoLayers,
+        own: Option<&Layer>,
+    ) -> Result<Option<Settings>, RenderError> {
+        let Some(waiting) = &self.waiting else { return Ok(None) };
+        let mut layers = self.fixed_layers(Stage::Staging, repo, true);
+        layers.extend(repo.patterns.iter().filter(|p| p.matches(branch)).map(|p| p.layer.clone()));
+        layers.extend(own.cloned());
+        layers.push(waiting.clone());
+        let settings = Settings::merge(&layers, &self.overridable)?;
+        self.check_branch_values(&settings)?;
+        Ok(Some(settings))
+    }
+
+    /// What "ready" asks of the environment named `dns_name` at commit `sha`, from its settings.
+    pub fn rules(&self, settings: &Settings, sha: &str, dns_name: &str) -> Result<Rules, RenderError> {
+        ready::rules(settings, self.artifact.as_ref(), sha, dns_name)
     }
 
     pub fn render(&self, kind: TemplateKind, settings: &Settings, ctx: &Context) -> Result<Rendered, RenderError> {

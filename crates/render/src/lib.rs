@@ -7,12 +7,14 @@
 
 mod blueprint;
 mod error;
+pub mod ready;
 pub mod seed;
 mod settings;
 pub mod template;
 
 pub use blueprint::{Blueprint, PatternOverride, RepoLayers, TemplateKind};
 pub use error::RenderError;
+pub use ready::{Artifact, ArtifactSpec, EcrImage, ProbeRules, Rules};
 pub use seed::{EcsTaskStep, HttpStep, Ref, RefError, SeedKind, SeedSource, SeedStep, SqlStep};
 pub use settings::{Layer, LayerKind, Origin, Setting, Settings, holds_dynamic_reference, toml_error};
 pub use template::{Context, Rendered, TEMPLATE_BODY_MAX};

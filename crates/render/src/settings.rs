@@ -25,6 +25,9 @@ pub enum LayerKind {
     Pattern(String),
     /// The `.previewd.toml` committed in the branch: only overridable keys.
     Branch,
+    /// `stacks/<blueprint>/waiting.toml`: what the environment runs with while its commit's artifact is
+    /// missing (webapp: no task), applied last so the infrastructure comes up alongside the build.
+    Waiting,
 }
 
 impl fmt::Display for LayerKind {
@@ -35,6 +38,7 @@ impl fmt::Display for LayerKind {
             LayerKind::Preview => f.write_str("preview"),
             LayerKind::Pattern(glob) => write!(f, "branch pattern {glob}"),
             LayerKind::Branch => f.write_str("branch overrides"),
+            LayerKind::Waiting => f.write_str("while the artifact is missing"),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod queue;
 mod records;
 mod seed;
 mod stacks;
+mod timelines;
 mod upkeep;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use records::{
     SeedOutcome, SeedProgress,
 };
 pub use stacks::{StackEvent, StackObservation};
+pub use timelines::Timeline;
 
 /// SQLite waits this long for another writer before giving up with "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;

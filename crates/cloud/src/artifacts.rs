@@ -1,0 +1,65 @@
+//! Whether a commit's artifact exists yet: an image in ECR (by tag, up to 100 tags of one repository in
+//! one `BatchGetImage`, which answers a missing image as a failure beside the found ones), or an object in
+//! S3 (`HeadObject`). Nothing here waits: the reconciler asks again with backoff.
+
+use std::collections::HashSet;
+
+use aws_sdk_cloudformation::error::ProvideErrorMetadata;
+use aws_sdk_ecr::types::ImageIdentifier;
+
+use crate::{Aws, CloudError, CountRequests, classify};
+
+/// Tags asked about in one `BatchGetImage` at most (ECR's limit).
+pub const IMAGE_IDS_PER_CALL: usize = 100;
+
+/// An ECR repository, as an image URI names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EcrRepository {
+    pub registry_id: String,
+    pub region: String,
+    pub name: String,
+}
+
+impl Aws {
+    /// The tags among `tags` whose image the repository holds; `None` if ECR has no such repository.
+    /// One call per [`IMAGE_IDS_PER_CALL`] tags, in the region the repository is in.
+    pub async fn images_present(
+        &self,
+        repo: &EcrRepository,
+        tags: &[String],
+    ) -> Result<Option<HashSet<String>>, CloudError> {
+        let ecr = aws_sdk_ecr::Client::from_conf(
+            aws_sdk_ecr::config::Builder::from(&self.config)
+                .region(aws_sdk_ecr::config::Region::new(repo.region.clone()))
+                .interceptor(CountRequests)
+                .build(),
+        );
+        let mut present = HashSet::new();
+        for chunk in tags.chunks(IMAGE_IDS_PER_CALL) {
+            let ids = chunk.iter().map(|t| ImageIdentifier::builder().image_tag(t).build()).collect();
+            let out = match ecr
+                .batch_get_image()
+                .registry_id(&repo.registry_id)
+                .repository_name(&repo.name)
+                .set_image_ids(Some(ids))
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) if e.code() == Some("RepositoryNotFoundException") => return Ok(None),
+                Err(e) => return Err(classify("BatchGetImage", e)),
+            };
+            present.extend(out.images().iter().filter_map(|i| i.image_id()?.image_tag().map(str::to_owned)));
+        }
+        Ok(Some(present))
+    }
+
+    /// Whether the object exists (`HeadObject`: 404 is no).
+    pub async fn object_exists(&self, bucket: &str, key: &str) -> Result<bool, CloudError> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(classify("HeadObject", e)),
+        }
+    }
+}
