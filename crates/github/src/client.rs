@@ -21,7 +21,7 @@ use crate::wire::{http_client, next_link, operation, rate_limited, renamed_to, u
 /// GitHub answers in well under a second; past this something is wrong and the reconciler should retry.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// GitHub's largest page.
-const PAGE_SIZE: usize = 100;
+pub(crate) const PAGE_SIZE: usize = 100;
 /// A repository with more branches than this is not listed (the reaper then deletes nothing).
 const MAX_PAGES: usize = 200;
 /// Listing pages remembered with their ETag; past this the cache starts afresh.
@@ -317,7 +317,7 @@ impl GitHub {
     /// page's URL; `Ok(None)` on 404. With `conditional`, the answer is cached by ETag and asked for with
     /// `If-None-Match`. A body that is not JSON (an HTML error page from a proxy) is an error, whatever the
     /// status said.
-    async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         repo: &RepoName,
         route: &str,
@@ -579,9 +579,9 @@ impl GitHub {
 }
 
 /// One answer: its body, and the next page from its `Link` header.
-struct Page {
-    body: bytes::Bytes,
-    next: Option<String>,
+pub(crate) struct Page {
+    pub(crate) body: bytes::Bytes,
+    pub(crate) next: Option<String>,
 }
 
 #[derive(Debug, Clone)]

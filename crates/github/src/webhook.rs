@@ -5,6 +5,7 @@
 //! strictly where previewd relies on a field (the repository, the ref, the commit).
 
 use hmac::{Hmac, Mac};
+use previewd_domain::text::quote;
 use previewd_domain::{BranchName, CommitSha, RepoName, Secret};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -60,6 +61,15 @@ pub enum WebhookEvent {
         repo: RepoName,
         branch: BranchName,
     },
+    /// A check run, check suite or workflow run concluded on commit `sha`, or a status other than
+    /// `pending` was set on it: environments waiting for that commit's checks should look again.
+    CommitChecked {
+        repo: RepoName,
+        display: String,
+        sha: CommitSha,
+        /// What concluded, for logs and events ("check run build completed: failure"); names quoted safe.
+        what: String,
+    },
     /// Acknowledged and otherwise ignored: tags, other events.
     Ignored {
         reason: String,
@@ -71,7 +81,8 @@ impl WebhookEvent {
         match self {
             WebhookEvent::BranchPresent { repo, .. }
             | WebhookEvent::BranchDeleted { repo, .. }
-            | WebhookEvent::PullRequestOpened { repo, .. } => Some(repo),
+            | WebhookEvent::PullRequestOpened { repo, .. }
+            | WebhookEvent::CommitChecked { repo, .. } => Some(repo),
             _ => None,
         }
     }
@@ -134,6 +145,51 @@ struct Head {
     repo: Option<Repository>,
 }
 
+/// `check_run`, `check_suite` and `workflow_run` share this shape: the object the event is named after,
+/// read leniently (only its commit is relied on; names may be missing or empty).
+#[derive(Deserialize)]
+struct CheckPayload {
+    action: String,
+    #[serde(default)]
+    check_run: Option<CheckSubject>,
+    #[serde(default)]
+    check_suite: Option<CheckSubject>,
+    #[serde(default)]
+    workflow_run: Option<CheckSubject>,
+    /// The workflow a `workflow_run` belongs to.
+    #[serde(default)]
+    workflow: Option<Named>,
+    repository: Repository,
+}
+
+/// A check run, check suite or workflow run: its commit, name (a suite is named by its app) and
+/// conclusion.
+#[derive(Deserialize)]
+struct CheckSubject {
+    head_sha: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    app: Option<Named>,
+    #[serde(default)]
+    conclusion: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StatusPayload {
+    sha: String,
+    state: String,
+    #[serde(default)]
+    context: Option<String>,
+    repository: Repository,
+}
+
 /// Parses a verified body for the `X-GitHub-Event` name `event`.
 pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, ParseError> {
     let json_err = |source| ParseError::Json { event: event.to_owned(), source };
@@ -191,8 +247,55 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, ParseError>
             }
             Ok(WebhookEvent::PullRequestOpened { repo, branch: branch(&p.pull_request.head.git_ref)? })
         }
+        "check_run" | "check_suite" | "workflow_run" => check_concluded(event, body),
+        "status" => status_set(body),
         other => Ok(WebhookEvent::Ignored { reason: format!("event {} is not handled", clip(other)) }),
     }
+}
+
+/// A `check_run`, `check_suite` or `workflow_run` event: it counts once `completed`.
+fn check_concluded(event: &str, body: &[u8]) -> Result<WebhookEvent, ParseError> {
+    let p: CheckPayload =
+        serde_json::from_slice(body).map_err(|source| ParseError::Json { event: event.to_owned(), source })?;
+    let kind = event.replace('_', " ");
+    if p.action != "completed" {
+        return Ok(WebhookEvent::Ignored { reason: format!("{kind} {}", clip(&quote(&p.action))) });
+    }
+    let subject = match event {
+        "check_run" => p.check_run,
+        "check_suite" => p.check_suite,
+        _ => p.workflow_run,
+    };
+    let Some(subject) = subject else {
+        return Err(ParseError::Invalid { event: event.to_owned(), reason: format!("no {event} object") });
+    };
+    // A workflow run's own name may be empty; its workflow's is not. A suite is named by its app.
+    let workflow = p.workflow.as_ref().and_then(|w| w.name.as_deref());
+    let app = subject.app.as_ref().and_then(|a| a.name.as_deref());
+    let name = [subject.name.as_deref(), workflow, app].into_iter().flatten().find(|n| !n.is_empty());
+    let name = name.map_or_else(|| "(unnamed)".to_owned(), quote);
+    let conclusion = subject.conclusion.as_deref().map_or_else(|| "no conclusion".to_owned(), quote);
+    let what = format!("{kind} {name} completed: {conclusion}");
+    commit_checked(event, p.repository, &subject.head_sha, what)
+}
+
+/// A `status` event: it counts once the state is other than `pending`.
+fn status_set(body: &[u8]) -> Result<WebhookEvent, ParseError> {
+    let p: StatusPayload =
+        serde_json::from_slice(body).map_err(|source| ParseError::Json { event: "status".into(), source })?;
+    if p.state == "pending" {
+        return Ok(WebhookEvent::Ignored { reason: "status pending".into() });
+    }
+    let context = p.context.as_deref().filter(|c| !c.is_empty()).map_or_else(|| "(no context)".to_owned(), quote);
+    let what = format!("status {context}: {}", quote(&p.state));
+    commit_checked("status", p.repository, &p.sha, what)
+}
+
+fn commit_checked(event: &str, repository: Repository, sha: &str, what: String) -> Result<WebhookEvent, ParseError> {
+    let invalid = |reason: String| ParseError::Invalid { event: event.to_owned(), reason };
+    let repo = RepoName::new(&repository.full_name).map_err(|e| invalid(e.to_string()))?;
+    let sha = CommitSha::new(sha).map_err(|e| invalid(e.to_string()))?;
+    Ok(WebhookEvent::CommitChecked { repo, display: repository.full_name, sha, what })
 }
 
 fn clip(s: &str) -> String {
@@ -279,6 +382,114 @@ mod tests {
             let parsed = parse_event("pull_request", pr(action, head).as_bytes()).expect("parses");
             assert!(matches!(parsed, WebhookEvent::Ignored { .. }), "{action} {head}: {parsed:?}");
         }
+    }
+
+    /// GitHub's example payloads (`@octokit/webhooks-examples`, kept in `tests/fixtures/github`).
+    fn example(name: &str) -> serde_json::Value {
+        let text = match name {
+            "check_run" => include_str!("../../../tests/fixtures/github/check_run.json"),
+            "check_run-created" => include_str!("../../../tests/fixtures/github/check_run-created.json"),
+            "check_suite" => include_str!("../../../tests/fixtures/github/check_suite.json"),
+            "workflow_run" => include_str!("../../../tests/fixtures/github/workflow_run.json"),
+            "status" => include_str!("../../../tests/fixtures/github/status.json"),
+            other => panic!("no example {other}"),
+        };
+        serde_json::from_str(text).expect("example JSON")
+    }
+
+    fn parse_example(event: &str, example: &serde_json::Value) -> WebhookEvent {
+        parse_event(event, &serde_json::to_vec(example).expect("JSON")).expect("parses")
+    }
+
+    fn checked(display: &str, sha: &str, what: &str) -> WebhookEvent {
+        WebhookEvent::CommitChecked {
+            repo: RepoName::new(display).expect("repo"),
+            display: display.into(),
+            sha: CommitSha::new(sha).expect("sha"),
+            what: what.into(),
+        }
+    }
+
+    #[test]
+    fn concluded_checks_and_statuses_name_their_commit() {
+        let hello = "Codertocat/Hello-World";
+        let cases = [
+            (
+                "check_run",
+                checked(
+                    hello,
+                    "ec26c3e57ca3a959ca5aad62de7213c562f8c821",
+                    "check run Octocoders-linter completed: failure",
+                ),
+            ),
+            (
+                "check_suite",
+                checked(
+                    hello,
+                    "ec26c3e57ca3a959ca5aad62de7213c562f8c821",
+                    "check suite octocoders-linter completed: success",
+                ),
+            ),
+            (
+                "workflow_run",
+                checked(
+                    "octo-org/octo-repo",
+                    "3484a3fb816e0859fd6e1cea078d76385ff50625",
+                    "workflow run test completed: success",
+                ),
+            ),
+            ("status", checked(hello, "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "status default: success")),
+        ];
+        for (event, expected) in cases {
+            let parsed = parse_example(event, &example(event));
+            assert_eq!(parsed, expected, "{event}");
+            assert_eq!(parsed.repo(), expected.repo(), "{event}");
+        }
+    }
+
+    #[test]
+    fn only_concluded_checks_count() {
+        let created = parse_example("check_run", &example("check_run-created"));
+        assert!(matches!(&created, WebhookEvent::Ignored { reason } if reason == "check run created"), "{created:?}");
+        for event in ["check_suite", "workflow_run"] {
+            let mut requested = example(event);
+            requested["action"] = "requested".into();
+            requested[event]["conclusion"] = serde_json::Value::Null;
+            assert!(matches!(parse_example(event, &requested), WebhookEvent::Ignored { .. }), "{event}");
+        }
+        let mut pending = example("status");
+        pending["state"] = "pending".into();
+        assert!(matches!(parse_example("status", &pending), WebhookEvent::Ignored { .. }));
+        for state in ["failure", "error"] {
+            let mut failed = example("status");
+            failed["state"] = state.into();
+            let WebhookEvent::CommitChecked { what, .. } = parse_example("status", &failed) else { panic!("{state}") };
+            assert_eq!(what, format!("status default: {state}"));
+        }
+    }
+
+    #[test]
+    fn hostile_check_names_are_quoted_and_bad_commits_refused() {
+        let mut hostile = example("check_run");
+        hostile["check_run"]["name"] = "build\u{1b}[2J\nforged: success".into();
+        hostile["check_run"]["conclusion"] = "x".repeat(5_000).into();
+        let WebhookEvent::CommitChecked { what, .. } = parse_example("check_run", &hostile) else { panic!() };
+        assert!(!what.chars().any(previewd_domain::text::is_unsafe), "{what}");
+        assert!(what.starts_with("check run build\\u{1b}[2J\\nforged: success completed: x"), "{what}");
+        assert!(what.chars().count() < 500, "{what}");
+        let mut unnamed = example("workflow_run");
+        unnamed["workflow"] = serde_json::Value::Null;
+        let WebhookEvent::CommitChecked { what, .. } = parse_example("workflow_run", &unnamed) else { panic!() };
+        assert_eq!(what, "workflow run (unnamed) completed: success");
+        let mut bad_sha = example("status");
+        bad_sha["sha"] = "not-a-sha".into();
+        let body = serde_json::to_vec(&bad_sha).expect("JSON");
+        assert!(matches!(parse_event("status", &body), Err(ParseError::Invalid { .. })));
+        let mut missing = example("check_suite");
+        missing.as_object_mut().expect("object").remove("check_suite");
+        let body = serde_json::to_vec(&missing).expect("JSON");
+        assert!(matches!(parse_event("check_suite", &body), Err(ParseError::Invalid { .. })));
+        assert!(matches!(parse_event("check_run", b"{}"), Err(ParseError::Json { .. })));
     }
 
     #[test]

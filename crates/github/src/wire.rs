@@ -76,6 +76,8 @@ pub(crate) fn operation(method: &http::Method, route: &str) -> &'static str {
         ("GET", ["issues", _, "comments"]) => "list_comments",
         ("POST", ["issues", _, "comments"]) => "create_comment",
         ("PATCH", ["issues", "comments", _]) => "edit_comment",
+        ("GET", ["commits", _, "check-runs"]) => "list_check_runs",
+        ("GET", ["commits", _, "status"]) => "get_combined_status",
         _ => "other",
     }
 }
@@ -168,6 +170,8 @@ mod tests {
         assert_eq!(operation(&http::Method::POST, "/repos/a/b/deployments/7/statuses"), "create_deployment_status");
         assert_eq!(operation(&http::Method::PATCH, "/repos/a/b/issues/comments/9"), "edit_comment");
         assert_eq!(operation(&http::Method::POST, "/app/installations/42/access_tokens"), "create_installation_token");
+        assert_eq!(operation(&get, "/repos/a/b/commits/abc/check-runs?per_page=100"), "list_check_runs");
+        assert_eq!(operation(&get, "/repos/a/b/commits/abc/status?per_page=100&page=2"), "get_combined_status");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, Connection as _};
 
 use crate::batch::{BatchPlan, record_batch, record_batch_at_once};
 use crate::environments::desired_columns;
-use crate::queue::{Lane, mark_due};
+use crate::queue::{Lane, mark_due, wake_commit};
 use crate::records::{Delivery, DesiredChange, Recorded, parse};
 use crate::{ACQUIRE_TIMEOUT, Backend, Store, StoreError, db, events, sqlite_setup};
 
@@ -53,17 +53,7 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         let now = self.now();
         let (_turn, mut tx) = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO deliveries (id, event, received_at, outcome) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(delivery_id)
-        .bind(event)
-        .bind(now)
-        .bind(DeliveryOutcome::Recorded.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("record delivery"))?;
-        if inserted.rows_affected() == 0 {
+        if !insert_delivery(&mut tx, delivery_id, event, now).await? {
             tx.rollback().await.map_err(db("rollback"))?;
             return Ok(Recorded::Duplicate);
         }
@@ -79,6 +69,27 @@ impl Store {
         .map_err(db("touch feedback"))?;
         tx.commit().await.map_err(db("commit"))?;
         Ok(Recorded::New { env_id })
+    }
+
+    /// Records a delivery saying that checks concluded on commit `sha` of `repo`, and makes due every
+    /// environment waiting at that commit ([`crate::queue::wake_commit`]), in one transaction. `None` for a
+    /// delivery id seen before (nothing is woken again); else how many environments were made due.
+    pub async fn record_commit_checked(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        repo: &previewd_domain::RepoName,
+        sha: &previewd_domain::CommitSha,
+    ) -> Result<Option<u64>, StoreError> {
+        let now = self.now();
+        let (_turn, mut tx) = self.begin_write().await?;
+        if !insert_delivery(&mut tx, delivery_id, event, now).await? {
+            tx.rollback().await.map_err(db("rollback"))?;
+            return Ok(None);
+        }
+        let woken = wake_commit(&mut tx, repo, sha, now).await?;
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(Some(woken))
     }
 
     /// A connection for the delivery committer alone ([`crate::DeliveryLog`]), opened as the writer's are
@@ -105,6 +116,21 @@ impl Store {
         }
         Ok(conn)
     }
+}
+
+/// Records a delivery that asks for something (outcome `recorded`); `false` when its id was seen before.
+async fn insert_delivery(tx: &mut AnyConnection, delivery_id: &str, event: &str, now: i64) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO deliveries (id, event, received_at, outcome) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(delivery_id)
+    .bind(event)
+    .bind(now)
+    .bind(DeliveryOutcome::Recorded.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(db("record delivery"))?;
+    Ok(inserted.rows_affected() == 1)
 }
 
 async fn exists(tx: &mut AnyConnection, c: &DesiredChange) -> Result<bool, StoreError> {

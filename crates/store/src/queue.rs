@@ -1,6 +1,7 @@
 //! The work queue: environments due for a reconcile, handed out under leases whose epoch fences every
 //! write the holder makes ([`Fence`]). Webhook-lane work goes first.
 
+use previewd_domain::{CommitSha, RepoName, Status};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
@@ -87,25 +88,55 @@ pub struct QueueStats {
     pub oldest_due: Option<i64>,
 }
 
+/// The `SET` of a request for a reconcile: due at `$3`/`$4` (or kept due sooner) in lane `$1`/`$2` (or the
+/// more urgent lane it is in), and the request counted, so a holder releasing it learns it was asked for
+/// meanwhile. SQL evaluates every `SET` expression against the row as it was.
+const MARK_DUE: &str = "due_seq = due_seq + 1, \
+     due_lane = CASE WHEN due_at IS NULL OR due_lane > $1 THEN $2 ELSE due_lane END, \
+     due_at = CASE WHEN due_at IS NULL OR due_at > $3 THEN $4 ELSE due_at END";
+
 /// Makes `id` due at `due_at` (or keeps it due sooner) in `lane` (or the more urgent lane it is in), and
-/// counts the request, so a holder releasing it learns it was asked for meanwhile. SQL evaluates every
-/// `SET` expression against the row as it was.
+/// counts the request (see [`MARK_DUE`]).
 pub async fn mark_due(conn: &mut AnyConnection, id: i64, lane: Lane, due_at: i64) -> Result<(), StoreError> {
     let lane = lane as i64;
-    sqlx::query(
-        "UPDATE environments SET due_seq = due_seq + 1, \
-         due_lane = CASE WHEN due_at IS NULL OR due_lane > $1 THEN $2 ELSE due_lane END, \
-         due_at = CASE WHEN due_at IS NULL OR due_at > $3 THEN $4 ELSE due_at END WHERE id = $5",
-    )
+    sqlx::query(&format!("UPDATE environments SET {MARK_DUE} WHERE id = $5"))
+        .bind(lane)
+        .bind(lane)
+        .bind(due_at)
+        .bind(due_at)
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(db("enqueue"))?;
+    Ok(())
+}
+
+/// Makes due at `now`, in the webhook lane, every environment of `repo` that wants commit `sha` and is not
+/// being torn down (nor was torn down: deleting, deleted, or expired by the reaper), as [`mark_due`]
+/// does; how many. What the commit's checks say is the reconciler's to read.
+pub async fn wake_commit(
+    conn: &mut AnyConnection,
+    repo: &RepoName,
+    sha: &CommitSha,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let lane = Lane::Webhook as i64;
+    let woken = sqlx::query(&format!(
+        "UPDATE environments SET {MARK_DUE} WHERE repo = $5 AND desired_present = 1 AND desired_sha = $6 \
+         AND status <> $7 AND status <> $8 AND expired_at IS NULL"
+    ))
     .bind(lane)
     .bind(lane)
-    .bind(due_at)
-    .bind(due_at)
-    .bind(id)
+    .bind(now)
+    .bind(now)
+    .bind(repo.as_str())
+    .bind(sha.as_str())
+    .bind(Status::Deleting.as_str())
+    .bind(Status::Deleted.as_str())
     .execute(conn)
     .await
-    .map_err(db("enqueue"))?;
-    Ok(())
+    .map_err(db("wake commit"))?;
+    Ok(woken.rows_affected())
 }
 
 /// See [`Store::claim_due`].
@@ -147,6 +178,12 @@ impl Store {
     /// webhook-lane request upgrades background work; nothing downgrades it). Durable when this returns.
     pub async fn enqueue(&self, id: i64, lane: Lane, due_at: i64) -> Result<(), StoreError> {
         mark_due(&mut *self.write().await?, id, lane, due_at).await
+    }
+
+    /// Makes due now every environment of `repo` waiting at commit `sha` (see [`wake_commit`]): its checks
+    /// concluded. Durable when this returns; how many were made due.
+    pub async fn wake_commit(&self, repo: &RepoName, sha: &CommitSha) -> Result<u64, StoreError> {
+        wake_commit(&mut *self.write().await?, repo, sha, self.now()).await
     }
 
     /// Takes the next due environment no live lease holds (webhook lane first, then the longest due)

@@ -96,6 +96,7 @@ both!(
     pages_are_filtered_and_counted_in_sql,
     repositories_keep_githubs_spelling,
     a_batch_records_what_one_delivery_at_a_time_would,
+    a_commits_checks_wake_the_environments_waiting_at_it,
 );
 
 async fn webhooks_record_desired_state_once_per_delivery(store: Store) {
@@ -499,6 +500,44 @@ async fn repositories_keep_githubs_spelling(store: Store) {
     assert_eq!(store.record_desired(&again).await.expect("again"), id);
     store.record_desired(&change("x", present('c'))).await.expect("no spelling");
     assert_eq!(store.get(id).await.expect("get").expect("env").repo_display.as_deref(), Some("ACME/shop"));
+}
+
+async fn a_commits_checks_wake_the_environments_waiting_at_it(store: Store) {
+    let waiting = store.record_desired(&change("waiting", present('a'))).await.expect("record");
+    let queued = store.record_desired(&change("queued", present('a'))).await.expect("record");
+    store.enqueue(queued, Lane::Background, now_ms() + 600_000).await.expect("enqueue");
+    let other_commit = store.record_desired(&change("other-commit", present('b'))).await.expect("record");
+    let gone = store.record_desired(&change("gone", Desired::Absent)).await.expect("record");
+    let deleting = store.record_desired(&change("deleting", present('a'))).await.expect("record");
+    let env = store.get(deleting).await.expect("get").expect("env");
+    let o = Observed { status: Status::Deleting, ..env.observed() };
+    store.update_observed(Fence::unleased(deleting), &o, None).await.expect("deleting");
+    let elsewhere = {
+        let repo = RepoName::new("acme/other").expect("repo");
+        let branch = BranchName::new("waiting").expect("branch");
+        let zone = DnsZone::new("p.example.com").expect("zone");
+        let names = EnvNames::new(&OwnerId::new("t").expect("owner"), &repo, &branch, &zone);
+        let c = DesiredChange { repo, branch, names, ..change("waiting", present('a')) };
+        store.record_desired(&c).await.expect("record")
+    };
+    let repo = RepoName::new("Acme/Shop").expect("repo");
+    assert_eq!(store.wake_commit(&repo, &sha('a')).await.expect("wake"), 2);
+    let webhook = Lane::Webhook as i64;
+    assert_eq!(store.due_state(waiting).await.expect("due"), Some((webhook, 1)));
+    assert_eq!(store.due_state(queued).await.expect("due"), Some((webhook, 2)), "brought into the webhook lane");
+    assert!(store.next_due().await.expect("next").is_some_and(|at| at <= now_ms()), "due now, not in ten minutes");
+    for id in [other_commit, gone, deleting, elsewhere] {
+        assert_eq!(store.due_state(id).await.expect("due"), None, "environment {id} was woken");
+    }
+    // Through a delivery: once per delivery id, in the delivery's transaction.
+    let woken = store.record_commit_checked("d-1", "check_run", &repo, &sha('a')).await.expect("record");
+    assert_eq!(woken, Some(2));
+    let again = store.record_commit_checked("d-1", "check_run", &repo, &sha('a')).await.expect("again");
+    assert_eq!(again, None);
+    assert_eq!(store.due_state(waiting).await.expect("due"), Some((webhook, 2)), "the duplicate asked nothing");
+    let nobody = store.record_commit_checked("d-2", "status", &repo, &sha('f')).await.expect("record");
+    assert_eq!(nobody, Some(0));
+    assert_eq!(store.delivery_count().await.expect("count"), 2);
 }
 
 /// [`Store::record_webhooks`] folds a batch into a few statements; the same deliveries recorded one at a

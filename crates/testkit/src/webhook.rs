@@ -1,5 +1,5 @@
 //! Signed GitHub webhooks built from GitHub's documented payload shapes (`tests/fixtures/github/*.json`,
-//! with their optional and null fields), with the ref, commits and repository filled in.
+//! with their optional and null fields), with the ref, commits, checks and repository filled in.
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -59,4 +59,28 @@ pub fn branch_event(event: &str, repo: &str, branch: &str) -> Value {
 
 pub fn ping() -> Value {
     fixture("ping")
+}
+
+/// A `check_run` event: check run `name` on commit `sha` `completed` with `conclusion` (from GitHub's example
+/// payload).
+pub fn check_run(repo: &str, sha: &str, name: &str, conclusion: &str) -> Value {
+    let mut v = fixture("check_run");
+    set_repo(&mut v, repo);
+    v["check_run"]["head_sha"] = Value::from(sha);
+    v["check_run"]["check_suite"]["head_sha"] = Value::from(sha);
+    v["check_run"]["name"] = Value::from(name);
+    v["check_run"]["conclusion"] = Value::from(conclusion);
+    v
+}
+
+/// A `status` event: commit status `context` of commit `sha` set to `state` (from GitHub's example payload).
+pub fn status(repo: &str, sha: &str, context: &str, state: &str) -> Value {
+    let mut v = fixture("status");
+    set_repo(&mut v, repo);
+    v["name"] = Value::from(repo);
+    v["sha"] = Value::from(sha);
+    v["commit"]["sha"] = Value::from(sha);
+    v["context"] = Value::from(context);
+    v["state"] = Value::from(state);
+    v
 }

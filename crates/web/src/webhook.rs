@@ -1,6 +1,7 @@
 //! The GitHub webhook endpoint: a delivery is verified (size, signature, headers) by the [`Verified`]
 //! extractor before any handler sees it; the handler records the desired state it carries through the
-//! delivery log, in one transaction with the delivery id, and enqueues nothing else.
+//! delivery log, in one transaction with the delivery id, and enqueues nothing else. A delivery saying
+//! checks concluded on a commit records nothing but itself, and makes due the environments waiting at it.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request, State};
@@ -8,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use http_body_util::BodyExt as _;
-use previewd_domain::{BranchName, DeliveryOutcome, Desired, EnvNames, RepoName};
+use previewd_domain::{BranchName, CommitSha, DeliveryOutcome, Desired, EnvNames, RepoName};
 use previewd_github::{MAX_BODY_BYTES, WebhookEvent, parse_event, verify_signature};
 use previewd_store::{Delivery, DesiredChange, Recorded};
 use tracing::Instrument as _;
@@ -25,6 +26,8 @@ enum Outcome {
     Duplicate,
     Ignored,
     Rejected,
+    /// Recorded, but no environment waits at the commit its checks concluded on.
+    Unawaited,
 }
 
 impl Outcome {
@@ -34,6 +37,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Ignored => "ignored",
             Outcome::Rejected => "rejected",
+            Outcome::Unawaited => "unawaited",
         }
     }
 }
@@ -44,6 +48,7 @@ fn count(headers: &HeaderMap, outcome: Outcome) {
     let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("");
     let event = match event {
         "push" | "create" | "delete" | "ping" | "pull_request" => event,
+        "check_run" | "check_suite" | "workflow_run" | "status" => event,
         "" => "none",
         _ => "other",
     };
@@ -145,6 +150,9 @@ async fn record(state: &AppState, hook: &Verified, parsed: WebhookEvent) -> Resp
         WebhookEvent::PullRequestOpened { repo, branch } => {
             return pull_request_opened(state, hook, repo, branch).await;
         }
+        WebhookEvent::CommitChecked { repo, sha, what, .. } => {
+            return commit_checked(state, hook, repo, sha, what).await;
+        }
     };
     let Some(zone) = state.repos.get(&repo) else {
         tracing::info!(%repo, "repository not configured: ignored");
@@ -192,6 +200,39 @@ async fn pull_request_opened(state: &AppState, hook: &Verified, repo: RepoName, 
         }
         Ok(Recorded::New { .. }) => {
             count(headers, Outcome::Accepted);
+            (StatusCode::ACCEPTED, DeliveryOutcome::Recorded.as_str()).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, "cannot record webhook");
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event now").into_response()
+        }
+    }
+}
+
+/// Checks concluded on a commit: every environment waiting at it is made due, so it looks at them again
+/// now rather than at its next poll; recorded with the delivery in one transaction. Nothing else changes:
+/// what the checks say is the reconciler's to read.
+async fn commit_checked(state: &AppState, hook: &Verified, repo: RepoName, sha: CommitSha, what: String) -> Response {
+    let headers = &hook.headers;
+    if !state.repos.contains_key(&repo) {
+        count(headers, Outcome::Ignored);
+        return (StatusCode::OK, format!("ignored: repository {repo} is not configured")).into_response();
+    }
+    match state.store.record_commit_checked(&hook.delivery, &hook.event, &repo, &sha).await {
+        Ok(None) => {
+            count(headers, Outcome::Duplicate);
+            (StatusCode::OK, "duplicate delivery: already recorded").into_response()
+        }
+        Ok(Some(woken)) => {
+            let outcome = if woken > 0 {
+                // Made due by this process's transaction: its dispatcher looks now.
+                state.queue.wake();
+                Outcome::Accepted
+            } else {
+                Outcome::Unawaited
+            };
+            count(headers, outcome);
+            tracing::info!(%repo, sha = sha.short(), %what, woken, "commit checked");
             (StatusCode::ACCEPTED, DeliveryOutcome::Recorded.as_str()).into_response()
         }
         Err(e) => {

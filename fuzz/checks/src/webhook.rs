@@ -1,7 +1,8 @@
 //! Webhook bodies, after the signature check: `parse_event` answers every body with an event or an error
 //! naming the event, and every branch and repository in an event it returns is one the domain accepts.
 
-use previewd_domain::RepoName;
+use previewd_domain::text::is_unsafe;
+use previewd_domain::{CommitSha, RepoName};
 use previewd_github::{WebhookEvent, parse_event};
 
 use crate::names::branch_holds;
@@ -12,6 +13,9 @@ pub const EVENTS: [&str; 6] = ["push", "create", "delete", "ping", "pull_request
 
 /// An `Ignored` reason quotes at most 100 characters of the payload: a hostile one cannot flood a log.
 const REASON_CHARS_MAX: usize = 200;
+
+/// A concluded check's phrase quotes two names of at most 200 characters each (and says how much it cut).
+const WHAT_CHARS_MAX: usize = 600;
 
 /// `parse_event` on the rest of the input, for the event its first byte picks.
 pub fn webhook(data: &[u8]) {
@@ -48,6 +52,17 @@ fn event_holds(event: &str, parsed: &WebhookEvent) {
             assert_eq!(event, "pull_request");
             assert_eq!(RepoName::new(repo.as_str()).as_ref(), Ok(repo), "repository {repo} is not read back");
             branch_holds(branch);
+        }
+        WebhookEvent::CommitChecked { repo, display, sha, what } => {
+            assert!(
+                matches!(event, "check_run" | "check_suite" | "workflow_run" | "status"),
+                "{event} gave {parsed:?}"
+            );
+            repo_holds(repo, display);
+            assert_eq!(CommitSha::new(sha.as_str()).as_ref(), Ok(sha), "commit {sha} is not read back");
+            assert!(!what.chars().any(is_unsafe), "{event}: an unsafe character in {what:?}");
+            let chars = what.chars().count();
+            assert!(chars <= WHAT_CHARS_MAX, "{event}: a phrase of {chars} characters: {what}");
         }
         WebhookEvent::Ignored { reason } => {
             let chars = reason.chars().count();

@@ -62,6 +62,8 @@ pub enum Target {
     Pulls,
     /// `/repos/{o}/{r}/issues/...`: issue comments, listed, created or edited.
     Comments,
+    /// `/repos/{o}/{r}/commits/{ref}/check-runs` and `/repos/{o}/{r}/commits/{ref}/status`.
+    Checks,
     /// Every `POST`, `PATCH`, `PUT` or `DELETE`, whatever the path.
     Writes,
     /// `/app/installations/{id}/access_tokens`.
@@ -80,6 +82,7 @@ pub(super) enum Endpoint {
     Deployments,
     Pulls,
     Comments,
+    Checks,
     InstallationToken,
     Other,
 }
@@ -94,6 +97,7 @@ impl Endpoint {
             ["repos", _, _, "deployments", ..] => Self::Deployments,
             ["repos", _, _, "pulls", ..] => Self::Pulls,
             ["repos", _, _, "issues", ..] => Self::Comments,
+            ["repos", _, _, "commits", _, "check-runs" | "status"] => Self::Checks,
             ["app", "installations", _, "access_tokens"] => Self::InstallationToken,
             _ => Self::Other,
         }
@@ -110,6 +114,7 @@ impl Target {
             (Self::Branch, Endpoint::Branch) | (Self::Repo, Endpoint::Repo) => true,
             (Self::Contents, Endpoint::Contents) | (Self::Deployments, Endpoint::Deployments) => true,
             (Self::Pulls, Endpoint::Pulls) | (Self::Comments, Endpoint::Comments) => true,
+            (Self::Checks, Endpoint::Checks) => true,
             (Self::InstallationToken, Endpoint::InstallationToken) => true,
             _ => false,
         }

@@ -5,6 +5,9 @@
 //! and retries are exercised. It can sit under a path prefix, as GitHub Enterprise Server's `/api/v3` does.
 //! Paths are decoded segment by segment, so a branch holding `/`, `#` or `%` reaches it intact.
 //!
+//! Commits carry checks a test sets ([`FakeGitHub::set_check_run`], [`FakeGitHub::set_status`]), listed as
+//! GitHub lists check runs and combined statuses.
+//!
 //! It also takes the writes previewd makes to give feedback: deployments and their statuses, pull request
 //! comments (created and edited), each kept with the body as sent and logged in order
 //! ([`FakeGitHub::feedback_log`]). Once [`FakeGitHub::enable_app`] is called it authenticates as GitHub
@@ -12,6 +15,7 @@
 //! and an installation token it issued, unexpired, for everything else.
 
 mod app_auth;
+mod checks;
 mod comments;
 mod contents;
 mod deployments;

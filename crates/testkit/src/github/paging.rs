@@ -57,15 +57,21 @@ pub(super) struct Paging {
 /// One page of `items` as GitHub serves a listing: `per_page` items (30 when not asked) within the cap,
 /// and a `Link` header unless everything fits on one page.
 pub(super) fn listing(asked: &Asked<'_>, paging: Paging, items: Vec<Value>) -> Reply {
+    let (items, link) = page(asked, paging, items);
+    let mut reply = Reply::ok(&Value::Array(items));
+    if let Some(link) = link {
+        reply.header("link", &link);
+    }
+    reply
+}
+
+/// The items of the page asked for, and its `Link` header: for a listing GitHub wraps in an object
+/// (`{"total_count": …, "check_runs": [page]}`), paged as a bare one is.
+pub(super) fn page(asked: &Asked<'_>, paging: Paging, items: Vec<Value>) -> (Vec<Value>, Option<String>) {
     let asked_per_page = asked.param("per_page").and_then(|p| p.parse().ok()).unwrap_or(DEFAULT_PER_PAGE);
     let per_page = asked_per_page.clamp(1, paging.cap);
     let last = items.len().div_ceil(per_page).max(1);
     let items: Vec<Value> = items.into_iter().skip((paging.page - 1).saturating_mul(per_page)).take(per_page).collect();
-    let mut reply = Reply::ok(&Value::Array(items));
-    if paging.link
-        && let Some(link) = asked.link(paging.page, last)
-    {
-        reply.header("link", &link);
-    }
-    reply
+    let link = if paging.link { asked.link(paging.page, last) } else { None };
+    (items, link)
 }

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::FakeGitHub;
 use super::app_auth::{access_token, installation, refuse_unauthenticated};
+use super::checks::commit_checks;
 use super::comments::issues;
 use super::contents::contents;
 use super::deployments::deployments;
@@ -252,6 +253,9 @@ fn route(st: &mut GhState, asked: &Asked<'_>, segs: &[&str], paging: Paging) -> 
         }
         ["repos", owner, name, "pulls", rest @ ..] => pulls(st, asked, &format!("{owner}/{name}"), rest, paging),
         ["repos", owner, name, "issues", rest @ ..] => issues(st, asked, &format!("{owner}/{name}"), rest, paging),
+        ["repos", owner, name, "commits", rest @ ..] => {
+            commit_checks(st, asked, &format!("{owner}/{name}"), rest, paging)
+        }
         ["app", "installations", id, "access_tokens"] if asked.method == Method::POST => access_token(st, id),
         // The token's user; an installation token belongs to no user.
         ["user"] if asked.method == Method::GET => match st.app {

@@ -1,5 +1,5 @@
-//! What the fake holds: repositories, branches, files, the writes made through it, the faults waiting, and
-//! its account of every request.
+//! What the fake holds: repositories, branches, files, the checks on commits, the writes made through it,
+//! the faults waiting, and its account of every request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use super::app_auth::AppAuth;
+use super::checks::Checks;
 use super::comments::Comment;
 use super::deployments::Deployment;
 use super::faults::Injected;
@@ -71,6 +72,8 @@ pub(super) struct GhState {
     pub(super) next_comment_id: u64,
     /// (repo, line) for each write that succeeded, in order
     pub(super) feedback: Vec<(String, String)>,
+    /// check runs and commit statuses, per commit
+    pub(super) checks: Checks,
     /// GitHub App authentication, when on
     pub(super) app: Option<AppAuth>,
     /// repository owner → installation id
@@ -107,6 +110,7 @@ impl Default for GhState {
             comments: BTreeMap::new(),
             next_comment_id: FIRST_COMMENT_ID,
             feedback: Vec::new(),
+            checks: Checks::default(),
             app: None,
             installations: BTreeMap::new(),
             tokens: BTreeMap::new(),

@@ -499,3 +499,45 @@ async fn app_mode_wants_a_jwt_then_an_installation_token() {
     assert_eq!(fake.unauthenticated_count(), 3);
     assert_eq!(http.get(&repo_url).bearer_auth(&token).send().await.expect("repo").status(), 200, "still valid");
 }
+
+#[tokio::test]
+async fn checks_on_a_commit_are_listed_as_github_lists_them() {
+    let fake = FakeGitHub::start("/api/v3").await;
+    let sha = "c".repeat(40);
+    fake.set_check_run(REPO, &sha, "build", "queued", None);
+    let first = fake.set_check_run(REPO, &sha, "build", "completed", Some("failure"));
+    let rerun = fake.rerun_check_run(REPO, &sha, "build", "in_progress", None);
+    assert!(rerun > first, "a re-run is a new run with a higher id");
+    fake.set_check_run(REPO, &sha, "test", "completed", Some("success"));
+    let http = reqwest::Client::new();
+    // Owner and repository are read without regard to case, the commit too.
+    let runs_url = format!("{}/repos/Acme/Shop/commits/{}/check-runs", fake.api_url(), sha.to_uppercase());
+
+    let latest = json_of(http.get(format!("{runs_url}?per_page=1")).send().await.expect("check runs")).await;
+    assert_eq!(latest["total_count"], 2, "the newest run of each name: {latest}");
+    assert_eq!(latest["check_runs"][0]["name"], "test", "newest first");
+    let all = json_of(http.get(format!("{runs_url}?filter=all&per_page=100")).send().await.expect("all")).await;
+    assert_eq!(all["total_count"], 3, "{all}");
+    let paged = http.get(format!("{runs_url}?per_page=1&page=2")).send().await.expect("page 2");
+    assert!(link_of(&paged).is_some_and(|l| l.contains(r#"rel="prev""#)));
+    let page2 = json_of(paged).await;
+    let build = &page2["check_runs"][0];
+    assert_eq!((build["id"].as_u64(), build["conclusion"].is_null()), (Some(rerun), true), "{build}");
+
+    let status_url = format!("{}/repos/{REPO}/commits/{sha}/status", fake.api_url());
+    let none = json_of(http.get(&status_url).send().await.expect("status")).await;
+    assert_eq!((none["state"].as_str(), none["total_count"].as_u64()), (Some("pending"), Some(0)), "{none}");
+    fake.set_status(REPO, &sha, "ci/legacy", "failure");
+    fake.set_status(REPO, &sha, "ci/legacy", "success");
+    fake.set_status(REPO, &sha, "ci/docs", "success");
+    let combined = json_of(http.get(&status_url).send().await.expect("status")).await;
+    assert_eq!(combined["state"], "success", "the newest status of each context counts: {combined}");
+    assert_eq!(combined["total_count"], 2);
+    fake.set_status(REPO, &sha, "ci/docs", "error");
+    let combined = json_of(http.get(&status_url).send().await.expect("status")).await;
+    assert_eq!(combined["state"], "failure", "{combined}");
+    assert_eq!(combined["statuses"][0]["context"], "ci/docs", "newest first");
+
+    let other = format!("{}/repos/acme/unknown/commits/{sha}/status", fake.api_url());
+    assert_eq!(http.get(other).send().await.expect("status").status(), 404);
+}
