@@ -5,9 +5,10 @@
 //! reordering and restarts are harmless.
 //!
 //! The rooms, from the bottom up: [`setup`] and [`error`] (what it is given, how a step ends, the pure
-//! error policy); `context` (what every part works with) with `batch`, `sightings`, `settings_files`
-//! and `queue`; the work: `reconcile` (observe → plan → act), `seed`, `feedback`, `fleet`, `reaper`;
-//! and what drives it: `dispatch`, `schedules`, `views`. Imports run down this list, never up it.
+//! error policy) and [`probe`] (whether an environment's URL answers as its app); `context` (what every
+//! part works with) with `batch`, `sightings`, `settings_files` and `queue`; the work: `reconcile`
+//! (observe → plan → act), `seed`, `feedback`, `fleet`, `reaper`; and what drives it: `dispatch`,
+//! `schedules`, `views`. Imports run down this list, never up it.
 
 mod batch;
 mod context;
@@ -15,6 +16,7 @@ mod dispatch;
 pub mod error;
 mod feedback;
 mod fleet;
+pub mod probe;
 mod queue;
 mod reaper;
 mod reconcile;

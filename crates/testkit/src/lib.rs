@@ -1,8 +1,9 @@
 //! Test-only helpers, never a dependency of non-test code: a moto server per test, a proxy in front of it
 //! that injects AWS's real failures, a stateful fake GitHub (optionally under GitHub Enterprise's
-//! `/api/v3`), signed webhooks in GitHub's payload shapes, and [`TestEnv`], a whole previewd wired to
-//! them.
+//! `/api/v3`), signed webhooks in GitHub's payload shapes, [`TestEnv`], a whole previewd wired to
+//! them, and [`StandInApp`], an environment's app over HTTPS for the readiness probe.
 
+pub mod app;
 mod env;
 mod github;
 mod moto;
@@ -10,6 +11,7 @@ mod proxy;
 pub mod role;
 pub mod webhook;
 
+pub use app::StandInApp;
 pub use env::{Options, REPO, SECRET, Serve, TestEnv, ZONE, aws_for, postgres_database, sha};
 pub use github::{FakeGitHub, Fault, Target};
 pub use moto::{Moto, Seeded, free_port, venv_bin, workspace_root};
