@@ -67,6 +67,7 @@ open(f"{work}/previewd.toml", "w").write("# Written by demo.sh for the local AWS
     vpc_id=seed["vpc_id"],
     subnet_ids=", ".join(json.dumps(s) for s in seed["subnet_ids"]),
     certificate_arn=seed["zones"][zone]["certificate_arn"],
+    ready="artifact.wait = false\nreadiness.probe = false",
     extra="",
 ))
 PY

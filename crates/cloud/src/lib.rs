@@ -324,6 +324,13 @@ impl Aws {
             .collect())
     }
 
+    /// The stack's template as CloudFormation holds it.
+    pub async fn stack_template(&self, name_or_id: &str) -> Result<String, CloudError> {
+        let out =
+            self.cfn.get_template().stack_name(name_or_id).send().await.map_err(|e| classify("GetTemplate", e))?;
+        Ok(out.template_body().unwrap_or_default().to_owned())
+    }
+
     /// The buckets CloudFormation deletes with `stack` (DeletionPolicy `Delete`, its default), which must
     /// be emptied first; a bucket the template retains keeps what it holds. Read from the stack's
     /// [`EMPTY_ON_DELETE_OUTPUT`] when previewd rendered one (no call: the stack's description has it)

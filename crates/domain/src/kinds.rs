@@ -55,6 +55,10 @@ words! {
         Deleting,
         Deleted,
         Ready,
+        /// Waiting for the commit's artifact, its checks, or its URL to answer.
+        Waiting,
+        /// The commit's artifact (and its checks) are there: it can run.
+        Artifact,
         /// A step failed and will be tried again.
         Retry,
         /// A step failed and needs a person.

@@ -88,7 +88,19 @@ pub struct Metrics {
     pub reconcile_seconds: Family<KindLabel, Histogram>,
     pub seed_steps: Family<SeedLabels, Counter>,
     pub push_to_ready_seconds: Histogram,
+    /// From a push to each phase of its way to ready: `artifact`, `infrastructure`, `answered`, `ready`.
+    pub phase_seconds: Family<PhaseLabel, Histogram>,
     pub reaper_removals: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+fn phase_seconds() -> Histogram {
+    // 1 s … ~4.5 h.
+    Histogram::new(exponential_buckets(1.0, 2.0, 15))
 }
 
 fn step_seconds() -> Histogram {
@@ -108,6 +120,7 @@ impl Default for Metrics {
             seed_steps: Family::default(),
             // 1 s … ~4.5 h.
             push_to_ready_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            phase_seconds: Family::new_with_constructor(phase_seconds),
             reaper_removals: Counter::default(),
         }
     }
@@ -156,6 +169,11 @@ impl Metrics {
             "previewd_push_to_ready_seconds",
             "From a push (as the webhook said) to its environment being ready",
             self.push_to_ready_seconds.clone(),
+        );
+        r.register(
+            "previewd_phase_seconds",
+            "From a push to each phase of its environment's way to ready (artifact found, infrastructure complete, URL answered, ready)",
+            self.phase_seconds.clone(),
         );
         r.register("previewd_reaper_removals", "Environments the reaper removed", self.reaper_removals.clone());
         let environments = Family::<StatusLabel, Gauge>::default();

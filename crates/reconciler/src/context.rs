@@ -14,7 +14,7 @@ use previewd_store::Store;
 use crate::error::ReconcileError;
 use crate::queue::Queue;
 use crate::setup::{RepoSetup, Setup};
-use crate::{batch, settings_files, sightings};
+use crate::{artifacts, batch, probe, settings_files, sightings};
 
 /// What every part of the reconciler works with: the set-up, the store, AWS and GitHub, and this
 /// process's caches and locks.
@@ -41,6 +41,10 @@ pub(crate) struct Inner {
     pub(crate) sightings: Arc<sightings::Sightings>,
     pub(crate) looks: batch::Looks,
     pub(crate) dns_changes: batch::DnsChanges,
+    /// Commits' images waited for, looked up per ECR repository.
+    pub(crate) images: artifacts::Images,
+    /// Asks environments' URLs whether they answer.
+    pub(crate) prober: probe::Prober,
 }
 
 impl Inner {

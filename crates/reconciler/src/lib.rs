@@ -10,6 +10,7 @@
 //! (observe → plan → act), `seed`, `feedback`, `fleet`, `reaper`; and what drives it: `dispatch`,
 //! `schedules`, `views`. Imports run down this list, never up it.
 
+mod artifacts;
 mod batch;
 mod context;
 mod dispatch;
@@ -49,6 +50,9 @@ pub use schedules::{FLEET_LOCK, REAPER_TICK_LOCK, ReaperScheduleError, check_sch
 pub use seed::HOOK_SIGNATURE_HEADER;
 pub use setup::{FeedbackSetup, ReaperSetup, RepoSetup, Setup, Tuning};
 pub use views::SettingView;
+
+/// Readiness probes in flight at once in this process (they cost no AWS or GitHub call).
+const PROBES_AT_ONCE: usize = 32;
 
 /// Deliveries are kept this long for deduplication (GitHub redelivers for up to 3 days).
 pub const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -90,6 +94,8 @@ impl Reconciler {
             sightings: Arc::default(),
             looks: batch::Batcher::new(batch::MAX_LOOKS),
             dns_changes: batch::Batcher::new(batch::MAX_DNS_CHANGES),
+            images: artifacts::Images::default(),
+            prober: probe::Prober::new(PROBES_AT_ONCE),
         };
         Ok(Self { inner: Arc::new(inner) })
     }

@@ -34,7 +34,8 @@ pub struct EcrImage {
 impl EcrImage {
     /// Parses `<account>.dkr.ecr.<region>.amazonaws.com[.cn]/<repository>:<tag>`.
     pub fn parse(uri: &str) -> Result<Self, String> {
-        let not = || format!("{uri:?} is not an ECR image (<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>)");
+        let not =
+            || format!("{uri:?} is not an ECR image (<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>)");
         let (registry, rest) = uri.split_once('/').ok_or_else(not)?;
         let (repository, tag) = rest.rsplit_once(':').ok_or_else(not)?;
         let mut parts = registry.split('.');
@@ -48,7 +49,12 @@ impl EcrImage {
         if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) || region.is_empty() || !valid_repo {
             return Err(not());
         }
-        Ok(Self { registry_id: account.to_owned(), region: region.to_owned(), repository: repository.to_owned(), tag: tag.to_owned() })
+        Ok(Self {
+            registry_id: account.to_owned(),
+            region: region.to_owned(),
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+        })
     }
 
     /// The repository's URI, without the tag: images of one repository are looked up together.
@@ -126,18 +132,18 @@ pub fn rules(
     };
     let checks = match settings.get("artifact.checks") {
         None => Vec::new(),
-        Some(s) => s
-            .value
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| {
-                v.as_str()
-                    .filter(|n| !n.trim().is_empty())
-                    .map(str::to_owned)
-                    .ok_or_else(|| invalid(settings, "artifact.checks", "each check is a non-empty name".to_owned()))
-            })
-            .collect::<Result<_, _>>()?,
+        Some(s) => {
+            s.value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    v.as_str().filter(|n| !n.trim().is_empty()).map(str::to_owned).ok_or_else(|| {
+                        invalid(settings, "artifact.checks", "each check is a non-empty name".to_owned())
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
     };
     let artifact_timeout = duration(settings, "artifact.timeout")?.unwrap_or(DEFAULT_ARTIFACT_TIMEOUT);
     let probe = match flag(settings, "readiness.probe")? {
@@ -192,7 +198,9 @@ fn flag(settings: &Settings, key: &str) -> Result<Option<bool>, RenderError> {
 fn text(settings: &Settings, key: &str) -> Result<Option<String>, RenderError> {
     settings
         .get(key)
-        .map(|s| s.value.as_str().map(str::to_owned).ok_or_else(|| invalid(settings, key, "must be a string".to_owned())))
+        .map(|s| {
+            s.value.as_str().map(str::to_owned).ok_or_else(|| invalid(settings, key, "must be a string".to_owned()))
+        })
         .transpose()
 }
 
@@ -312,8 +320,9 @@ mod tests {
 
     #[test]
     fn turned_off_it_waits_for_nothing_and_probes_nothing() {
-        let defaults = Layer::parse(LayerKind::Defaults, "d.toml", "[artifact]\nwait = false\n[readiness]\nprobe = false\n")
-            .expect("defaults");
+        let defaults =
+            Layer::parse(LayerKind::Defaults, "d.toml", "[artifact]\nwait = false\n[readiness]\nprobe = false\n")
+                .expect("defaults");
         let s = Settings::merge(&[defaults], &[]).expect("merge");
         let spec = ArtifactSpec::Image("x".into());
         let r = rules(&s, Some(&spec), SHA, "a.example.com").expect("rules");

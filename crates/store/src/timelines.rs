@@ -43,8 +43,7 @@ impl Timeline {
     }
 }
 
-const COLUMNS: &str =
-    "env_id, sha, pushed_at, artifact_at, infrastructure_at, answered_at, ready_at, waiting_for, waiting_since, last_answer";
+const COLUMNS: &str = "env_id, sha, pushed_at, artifact_at, infrastructure_at, answered_at, ready_at, waiting_for, waiting_since, last_answer";
 
 #[derive(sqlx::FromRow)]
 struct TimelineRow {

@@ -60,7 +60,16 @@ pub struct Options<'a> {
     pub database_url: Option<&'a str>,
     /// More keys of the `[reconciler]` table (`step_limit = "1s"`).
     pub reconciler: &'a str,
+    /// The repository's `artifact.*` and `readiness.*` settings (its staging table); [`READY_OFF`] by
+    /// default: no artifact is waited for and no URL probed.
+    pub ready: &'a str,
 }
+
+/// A Docker image manifest (schema 2) as CI pushes one; moto takes its digest from it.
+const IMAGE_MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":7023,"digest":"sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7"},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":32654,"digest":"sha256:e692418e4cbaf90ca69d05a66403747baa33ee08806650b51fab815ad7fc331f"}]}"#;
+
+/// No artifact gate and no readiness probe: `ready` as soon as the stack is complete.
+pub const READY_OFF: &str = "artifact.wait = false\nreadiness.probe = false";
 
 impl Default for Options<'_> {
     fn default() -> Self {
@@ -73,6 +82,7 @@ impl Default for Options<'_> {
             zones: &[],
             database_url: None,
             reconciler: "",
+            ready: READY_OFF,
         }
     }
 }
@@ -313,6 +323,20 @@ impl TestEnv {
         aws_for(&self.moto.endpoint).await
     }
 
+    /// Puts the image `<repository>:<tag>` into this test's ECR, as CI does when its build ends (the
+    /// repository is made first if it is not there).
+    pub async fn put_image(&self, repository: &str, tag: &str) {
+        let ecr = aws_sdk_ecr::Client::new(&sdk_config(&self.moto.endpoint).await);
+        let _exists = ecr.create_repository().repository_name(repository).send().await;
+        ecr.put_image()
+            .repository_name(repository)
+            .image_tag(tag)
+            .image_manifest(IMAGE_MANIFEST)
+            .send()
+            .await
+            .expect("put image");
+    }
+
     /// An S3 client straight to moto, to put what an application would into its buckets.
     pub async fn s3(&self) -> aws_sdk_s3::Client {
         let config = sdk_config(&self.moto.endpoint).await;
@@ -406,7 +430,7 @@ impl TestEnv {
 
 /// The shared emulator configuration (`tests/config/emulator.toml`) with this test's values in it.
 fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::path::Path, opts: &Options<'_>) -> String {
-    let Options { top, github: github_keys, extra, grace, reconciler, .. } = opts;
+    let Options { top, github: github_keys, extra, grace, reconciler, ready, .. } = opts;
     let zone = &seeded.zones[ZONE];
     let subnets: Vec<String> = seeded.subnet_ids.iter().map(|s| format!("{s:?}")).collect();
     let template = std::fs::read_to_string(workspace_root().join("tests/config/emulator.toml")).expect("emulator.toml");
@@ -423,6 +447,7 @@ fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::pat
         ("vpc_id", seeded.vpc_id.clone()),
         ("subnet_ids", subnets.join(", ")),
         ("certificate_arn", zone.certificate_arn.clone()),
+        ("ready", (*ready).to_owned()),
         ("extra", format!("\n{TEST_REAPER}grace = \"{grace}\"\n{extra}")),
     ];
     values.iter().fold(template, |text, (key, value)| text.replace(&format!("${{{key}}}"), value))

@@ -12,7 +12,7 @@ pub mod role;
 pub mod webhook;
 
 pub use app::StandInApp;
-pub use env::{Options, REPO, SECRET, Serve, TestEnv, ZONE, aws_for, postgres_database, sha};
+pub use env::{Options, READY_OFF, REPO, SECRET, Serve, TestEnv, ZONE, aws_for, postgres_database, sha};
 pub use github::{FakeGitHub, Fault, Target};
 pub use moto::{Moto, Seeded, free_port, venv_bin, workspace_root};
 pub use proxy::{AwsProxy, Call};

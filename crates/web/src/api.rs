@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use previewd_domain::{Desired, RepoName, Status};
-use previewd_store::{EnvFilter, EnvRecord, Sort};
+use previewd_store::{EnvFilter, EnvRecord, Sort, Timeline};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -40,8 +40,52 @@ pub struct EnvView {
     pub seed: Vec<previewd_store::SeedOutcome>,
     /// Why GitHub could not be told about the environment, the last time it could not.
     pub github_error: Option<String>,
+    /// How the current commit came up, phase by phase (null before the reconciler's first look at it).
+    pub timeline: Option<TimelineView>,
+    /// What the environment waits for now (its commit's artifact or checks, its URL), or null.
+    pub waiting_for: Option<WaitingView>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// When each phase of a commit's way to ready was reached (RFC 3339), null until it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineView {
+    pub sha: String,
+    pub pushed_at: Option<String>,
+    pub artifact_at: Option<String>,
+    pub infrastructure_at: Option<String>,
+    pub answered_at: Option<String>,
+    pub ready_at: Option<String>,
+}
+
+/// What an environment waits for, since when, and the last answer it got.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitingView {
+    pub what: String,
+    pub since: Option<String>,
+    pub last_answer: Option<String>,
+}
+
+impl EnvView {
+    /// With the environment's timeline, when the reconciler has started one.
+    pub fn with_timeline(mut self, t: Option<&Timeline>) -> Self {
+        let Some(t) = t else { return self };
+        self.timeline = Some(TimelineView {
+            sha: t.sha.to_string(),
+            pushed_at: t.pushed_at.map(rfc3339),
+            artifact_at: t.artifact_at.map(rfc3339),
+            infrastructure_at: t.infrastructure_at.map(rfc3339),
+            answered_at: t.answered_at.map(rfc3339),
+            ready_at: t.ready_at.map(rfc3339),
+        });
+        self.waiting_for = t.waiting_for.clone().map(|what| WaitingView {
+            what,
+            since: t.waiting_since.map(rfc3339),
+            last_answer: t.last_answer.clone(),
+        });
+        self
+    }
 }
 
 pub(crate) fn rfc3339(ms: i64) -> String {
@@ -75,6 +119,8 @@ impl From<&EnvRecord> for EnvView {
             seeding: e.seed_pending,
             seed: e.seed_log.clone(),
             github_error: e.feedback_error.clone(),
+            timeline: None,
+            waiting_for: None,
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
         }
@@ -134,10 +180,15 @@ pub(crate) async fn list_environments(State(state): State<AppState>, Query(query
         Ok(f) => f,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
-    match state.store.list_page(&filter).await {
-        Ok((envs, total)) => {
-            ([("x-total-count", total.to_string())], axum::Json(envs.iter().map(EnvView::from).collect::<Vec<_>>()))
-                .into_response()
+    let listed = match state.store.list_page(&filter).await {
+        Ok(page) => state.store.timelines().await.map(|t| (page, t)),
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok(((envs, total), timelines)) => {
+            let views: Vec<EnvView> =
+                envs.iter().map(|e| EnvView::from(e).with_timeline(timelines.get(&e.id))).collect();
+            ([("x-total-count", total.to_string())], axum::Json(views)).into_response()
         }
         Err(e) => {
             tracing::error!(error = ?e, "cannot list environments");
@@ -168,7 +219,8 @@ pub(crate) async fn show_environment(State(state): State<AppState>, Path(id): Pa
         Err(answer) => return answer,
     };
     let events = state.store.events(id, RECENT_EVENTS).await.unwrap_or_default();
-    let mut value = serde_json::to_value(EnvView::from(&env)).unwrap_or_default();
+    let timeline = state.store.timeline(id).await.ok().flatten();
+    let mut value = serde_json::to_value(EnvView::from(&env).with_timeline(timeline.as_ref())).unwrap_or_default();
     value["events"] = serde_json::to_value(events).unwrap_or_default();
     // The stack as the reconciler last saw it (null before its first look); AWS is not asked here.
     value["stack"] = match state.store.stack_observation(id).await {

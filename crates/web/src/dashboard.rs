@@ -250,7 +250,8 @@ pub(crate) async fn environment(
         None => Ok(Vec::new()),
     };
     let stack = state.store.stack_observation(id).await;
-    let v = EnvView::from(&env);
+    let timeline = state.store.timeline(id).await.ok().flatten();
+    let v = EnvView::from(&env).with_timeline(timeline.as_ref());
     let actions = state.dashboard_token.is_some();
     let body = html! {
         p { a href="/" { "← every environment" } }
@@ -263,6 +264,18 @@ pub(crate) async fn environment(
             tr { th { "Created" } td { (v.created_at) } }
             tr { th { "Last change" } td { (v.updated_at) } }
             @if let Some(err) = &v.last_error { tr { th { "Last error" } td.error { (err) } } }
+            @if let Some(w) = &v.waiting_for {
+                tr { th { "Waiting for" } td { (w.what) @if let Some(since) = &w.since { span.muted { " since " (since) } }
+                    @if let Some(a) = &w.last_answer { br; span.muted { "last answer: " (a) } } } }
+            }
+            @if let Some(t) = &v.timeline {
+                tr { th { "Timeline" } td {
+                    @for (phase, at) in [("pushed", &t.pushed_at), ("artifact found", &t.artifact_at),
+                        ("infrastructure complete", &t.infrastructure_at), ("URL answered", &t.answered_at), ("ready", &t.ready_at)] {
+                        (phase) ": " @match at { Some(at) => (at), None => span.muted { "—" } } br;
+                    }
+                } }
+            }
             tr { th { "Test data" } td {
                 @match (&v.seeded_at, v.seeding) {
                     (_, true) => "seeding…",

@@ -11,7 +11,7 @@ use previewd_store::{EnvRecord, Observed, now_ms};
 use sha2::{Digest, Sha256};
 
 use super::record::{poll_delay, record};
-use super::{application, observe, teardown};
+use super::{application, observe, ready, teardown};
 use crate::context::Inner;
 use crate::error::{Action, ReconcileError};
 use crate::seed;
@@ -35,17 +35,11 @@ pub(super) async fn converge(
             s.reason.as_deref().unwrap_or("no reason given")
         ))
     };
-    // Waiting and refusing need neither the settings nor a rendered template.
-    if let Some(s) = &stack {
-        match plan::converge(Some(&stack_view(inner, s, false)), env.attempts, max) {
-            ConvergeStep::Wait => {
-                let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
-                record(inner, env, o, None).await?;
-                return Ok(Action::Requeue(poll_delay(inner, env)));
-            }
-            ConvergeStep::Refuse(why) => return Err(refuse(s, &why)),
-            _ => {}
-        }
+    // Refusing needs neither the settings nor a rendered template.
+    if let Some(s) = &stack
+        && let ConvergeStep::Refuse(why) = plan::converge(Some(&stack_view(inner, s, false)), env.attempts, max)
+    {
+        return Err(refuse(s, &why));
     }
     let owner = inner.setup.owner.as_str();
     let blueprint = inner
@@ -55,7 +49,32 @@ pub(super) async fn converge(
     // The settings first: a branch whose settings are wrong changes nothing in AWS, not even the
     // application stack.
     let own = observe::branch_layer(inner, env, sha).await?;
-    let settings = blueprint.environment_settings(Stage::Staging, &env.branch, &repo.layers, own.as_ref())?;
+    let full = blueprint.environment_settings(Stage::Staging, &env.branch, &repo.layers, own.as_ref())?;
+    let rules = blueprint.rules(&full, sha.as_str(), &env.dns_name)?;
+
+    // The gate: the commit runs once its checks passed and its artifact exists. Until then a new
+    // environment's stack comes up with the blueprint's waiting layer (no task), alongside the build; one
+    // that runs an earlier commit, or whose blueprint has no such layer, waits as it is.
+    let mut stamps = ready::Stamps::load(inner, env, sha).await?;
+    let (settings, waiting) = match ready::gate(inner, env, sha, &rules, &mut stamps).await? {
+        ready::Gate::Open => (full, None),
+        ready::Gate::Failed(why) => return ready::record_failed(inner, env, &mut stamps, why).await,
+        ready::Gate::Waiting { delay } => match blueprint.waiting_settings(&env.branch, &repo.layers, own.as_ref())? {
+            Some(w) if env.deployed_sha.is_none() => (w, Some(delay)),
+            _ => {
+                ready::record_waiting(inner, env, &stamps, stack.as_ref().map(|s| s.id.clone())).await?;
+                return Ok(Action::Requeue(delay));
+            }
+        },
+    };
+    if let Some(s) = &stack
+        && s.in_progress()
+    {
+        let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
+        record(inner, env, o, None).await?;
+        stamps.save(inner, env).await?;
+        return Ok(Action::Requeue(waiting.map_or_else(|| poll_delay(inner, env), |d| d.min(poll_delay(inner, env)))));
+    }
 
     // The application stack comes first: the environment imports from it.
     let app_name = app_stack_name(&env.repo, Stage::Staging);
@@ -102,8 +121,16 @@ pub(super) async fn converge(
                 Err(e) => return Err(e.into()),
             };
             let o = Observed { status: Status::Provisioning, stack_id, last_error: None, ..env.observed() };
-            let why = format!("creating stack {} at {}", env.stack_name, sha.short());
+            let why = match &stamps.now.waiting_for {
+                Some(what) if waiting.is_some() => format!(
+                    "creating stack {} at {} alongside the build, with no task until {what} is there",
+                    env.stack_name,
+                    sha.short()
+                ),
+                _ => format!("creating stack {} at {}", env.stack_name, sha.short()),
+            };
             inner.store.update_observed(env.fence(), &o, Some((EventKind::Create, &why))).await?;
+            stamps.save(inner, env).await?;
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
@@ -152,68 +179,146 @@ pub(super) async fn converge(
                     attempts,
                     ..env.observed()
                 };
-                let why = format!("updating stack {} to {}", stack.name, sha.short());
+                let why = match waiting {
+                    Some(_) => format!(
+                        "updating stack {} to {} (no task until its artifact is there)",
+                        stack.name,
+                        sha.short()
+                    ),
+                    None => format!("updating stack {} to {}", stack.name, sha.short()),
+                };
                 inner.store.update_observed(env.fence(), &o, Some((EventKind::Update, &why))).await?;
+                stamps.save(inner, env).await?;
                 return Ok(Action::Requeue(inner.setup.tuning.poll_min));
             }
             inner
                 .store
                 .add_event(env.id, EventKind::Update, "no updates are to be performed: the stack is up to date")
                 .await?;
-            point_dns(inner, env, repo, sha, &stack, blueprint, &settings).await
+            let cx = Complete { env, repo, sha, stack: &stack, blueprint, settings: &settings, rules: &rules };
+            complete(inner, &cx, &mut stamps, waiting).await
         }
-        (ConvergeStep::PointDns, Some(stack)) => point_dns(inner, env, repo, sha, &stack, blueprint, &settings).await,
+        (ConvergeStep::PointDns, Some(stack)) => {
+            let cx = Complete { env, repo, sha, stack: &stack, blueprint, settings: &settings, rules: &rules };
+            complete(inner, &cx, &mut stamps, waiting).await
+        }
         (ConvergeStep::Refuse(why), Some(stack)) => Err(refuse(&stack, &why)),
-        (ConvergeStep::Wait, _) => Ok(Action::Requeue(poll_delay(inner, env))),
+        (ConvergeStep::Wait, _) => {
+            stamps.save(inner, env).await?;
+            Ok(Action::Requeue(poll_delay(inner, env)))
+        }
         (step, None) => Err(ReconcileError::NeedsHuman(format!("{step:?} planned for a stack that does not exist"))),
     }
 }
 
-/// The stack is what was asked for: point the name at it (unless it already points there), seed a new
-/// environment, and call it ready.
-async fn point_dns(
+/// A complete stack and what it was rendered from.
+struct Complete<'a> {
+    env: &'a EnvRecord,
+    repo: &'a RepoSetup,
+    sha: &'a CommitSha,
+    stack: &'a Stack,
+    blueprint: &'a previewd_render::Blueprint,
+    settings: &'a previewd_render::Settings,
+    rules: &'a previewd_render::Rules,
+}
+
+/// The stack is complete as asked for: its infrastructure is there. Waiting for the artifact, the name
+/// is pointed at it (once) and the environment waits; otherwise it goes on to `ready` ([`point_dns`]).
+async fn complete(
     inner: &Inner,
-    env: &EnvRecord,
-    repo: &RepoSetup,
-    sha: &CommitSha,
-    stack: &Stack,
-    blueprint: &previewd_render::Blueprint,
-    settings: &previewd_render::Settings,
+    cx: &Complete<'_>,
+    stamps: &mut ready::Stamps,
+    waiting: Option<Duration>,
 ) -> Result<Action, ReconcileError> {
+    stamps.reach("infrastructure");
+    let Some(delay) = waiting else { return point_dns(inner, cx, stamps).await };
+    if cx.env.url.is_none() {
+        let (endpoint, url) = endpoint(cx.stack, &cx.env.dns_name)?;
+        let marker = OwnershipMarker::new(inner.setup.owner.as_str(), cx.env.repo.as_str(), cx.env.env_key.as_str());
+        inner.aws.upsert_dns(&inner.zone_id(cx.repo).await?, &cx.env.dns_name, endpoint, &marker).await?;
+        let o = Observed { url: Some(url), ..cx.env.observed() };
+        record(inner, cx.env, o, None).await?;
+    }
+    let env = inner.store.get(cx.env.id).await?.unwrap_or_else(|| cx.env.clone());
+    ready::record_waiting(inner, &env, stamps, Some(cx.stack.id.clone())).await?;
+    Ok(Action::Requeue(delay))
+}
+
+/// The stack's `Endpoint` output (what the name points at) and the environment's URL.
+fn endpoint<'a>(stack: &'a Stack, dns_name: &str) -> Result<(&'a String, String), ReconcileError> {
     let endpoint = stack.outputs.get("Endpoint").ok_or_else(|| {
         ReconcileError::NeedsHuman(format!("stack {} has no Endpoint output for the DNS record", stack.name))
     })?;
+    let url = stack.outputs.get("Url").cloned().unwrap_or_else(|| format!("https://{dns_name}"));
+    Ok((endpoint, url))
+}
+
+/// The stack is what was asked for: point the name at it (unless it already points there), seed a new
+/// environment, wait for its URL to answer, and call it ready.
+async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps) -> Result<Action, ReconcileError> {
+    let (env, stack) = (cx.env, cx.stack);
+    let (endpoint, url) = endpoint(stack, &env.dns_name)?;
     let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
-    inner.aws.upsert_dns(&inner.zone_id(repo).await?, &env.dns_name, endpoint, &marker).await?;
-    let url = stack.outputs.get("Url").cloned().unwrap_or_else(|| format!("https://{}", env.dns_name));
+    inner.aws.upsert_dns(&inner.zone_id(cx.repo).await?, &env.dns_name, endpoint, &marker).await?;
     if env.seed_pending {
         if env.seed_step == 0 && env.seed_log.is_empty() && env.seed_task.is_none() {
             let o = Observed { status: Status::Provisioning, url: Some(url.clone()), ..env.observed() };
             record(inner, env, o, Some((EventKind::Seed, "the stack is ready: seeding"))).await?;
         }
-        let cx = seed::SeedContext { env, blueprint, settings, outputs: &stack.outputs, sha, url: &url };
-        if let Some(action) = seed::step(inner, &cx).await? {
+        let scx = seed::SeedContext {
+            env,
+            blueprint: cx.blueprint,
+            settings: cx.settings,
+            outputs: &stack.outputs,
+            sha: cx.sha,
+            url: &url,
+        };
+        if let Some(action) = seed::step(inner, &scx).await? {
+            stamps.save(inner, env).await?;
             return Ok(action);
         }
     }
+    let settled = env.status == Status::Ready && env.deployed_sha.as_ref() == Some(cx.sha);
+    if let Some(probe) = cx.rules.probe.as_ref().filter(|_| !settled)
+        && let Some(action) = ready::probe(inner, env, &url, probe, stamps).await?
+    {
+        return Ok(action);
+    }
     let o = Observed {
         status: Status::Ready,
-        deployed_sha: Some(sha.clone()),
+        deployed_sha: Some(cx.sha.clone()),
         stack_id: Some(stack.id.clone()),
         url: Some(url.clone()),
         last_error: None,
         attempts: 0,
         retries: 0,
     };
-    let event = (env.status != Status::Ready || env.deployed_sha.as_ref() != Some(sha))
-        .then(|| format!("ready at {}: {url}", sha.short()));
-    if event.is_some()
-        && let Some(pushed) = env.pushed_at
-    {
-        previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
+    let event = (!settled).then(|| format!("ready at {}: {url}{}", cx.sha.short(), phases(&stamps.now)));
+    if event.is_some() {
+        stamps.reach("ready");
+        if let Some(pushed) = env.pushed_at {
+            previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
+        }
     }
     record(inner, env, o, event.as_deref().map(|m| (EventKind::Ready, m))).await?;
+    stamps.save(inner, env).await?;
     Ok(Action::Done)
+}
+
+/// " (4 min 12 s after the push: artifact after 3 min 2 s, infrastructure after 2 min 40 s)", as far as
+/// the timeline knows.
+fn phases(t: &previewd_store::Timeline) -> String {
+    let Some(pushed) = t.pushed_at else { return String::new() };
+    let after = |at: Option<i64>| at.map(|a| crate::context::humanize((a - pushed).max(0)));
+    let mut parts = Vec::new();
+    if let Some(a) = after(t.artifact_at) {
+        parts.push(format!("artifact after {a}"));
+    }
+    if let Some(i) = after(t.infrastructure_at) {
+        parts.push(format!("infrastructure after {i}"));
+    }
+    let total = crate::context::humanize((now_ms() - pushed).max(0));
+    format!(" ({total} after the push: {})", parts.join(", "))
 }
 
 pub(super) fn stack_view(inner: &Inner, s: &Stack, current: bool) -> StackView {

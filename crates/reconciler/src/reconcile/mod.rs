@@ -9,6 +9,7 @@ mod admission;
 mod application;
 mod converge;
 mod observe;
+mod ready;
 mod record;
 mod teardown;
 

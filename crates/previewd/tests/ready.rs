@@ -1,0 +1,206 @@
+//! Ready means what the user means: the commit's image exists (the stack comes up alongside the build,
+//! with no task), its required checks passed, and its URL answers. moto through the fault proxy, the fake
+//! GitHub, a stand-in app over TLS, and the real process.
+
+use std::time::Duration;
+
+use previewd_domain::{EventKind, Status};
+use previewd_store::Timeline;
+use previewd_testkit::{Options, REPO, StandInApp, TestEnv, ZONE, sha, webhook};
+
+/// The webapp blueprint's image repository, as its defaults name it (moto's account and region).
+const IMAGE_REPOSITORY: &str = "webapp";
+
+fn probing(app: &StandInApp, extra: &str) -> String {
+    format!(
+        "readiness.probe = true\nreadiness.connect_to = {:?}\nreadiness.ca_file = {:?}\n{extra}",
+        app.connect_to(),
+        app.ca_file().display().to_string()
+    )
+}
+
+async fn timeline(t: &TestEnv, id: i64) -> Timeline {
+    t.store.timeline(id).await.expect("store").expect("a timeline")
+}
+
+/// Waits until the branch's environment says what it waits for; returns that.
+async fn waiting_for(t: &TestEnv, branch: &str) -> String {
+    let env = t.wait_for(branch, "known", |_| true).await;
+    for _ in 0..600 {
+        if let Some(what) = t.store.timeline(env.id).await.expect("store").and_then(|t| t.waiting_for) {
+            return what;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{branch}: waits for nothing: {:#?}", t.env(branch).await);
+}
+
+/// The ECS service's desired task count in the stack's template, if it has a stack.
+async fn desired_count(t: &TestEnv, stack: &str) -> Option<i64> {
+    let body = t.direct_aws().await.stack_template(stack).await.ok()?;
+    let template: serde_json::Value = serde_json::from_str(&body).expect("JSON template");
+    template["Resources"]["Service"]["Properties"]["DesiredCount"].as_i64()
+}
+
+/// The proxy's count of calls previewd made to `action`, for `stack` when given.
+fn calls(t: &TestEnv, action: &str, stack: Option<&str>) -> usize {
+    t.proxy
+        .calls()
+        .iter()
+        .filter(|c| !c.injected && c.action == action && (stack.is_none() || c.stack.as_deref() == stack))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_comes_up_while_ci_builds_and_the_image_runs_once_it_exists() {
+    let app = StandInApp::start(ZONE).await.expect("stand-in app");
+    let ready = probing(&app, "artifact.wait = true");
+    let mut t = TestEnv::with(&Options { ready: &ready, ..Options::default() }).await;
+    let commit = sha(1);
+    assert_eq!(t.push("feature/built", &commit).await, 202);
+
+    // The infrastructure is complete, with no task, before the image exists.
+    let env = t
+        .wait_for("feature/built", "waiting with its infrastructure up", |e| {
+            e.status == Status::Pending && e.stack_id.is_some() && e.url.is_some()
+        })
+        .await;
+    let stack = t.stack(&env.stack_name).await.expect("stack");
+    assert_eq!(stack.status, "CREATE_COMPLETE");
+    assert_eq!(desired_count(&t, &env.stack_name).await, Some(0), "no task while the image is missing");
+    let waiting = timeline(&t, env.id).await;
+    assert!(waiting.infrastructure_at.is_some() && waiting.artifact_at.is_none(), "{waiting:?}");
+    let what = waiting.waiting_for.clone().expect("waiting for something");
+    assert!(what.contains(&format!("{IMAGE_REPOSITORY}:{commit}")), "{what}");
+    assert_eq!(app.requests(), 0, "nothing is probed before the commit runs");
+
+    // CI's build ends: one update runs the image, the URL answers, and only then is it ready.
+    t.put_image(IMAGE_REPOSITORY, &commit).await;
+    let env = t.ready("feature/built", &commit).await;
+    assert_eq!(calls(&t, "CreateStack", Some(&env.stack_name)), 1);
+    assert_eq!(calls(&t, "UpdateStack", Some(&env.stack_name)), 1, "one update, with the image");
+    assert_eq!(desired_count(&t, &env.stack_name).await, Some(1));
+    let done = timeline(&t, env.id).await;
+    let (infra, artifact) = (done.infrastructure_at.expect("infra"), done.artifact_at.expect("artifact"));
+    assert!(infra < artifact, "the infrastructure was up before the image: {done:?}");
+    assert!(done.answered_at.is_some() && done.ready_at.is_some() && done.waiting_for.is_none(), "{done:?}");
+    assert!(app.requests() >= 2, "answered twice in a row");
+    assert!(app.hosts().iter().all(|h| *h == env.dns_name), "asked by its own name: {:?}", app.hosts());
+
+    // The API says the same.
+    let view: serde_json::Value =
+        reqwest::get(t.url(&format!("/api/environments/{}", env.id))).await.expect("api").json().await.expect("json");
+    assert!(view["timeline"]["artifact_at"].is_string() && view["timeline"]["ready_at"].is_string(), "{view}");
+    assert!(view["waiting_for"].is_null(), "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_environments_of_a_repository_share_their_ecr_looks() {
+    // A blueprint without a waiting layer: the environments wait with no stack, so only the looks count.
+    let stacks = tempfile::tempdir().expect("tempdir");
+    let webapp = stacks.path().join("webapp");
+    std::fs::create_dir_all(&webapp).expect("dir");
+    let source = previewd_testkit::workspace_root().join("stacks/webapp");
+    for entry in std::fs::read_dir(&source).expect("webapp") {
+        let path = entry.expect("entry").path();
+        if path.is_file() && path.file_name().is_some_and(|n| n != "waiting.toml") {
+            std::fs::copy(&path, webapp.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let seed = source.join("seed");
+    copy_dir(&seed, &webapp.join("seed"));
+    let dir = stacks.path().display().to_string();
+    let opts = Options {
+        ready: "artifact.wait = true\nreadiness.probe = false",
+        stacks_dir: Some(&dir),
+        ..Options::default()
+    };
+    let mut t = TestEnv::with(&opts).await;
+    const N: usize = 50;
+    for i in 0..N {
+        assert_eq!(t.push(&format!("wait/{i}"), &sha(100 + i)).await, 202);
+    }
+    for i in 0..N {
+        waiting_for(&t, &format!("wait/{i}")).await;
+    }
+    // Every one of them looks again every 2 s; together they cost one call a look, not fifty.
+    let before = calls(&t, "BatchGetImage", None);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let looks = calls(&t, "BatchGetImage", None) - before;
+    assert!((1..=7).contains(&looks), "{looks} BatchGetImage calls in 10 s for {N} waiting environments");
+    // The image of one arrives: that one runs, the others go on waiting.
+    t.put_image(IMAGE_REPOSITORY, &sha(107)).await;
+    t.ready("wait/7", &sha(107)).await;
+    let other = t.env("wait/8").await.expect("env");
+    assert_eq!(other.status, Status::Pending, "{other:#?}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for entry in std::fs::read_dir(from).expect("read") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_check_fails_the_commit_and_a_passing_one_runs_the_next() {
+    let ready = "artifact.wait = false\nartifact.checks = [\"build\"]\nreadiness.probe = false";
+    let mut t = TestEnv::with(&Options { ready, ..Options::default() }).await;
+    let (first, second) = (sha(1), sha(2));
+    t.github.set_check_run(REPO, &first, "build", "in_progress", None);
+    assert_eq!(t.push("feature/checked", &first).await, 202);
+    let what = waiting_for(&t, "feature/checked").await;
+    assert!(what.contains("build"), "{what}");
+
+    // The build fails; GitHub says so by webhook.
+    t.github.set_check_run(REPO, &first, "build", "completed", Some("failure"));
+    let body = serde_json::to_vec(&webhook::check_run(REPO, &first, "build", "failure")).expect("json");
+    assert_eq!(t.deliver("check_run", &body, None, None).await, 202);
+    let env = t.wait_for("feature/checked", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.clone().expect("why");
+    assert!(why.contains("check build concluded failure") && why.contains("https://"), "{why}");
+    assert_ne!(desired_count(&t, &env.stack_name).await, Some(1), "no task was ever asked for");
+
+    // The next push, whose build passes, ends ready.
+    t.github.set_check_run(REPO, &second, "build", "completed", Some("success"));
+    assert_eq!(t.push("feature/checked", &second).await, 202);
+    let env = t.ready("feature/checked", &second).await;
+    let events = t.store.events(env.id, 100).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == EventKind::Failed && e.message.contains("build")), "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_answering_503_is_not_ready_until_it_answers_and_one_that_never_does_fails() {
+    let app = StandInApp::start(ZONE).await.expect("stand-in app");
+    app.set_status(503);
+    let extra = format!("[repos.\"{REPO}\".branches.\"doomed/*\"]\nreadiness.timeout = \"4s\"\n");
+    let ready = probing(&app, "artifact.wait = false");
+    let mut t = TestEnv::with(&Options { ready: &ready, extra: &extra, ..Options::default() }).await;
+    assert_eq!(t.push("feature/slow-app", &sha(1)).await, 202);
+    let env = t.wait_for("feature/slow-app", "probed", |e| e.status == Status::Provisioning && e.url.is_some()).await;
+    let answer = loop {
+        if let Some(a) = timeline(&t, env.id).await.last_answer {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(answer.contains("503"), "{answer}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(t.env("feature/slow-app").await.expect("env").status, Status::Provisioning, "not ready on a 503");
+    app.set_status(200);
+    let env = t.ready("feature/slow-app", &sha(1)).await;
+    assert!(timeline(&t, env.id).await.answered_at.is_some());
+
+    // An app that never answers: failed once readiness.timeout has passed, with its last answer.
+    app.set_status(503);
+    assert_eq!(t.push("doomed/app", &sha(2)).await, 202);
+    let env = t.wait_for("doomed/app", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.expect("why");
+    assert!(why.contains("readiness.timeout") && why.contains("503"), "{why}");
+}

@@ -1,0 +1,289 @@
+//! What "ready" means, acted on: the commit's artifact and checks before it runs (the gate), the
+//! timeline of its phases, and the URL answering before it is called ready (the probe).
+
+use std::time::Duration;
+
+use previewd_cloud::EcrRepository;
+use previewd_domain::{CommitSha, EventKind, Status};
+use previewd_github::{CheckState, ChecksVerdict, checks_verdict};
+use previewd_render::{Artifact, ProbeRules, Rules};
+use previewd_store::{EnvRecord, Observed, Timeline, now_ms};
+
+use super::record::record;
+use crate::artifacts::{Found, artifact_delay};
+use crate::context::{Inner, humanize};
+use crate::error::{Action, ReconcileError};
+use crate::probe::Target;
+
+/// A commit's timeline as this step found it and changes it; written once, when it changed.
+pub(super) struct Stamps {
+    pub(super) now: Timeline,
+    before: Option<Timeline>,
+}
+
+impl Stamps {
+    /// The environment's timeline for `sha`: the stored one, or a fresh one when the commit changed.
+    pub(super) async fn load(inner: &Inner, env: &EnvRecord, sha: &CommitSha) -> Result<Self, ReconcileError> {
+        let before = inner.store.timeline(env.id).await?;
+        let now = match &before {
+            Some(t) if t.sha == *sha => t.clone(),
+            _ => Timeline::new(sha.clone(), env.pushed_at),
+        };
+        Ok(Self { now, before })
+    }
+
+    /// Stamps `phase` now, once, and counts it in `previewd_phase_seconds`.
+    pub(super) fn reach(&mut self, phase: &'static str) {
+        let t = &mut self.now;
+        let slot = match phase {
+            "artifact" => &mut t.artifact_at,
+            "infrastructure" => &mut t.infrastructure_at,
+            "answered" => &mut t.answered_at,
+            _ => &mut t.ready_at,
+        };
+        if slot.is_some() {
+            return;
+        }
+        let at = now_ms();
+        *slot = Some(at);
+        if let Some(pushed) = t.pushed_at {
+            let seconds = (at - pushed).max(0) as f64 / 1000.0;
+            let label = previewd_metrics::PhaseLabel { phase };
+            previewd_metrics::METRICS.phase_seconds.get_or_create(&label).observe(seconds);
+        }
+    }
+
+    /// Waiting for `what` (since the first time it was said), with the last answer heard.
+    pub(super) fn wait_for(&mut self, what: String, last_answer: Option<String>) {
+        if self.now.waiting_for.as_deref() != Some(what.as_str()) {
+            self.now.waiting_since = Some(now_ms());
+            self.now.waiting_for = Some(what);
+        }
+        self.now.last_answer = last_answer;
+    }
+
+    pub(super) fn done_waiting(&mut self) {
+        self.now.waiting_for = None;
+        self.now.waiting_since = None;
+        self.now.last_answer = None;
+    }
+
+    pub(super) async fn save(&self, inner: &Inner, env: &EnvRecord) -> Result<(), ReconcileError> {
+        if self.before.as_ref() != Some(&self.now) {
+            inner.store.record_timeline(env.fence(), &self.now).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the commit may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Gate {
+    Open,
+    /// Not yet: look again after `delay` (or at a webhook for the commit).
+    Waiting {
+        delay: Duration,
+    },
+    /// It will not: a check failed, or the wait timed out.
+    Failed(String),
+}
+
+/// The gate for the commit: the named checks, then the artifact. Stamps `artifact` once both are there.
+pub(super) async fn gate(
+    inner: &Inner,
+    env: &EnvRecord,
+    sha: &CommitSha,
+    rules: &Rules,
+    stamps: &mut Stamps,
+) -> Result<Gate, ReconcileError> {
+    // Found once for this commit, or running already (an image expired from ECR since is no reason to
+    // stop what runs).
+    if stamps.now.artifact_at.is_some() || env.deployed_sha.as_ref() == Some(sha) {
+        return Ok(Gate::Open);
+    }
+    let waiting = match checks(inner, env, sha, &rules.checks).await? {
+        Err(failed) => return Ok(Gate::Failed(failed)),
+        Ok(Some(pending)) => Some((pending, None)),
+        Ok(None) => match &rules.artifact {
+            None => None,
+            Some(artifact) => artifact_missing(inner, artifact).await?.map(|answer| (artifact.to_string(), answer)),
+        },
+    };
+    let Some((what, answer)) = waiting else {
+        if let Some(Artifact::Image(image)) = &rules.artifact {
+            inner.images.forget(&repository(image), &image.tag);
+        }
+        stamps.reach("artifact");
+        stamps.done_waiting();
+        return Ok(Gate::Open);
+    };
+    stamps.wait_for(what.clone(), answer);
+    let since = stamps.now.pushed_at.or(stamps.now.waiting_since).unwrap_or_else(now_ms);
+    let waited = Duration::from_millis((now_ms() - since).max(0) as u64);
+    if waited >= rules.artifact_timeout {
+        let last = stamps.now.last_answer.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
+        return Ok(Gate::Failed(format!(
+            "waited {} for {what}{last}, past artifact.timeout ({}): did CI build and publish it for {}? \
+             A new push or a redeploy starts over",
+            humanize(waited.as_millis() as i64),
+            humanize(rules.artifact_timeout.as_millis() as i64),
+            sha.short()
+        )));
+    }
+    Ok(Gate::Waiting { delay: artifact_delay(waited, now_ms()) })
+}
+
+/// `Err`: a required check failed (why, with its link); `Ok(Some)`: what is still awaited; `Ok(None)`:
+/// every required check passed (or none is required).
+async fn checks(
+    inner: &Inner,
+    env: &EnvRecord,
+    sha: &CommitSha,
+    required: &[String],
+) -> Result<Result<Option<String>, String>, ReconcileError> {
+    if required.is_empty() {
+        return Ok(Ok(None));
+    }
+    let found = inner.github.commit_checks(&env.repo, sha).await?;
+    Ok(match checks_verdict(required, &found) {
+        ChecksVerdict::Passed => Ok(None),
+        ChecksVerdict::Waiting { pending } => {
+            Ok(Some(format!("the check{} {} to pass", plural(&pending), pending.join(", "))))
+        }
+        ChecksVerdict::Failed(check) => {
+            let conclusion = match &check.state {
+                CheckState::Failed { conclusion } => conclusion.as_str(),
+                _ => "failed",
+            };
+            let link = check.url.as_deref().map(|u| format!(" ({u})")).unwrap_or_default();
+            Err(format!(
+                "the check {} concluded {conclusion} on {}{link}: nothing was run; push a fix, or re-run the \
+                 check and redeploy",
+                previewd_domain::text::quote(&check.name),
+                sha.short()
+            ))
+        }
+    })
+}
+
+fn plural(v: &[String]) -> &'static str {
+    if v.len() == 1 { "" } else { "s" }
+}
+
+fn repository(image: &previewd_render::EcrImage) -> EcrRepository {
+    EcrRepository {
+        registry_id: image.registry_id.clone(),
+        region: image.region.clone(),
+        name: image.repository.clone(),
+    }
+}
+
+/// `None` when the artifact exists; otherwise what was heard of it, if anything beyond "not there".
+async fn artifact_missing(inner: &Inner, artifact: &Artifact) -> Result<Option<Option<String>>, ReconcileError> {
+    match artifact {
+        Artifact::Image(image) => {
+            let repo = repository(image);
+            let aws = inner.aws.clone();
+            let found = inner
+                .images
+                .look(&repo, &image.tag, |tags| {
+                    let repo = repo.clone();
+                    async move { aws.images_present(&repo, &tags).await }
+                })
+                .await?;
+            Ok(match found {
+                Found::Present => None,
+                Found::Missing => Some(None),
+                Found::NoRepository => Some(Some(format!("ECR has no repository {}", image.repository))),
+            })
+        }
+        Artifact::Object { bucket, key } => Ok((!inner.aws.object_exists(bucket, key).await?).then_some(None)),
+    }
+}
+
+/// What a waiting environment records: `pending`, and what it waits for (the stack, if any, as it is).
+pub(super) async fn record_waiting(
+    inner: &Inner,
+    env: &EnvRecord,
+    stamps: &Stamps,
+    stack_id: Option<String>,
+) -> Result<(), ReconcileError> {
+    let what = stamps.now.waiting_for.clone().unwrap_or_default();
+    let o = Observed {
+        status: Status::Pending,
+        stack_id: stack_id.or(env.stack_id.clone()),
+        last_error: None,
+        ..env.observed()
+    };
+    let event = (env.status != Status::Pending).then(|| format!("waiting for {what}"));
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await?;
+    stamps.save(inner, env).await
+}
+
+/// The gate or the probe said no for good: `failed`, with why; the next push or a redeploy starts over.
+pub(super) async fn record_failed(
+    inner: &Inner,
+    env: &EnvRecord,
+    stamps: &mut Stamps,
+    why: String,
+) -> Result<Action, ReconcileError> {
+    stamps.done_waiting();
+    let o = Observed { status: Status::Failed, last_error: Some(why.clone()), ..env.observed() };
+    let event = (env.status != Status::Failed || env.last_error.as_deref() != Some(why.as_str())).then_some(why);
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Failed, m))).await?;
+    stamps.save(inner, env).await?;
+    Ok(Action::Done)
+}
+
+/// Gap between the two answers that make a URL ready, and between probes of a URL not answering yet.
+const PROBE_GAP: Duration = Duration::from_secs(1);
+const PROBE_AGAIN_MIN: Duration = Duration::from_secs(2);
+const PROBE_AGAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Asks the URL, twice in a row when it answers. `None`: it answered, go on to `ready`; otherwise what to
+/// do now (look again, or `failed` once `readiness.timeout` has passed).
+pub(super) async fn probe(
+    inner: &Inner,
+    env: &EnvRecord,
+    url: &str,
+    rules: &ProbeRules,
+    stamps: &mut Stamps,
+) -> Result<Option<Action>, ReconcileError> {
+    let target =
+        Target { url: rules.url.clone(), connect_to: rules.connect_to.clone(), ca_file: rules.ca_file.clone() };
+    let mut answer = inner.prober.probe(&target).await;
+    if answer.passed() {
+        stamps.reach("answered");
+        tokio::time::sleep(PROBE_GAP).await;
+        answer = inner.prober.probe(&target).await;
+        if answer.passed() {
+            stamps.done_waiting();
+            return Ok(None);
+        }
+    }
+    stamps.wait_for(format!("{} to answer", rules.url), Some(answer.describe()));
+    let since = stamps.now.waiting_since.unwrap_or_else(now_ms);
+    let waited = (now_ms() - since).max(0);
+    if waited >= rules.timeout.as_millis() as i64 {
+        let why = format!(
+            "{} did not answer within readiness.timeout ({}): last, {}",
+            rules.url,
+            humanize(rules.timeout.as_millis() as i64),
+            answer.describe()
+        );
+        return record_failed(inner, env, stamps, why).await.map(Some);
+    }
+    let o = Observed { status: Status::Provisioning, url: Some(url.to_owned()), ..env.observed() };
+    let event = (stamps.before_waiting_for() != stamps.now.waiting_for)
+        .then(|| format!("stack ready; waiting for {} to answer", rules.url));
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await?;
+    stamps.save(inner, env).await?;
+    let again = Duration::from_millis((waited / 4).max(0) as u64).clamp(PROBE_AGAIN_MIN, PROBE_AGAIN_MAX);
+    Ok(Some(Action::Requeue(again)))
+}
+
+impl Stamps {
+    fn before_waiting_for(&self) -> Option<String> {
+        self.before.as_ref().and_then(|t| t.waiting_for.clone())
+    }
+}
