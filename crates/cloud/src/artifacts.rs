@@ -12,6 +12,14 @@ use crate::{Aws, CloudError, CountRequests, classify};
 /// Tags asked about in one `BatchGetImage` at most (ECR's limit).
 pub const IMAGE_IDS_PER_CALL: usize = 100;
 
+/// Every manifest type a commit's image may have been pushed as (single- and multi-platform, Docker and OCI).
+const ACCEPTED_MEDIA_TYPES: [&str; 4] = [
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+];
+
 /// An ECR repository, as an image URI names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EcrRepository {
@@ -42,6 +50,9 @@ impl Aws {
                 .registry_id(&repo.registry_id)
                 .repository_name(&repo.name)
                 .set_image_ids(Some(ids))
+                // Without these, ECR answers a multi-platform image (or one with attestations) as a
+                // failure, not as found.
+                .set_accepted_media_types(Some(ACCEPTED_MEDIA_TYPES.map(str::to_owned).to_vec()))
                 .send()
                 .await
             {

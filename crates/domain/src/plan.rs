@@ -293,6 +293,22 @@ pub fn converge(stack: Option<&StackView>, attempts: i64, max_attempts: i64) -> 
     }
 }
 
+/// Whether a failed resource's reason will be the same however often the stack is created again: an image
+/// that is not there, a property or parameter AWS refuses, a permission the stack's role lacks. Such a
+/// stack waits for a new push or a redeploy instead of being deleted and created again.
+pub fn lasting_cause(reason: &str) -> bool {
+    const LASTING: [&str; 7] = [
+        "CannotPullContainerError",
+        "not found: manifest unknown",
+        "Invalid",
+        "ValidationError",
+        "not authorized",
+        "AccessDenied",
+        "Model validation failed",
+    ];
+    LASTING.iter().any(|l| reason.contains(l))
+}
+
 /// One step for a repository's application stack, which its environments share and import from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppStep {
@@ -348,6 +364,14 @@ mod tests {
 
     fn present() -> Desired {
         Desired::Present { sha: Some(sha('a')) }
+    }
+
+    #[test]
+    fn causes_that_will_not_change_are_told_from_passing_ones() {
+        assert!(lasting_cause("Service (AWS::ECS::Service) failed: CannotPullContainerError: pull image manifest"));
+        assert!(lasting_cause("TaskDefinition failed: Invalid request provided: cpu"));
+        assert!(!lasting_cause("Service failed: Rate exceeded"));
+        assert!(!lasting_cause("ListenerRule failed: Priority '7' is currently in use (PriorityInUse)"));
     }
 
     #[test]

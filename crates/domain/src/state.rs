@@ -119,8 +119,9 @@ impl Status {
     pub fn holds_resources(self, has_stack: bool) -> bool {
         match self {
             Status::Provisioning | Status::Ready | Status::Deleting => true,
-            Status::Failed => has_stack,
-            Status::Pending | Status::Deleted | Status::Skipped => false,
+            // Waiting for its commit's artifact with its stack up (or an earlier commit running).
+            Status::Failed | Status::Pending => has_stack,
+            Status::Deleted | Status::Skipped => false,
         }
     }
 
@@ -199,5 +200,6 @@ mod tests {
         let holding: Vec<_> = Status::ALL.into_iter().filter(|s| s.holds_resources(false)).collect();
         assert_eq!(holding, [Status::Provisioning, Status::Ready, Status::Deleting]);
         assert!(Status::Failed.holds_resources(true) && !Status::Failed.holds_resources(false));
+        assert!(Status::Pending.holds_resources(true) && !Status::Pending.holds_resources(false));
     }
 }

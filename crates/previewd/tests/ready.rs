@@ -204,3 +204,26 @@ async fn an_app_answering_503_is_not_ready_until_it_answers_and_one_that_never_d
     let why = env.last_error.expect("why");
     assert!(why.contains("readiness.timeout") && why.contains("503"), "{why}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_rolled_back_for_a_lasting_cause_names_it_and_waits_for_a_push() {
+    let mut t = TestEnv::start().await;
+    let stack = t.names("feature/no-image").stack_name;
+    let reason = "ECS Deployment Circuit Breaker was triggered: CannotPullContainerError: pull image manifest has \
+                  been retried 5 time(s): failed to resolve ref webapp:0000001: not found";
+    t.proxy.rollback_next_create_because(&stack, "Service", "AWS::ECS::Service", reason);
+    assert_eq!(t.push("feature/no-image", &sha(1)).await, 202);
+    let env = t.wait_for("feature/no-image", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.expect("why");
+    assert!(why.contains("Service (AWS::ECS::Service) failed") && why.contains("CannotPullContainerError"), "{why}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))),
+        (1, 0),
+        "not tried again"
+    );
+    // A new push tries once more: the stack is deleted and created again, and ends ready.
+    assert_eq!(t.push("feature/no-image", &sha(2)).await, 202);
+    t.ready("feature/no-image", &sha(2)).await;
+    assert_eq!((calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))), (2, 1));
+}

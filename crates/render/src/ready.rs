@@ -159,16 +159,29 @@ fn probe_rules(settings: &Settings, sha: &str, dns_name: &str) -> Result<ProbeRu
     let url = expand(settings, key, &pattern, sha, dns_name)?;
     // Settings fill in a path, never the host: a branch may set the health check path, and must not be
     // able to point previewd's probe at another host. The host is what the pattern says without them.
-    let host_of = |u: &str| url::Url::parse(u).ok().and_then(|u| u.host_str().map(str::to_owned));
+    let authority = |u: &str| {
+        let u = url::Url::parse(u).ok()?;
+        Some((u.host_str()?.to_owned(), u.port_or_known_default(), u.username().to_owned(), u.password().is_some()))
+    };
     let bare = expand_with(&pattern, sha, dns_name, |_| Some(String::new()));
     let parsed = url::Url::parse(&url).map_err(|e| invalid(settings, key, format!("{url:?} is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || host_of(&url).is_none() || host_of(&url) != host_of(&bare) {
+    let credentials = !parsed.username().is_empty() || parsed.password().is_some();
+    if !matches!(parsed.scheme(), "http" | "https")
+        || credentials
+        || authority(&url).is_none()
+        || authority(&url) != authority(&bare)
+    {
         return Err(invalid(
             settings,
             key,
-            format!("{url:?} must be an http(s) URL whose host the pattern itself names (settings fill in the path)"),
+            format!(
+                "{url:?} must be an http(s) URL without credentials whose host and port the pattern itself names \
+                 (settings fill in the path)"
+            ),
         ));
     }
+    // Normalised: control characters a setting brought are percent-encoded, never carried along.
+    let url = parsed.to_string();
     let connect_to = text(settings, "readiness.connect_to")?.filter(|t| !t.trim().is_empty());
     if let Some(c) = &connect_to
         && c.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
@@ -299,7 +312,7 @@ mod tests {
     #[test]
     fn a_branch_cannot_point_the_probe_at_another_host() {
         let spec = ArtifactSpec::Image("{service.image_repository}:{sha}".into());
-        for hostile in ["@evil.example/", ".evil.example/", ":443@evil.example/"] {
+        for hostile in ["@evil.example/", ".evil.example/", ":443@evil.example/", ":6379/"] {
             let s = settings(&format!("[service]\nhealth_check_path = {hostile:?}\n"));
             let err = rules(&s, Some(&spec), SHA, "a.preview.example.com").expect_err(hostile).to_string();
             assert!(err.contains("readiness.url"), "{hostile}: {err}");

@@ -111,9 +111,10 @@ pub async fn mark_due(conn: &mut AnyConnection, id: i64, lane: Lane, due_at: i64
     Ok(())
 }
 
-/// Makes due at `now`, in the webhook lane, every environment of `repo` that wants commit `sha` and is not
-/// being torn down (nor was torn down: deleting, deleted, or expired by the reaper), as [`mark_due`]
-/// does; how many. What the commit's checks say is the reconciler's to read.
+/// Makes due at `now`, in the webhook lane, every environment of `repo` that wants commit `sha`, waits for
+/// something of it (its timeline says what) and is not being torn down (nor was torn down: deleting,
+/// deleted, or expired by the reaper), as [`mark_due`] does; how many. What the commit's checks say is the
+/// reconciler's to read; a ready or failed environment is not woken by every check of its commit.
 pub async fn wake_commit(
     conn: &mut AnyConnection,
     repo: &RepoName,
@@ -123,7 +124,8 @@ pub async fn wake_commit(
     let lane = Lane::Webhook as i64;
     let woken = sqlx::query(&format!(
         "UPDATE environments SET {MARK_DUE} WHERE repo = $5 AND desired_present = 1 AND desired_sha = $6 \
-         AND status <> $7 AND status <> $8 AND expired_at IS NULL"
+         AND status <> $7 AND status <> $8 AND expired_at IS NULL \
+         AND id IN (SELECT env_id FROM timelines WHERE sha = $9 AND waiting_for IS NOT NULL)"
     ))
     .bind(lane)
     .bind(lane)
@@ -133,6 +135,7 @@ pub async fn wake_commit(
     .bind(sha.as_str())
     .bind(Status::Deleting.as_str())
     .bind(Status::Deleted.as_str())
+    .bind(sha.as_str())
     .execute(conn)
     .await
     .map_err(db("wake commit"))?;

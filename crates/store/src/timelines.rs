@@ -92,12 +92,15 @@ impl Store {
         row.map(|r| <(i64, Timeline)>::try_from(r).map(|(_, t)| t)).transpose()
     }
 
-    /// Every environment's timeline, by environment id: one query for a listing.
-    pub async fn timelines(&self) -> Result<HashMap<i64, Timeline>, StoreError> {
-        let rows: Vec<TimelineRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM timelines"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("read timelines"))?;
+    /// The timelines of the environments `ids` (a page of a listing), by environment id: one query.
+    pub async fn timelines(&self, ids: &[i64]) -> Result<HashMap<i64, Timeline>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT {COLUMNS} FROM timelines WHERE env_id IN ({})", marks.join(", "));
+        let query = ids.iter().fold(sqlx::query_as::<_, TimelineRow>(&sql), |q, id| q.bind(*id));
+        let rows = query.fetch_all(&self.pool).await.map_err(db("read timelines"))?;
         rows.into_iter().map(<(i64, Timeline)>::try_from).collect()
     }
 

@@ -181,7 +181,10 @@ pub(crate) async fn list_environments(State(state): State<AppState>, Query(query
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let listed = match state.store.list_page(&filter).await {
-        Ok(page) => state.store.timelines().await.map(|t| (page, t)),
+        Ok(page) => {
+            let ids: Vec<i64> = page.0.iter().map(|e| e.id).collect();
+            state.store.timelines(&ids).await.map(|t| (page, t))
+        }
         Err(e) => Err(e),
     };
     match listed {

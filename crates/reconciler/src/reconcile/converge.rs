@@ -56,11 +56,12 @@ pub(super) async fn converge(
     // environment's stack comes up with the blueprint's waiting layer (no task), alongside the build; one
     // that runs an earlier commit, or whose blueprint has no such layer, waits as it is.
     let mut stamps = ready::Stamps::load(inner, env, sha).await?;
-    let (settings, waiting) = match ready::gate(inner, env, sha, &rules, &mut stamps).await? {
+    let running = stack.is_some() && env.deployed_sha.is_some();
+    let (settings, waiting) = match ready::gate(inner, env, sha, &rules, &mut stamps, running).await? {
         ready::Gate::Open => (full, None),
         ready::Gate::Failed(why) => return ready::record_failed(inner, env, &mut stamps, why).await,
         ready::Gate::Waiting { delay } => match blueprint.waiting_settings(&env.branch, &repo.layers, own.as_ref())? {
-            Some(w) if env.deployed_sha.is_none() => (w, Some(delay)),
+            Some(w) if !running => (w, Some(delay)),
             _ => {
                 ready::record_waiting(inner, env, &stamps, stack.as_ref().map(|s| s.id.clone())).await?;
                 return Ok(Action::Requeue(delay));
@@ -134,13 +135,26 @@ pub(super) async fn converge(
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
+            let events = inner.aws.stack_events(&stack.id).await?;
+            let cause = observe::failure_cause(&stack.name, &events);
+            // A cause that trying again will not change (a missing image, an invalid property) waits for a
+            // new push or a redeploy (which make the environment `pending` again); only then is the stack
+            // deleted and created once more.
+            if let Some(cause) = cause.as_deref().filter(|c| plan::lasting_cause(c))
+                && env.status != Status::Pending
+            {
+                return Err(ReconcileError::NeedsHuman(format!(
+                    "stack {} could not be created: {cause}. Trying again will not help: push a fix, or redeploy",
+                    stack.name
+                )));
+            }
             let Some(_) = teardown::empty_buckets(inner, env, &stack, true).await? else {
                 return Ok(Action::Requeue(Duration::ZERO));
             };
             // A listener rule priority something else holds: the next free one, and this try not counted;
             // only when the priority taken is the environment's own (a template that does not use it
             // moves nothing, and counts). Asked once the buckets are empty, right before the delete.
-            let moved = match observe::priority_in_use(inner, &stack).await? {
+            let moved = match observe::priority_in_use(&events) {
                 Some(taken) if taken == priority => {
                     let max = i64::from(RULE_PRIORITY_MAX);
                     let next = inner.store.move_priority(env.id, &env.repo, priority, max).await?;
@@ -157,7 +171,7 @@ pub(super) async fn converge(
             let o = Observed { status: Status::Provisioning, attempts, ..env.observed() };
             let why = format!(
                 "create rolled back ({}); deleting to create again",
-                stack.reason.as_deref().unwrap_or("no reason given")
+                cause.or(stack.reason.clone()).as_deref().unwrap_or("no reason given")
             );
             inner.store.update_observed(env.fence(), &o, Some((EventKind::Rollback, &why))).await?;
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
@@ -258,8 +272,12 @@ fn endpoint<'a>(stack: &'a Stack, dns_name: &str) -> Result<(&'a String, String)
 async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps) -> Result<Action, ReconcileError> {
     let (env, stack) = (cx.env, cx.stack);
     let (endpoint, url) = endpoint(stack, &env.dns_name)?;
-    let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
-    inner.aws.upsert_dns(&inner.zone_id(cx.repo).await?, &env.dns_name, endpoint, &marker).await?;
+    // Pointed already for this commit while its URL is probed: Route53 is not asked again at every probe.
+    let probing = stamps.now.waiting_for.as_deref().is_some_and(|w| w.ends_with(" to answer"));
+    if !(probing && env.url.as_deref() == Some(url.as_str())) {
+        let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
+        inner.aws.upsert_dns(&inner.zone_id(cx.repo).await?, &env.dns_name, endpoint, &marker).await?;
+    }
     if env.seed_pending {
         if env.seed_step == 0 && env.seed_log.is_empty() && env.seed_task.is_none() {
             let o = Observed { status: Status::Provisioning, url: Some(url.clone()), ..env.observed() };

@@ -1,7 +1,7 @@
 //! Observing: what AWS shows of the stack and what GitHub says of the branch (and, for a render, the
 //! branch's own settings file). Nothing here writes to the store.
 
-use previewd_cloud::Stack;
+use previewd_cloud::{Stack, StackEvent};
 use previewd_domain::plan::GitHubAnswer;
 use previewd_domain::{CommitSha, Desired, Status};
 use previewd_github::BranchHead;
@@ -66,14 +66,32 @@ pub(super) async fn ask_github(inner: &Inner, env: &EnvRecord) -> Result<GitHubA
 
 /// The priority a listener rule could not take (`Priority 'N' is currently in use … PriorityInUse`), if that
 /// is why the stack rolled back: the stack's own reason names only the resource, its events the cause.
-pub(super) async fn priority_in_use(inner: &Inner, stack: &Stack) -> Result<Option<i64>, ReconcileError> {
-    let events = inner.aws.stack_events(&stack.id).await?;
-    Ok(events
-        .into_iter()
+pub(super) fn priority_in_use(events: &[StackEvent]) -> Option<i64> {
+    events
+        .iter()
         .filter(|e| e.status.ends_with("_FAILED") && e.resource_type == "AWS::ElasticLoadBalancingV2::ListenerRule")
-        .filter_map(|e| e.reason)
+        .filter_map(|e| e.reason.as_deref())
         .filter(|r| r.contains("PriorityInUse"))
-        .find_map(|r| r.split('\'').nth(1)?.parse().ok()))
+        .find_map(|r| r.split('\'').nth(1)?.parse().ok())
+}
+
+/// What made the stack's last operation fail: its first failed resource and that resource's reason, from
+/// the stack's events (newest first) since the operation began. Resources CloudFormation cancelled
+/// because another failed are not the cause.
+pub(super) fn failure_cause(stack_name: &str, events: &[StackEvent]) -> Option<String> {
+    let began = events
+        .iter()
+        .position(|e| {
+            e.logical_id == stack_name && matches!(e.status.as_str(), "CREATE_IN_PROGRESS" | "UPDATE_IN_PROGRESS")
+        })
+        .unwrap_or(events.len());
+    let first = events[..began]
+        .iter()
+        .rev()
+        .filter(|e| e.logical_id != stack_name && e.status.ends_with("_FAILED"))
+        .find(|e| !e.reason.as_deref().is_some_and(|r| r.contains("cancelled")))?;
+    let reason = first.reason.as_deref().unwrap_or("no reason given");
+    Some(format!("{} ({}) failed: {reason}", first.logical_id, first.resource_type))
 }
 
 /// Reads the branch's own settings file at `sha`: absent means no overrides.
@@ -98,4 +116,41 @@ pub(super) async fn branch_layer(
     let Some(text) = text else { return Ok(None) };
     let source = format!("{BRANCH_SETTINGS_FILE} at {}", sha.short());
     Ok(Some(Layer::parse(LayerKind::Branch, source, &text)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(logical_id: &str, status: &str, reason: Option<&str>) -> StackEvent {
+        StackEvent {
+            id: String::new(),
+            timestamp: String::new(),
+            logical_id: logical_id.to_owned(),
+            resource_type: if logical_id == "s" { "AWS::CloudFormation::Stack" } else { "AWS::ECS::Service" }
+                .to_owned(),
+            status: status.to_owned(),
+            reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_cause_is_the_first_failed_resource_of_the_last_operation() {
+        // Newest first, as CloudFormation lists them.
+        let events = [
+            event("s", "ROLLBACK_COMPLETE", None),
+            event("Bucket", "CREATE_FAILED", Some("Resource creation cancelled")),
+            event("s", "ROLLBACK_IN_PROGRESS", Some("The following resource(s) failed to create: [Service]")),
+            event("Service", "CREATE_FAILED", Some("CannotPullContainerError: pull image manifest has been retried")),
+            event("Service", "CREATE_IN_PROGRESS", None),
+            event("s", "CREATE_IN_PROGRESS", Some("User Initiated")),
+            event("Old", "CREATE_FAILED", Some("an earlier operation")),
+        ];
+        let cause = failure_cause("s", &events).expect("a cause");
+        assert_eq!(
+            cause,
+            "Service (AWS::ECS::Service) failed: CannotPullContainerError: pull image manifest has been retried"
+        );
+        assert_eq!(failure_cause("s", &events[..1]), None);
+    }
 }

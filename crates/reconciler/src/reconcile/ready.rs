@@ -19,17 +19,24 @@ use crate::probe::Target;
 pub(super) struct Stamps {
     pub(super) now: Timeline,
     before: Option<Timeline>,
+    /// Phases are counted in `previewd_phase_seconds` (not for a commit that ran before previewd kept
+    /// timelines: its push may be weeks old).
+    measured: bool,
 }
 
 impl Stamps {
-    /// The environment's timeline for `sha`: the stored one, or a fresh one when the commit changed.
+    /// The environment's timeline for `sha`: the stored one, or a fresh one when the commit changed or
+    /// came again (a push of the same commit, a redeploy: the wait starts over). The push is the latest
+    /// word of the commit: a webhook's, or the desired state's change (a missed push found by a listing).
     pub(super) async fn load(inner: &Inner, env: &EnvRecord, sha: &CommitSha) -> Result<Self, ReconcileError> {
         let before = inner.store.timeline(env.id).await?;
+        let pushed = env.pushed_at.unwrap_or(0).max(env.desired_at);
         let now = match &before {
-            Some(t) if t.sha == *sha => t.clone(),
-            _ => Timeline::new(sha.clone(), env.pushed_at),
+            Some(t) if t.sha == *sha && t.pushed_at.unwrap_or(0) >= pushed => t.clone(),
+            _ => Timeline::new(sha.clone(), Some(pushed)),
         };
-        Ok(Self { now, before })
+        let settled = before.is_none() && env.status == Status::Ready && env.deployed_sha.as_ref() == Some(sha);
+        Ok(Self { now, before, measured: !settled })
     }
 
     /// Stamps `phase` now, once, and counts it in `previewd_phase_seconds`.
@@ -46,7 +53,7 @@ impl Stamps {
         }
         let at = now_ms();
         *slot = Some(at);
-        if let Some(pushed) = t.pushed_at {
+        if let Some(pushed) = t.pushed_at.filter(|_| self.measured) {
             let seconds = (at - pushed).max(0) as f64 / 1000.0;
             let label = previewd_metrics::PhaseLabel { phase };
             previewd_metrics::METRICS.phase_seconds.get_or_create(&label).observe(seconds);
@@ -95,10 +102,11 @@ pub(super) async fn gate(
     sha: &CommitSha,
     rules: &Rules,
     stamps: &mut Stamps,
+    running: bool,
 ) -> Result<Gate, ReconcileError> {
-    // Found once for this commit, or running already (an image expired from ECR since is no reason to
-    // stop what runs).
-    if stamps.now.artifact_at.is_some() || env.deployed_sha.as_ref() == Some(sha) {
+    // Found once for this commit, or running already with a stack (an image expired from ECR since is no
+    // reason to stop what runs).
+    if stamps.now.artifact_at.is_some() || (running && env.deployed_sha.as_ref() == Some(sha)) {
         return Ok(Gate::Open);
     }
     let waiting = match checks(inner, env, sha, &rules.checks).await? {
@@ -123,9 +131,8 @@ pub(super) async fn gate(
     if waited >= rules.artifact_timeout {
         let last = stamps.now.last_answer.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
         return Ok(Gate::Failed(format!(
-            "waited {} for {what}{last}, past artifact.timeout ({}): did CI build and publish it for {}? \
+            "{what} was not there within artifact.timeout ({}){last}: did CI build and publish it for {}? \
              A new push or a redeploy starts over",
-            humanize(waited.as_millis() as i64),
             humanize(rules.artifact_timeout.as_millis() as i64),
             sha.short()
         )));
@@ -155,7 +162,13 @@ async fn checks(
                 CheckState::Failed { conclusion } => conclusion.as_str(),
                 _ => "failed",
             };
-            let link = check.url.as_deref().map(|u| format!(" ({u})")).unwrap_or_default();
+            // Whoever posted a status chose its link: only a web address, quoted and bounded.
+            let link = check
+                .url
+                .as_deref()
+                .filter(|u| (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 500)
+                .map(|u| format!(" ({})", previewd_domain::text::quote(u)))
+                .unwrap_or_default();
             Err(format!(
                 "the check {} concluded {conclusion} on {}{link}: nothing was run; push a fix, or re-run the \
                  check and redeploy",
@@ -209,13 +222,15 @@ pub(super) async fn record_waiting(
     stack_id: Option<String>,
 ) -> Result<(), ReconcileError> {
     let what = stamps.now.waiting_for.clone().unwrap_or_default();
+    // As it is now: an admission this step made may have changed it since the claim read it.
+    let env = &inner.store.get(env.id).await?.unwrap_or_else(|| env.clone());
     let o = Observed {
         status: Status::Pending,
         stack_id: stack_id.or(env.stack_id.clone()),
         last_error: None,
         ..env.observed()
     };
-    let event = (env.status != Status::Pending).then(|| format!("waiting for {what}"));
+    let event = (stamps.before_waiting_for() != stamps.now.waiting_for).then(|| format!("waiting for {what}"));
     record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await?;
     stamps.save(inner, env).await
 }
@@ -252,6 +267,10 @@ pub(super) async fn probe(
     let target =
         Target { url: rules.url.clone(), connect_to: rules.connect_to.clone(), ca_file: rules.ca_file.clone() };
     let mut answer = inner.prober.probe(&target).await;
+    if let crate::probe::Answer::Invalid(why) = &answer {
+        let why = format!("the readiness probe of {} cannot be made: {why}", rules.url);
+        return record_failed(inner, env, stamps, why).await.map(Some);
+    }
     if answer.passed() {
         stamps.reach("answered");
         tokio::time::sleep(PROBE_GAP).await;
