@@ -520,13 +520,22 @@ async fn a_commits_checks_wake_the_environments_waiting_at_it(store: Store) {
         let c = DesiredChange { repo, branch, names, ..change("waiting", present('a')) };
         store.record_desired(&c).await.expect("record")
     };
+    // Each waits for something of its commit, but one: ready at it, it waits for nothing.
+    let settled = store.record_desired(&change("settled", present('a'))).await.expect("record");
+    for (id, commit) in
+        [(waiting, 'a'), (queued, 'a'), (other_commit, 'b'), (deleting, 'a'), (elsewhere, 'a'), (settled, 'a')]
+    {
+        let mut t = previewd_store::Timeline::new(sha(commit), Some(now_ms()));
+        t.waiting_for = (id != settled).then(|| "the image".to_owned());
+        store.record_timeline(Fence::unleased(id), &t).await.expect("timeline");
+    }
     let repo = RepoName::new("Acme/Shop").expect("repo");
     assert_eq!(store.wake_commit(&repo, &sha('a')).await.expect("wake"), 2);
     let webhook = Lane::Webhook as i64;
     assert_eq!(store.due_state(waiting).await.expect("due"), Some((webhook, 1)));
     assert_eq!(store.due_state(queued).await.expect("due"), Some((webhook, 2)), "brought into the webhook lane");
     assert!(store.next_due().await.expect("next").is_some_and(|at| at <= now_ms()), "due now, not in ten minutes");
-    for id in [other_commit, gone, deleting, elsewhere] {
+    for id in [other_commit, gone, deleting, elsewhere, settled] {
         assert_eq!(store.due_state(id).await.expect("due"), None, "environment {id} was woken");
     }
     // Through a delivery: once per delivery id, in the delivery's transaction.
