@@ -44,10 +44,16 @@ async fn env_at(store: &Store, branch: &str, sha: &str) -> i64 {
     let (owner, repo) = (OwnerId::new("t").expect("owner"), RepoName::new("acme/shop").expect("repo"));
     let branch = BranchName::new(branch).expect("branch");
     let names = EnvNames::new(&owner, &repo, &branch, &DnsZone::new("p.example.com").expect("zone"));
-    let desired = Desired::Present { sha: Some(CommitSha::new(sha).expect("sha")) };
+    let commit = CommitSha::new(sha).expect("sha");
+    let desired = Desired::Present { sha: Some(commit.clone()) };
     let change =
         DesiredChange { repo, repo_display: None, branch, names, fallback: None, desired, reason: "test".into() };
-    store.record_desired(&change).await.expect("record")
+    let id = store.record_desired(&change).await.expect("record");
+    // The reconciler has seen it wait for its commit's image.
+    let mut t = previewd_store::Timeline::new(commit, None);
+    t.waiting_for = Some("the image".into());
+    store.record_timeline(previewd_store::Fence::unleased(id), &t).await.expect("timeline");
+    id
 }
 
 /// GitHub's example payload `name` (`tests/fixtures/github`), for `acme/shop` at commit `sha`.
