@@ -60,7 +60,14 @@ impl Aws {
                 Err(e) if e.code() == Some("RepositoryNotFoundException") => return Ok(None),
                 Err(e) => return Err(classify("BatchGetImage", e)),
             };
-            present.extend(out.images().iter().filter_map(|i| i.image_id()?.image_tag().map(str::to_owned)));
+            // A missing image is a failure naming its tag beside the found ones; an image found under
+            // several tags may be answered once, under any of them, so what was asked and not failed is
+            // what is there.
+            let failed: HashSet<&str> = out.failures().iter().filter_map(|f| f.image_id()?.image_tag()).collect();
+            let unnamed_failure = out.failures().iter().any(|f| f.image_id().and_then(|i| i.image_tag()).is_none());
+            if !unnamed_failure {
+                present.extend(chunk.iter().filter(|t| !failed.contains(t.as_str())).cloned());
+            }
         }
         Ok(Some(present))
     }

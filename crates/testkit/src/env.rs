@@ -1,6 +1,7 @@
 //! A whole previewd for one test: moto behind the fault proxy, a fake GitHub Enterprise, a fresh SQLite
 //! database, the real router and reconciler on a free port. Waits are on conditions, with a deadline.
 
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -331,7 +332,11 @@ impl TestEnv {
         ecr.put_image()
             .repository_name(repository)
             .image_tag(tag)
-            .image_manifest(IMAGE_MANIFEST)
+            // Each build its own image: the manifest names a config of its own.
+            .image_manifest(IMAGE_MANIFEST.replace(
+                "b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7",
+                &format!("{:x}", Sha256::digest(tag.as_bytes())),
+            ))
             .send()
             .await
             .expect("put image");
@@ -442,7 +447,7 @@ fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::pat
         ("top", format!("listen = \"127.0.0.1:0\"\nstacks_dir = \"{}\"\n{top}", stacks.display())),
         ("github_api", github.api_url()),
         ("github", format!("timeout = \"2s\"\nwrite_gap = \"0s\"\n{github_keys}")),
-        ("reconciler", format!("{TEST_RECONCILER}{reconciler}")),
+        ("reconciler", format!("{}{reconciler}", without_keys(TEST_RECONCILER, reconciler))),
         ("repo", REPO.to_owned()),
         ("vpc_id", seeded.vpc_id.clone()),
         ("subnet_ids", subnets.join(", ")),
@@ -454,6 +459,13 @@ fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::pat
 }
 
 /// Tests wait little: short polls, retries and leases.
+/// `table`'s lines but those setting a key `more` sets: `more` wins (a benchmark's production tuning).
+fn without_keys(table: &str, more: &str) -> String {
+    let key = |line: &str| line.split_once('=').map(|(k, _)| k.trim().to_owned());
+    let set: Vec<String> = more.lines().filter_map(key).collect();
+    table.lines().filter(|l| key(l).is_none_or(|k| !set.contains(&k))).map(|l| format!("{l}\n")).collect()
+}
+
 const TEST_RECONCILER: &str = r#"workers = 4
 poll_min = "50ms"
 poll_max = "250ms"

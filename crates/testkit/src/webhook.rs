@@ -73,6 +73,16 @@ pub fn check_run(repo: &str, sha: &str, name: &str, conclusion: &str) -> Value {
     v
 }
 
+/// A `workflow_run` event: a workflow run on commit `sha` `completed` with `conclusion` (from GitHub's
+/// example payload), as CI's build ending says.
+pub fn workflow_run(repo: &str, sha: &str, conclusion: &str) -> Value {
+    let mut v = fixture("workflow_run");
+    set_repo(&mut v, repo);
+    v["workflow_run"]["head_sha"] = Value::from(sha);
+    v["workflow_run"]["conclusion"] = Value::from(conclusion);
+    v
+}
+
 /// A `status` event: commit status `context` of commit `sha` set to `state` (from GitHub's example payload).
 pub fn status(repo: &str, sha: &str, context: &str, state: &str) -> Value {
     let mut v = fixture("status");
