@@ -148,7 +148,17 @@ pub fn explain(config: &Config, args: &ExplainArgs, out: &mut String) -> anyhow:
     let r = resolve(config, t)?;
     let settings = environment_settings(config, t, &r, t.stage)?;
     match args.diff {
-        None => explain_all(&settings, args.format, out),
+        None => {
+            explain_all(&settings, args.format, out);
+            // The blueprint's waiting layer, as its own rows after the rest: what the environment runs with
+            // while its commit's artifact is missing (text only: the JSON keeps one row per key).
+            if args.format != Format::Json && t.stage == Stage::Staging {
+                let repo = config.repo(&t.repo)?;
+                if let Some(waiting) = r.blueprint.waiting_settings(&t.branch, &repo.layers, r.own.as_ref())? {
+                    explain_waiting(&settings, &waiting, out);
+                }
+            }
+        }
         Some(base) => {
             let base_settings = environment_settings(config, t, &r, base)?;
             explain_diff(t, base, &base_settings, &settings, args.format, out);
@@ -181,6 +191,19 @@ fn explain_all(settings: &Settings, format: Format, out: &mut String) {
     let val_w = settings.iter().map(|(_, s)| value_text(s).chars().count()).max().unwrap_or(5).clamp(5, 40);
     let _ = writeln!(out, "{:key_w$}  {:val_w$}  LAYER (SOURCE)", "KEY", "VALUE");
     for (key, s) in settings.iter() {
+        let _ = writeln!(out, "{key:key_w$}  {:val_w$}  {} ({})", value_text(s), s.origin.kind, s.origin.source);
+    }
+}
+
+fn explain_waiting(settings: &Settings, waiting: &Settings, out: &mut String) {
+    let rows: Vec<(&str, &Setting)> = waiting
+        .iter()
+        .filter(|(_, s)| s.origin.kind == previewd_render::LayerKind::Waiting)
+        .filter(|(k, s)| settings.get(k).is_none_or(|b| b.value != s.value))
+        .collect();
+    let key_w = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(3).max(3);
+    let val_w = settings.iter().map(|(_, s)| value_text(s).chars().count()).max().unwrap_or(5).clamp(5, 40);
+    for (key, s) in rows {
         let _ = writeln!(out, "{key:key_w$}  {:val_w$}  {} ({})", value_text(s), s.origin.kind, s.origin.source);
     }
 }

@@ -73,6 +73,9 @@ fn explain_names_the_layer_of_every_value() {
     assert!(line(&out, "app.log_level").contains("blueprint defaults"));
     // Every row has a layer.
     assert!(out.lines().skip(1).all(|l| l.contains(" (") && l.trim_end().ends_with(')')), "{out}");
+    // The waiting layer is its own row: no task while the commit's image is missing.
+    let waiting = out.lines().find(|l| l.contains("while the artifact is missing")).expect("the waiting layer");
+    assert!(waiting.starts_with("service.desired_count") && waiting.contains("waiting.toml"), "{out}");
 
     let json: serde_json::Value = serde_json::from_str(&ok(&env.run(&[
         "explain",
