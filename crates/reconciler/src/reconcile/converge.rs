@@ -318,8 +318,9 @@ async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps)
             previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
         }
     }
-    record(inner, env, o, event.as_deref().map(|m| (EventKind::Ready, m))).await?;
+    // The timeline first: whoever reads `ready` finds its phases there too.
     stamps.save(inner, env).await?;
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Ready, m))).await?;
     Ok(Action::Done)
 }
 
