@@ -39,7 +39,8 @@ pub struct Target {
     pub ca_file: Option<PathBuf>,
 }
 
-/// What the URL answered, or why it answered nothing.
+/// What the URL answered, or why it answered nothing. Texts in the variants are as heard (a resolver's, a
+/// TLS library's message); [`Answer::describe`] makes them safe to show, once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// A 2xx, or a 3xx to a place on the URL's own host.
@@ -123,6 +124,9 @@ pub struct Prober {
 
 type ClientKey = (Option<SocketAddr>, Option<PathBuf>);
 
+/// Clients kept at most; the cache starts over when full.
+const CLIENTS_MAX: usize = 64;
+
 impl Prober {
     pub fn new(max_concurrent: usize) -> Self {
         Self { clients: Mutex::new(HashMap::new()), permits: Semaphore::new(max_concurrent.max(1)) }
@@ -159,8 +163,13 @@ impl Prober {
             None => Vec::new(),
         };
         let client = build_client(pinned, roots)
-            .map_err(|e| Answer::Invalid(text::quote(&format!("cannot build an HTTP client: {}", deepest(&e)))))?;
-        self.clients().insert(key, client.clone());
+            .map_err(|e| Answer::Invalid(format!("cannot build an HTTP client: {}", deepest(&e))))?;
+        let mut clients = self.clients();
+        // Bounded: a `connect_to` name whose addresses rotate makes a client per address.
+        if clients.len() >= CLIENTS_MAX {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
         Ok(client)
     }
 
@@ -184,7 +193,7 @@ async fn pin(connect_to: &str, url: &Url) -> Result<SocketAddr, Answer> {
     if url.domain().is_none() {
         return Err(Answer::Invalid("connect_to needs a URL with a host name, not an IP address".into()));
     }
-    let shown = text::quote(connect_to);
+    let shown = connect_to;
     let found = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(connect_to))
         .await
         .map_err(|_| Answer::TimedOut)?;
@@ -193,13 +202,13 @@ async fn pin(connect_to: &str, url: &Url) -> Result<SocketAddr, Answer> {
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
             Err(Answer::Invalid(format!("connect_to {shown} is not HOST:PORT")))
         }
-        Err(e) => Err(Answer::NoName(text::quote(&format!("{connect_to}: {e}")))),
+        Err(e) => Err(Answer::NoName(format!("{connect_to}: {e}"))),
     }
 }
 
 /// The certificates of a PEM file. Read with blocking I/O: it happens once per client, for a few KB.
 fn read_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, Answer> {
-    let shown = text::quote(&path.display().to_string());
+    let shown = path.display();
     let pem = std::fs::read(path).map_err(|e| Answer::Invalid(format!("cannot read the CA file {shown}: {e}")))?;
     let roots = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|_| Answer::Invalid(format!("the CA file {shown} is not a PEM bundle")))?;
@@ -262,7 +271,7 @@ fn shown(target: &Url) -> String {
     t.set_fragment(None);
     let _ = t.set_username("");
     let _ = t.set_password(None);
-    text::quote(t.as_str())
+    t.to_string()
 }
 
 /// Why a request got no response, from the first cause in its chain that says.
@@ -271,20 +280,20 @@ fn classify(error: &reqwest::Error) -> Answer {
         return Answer::TimedOut;
     }
     if error.is_builder() {
-        return Answer::Invalid(text::quote(&format!("cannot build the request: {}", deepest(error))));
+        return Answer::Invalid(format!("cannot build the request: {}", deepest(error)));
     }
     for link in chain(error) {
         if let Some(e) = link.downcast_ref::<NoSuchName>() {
-            return Answer::NoName(text::quote(&e.0));
+            return Answer::NoName(e.0.clone());
         }
         if let Some(e) = link.downcast_ref::<rustls::Error>() {
-            return Answer::Tls(text::quote(&e.to_string()));
+            return Answer::Tls(e.to_string());
         }
         if let Some(e) = link.downcast_ref::<io::Error>().filter(|e| is_refusal(e.kind())) {
-            return Answer::Refused(text::quote(&e.to_string()));
+            return Answer::Refused(e.to_string());
         }
     }
-    Answer::Refused(text::quote(&deepest(error)))
+    Answer::Refused(deepest(error))
 }
 
 fn is_refusal(kind: io::ErrorKind) -> bool {
