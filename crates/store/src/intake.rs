@@ -53,7 +53,7 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         let now = self.now();
         let (_turn, mut tx) = self.begin_write().await?;
-        if !insert_delivery(&mut tx, delivery_id, event, now).await? {
+        if !insert_delivery(&mut tx, delivery_id, event, DeliveryOutcome::Recorded, now).await? {
             tx.rollback().await.map_err(db("rollback"))?;
             return Ok(Recorded::Duplicate);
         }
@@ -83,7 +83,7 @@ impl Store {
     ) -> Result<Option<u64>, StoreError> {
         let now = self.now();
         let (_turn, mut tx) = self.begin_write().await?;
-        if !insert_delivery(&mut tx, delivery_id, event, now).await? {
+        if !insert_delivery(&mut tx, delivery_id, event, DeliveryOutcome::Recorded, now).await? {
             tx.rollback().await.map_err(db("rollback"))?;
             return Ok(None);
         }
@@ -118,15 +118,21 @@ impl Store {
     }
 }
 
-/// Records a delivery that asks for something (outcome `recorded`); `false` when its id was seen before.
-async fn insert_delivery(tx: &mut AnyConnection, delivery_id: &str, event: &str, now: i64) -> Result<bool, StoreError> {
+/// Records a delivery with its outcome; `false` when its id was seen before.
+async fn insert_delivery(
+    tx: &mut AnyConnection,
+    delivery_id: &str,
+    event: &str,
+    outcome: DeliveryOutcome,
+    now: i64,
+) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO deliveries (id, event, received_at, outcome) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
     )
     .bind(delivery_id)
     .bind(event)
     .bind(now)
-    .bind(DeliveryOutcome::Recorded.as_str())
+    .bind(outcome.as_str())
     .execute(&mut *tx)
     .await
     .map_err(db("record delivery"))?;
@@ -281,17 +287,7 @@ async fn record_delivery(
     backend: Backend,
 ) -> Result<Recorded, StoreError> {
     let outcome = if change.is_some() { DeliveryOutcome::Recorded } else { DeliveryOutcome::Ignored };
-    let inserted = sqlx::query(
-        "INSERT INTO deliveries (id, event, received_at, outcome) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(delivery_id)
-    .bind(event)
-    .bind(now)
-    .bind(outcome.as_str())
-    .execute(&mut *tx)
-    .await
-    .map_err(db("record delivery"))?;
-    if inserted.rows_affected() == 0 {
+    if !insert_delivery(tx, delivery_id, event, outcome, now).await? {
         return Ok(Recorded::Duplicate);
     }
     let env_id = match change {
