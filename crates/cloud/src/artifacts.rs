@@ -7,10 +7,12 @@ use std::collections::HashSet;
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_ecr::types::ImageIdentifier;
 
+use previewd_domain::EcrRepository;
+
 use crate::{Aws, CloudError, CountRequests, classify};
 
 /// Tags asked about in one `BatchGetImage` at most (ECR's limit).
-pub const IMAGE_IDS_PER_CALL: usize = 100;
+const IMAGE_IDS_PER_CALL: usize = 100;
 
 /// Every manifest type a commit's image may have been pushed as (single- and multi-platform, Docker and OCI).
 const ACCEPTED_MEDIA_TYPES: [&str; 4] = [
@@ -20,14 +22,6 @@ const ACCEPTED_MEDIA_TYPES: [&str; 4] = [
     "application/vnd.oci.image.index.v1+json",
 ];
 
-/// An ECR repository, as an image URI names it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EcrRepository {
-    pub registry_id: String,
-    pub region: String,
-    pub name: String,
-}
-
 impl Aws {
     /// The tags among `tags` whose image the repository holds; `None` if ECR has no such repository.
     /// One call per [`IMAGE_IDS_PER_CALL`] tags, in the region the repository is in.
@@ -36,12 +30,18 @@ impl Aws {
         repo: &EcrRepository,
         tags: &[String],
     ) -> Result<Option<HashSet<String>>, CloudError> {
-        let ecr = aws_sdk_ecr::Client::from_conf(
-            aws_sdk_ecr::config::Builder::from(&self.config)
-                .region(aws_sdk_ecr::config::Region::new(repo.region.clone()))
-                .interceptor(CountRequests)
-                .build(),
-        );
+        let elsewhere;
+        let ecr = if repo.region == self.region {
+            &self.ecr
+        } else {
+            elsewhere = aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(&self.config)
+                    .region(aws_sdk_ecr::config::Region::new(repo.region.clone()))
+                    .interceptor(CountRequests)
+                    .build(),
+            );
+            &elsewhere
+        };
         let mut present = HashSet::new();
         for chunk in tags.chunks(IMAGE_IDS_PER_CALL) {
             let ids = chunk.iter().map(|t| ImageIdentifier::builder().image_tag(t).build()).collect();

@@ -22,7 +22,6 @@ use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, S
 use aws_sdk_cloudformation::types::{Capability, Tag};
 use previewd_domain::{EMPTY_ON_DELETE_MARK, EMPTY_ON_DELETE_OUTPUT};
 
-pub use artifacts::{EcrRepository, IMAGE_IDS_PER_CALL};
 pub use dns::{DnsChange, DnsRecord, MISMATCHED_CHANGE_CODES, MarkedName, OwnershipMarker};
 pub use s3::{EMPTY_STEP_BATCHES, EmptyReport};
 pub use seed::{TaskRequest, TaskState};
@@ -195,7 +194,9 @@ pub struct Aws {
     pub(crate) route53: aws_sdk_route53::Client,
     pub(crate) secrets: aws_sdk_secretsmanager::Client,
     pub(crate) ecs: aws_sdk_ecs::Client,
-    /// The configuration every client was built from: ECR is asked in the region an image names.
+    /// ECR in this configuration's region; another region's is built when an image names it.
+    pub(crate) ecr: aws_sdk_ecr::Client,
+    /// The configuration every client was built from.
     pub(crate) config: aws_config::SdkConfig,
     region: String,
 }
@@ -229,6 +230,9 @@ impl Aws {
             ),
             ecs: aws_sdk_ecs::Client::from_conf(
                 aws_sdk_ecs::config::Builder::from(config).interceptor(CountRequests).build(),
+            ),
+            ecr: aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(config).interceptor(CountRequests).build(),
             ),
             region: config.region().map_or_else(|| "us-east-1".to_owned(), |r| r.to_string()),
             config: config.clone(),
@@ -322,13 +326,6 @@ impl Aws {
             .filter(|r| r.resource_status().is_none_or(|s| s.as_str() != "DELETE_COMPLETE"))
             .filter_map(|r| Some((r.logical_resource_id()?.to_owned(), r.physical_resource_id()?.to_owned())))
             .collect())
-    }
-
-    /// The stack's template as CloudFormation holds it.
-    pub async fn stack_template(&self, name_or_id: &str) -> Result<String, CloudError> {
-        let out =
-            self.cfn.get_template().stack_name(name_or_id).send().await.map_err(|e| classify("GetTemplate", e))?;
-        Ok(out.template_body().unwrap_or_default().to_owned())
     }
 
     /// The buckets CloudFormation deletes with `stack` (DeletionPolicy `Delete`, its default), which must

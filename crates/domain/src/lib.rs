@@ -1,6 +1,7 @@
 //! previewd's domain: validated newtypes for what GitHub tells us, the names derived from them for AWS and
 //! DNS, and (with the reconciler) the desired and observed state of an environment. No I/O lives here.
 
+mod ecr;
 pub mod kinds;
 mod names;
 pub mod plan;
@@ -9,6 +10,7 @@ mod state;
 pub mod tags;
 pub mod text;
 
+pub use ecr::EcrRepository;
 pub use kinds::{DeliveryOutcome, DeploymentState, EventKind, PassOutcome, StepOutcome};
 pub use names::{
     BUCKET_PREFIX_MAX, BranchName, CommitSha, DNS_LABEL_MAX, DNS_NAME_MAX, DnsZone, EnvKey, EnvNames, NameError,

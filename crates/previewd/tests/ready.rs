@@ -37,7 +37,7 @@ async fn waiting_for(t: &TestEnv, branch: &str) -> String {
 
 /// The ECS service's desired task count in the stack's template, if it has a stack.
 async fn desired_count(t: &TestEnv, stack: &str) -> Option<i64> {
-    let body = t.direct_aws().await.stack_template(stack).await.ok()?;
+    let body = t.stack_template(stack).await?;
     let template: serde_json::Value = serde_json::from_str(&body).expect("JSON template");
     template["Resources"]["Service"]["Properties"]["DesiredCount"].as_i64()
 }
@@ -191,8 +191,17 @@ async fn an_app_answering_503_is_not_ready_until_it_answers_and_one_that_never_d
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(answer.contains("503"), "{answer}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Asked three times more, all 503: still not ready, and probing asks Route53 nothing.
+    let route53 = || calls(&t, "ChangeResourceRecordSets", None) + calls(&t, "ListResourceRecordSets", None);
+    let (asked, dns) = (app.requests(), route53());
+    let probed = async {
+        while app.requests() < asked + 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), probed).await.expect("probed three times more");
     assert_eq!(t.env("feature/slow-app").await.expect("env").status, Status::Provisioning, "not ready on a 503");
+    assert_eq!(route53(), dns, "the name was pointed once, not at every probe");
     app.set_status(200);
     let env = t.ready("feature/slow-app", &sha(1)).await;
     assert!(timeline(&t, env.id).await.answered_at.is_some());
@@ -216,7 +225,6 @@ async fn a_create_rolled_back_for_a_lasting_cause_names_it_and_waits_for_a_push(
     let env = t.wait_for("feature/no-image", "failed", |e| e.status == Status::Failed).await;
     let why = env.last_error.expect("why");
     assert!(why.contains("Service (AWS::ECS::Service) failed") && why.contains("CannotPullContainerError"), "{why}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         (calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))),
         (1, 0),

@@ -9,11 +9,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use previewd_cloud::{CloudError, EcrRepository};
+use previewd_cloud::CloudError;
+use previewd_domain::EcrRepository;
 
 /// An answer younger than this is read instead of asking again.
 const FRESH: Duration = Duration::from_millis(1_500);
-/// A tag nobody asked about for this long is no longer looked for.
+/// A tag nobody asked about for this long is no longer looked for (its environment went away).
 const FORGET: Duration = Duration::from_secs(600);
 
 /// What a look found of one tag.
@@ -52,32 +53,29 @@ impl Images {
         let now = Instant::now();
         looks.waiting.insert(tag.to_owned(), now);
         looks.waiting.retain(|_, asked| now.duration_since(*asked) < FORGET);
-        if let Some((at, asked, present, exists)) = &looks.answered
-            && now.duration_since(*at) < FRESH
-            && asked.contains(tag)
-        {
-            return Ok(found(*exists, present.contains(tag)));
+        let cached = match &looks.answered {
+            Some((at, asked, present, exists)) if now.duration_since(*at) < FRESH && asked.contains(tag) => {
+                Some((*exists, present.contains(tag)))
+            }
+            _ => None,
+        };
+        if let Some((exists, here)) = cached {
+            if here {
+                // Found: its environment goes on, and it is not looked for again.
+                looks.waiting.remove(tag);
+            }
+            return Ok(found(exists, here));
         }
         let mut tags: Vec<String> = looks.waiting.keys().cloned().collect();
         tags.sort();
         let answer = fetch(tags.clone()).await?;
         let exists = answer.is_some();
         let present = answer.unwrap_or_default();
-        // Found images are not looked for again; the environments that waited for them go on.
+        // Found: their environments go on, and they are not looked for again.
         looks.waiting.retain(|t, _| !present.contains(t));
         let here = present.contains(tag);
         looks.answered = Some((Instant::now(), tags.into_iter().collect(), present, exists));
         Ok(found(exists, here))
-    }
-
-    /// `tag` is no longer waited for (its environment went on, or went away).
-    pub(crate) fn forget(&self, repo: &EcrRepository, tag: &str) {
-        let looks = self.repos.lock().unwrap_or_else(|p| p.into_inner()).get(repo).cloned();
-        if let Some(looks) = looks
-            && let Ok(mut looks) = looks.try_lock()
-        {
-            looks.waiting.remove(tag);
-        }
     }
 }
 
@@ -144,6 +142,15 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(answers.iter().filter(|f| **f == Found::Present).count(), 1);
         assert_eq!(answers.iter().filter(|f| **f == Found::Missing).count(), 49);
+        // t7 read that answer and went on: it is not asked for again.
+        tokio::time::sleep(FRESH).await;
+        images
+            .look(&repo(), "t0", |tags| async move {
+                assert!(!tags.iter().any(|t| t == "t7") && tags.len() == 49, "{tags:?}");
+                Ok(Some(HashSet::new()))
+            })
+            .await
+            .expect("look");
     }
 
     #[tokio::test]

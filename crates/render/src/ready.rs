@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use previewd_domain::EcrRepository;
 use serde::Deserialize;
 
 use crate::{RenderError, Setting, Settings};
@@ -24,10 +25,7 @@ pub enum ArtifactSpec {
 /// An image in ECR, parsed from its URI.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EcrImage {
-    /// The registry: the account id.
-    pub registry_id: String,
-    pub region: String,
-    pub repository: String,
+    pub repository: EcrRepository,
     pub tag: String,
 }
 
@@ -49,17 +47,9 @@ impl EcrImage {
         if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) || region.is_empty() || !valid_repo {
             return Err(not());
         }
-        Ok(Self {
-            registry_id: account.to_owned(),
-            region: region.to_owned(),
-            repository: repository.to_owned(),
-            tag: tag.to_owned(),
-        })
-    }
-
-    /// The repository's URI, without the tag: images of one repository are looked up together.
-    pub fn repository_uri(&self) -> String {
-        format!("{}.dkr.ecr.{}.amazonaws.com/{}", self.registry_id, self.region, self.repository)
+        let repository =
+            EcrRepository { registry_id: account.to_owned(), region: region.to_owned(), name: repository.to_owned() };
+        Ok(Self { repository, tag: tag.to_owned() })
     }
 }
 
@@ -73,7 +63,7 @@ pub enum Artifact {
 impl fmt::Display for Artifact {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Artifact::Image(i) => write!(f, "the image {}:{} in ECR", i.repository_uri(), i.tag),
+            Artifact::Image(i) => write!(f, "the image {}:{} in ECR", i.repository.uri(), i.tag),
             Artifact::Object { bucket, key } => write!(f, "the object s3://{bucket}/{key}"),
         }
     }
@@ -300,7 +290,12 @@ mod tests {
         let r = rules(&settings(""), Some(&spec), SHA, "feature-login.preview.example.com").expect("rules");
         let Some(Artifact::Image(image)) = &r.artifact else { panic!("an image: {r:?}") };
         assert_eq!(
-            (image.registry_id.as_str(), image.region.as_str(), image.repository.as_str(), image.tag.as_str()),
+            (
+                image.repository.registry_id.as_str(),
+                image.repository.region.as_str(),
+                image.repository.name.as_str(),
+                image.tag.as_str()
+            ),
             ("123456789012", "eu-west-1", "team/web", SHA)
         );
         let probe = r.probe.expect("probe on");

@@ -204,6 +204,12 @@ impl EnvRecord {
         Fence::lease(self.id, self.lease_epoch)
     }
 
+    /// The record as it is once `o` is written: what a step goes on with after writing it.
+    pub fn with_observed(&self, o: Observed) -> EnvRecord {
+        let Observed { status, deployed_sha, stack_id, url, last_error, attempts, retries } = o;
+        EnvRecord { status, deployed_sha, stack_id, url, last_error, attempts, retries, ..self.clone() }
+    }
+
     pub fn observed(&self) -> Observed {
         Observed {
             status: self.status,

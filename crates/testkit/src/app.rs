@@ -34,7 +34,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 struct Shared {
     status: u16,
     location: Option<String>,
-    requests: usize,
     hosts: Vec<String>,
 }
 
@@ -61,7 +60,7 @@ impl StandInApp {
         ca_file.flush()?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Mutex::new(Shared { status: 200, location: None, requests: 0, hosts: Vec::new() }));
+        let shared = Arc::new(Mutex::new(Shared { status: 200, location: None, hosts: Vec::new() }));
         let accept = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
         Ok(Self { addr, ca_file, shared, accept })
     }
@@ -90,7 +89,7 @@ impl StandInApp {
 
     /// Requests answered (a connection whose TLS handshake failed sent none).
     pub fn requests(&self) -> usize {
-        self.lock().requests
+        self.lock().hosts.len()
     }
 
     /// The `Host` of every request, in order.
@@ -168,7 +167,6 @@ async fn answer(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Mutex<Shar
     let host = host_of(&head).unwrap_or_default();
     let (status, location) = {
         let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
-        s.requests += 1;
         s.hosts.push(host.clone());
         (s.status, s.location.clone())
     };

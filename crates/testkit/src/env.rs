@@ -315,6 +315,13 @@ impl TestEnv {
         aws_for(&self.moto.endpoint).await.describe_stack(name).await.expect("describe")
     }
 
+    /// The stack's template as moto holds it (no proxy), if there is such a stack.
+    pub async fn stack_template(&self, name: &str) -> Option<String> {
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk_config(&self.moto.endpoint).await);
+        let out = cfn.get_template().stack_name(name).send().await.ok()?;
+        out.template_body().map(str::to_owned)
+    }
+
     /// The SDK configuration of this test's moto (no proxy), for clients previewd does not wrap.
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         sdk_config(&self.moto.endpoint).await
@@ -458,7 +465,6 @@ fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::pat
     values.iter().fold(template, |text, (key, value)| text.replace(&format!("${{{key}}}"), value))
 }
 
-/// Tests wait little: short polls, retries and leases.
 /// `table`'s lines but those setting a key `more` sets: `more` wins (a benchmark's production tuning).
 fn without_keys(table: &str, more: &str) -> String {
     let key = |line: &str| line.split_once('=').map(|(k, _)| k.trim().to_owned());
@@ -466,6 +472,7 @@ fn without_keys(table: &str, more: &str) -> String {
     table.lines().filter(|l| key(l).is_none_or(|k| !set.contains(&k))).map(|l| format!("{l}\n")).collect()
 }
 
+/// Tests wait little: short polls, retries and leases.
 const TEST_RECONCILER: &str = r#"workers = 4
 poll_min = "50ms"
 poll_max = "250ms"

@@ -22,14 +22,15 @@ pub(super) enum Admitting {
 }
 
 /// Decides `admission` if it is still to be decided, records it while GitHub is asked for the branch
-/// (unless `tearing_down`), and returns GitHub's answer; `None` when the environment is over the cap.
+/// (unless `tearing_down`), and returns GitHub's answer with what the admission recorded, if it did;
+/// `None` when the environment is over the cap.
 pub(super) async fn admit_and_ask(
     inner: &Inner,
     env: &EnvRecord,
     repo: &RepoSetup,
     admission: Admitting,
     tearing_down: bool,
-) -> Result<Option<GitHubAnswer>, ReconcileError> {
+) -> Result<Option<(GitHubAnswer, Option<Observed>)>, ReconcileError> {
     let admission = match admission {
         Admitting::No => None,
         Admitting::Admitted(a) => Some(a),
@@ -40,15 +41,15 @@ pub(super) async fn admit_and_ask(
     };
     let admitting = async {
         match admission {
-            Some(a) => a.record(inner, env).await,
-            None => Ok(()),
+            Some(a) => a.record(inner, env).await.map(Some),
+            None => Ok(None),
         }
     };
     let asking =
         async { if tearing_down { Ok(GitHubAnswer::NotAsked) } else { observe::ask_github(inner, env).await } };
     let (admitted, answer) = tokio::join!(admitting, asking);
-    admitted?;
-    Ok(Some(answer?))
+    let admitted = admitted?;
+    Ok(Some((answer?, admitted)))
 }
 
 /// Lets a new environment in under its repository's cap of live environments: `Some` with the
@@ -95,9 +96,10 @@ pub(super) struct Admission {
 }
 
 impl Admission {
-    async fn record(self, inner: &Inner, env: &EnvRecord) -> Result<(), ReconcileError> {
+    async fn record(self, inner: &Inner, env: &EnvRecord) -> Result<Observed, ReconcileError> {
         let o = Observed { status: Status::Provisioning, last_error: None, ..env.observed() };
         let why = format!("admitted: {} of {} live environments in {}", self.live + 1, self.cap, env.repo);
-        Ok(inner.store.update_observed(env.fence(), &o, Some((EventKind::Admitted, &why))).await?)
+        inner.store.update_observed(env.fence(), &o, Some((EventKind::Admitted, &why))).await?;
+        Ok(o)
     }
 }

@@ -63,7 +63,8 @@ pub(super) async fn converge(
         ready::Gate::Waiting { delay } => match blueprint.waiting_settings(&env.branch, &repo.layers, own.as_ref())? {
             Some(w) if !running => (w, Some(delay)),
             _ => {
-                ready::record_waiting(inner, env, &stamps, stack.as_ref().map(|s| s.id.clone())).await?;
+                let stack_id = stack.as_ref().map(|s| s.id.clone()).or(env.stack_id.clone());
+                ready::record_waiting(inner, env, &stamps, Observed { stack_id, ..env.observed() }).await?;
                 return Ok(Action::Requeue(delay));
             }
         },
@@ -244,17 +245,20 @@ async fn complete(
     stamps: &mut ready::Stamps,
     waiting: Option<Duration>,
 ) -> Result<Action, ReconcileError> {
-    stamps.reach("infrastructure");
+    stamps.reach(ready::Phase::Infrastructure);
     let Some(delay) = waiting else { return point_dns(inner, cx, stamps).await };
-    if cx.env.url.is_none() {
-        let (endpoint, url) = endpoint(cx.stack, &cx.env.dns_name)?;
-        let marker = OwnershipMarker::new(inner.setup.owner.as_str(), cx.env.repo.as_str(), cx.env.env_key.as_str());
-        inner.aws.upsert_dns(&inner.zone_id(cx.repo).await?, &cx.env.dns_name, endpoint, &marker).await?;
-        let o = Observed { url: Some(url), ..cx.env.observed() };
-        record(inner, cx.env, o, None).await?;
-    }
-    let env = inner.store.get(cx.env.id).await?.unwrap_or_else(|| cx.env.clone());
-    ready::record_waiting(inner, &env, stamps, Some(cx.stack.id.clone())).await?;
+    let env = cx.env;
+    let url = match &env.url {
+        Some(url) => url.clone(),
+        None => {
+            let (endpoint, url) = endpoint(cx.stack, &env.dns_name)?;
+            let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
+            inner.aws.upsert_dns(&inner.zone_id(cx.repo).await?, &env.dns_name, endpoint, &marker).await?;
+            url
+        }
+    };
+    let o = Observed { stack_id: Some(cx.stack.id.clone()), url: Some(url), ..env.observed() };
+    ready::record_waiting(inner, env, stamps, o).await?;
     Ok(Action::Requeue(delay))
 }
 
@@ -273,7 +277,7 @@ async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps)
     let (env, stack) = (cx.env, cx.stack);
     let (endpoint, url) = endpoint(stack, &env.dns_name)?;
     // Pointed already for this commit while its URL is probed: Route53 is not asked again at every probe.
-    let probing = stamps.now.waiting_for.as_deref().is_some_and(|w| w.ends_with(" to answer"));
+    let probing = cx.rules.probe.as_ref().is_some_and(|p| stamps.probing(&p.url));
     if !(probing && env.url.as_deref() == Some(url.as_str())) {
         let marker = OwnershipMarker::new(inner.setup.owner.as_str(), env.repo.as_str(), env.env_key.as_str());
         inner.aws.upsert_dns(&inner.zone_id(cx.repo).await?, &env.dns_name, endpoint, &marker).await?;
@@ -313,7 +317,7 @@ async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps)
     };
     let event = (!settled).then(|| format!("ready at {}: {url}{}", cx.sha.short(), phases(&stamps.now)));
     if event.is_some() {
-        stamps.reach("ready");
+        stamps.reach(ready::Phase::Ready);
         if let Some(pushed) = env.pushed_at {
             previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
         }

@@ -84,7 +84,12 @@ pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, env: EnvRecord) -> R
     let deciding = admission::admit_and_ask(inner, &env, repo, admission, tearing_down);
     let (looked, decided) = tokio::join!(observe::observe_stack(inner, &env), deciding);
     // Over the cap: recorded `skipped`, and what the look found is of no use yet.
-    let Some(answer) = decided? else { return Ok(Action::Done) };
+    let Some((answer, admitted)) = decided? else { return Ok(Action::Done) };
+    // The rest of the step goes on from the record as the admission left it.
+    let env = match admitted {
+        Some(o) => env.with_observed(o),
+        None => env,
+    };
     let (stack, sighted) = looked?;
     let now = now_ms();
     record::branch_seen(inner, &env, &answer, now).await?;

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use previewd_cloud::EcrRepository;
 use previewd_domain::{CommitSha, EventKind, Status};
 use previewd_github::{CheckState, ChecksVerdict, checks_verdict};
 use previewd_render::{Artifact, ProbeRules, Rules};
@@ -40,13 +39,13 @@ impl Stamps {
     }
 
     /// Stamps `phase` now, once, and counts it in `previewd_phase_seconds`.
-    pub(super) fn reach(&mut self, phase: &'static str) {
+    pub(super) fn reach(&mut self, phase: Phase) {
         let t = &mut self.now;
-        let slot = match phase {
-            "artifact" => &mut t.artifact_at,
-            "infrastructure" => &mut t.infrastructure_at,
-            "answered" => &mut t.answered_at,
-            _ => &mut t.ready_at,
+        let (slot, phase) = match phase {
+            Phase::Artifact => (&mut t.artifact_at, "artifact"),
+            Phase::Infrastructure => (&mut t.infrastructure_at, "infrastructure"),
+            Phase::Answered => (&mut t.answered_at, "answered"),
+            Phase::Ready => (&mut t.ready_at, "ready"),
         };
         if slot.is_some() {
             return;
@@ -75,12 +74,35 @@ impl Stamps {
         self.now.last_answer = None;
     }
 
+    /// Waiting for `url` to answer (so its name was pointed already, for this commit).
+    pub(super) fn probing(&self, url: &str) -> bool {
+        self.now.waiting_for.as_deref() == Some(url_wait(url).as_str())
+    }
+
+    fn before_waiting_for(&self) -> Option<String> {
+        self.before.as_ref().and_then(|t| t.waiting_for.clone())
+    }
+
     pub(super) async fn save(&self, inner: &Inner, env: &EnvRecord) -> Result<(), ReconcileError> {
         if self.before.as_ref() != Some(&self.now) {
             inner.store.record_timeline(env.fence(), &self.now).await?;
         }
         Ok(())
     }
+}
+
+/// A phase of a commit's way to ready, as the timeline stamps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Artifact,
+    Infrastructure,
+    Answered,
+    Ready,
+}
+
+/// What a commit waits for while its URL does not answer.
+fn url_wait(url: &str) -> String {
+    format!("{url} to answer")
 }
 
 /// Whether the commit may run.
@@ -118,10 +140,7 @@ pub(super) async fn gate(
         },
     };
     let Some((what, answer)) = waiting else {
-        if let Some(Artifact::Image(image)) = &rules.artifact {
-            inner.images.forget(&repository(image), &image.tag);
-        }
-        stamps.reach("artifact");
+        stamps.reach(Phase::Artifact);
         stamps.done_waiting();
         return Ok(Gate::Open);
     };
@@ -183,19 +202,11 @@ fn plural(v: &[String]) -> &'static str {
     if v.len() == 1 { "" } else { "s" }
 }
 
-fn repository(image: &previewd_render::EcrImage) -> EcrRepository {
-    EcrRepository {
-        registry_id: image.registry_id.clone(),
-        region: image.region.clone(),
-        name: image.repository.clone(),
-    }
-}
-
 /// `None` when the artifact exists; otherwise what was heard of it, if anything beyond "not there".
 async fn artifact_missing(inner: &Inner, artifact: &Artifact) -> Result<Option<Option<String>>, ReconcileError> {
     match artifact {
         Artifact::Image(image) => {
-            let repo = repository(image);
+            let repo = image.repository.clone();
             let aws = inner.aws.clone();
             let found = inner
                 .images
@@ -207,29 +218,23 @@ async fn artifact_missing(inner: &Inner, artifact: &Artifact) -> Result<Option<O
             Ok(match found {
                 Found::Present => None,
                 Found::Missing => Some(None),
-                Found::NoRepository => Some(Some(format!("ECR has no repository {}", image.repository))),
+                Found::NoRepository => Some(Some(format!("ECR has no repository {}", image.repository.name))),
             })
         }
         Artifact::Object { bucket, key } => Ok((!inner.aws.object_exists(bucket, key).await?).then_some(None)),
     }
 }
 
-/// What a waiting environment records: `pending`, and what it waits for (the stack, if any, as it is).
+/// What a waiting environment records: `pending` (with what else `seen` says of it), and what it waits
+/// for.
 pub(super) async fn record_waiting(
     inner: &Inner,
     env: &EnvRecord,
     stamps: &Stamps,
-    stack_id: Option<String>,
+    seen: Observed,
 ) -> Result<(), ReconcileError> {
     let what = stamps.now.waiting_for.clone().unwrap_or_default();
-    // As it is now: an admission this step made may have changed it since the claim read it.
-    let env = &inner.store.get(env.id).await?.unwrap_or_else(|| env.clone());
-    let o = Observed {
-        status: Status::Pending,
-        stack_id: stack_id.or(env.stack_id.clone()),
-        last_error: None,
-        ..env.observed()
-    };
+    let o = Observed { status: Status::Pending, last_error: None, ..seen };
     let event = (stamps.before_waiting_for() != stamps.now.waiting_for).then(|| format!("waiting for {what}"));
     record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await?;
     stamps.save(inner, env).await
@@ -272,7 +277,7 @@ pub(super) async fn probe(
         return record_failed(inner, env, stamps, why).await.map(Some);
     }
     if answer.passed() {
-        stamps.reach("answered");
+        stamps.reach(Phase::Answered);
         tokio::time::sleep(PROBE_GAP).await;
         answer = inner.prober.probe(&target).await;
         if answer.passed() {
@@ -280,7 +285,7 @@ pub(super) async fn probe(
             return Ok(None);
         }
     }
-    stamps.wait_for(format!("{} to answer", rules.url), Some(answer.describe()));
+    stamps.wait_for(url_wait(&rules.url), Some(answer.describe()));
     let since = stamps.now.waiting_since.unwrap_or_else(now_ms);
     let waited = (now_ms() - since).max(0);
     if waited >= rules.timeout.as_millis() as i64 {
@@ -299,10 +304,4 @@ pub(super) async fn probe(
     stamps.save(inner, env).await?;
     let again = Duration::from_millis((waited / 4).max(0) as u64).clamp(PROBE_AGAIN_MIN, PROBE_AGAIN_MAX);
     Ok(Some(Action::Requeue(again)))
-}
-
-impl Stamps {
-    fn before_waiting_for(&self) -> Option<String> {
-        self.before.as_ref().and_then(|t| t.waiting_for.clone())
-    }
 }
