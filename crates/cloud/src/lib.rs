@@ -10,6 +10,7 @@ mod artifacts;
 mod dns;
 mod s3;
 mod seed;
+mod services;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use previewd_domain::{EMPTY_ON_DELETE_MARK, EMPTY_ON_DELETE_OUTPUT};
 pub use dns::{DnsChange, DnsRecord, MISMATCHED_CHANGE_CODES, MarkedName, OwnershipMarker};
 pub use s3::{EMPTY_STEP_BATCHES, EmptyReport};
 pub use seed::{TaskRequest, TaskState};
+pub use services::{ServiceRef, ServiceTrouble};
 
 /// Attempts per AWS call, first included, before the error reaches the reconciler (which then requeues
 /// with its own, longer backoff).
@@ -163,6 +165,8 @@ pub struct StackEvent {
     pub timestamp: String,
     pub logical_id: String,
     pub resource_type: String,
+    /// The resource's own id (an ECS service's ARN), once it has one.
+    pub physical_id: Option<String>,
     pub status: String,
     pub reason: Option<String>,
 }
@@ -366,6 +370,7 @@ impl Aws {
                 timestamp: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
                 logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
                 resource_type: e.resource_type().unwrap_or_default().to_owned(),
+                physical_id: e.physical_resource_id().filter(|p| !p.is_empty()).map(str::to_owned),
                 status: e.resource_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
                 reason: e.resource_status_reason().map(str::to_owned),
             })

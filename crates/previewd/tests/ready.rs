@@ -235,3 +235,29 @@ async fn a_create_rolled_back_for_a_lasting_cause_names_it_and_waits_for_a_push(
     t.ready("feature/no-image", &sha(2)).await;
     assert_eq!((calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))), (2, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_rolled_back_by_a_failed_service_names_why_its_tasks_stopped() {
+    let ready = "artifact.wait = true\nreadiness.probe = false";
+    let mut t = TestEnv::with(&Options { ready, ..Options::default() }).await;
+    let commit = sha(1);
+    assert_eq!(t.push("feature/crash", &commit).await, 202);
+    let env =
+        t.wait_for("feature/crash", "waiting, its stack up", |e| e.status == Status::Pending && e.url.is_some()).await;
+    // CloudFormation says only that the circuit breaker tripped; ECS says why the tasks stopped.
+    let breaker = "Resource handler returned message: \"Error occurred during operation 'ECS Deployment Circuit \
+                   Breaker was triggered'.\"";
+    t.proxy.rollback_next_update_because(&env.stack_name, "Service", "AWS::ECS::Service", breaker);
+    let pull = "CannotPullContainerError: pull image manifest has been retried 7 time(s): AccessDeniedException";
+    t.proxy.stopped_task("Task failed to start", pull);
+    t.put_image(IMAGE_REPOSITORY, &commit).await;
+
+    let env = t.wait_for("feature/crash", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.clone().expect("why");
+    assert!(why.contains("Service (AWS::ECS::Service) failed") && why.contains("Circuit Breaker"), "{why}");
+    assert!(why.contains("Its tasks stopped: Task failed to start; CannotPullContainerError"), "{why}");
+    assert!(why.contains("task execution role may pull"), "with what to do: {why}");
+    assert_eq!(calls(&t, "UpdateStack", Some(&env.stack_name)), 1, "a lasting cause is not tried again");
+    assert_eq!(desired_count(&t, &env.stack_name).await, Some(0), "rolled back to no task");
+    assert!(calls(&t, "ListTasks", None) >= 1 && calls(&t, "DescribeServices", None) >= 1);
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use previewd_cloud::{OwnershipMarker, Stack, StackRequest, Template, UpdateOutcome};
-use previewd_domain::plan::{self, ConvergeStep, StackView};
+use previewd_domain::plan::{self, ConvergeStep, StackStatus, StackView};
 use previewd_domain::{CommitSha, EventKind, RULE_PRIORITY_MAX, Stage, Status, app_stack_name, tags};
 use previewd_render::{Context, TemplateKind};
 use previewd_store::{EnvRecord, Observed, now_ms};
@@ -137,7 +137,7 @@ pub(super) async fn converge(
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
             let events = inner.aws.stack_events(&stack.id).await?;
-            let cause = observe::failure_cause(&stack.name, &events);
+            let cause = observe::failure_cause(inner, &stack.name, &events).await;
             // A cause that trying again will not change (a missing image, an invalid property) waits for a
             // new push or a redeploy (which make the environment `pending` again); only then is the stack
             // deleted and created once more.
@@ -178,6 +178,21 @@ pub(super) async fn converge(
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::Update { counted }, Some(stack)) => {
+            // After a rolled-back update: why, from its events. A cause that trying again will not change
+            // waits for a new push or a redeploy, as a rolled-back create does.
+            let rolled_back = match counted && stack.stack_status() == StackStatus::UpdateRollbackComplete {
+                true => observe::failure_cause(inner, &stack.name, &inner.aws.stack_events(&stack.id).await?).await,
+                false => None,
+            };
+            if let Some(cause) = rolled_back.as_deref().filter(|c| plan::lasting_cause(c))
+                && env.status != Status::Pending
+            {
+                return Err(ReconcileError::NeedsHuman(format!(
+                    "stack {} could not be updated to {}: {cause}. Trying again will not help: push a fix, or redeploy",
+                    stack.name,
+                    sha.short()
+                )));
+            }
             let attempts = if counted { env.attempts + 1 } else { env.attempts };
             let template = template(inner, &format!("{}/{hash}.json", env.stack_name), rendered.body).await?;
             let req = StackRequest {
@@ -201,6 +216,10 @@ pub(super) async fn converge(
                         sha.short()
                     ),
                     None => format!("updating stack {} to {}", stack.name, sha.short()),
+                };
+                let why = match &rolled_back {
+                    Some(cause) => format!("{why}, again: the last update rolled back ({cause})"),
+                    None => why,
                 };
                 inner.store.update_observed(env.fence(), &o, Some((EventKind::Update, &why))).await?;
                 stamps.save(inner, env).await?;

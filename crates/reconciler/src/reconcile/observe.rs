@@ -75,23 +75,91 @@ pub(super) fn priority_in_use(events: &[StackEvent]) -> Option<i64> {
         .find_map(|r| r.split('\'').nth(1)?.parse().ok())
 }
 
-/// What made the stack's last operation fail: its first failed resource and that resource's reason, from
-/// the stack's events (newest first) since the operation began. Resources CloudFormation cancelled
-/// because another failed are not the cause.
-pub(super) fn failure_cause(stack_name: &str, events: &[StackEvent]) -> Option<String> {
+/// The event of the first resource that failed in the stack's last operation (events newest first, since
+/// the operation began). Resources CloudFormation cancelled because another failed are not the cause.
+fn first_failed<'e>(stack_name: &str, events: &'e [StackEvent]) -> Option<&'e StackEvent> {
     let began = events
         .iter()
         .position(|e| {
             e.logical_id == stack_name && matches!(e.status.as_str(), "CREATE_IN_PROGRESS" | "UPDATE_IN_PROGRESS")
         })
         .unwrap_or(events.len());
-    let first = events[..began]
+    events[..began]
         .iter()
         .rev()
         .filter(|e| e.logical_id != stack_name && e.status.ends_with("_FAILED"))
-        .find(|e| !e.reason.as_deref().is_some_and(|r| r.contains("cancelled")))?;
-    let reason = first.reason.as_deref().unwrap_or("no reason given");
-    Some(format!("{} ({}) failed: {reason}", first.logical_id, first.resource_type))
+        .find(|e| !e.reason.as_deref().is_some_and(|r| r.contains("cancelled")))
+}
+
+/// Nested stacks followed down to their failed resource, at most.
+const NESTED_DEPTH_MAX: usize = 3;
+
+/// What made the stack's last operation fail: its first failed resource and that resource's reason,
+/// followed into a nested stack that failed, and for an ECS service why its tasks stopped (ECS keeps
+/// that; CloudFormation says only that the service failed), with what to do when the reason is known.
+/// `events` are the stack's own, newest first.
+pub(super) async fn failure_cause(inner: &Inner, stack_name: &str, events: &[StackEvent]) -> Option<String> {
+    let mut failed = first_failed(stack_name, events)?.clone();
+    let mut path = Vec::new();
+    for _ in 0..NESTED_DEPTH_MAX {
+        let Some(id) = failed.physical_id.clone().filter(|_| failed.resource_type == "AWS::CloudFormation::Stack")
+        else {
+            break;
+        };
+        let nested = match inner.aws.stack_events(&id).await {
+            Ok(nested) => nested,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a nested stack's events");
+                break;
+            }
+        };
+        let name = id.split('/').nth(1).unwrap_or(&id);
+        let Some(inner_failed) = first_failed(name, &nested) else { break };
+        path.push(failed.logical_id.clone());
+        failed = inner_failed.clone();
+    }
+    let reason = failed.reason.as_deref().unwrap_or("no reason given");
+    path.push(failed.logical_id.clone());
+    let mut cause = format!("{} ({}) failed: {reason}", path.join(" › "), failed.resource_type);
+    if failed.resource_type == "AWS::ECS::Service"
+        && let Some(service) = failed.physical_id.as_deref().and_then(previewd_cloud::ServiceRef::from_arn)
+    {
+        match inner.aws.service_trouble(&service).await {
+            Ok(t) => {
+                if !t.stopped.is_empty() {
+                    cause.push_str(&format!(". Its tasks stopped: {}", t.stopped.join("; ")));
+                } else if !t.events.is_empty() {
+                    cause.push_str(&format!(". ECS says: {}", t.events.join("; ")));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot ask ECS why the service's tasks stopped"),
+        }
+    }
+    if let Some(hint) = what_to_do(&cause) {
+        cause.push_str(". ");
+        cause.push_str(hint);
+    }
+    Some(cause)
+}
+
+/// What to do about a failure whose cause is known to mean one thing.
+fn what_to_do(cause: &str) -> Option<&'static str> {
+    const HINTS: [(&str, &str); 4] = [
+        (
+            "CannotPullContainerError",
+            "The image could not be pulled: check that CI pushed it, and that the task execution role may pull from its repository",
+        ),
+        ("Essential container in task exited", "The app exited: see its log group for why (it started, then stopped)"),
+        (
+            "health checks",
+            "The app did not pass the load balancer's health check: check service.health_check_path and the port it listens on",
+        ),
+        (
+            "ResourceInitializationError",
+            "The task could not start: check the secrets, the subnets' route to ECR, and the execution role",
+        ),
+    ];
+    HINTS.iter().find(|(k, _)| cause.contains(k)).map(|(_, hint)| *hint)
 }
 
 /// Reads the branch's own settings file at `sha`: absent means no overrides.
@@ -129,6 +197,7 @@ mod tests {
             logical_id: logical_id.to_owned(),
             resource_type: if logical_id == "s" { "AWS::CloudFormation::Stack" } else { "AWS::ECS::Service" }
                 .to_owned(),
+            physical_id: None,
             status: status.to_owned(),
             reason: reason.map(str::to_owned),
         }
@@ -146,11 +215,9 @@ mod tests {
             event("s", "CREATE_IN_PROGRESS", Some("User Initiated")),
             event("Old", "CREATE_FAILED", Some("an earlier operation")),
         ];
-        let cause = failure_cause("s", &events).expect("a cause");
-        assert_eq!(
-            cause,
-            "Service (AWS::ECS::Service) failed: CannotPullContainerError: pull image manifest has been retried"
-        );
-        assert_eq!(failure_cause("s", &events[..1]), None);
+        let cause = first_failed("s", &events).expect("a cause");
+        assert_eq!(cause.logical_id, "Service");
+        assert_eq!(cause.reason.as_deref(), Some("CannotPullContainerError: pull image manifest has been retried"));
+        assert_eq!(first_failed("s", &events[..1]), None);
     }
 }

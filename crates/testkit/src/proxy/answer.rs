@@ -175,6 +175,21 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         _ => vec![],
     };
 
+    // An update a test made fail is rolled back to what the stack was before it, tags included.
+    let rolls_back = action == "UpdateStack"
+        && stack.as_ref().is_some_and(|name| {
+            proxy.lock().overrides.iter().any(|o| {
+                &o.stack == name
+                    && !o.active
+                    && o.after.as_deref() == Some("UpdateStack")
+                    && o.status == "UPDATE_ROLLBACK_COMPLETE"
+            })
+        });
+    let before = match (&stack, rolls_back) {
+        (Some(name), true) => Some(proxy.stack_state(name).await),
+        _ => None,
+    };
+
     // Counted as it arrived (not when its turn came), as AWS would see it: a caller killed while moto works
     // on it still made it.
     proxy.lock().calls.push(Call {
@@ -197,76 +212,103 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
             upstream = upstream.header(k, v);
         }
     }
-    let (status, headers, text) = match proxy.moto(upstream.body(body)).await {
+    let (status, headers, text) = match proxy.moto(upstream.body(body.clone())).await {
         Ok(answer) => answer,
         Err(e) => return (StatusCode::BAD_GATEWAY, e).into_response(),
     };
     if status.is_success() && !rules.is_empty() {
         proxy.delete_listener_rules(&rules).await;
     }
+    if status.is_success()
+        && let (Some(name), Some(before)) = (&stack, &before)
+    {
+        proxy.roll_back(name, before).await;
+    }
     let mut text = text.to_vec();
 
-    let mut st = proxy.lock();
-    if let Some(name) = &stack
-        && status.is_success()
-    {
-        let now = Instant::now();
-        for o in st.overrides.iter_mut().filter(|o| &o.stack == name) {
-            if !o.active && o.after.as_deref() == Some(action.as_str()) {
-                o.active = true;
-                if let Until::Time(_) = o.until {
-                    o.until = Until::Time(now + o.duration);
-                }
-            }
-        }
-        st.overrides
-            .retain(|o| !(o.active && &o.stack == name && matches!(&o.until, Until::Action(a) if *a == action)));
-    }
-    // A stack described alone or in a listing shows the state a test gave it.
-    if action == "DescribeStacks" && status.is_success() {
-        let now = Instant::now();
-        st.overrides.retain(|o| !matches!(o.until, Until::Time(t) if o.active && t <= now));
-        let active: Vec<&StatusOverride> = st.overrides.iter().filter(|o| o.active).collect();
-        if !active.is_empty() {
-            let body = String::from_utf8_lossy(&text).into_owned();
-            let mut out = String::with_capacity(body.len());
-            let mut rest = body.as_str();
-            while let Some(start) = rest.find("<member>") {
-                let Some(len) = member_len(&rest[start..]) else { break };
-                let member = &rest[start..start + len];
-                out.push_str(&rest[..start]);
-                let name = first(member, "StackName");
-                match active.iter().find(|o| name.as_deref() == Some(o.stack.as_str())) {
-                    Some(o) if member.contains("<StackStatus>") => out.push_str(&with_status(member, o)),
-                    _ => out.push_str(member),
-                }
-                rest = &rest[start + len..];
-            }
-            out.push_str(rest);
-            text = out.into_bytes();
-        }
-    }
-    // ... and its events begin with the failed resource's, when a test gave one.
-    if action == "DescribeStackEvents" && status.is_success() {
-        let event = stack.as_ref().and_then(|name| {
-            st.overrides.iter().find(|o| o.active && &o.stack == name).and_then(|o| o.event.clone().map(|e| (name, e)))
-        });
-        let body = String::from_utf8_lossy(&text).into_owned();
-        if let Some((name, (logical, kind, reason))) = event
-            && let Some(at) = body.find("<StackEvents>")
+    let event = {
+        let mut st = proxy.lock();
+        if let Some(name) = &stack
+            && status.is_success()
         {
+            let now = Instant::now();
+            // A deleted stack shows nothing a test gave it; one activated by this call stays.
+            let ends = |o: &StatusOverride| {
+                o.active
+                    && &o.stack == name
+                    && (action == "DeleteStack" || matches!(&o.until, Until::Action(a) if *a == action))
+            };
+            st.overrides.retain(|o| !ends(o));
+            for o in st.overrides.iter_mut().filter(|o| &o.stack == name) {
+                if !o.active && o.after.as_deref() == Some(action.as_str()) {
+                    o.active = true;
+                    if let Until::Time(_) = o.until {
+                        o.until = Until::Time(now + o.duration);
+                    }
+                }
+            }
+        }
+        // A stack described alone or in a listing shows the state a test gave it.
+        if action == "DescribeStacks" && status.is_success() {
+            let now = Instant::now();
+            st.overrides.retain(|o| !matches!(o.until, Until::Time(t) if o.active && t <= now));
+            let active: Vec<&StatusOverride> = st.overrides.iter().filter(|o| o.active).collect();
+            if !active.is_empty() {
+                let body = String::from_utf8_lossy(&text).into_owned();
+                let mut out = String::with_capacity(body.len());
+                let mut rest = body.as_str();
+                while let Some(start) = rest.find("<member>") {
+                    let Some(len) = member_len(&rest[start..]) else { break };
+                    let member = &rest[start..start + len];
+                    out.push_str(&rest[..start]);
+                    let name = first(member, "StackName");
+                    match active.iter().find(|o| name.as_deref() == Some(o.stack.as_str())) {
+                        Some(o) if member.contains("<StackStatus>") => out.push_str(&with_status(member, o)),
+                        _ => out.push_str(member),
+                    }
+                    rest = &rest[start + len..];
+                }
+                out.push_str(rest);
+                text = out.into_bytes();
+            }
+        }
+        match action.as_str() {
+            "DescribeStackEvents" if status.is_success() => stack.as_ref().and_then(|name| {
+                st.overrides
+                    .iter()
+                    .find(|o| o.active && &o.stack == name && o.event.is_some())
+                    .and_then(|o| o.event.clone().map(|e| (name.clone(), o.status.clone(), e)))
+            }),
+            _ => None,
+        }
+    };
+    // ... and its events begin with the failed resource's, when a test gave one (its physical id moto's).
+    if let Some((name, stack_status, (logical, kind, reason))) = event {
+        let physical = proxy.logical_resources(&name, &kind).await.into_iter().find(|(l, _)| *l == logical);
+        let physical = physical.map(|(_, p)| format!("<PhysicalResourceId>{}</PhysicalResourceId>", xml_escape(&p)));
+        let failed = if stack_status.starts_with("UPDATE") { "UPDATE_FAILED" } else { "CREATE_FAILED" };
+        let body = String::from_utf8_lossy(&text).into_owned();
+        if let Some(at) = body.find("<StackEvents>") {
             let at = at + "<StackEvents>".len();
             let member = format!(
                 "<member><EventId>previewd-test-{logical}</EventId><StackName>{name}</StackName>\
-                 <LogicalResourceId>{logical}</LogicalResourceId><ResourceType>{kind}</ResourceType>\
-                 <Timestamp>2026-01-01T00:00:00.000Z</Timestamp><ResourceStatus>CREATE_FAILED</ResourceStatus>\
+                 <LogicalResourceId>{logical}</LogicalResourceId>{}<ResourceType>{kind}</ResourceType>\
+                 <Timestamp>2026-01-01T00:00:00.000Z</Timestamp><ResourceStatus>{failed}</ResourceStatus>\
                  <ResourceStatusReason>{}</ResourceStatusReason></member>",
+                physical.unwrap_or_default(),
                 xml_escape(&reason)
             );
             text = format!("{}{member}{}", &body[..at], &body[at..]).into_bytes();
         }
     }
-    drop(st);
+    // ECS: a service's stopped tasks, when a test gave one.
+    if service == "ecs"
+        && status.is_success()
+        && let Some(stopped) = proxy.lock().stopped_task.clone()
+        && let Some(answer) = stopped_tasks(&action, &body, &stopped)
+    {
+        text = answer.into_bytes();
+    }
     let mut response = Response::builder().status(status.as_u16());
     for (k, v) in &headers {
         if k != "content-length" && k != "transfer-encoding" {
@@ -274,4 +316,33 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         }
     }
     response.body(axum::body::Body::from(text)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// The fake stopped task's id.
+const STOPPED_TASK: &str = "arn:aws:ecs:us-east-1:123456789012:task/previewd-test/0123456789abcdef";
+
+/// ECS's answer naming the stopped task (a `ListTasks` of a service's stopped tasks, a `DescribeTasks` of
+/// that task), or `None` for any other request.
+fn stopped_tasks(action: &str, body: &[u8], (reason, container): &(String, String)) -> Option<String> {
+    let asked: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match action {
+        "ListTasks" if asked["desiredStatus"] == "STOPPED" && asked["serviceName"].is_string() => {
+            Some(serde_json::json!({ "taskArns": [STOPPED_TASK] }).to_string())
+        }
+        "DescribeTasks" if asked["tasks"].as_array()?.iter().any(|t| t == STOPPED_TASK) => Some(
+            serde_json::json!({
+                "tasks": [{
+                    "taskArn": STOPPED_TASK,
+                    "lastStatus": "STOPPED",
+                    "desiredStatus": "STOPPED",
+                    "stopCode": "TaskFailedToStart",
+                    "stoppedReason": reason,
+                    "containers": [{ "name": "app", "lastStatus": "STOPPED", "reason": container }],
+                }],
+                "failures": [],
+            })
+            .to_string(),
+        ),
+        _ => None,
+    }
 }

@@ -147,6 +147,29 @@ impl AwsProxy {
         );
     }
 
+    /// After the stack's next UpdateStack, it shows UPDATE_ROLLBACK_COMPLETE (the update failed and was
+    /// rolled back) until the next UpdateStack or DeleteStack, with the cause CloudFormation records: an
+    /// `UPDATE_FAILED` event of resource `logical_id` (of `resource_type`, its physical id moto's) saying
+    /// `reason`.
+    pub fn rollback_next_update_because(&self, stack: &str, logical_id: &str, resource_type: &str, reason: &str) {
+        self.lock().overrides.push(StatusOverride {
+            stack: stack.into(),
+            status: "UPDATE_ROLLBACK_COMPLETE".into(),
+            reason: format!("The following resource(s) failed to update: [{logical_id}]."),
+            after: Some("UpdateStack".into()),
+            active: false,
+            until: Until::Action("UpdateStack".into()),
+            duration: Duration::ZERO,
+            event: Some((logical_id.to_owned(), resource_type.to_owned(), reason.to_owned())),
+        });
+    }
+
+    /// Every ECS service's stopped tasks include one that stopped for `reason`, its container for
+    /// `container_reason` (as ECS keeps a failed deployment's tasks for about an hour).
+    pub fn stopped_task(&self, reason: &str, container_reason: &str) {
+        self.lock().stopped_task = Some((reason.to_owned(), container_reason.to_owned()));
+    }
+
     /// After the stack's next UpdateStack, it shows UPDATE_ROLLBACK_FAILED until deleted.
     pub fn rollback_fails_after_update(&self, stack: &str) {
         let reason = "The following resource(s) failed to update: [Service].";

@@ -54,4 +54,7 @@ pub(super) struct ProxyState {
     pub(super) key_errors: usize,
     /// (service, action, delay, how many more calls): answered by moto, but only after the delay
     pub(super) delays: Vec<(String, String, Duration, usize)>,
+    /// A stopped task every ECS service shows (its reason, its container's reason): moto's services run
+    /// no tasks.
+    pub(super) stopped_task: Option<(String, String)>,
 }

@@ -40,7 +40,7 @@ impl AwsProxy {
     }
 
     /// `(logical id, physical id)` of the stack's resources of one type.
-    async fn logical_resources(&self, stack: &str, kind: &str) -> Vec<(String, String)> {
+    pub(super) async fn logical_resources(&self, stack: &str, kind: &str) -> Vec<(String, String)> {
         let xml = self
             .upstream_form(&[("Action", "ListStackResources"), ("StackName", stack), ("Version", "2010-05-15")])
             .await;
@@ -68,6 +68,42 @@ impl AwsProxy {
             .filter(|(logical, _)| !retained(logical))
             .map(|(_, physical)| physical)
             .collect()
+    }
+
+    /// The stack's template and tags as moto holds them, to roll an update back to.
+    pub(super) async fn stack_state(&self, stack: &str) -> (String, Vec<(String, String)>) {
+        let template =
+            self.upstream_form(&[("Action", "GetTemplate"), ("StackName", stack), ("Version", "2010-05-15")]).await;
+        let body = first(&template, "TemplateBody").map(|b| unescape_xml(&b)).unwrap_or_default();
+        let described =
+            self.upstream_form(&[("Action", "DescribeStacks"), ("StackName", stack), ("Version", "2010-05-15")]).await;
+        let tags = blocks(&described, "Tags")
+            .first()
+            .map(|t| {
+                blocks(t, "member")
+                    .iter()
+                    .filter_map(|m| Some((unescape_xml(&first(m, "Key")?), unescape_xml(&first(m, "Value")?))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (body, tags)
+    }
+
+    /// Puts the stack back to `state` (a template and tags), as CloudFormation's rollback of a failed
+    /// update does.
+    pub(super) async fn roll_back(&self, stack: &str, (body, tags): &(String, Vec<(String, String)>)) {
+        let mut form = vec![
+            ("Action".to_owned(), "UpdateStack".to_owned()),
+            ("StackName".to_owned(), stack.to_owned()),
+            ("TemplateBody".to_owned(), body.clone()),
+            ("Version".to_owned(), "2010-05-15".to_owned()),
+        ];
+        for (i, (k, v)) in tags.iter().enumerate() {
+            form.push((format!("Tags.member.{}.Key", i + 1), k.clone()));
+            form.push((format!("Tags.member.{}.Value", i + 1), v.clone()));
+        }
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.upstream_form(&pairs).await;
     }
 
     /// moto deletes a stack but not its load-balancer listener rules (its rule model has no
