@@ -110,6 +110,8 @@ impl PassOutcome {
 words! {
     /// The GitHub deployment states previewd posts.
     pub enum DeploymentState {
+        /// Waiting for the commit's artifact or checks: nothing runs yet.
+        Queued,
         InProgress,
         Success,
         Failure,

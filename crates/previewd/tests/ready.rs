@@ -19,6 +19,18 @@ fn probing(app: &StandInApp, extra: &str) -> String {
     )
 }
 
+/// Waits (up to a minute) for `f` to find something.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within a minute: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn timeline(t: &TestEnv, id: i64) -> Timeline {
     t.store.timeline(id).await.expect("store").expect("a timeline")
 }
@@ -55,7 +67,9 @@ fn calls(t: &TestEnv, action: &str, stack: Option<&str>) -> usize {
 async fn the_stack_comes_up_while_ci_builds_and_the_image_runs_once_it_exists() {
     let app = StandInApp::start(ZONE).await.expect("stand-in app");
     let ready = probing(&app, "artifact.wait = true");
-    let mut t = TestEnv::with(&Options { ready: &ready, ..Options::default() }).await;
+    let mut t =
+        TestEnv::with(&Options { ready: &ready, github: r#"token = "test-token""#, ..Options::default() }).await;
+    t.github.open_pull(REPO, 4, "feature/built");
     let commit = sha(1);
     assert_eq!(t.push("feature/built", &commit).await, 202);
 
@@ -73,6 +87,19 @@ async fn the_stack_comes_up_while_ci_builds_and_the_image_runs_once_it_exists() 
     let what = waiting.waiting_for.clone().expect("waiting for something");
     assert!(what.contains(&format!("{IMAGE_REPOSITORY}:{commit}")), "{what}");
     assert_eq!(app.requests(), 0, "nothing is probed before the commit runs");
+    // The pull request says so: the deployment is queued, the comment says what it waits for.
+    let (deployment, queued, comment) =
+        eventually("a queued deployment and a comment saying what it waits for", || {
+            let d = t.github.deployments(REPO).first()?["id"].as_u64()?;
+            let queued = t.github.deployment_statuses(REPO, d).first().cloned()?;
+            let comment = t.github.comments(REPO, 4).first()?.1.clone();
+            comment.contains("Waiting for").then_some((d, queued, comment))
+        })
+        .await;
+    assert_eq!(queued["state"], "queued", "{queued}");
+    let description = queued["description"].as_str().unwrap_or_default();
+    assert!(description.starts_with("waiting for") && description.contains(IMAGE_REPOSITORY), "{queued}");
+    assert!(comment.contains(&commit[..7]) && comment.contains("in ECR (since "), "{comment}");
 
     // CI's build ends: one update runs the image, the URL answers, and only then is it ready.
     t.put_image(IMAGE_REPOSITORY, &commit).await;
@@ -86,6 +113,27 @@ async fn the_stack_comes_up_while_ci_builds_and_the_image_runs_once_it_exists() 
     assert!(done.answered_at.is_some() && done.ready_at.is_some() && done.waiting_for.is_none(), "{done:?}");
     assert!(app.requests() >= 2, "answered twice in a row");
     assert!(app.hosts().iter().all(|h| *h == env.dns_name), "asked by its own name: {:?}", app.hosts());
+
+    // GitHub: queued, then in_progress, then success; the comment tells how it came up.
+    let comment = eventually("a comment saying ready, with the timeline", || {
+        let c = t.github.comments(REPO, 4).first()?.1.clone();
+        c.contains("**ready**").then_some(c)
+    })
+    .await;
+    assert!(
+        comment.contains("Timeline") && comment.contains("after the push") && comment.contains("build"),
+        "{comment}"
+    );
+    assert!(!comment.contains("Waiting for"), "{comment}");
+    let states: Vec<_> = eventually("a success", || {
+        let s = t.github.deployment_statuses(REPO, deployment);
+        s.iter().any(|s| s["state"] == "success").then_some(s)
+    })
+    .await
+    .iter()
+    .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+    .collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
 
     // The API says the same.
     let view: serde_json::Value =

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use previewd_domain::{CommitSha, Desired, Status, StepOutcome};
 use previewd_github::{DeploymentState, DeploymentStatus, GithubError};
-use previewd_store::{DeploymentRecord, EnvRecord, PrComment, now_ms};
+use previewd_store::{DeploymentRecord, EnvRecord, PrComment, Timeline, now_ms};
 use sha2::{Digest, Sha256};
 
 use crate::context::{Inner, humanize};
 use crate::error::ReconcileError;
+use crate::reconcile::timeline_summary;
 
 /// Environments taken per look at the store.
 const BATCH: i64 = 20;
@@ -98,19 +99,45 @@ async fn failed(inner: &Inner, env: &EnvRecord, e: &ReconcileError, retry_after:
 }
 
 /// The commit and the state GitHub should show for the environment now; `None`: nothing to report
-/// (a `-no-infra` or skipped branch, or a push whose commit is not known yet).
-fn target(env: &EnvRecord) -> Option<(Option<CommitSha>, DeploymentState)> {
+/// (a `-no-infra` or skipped branch, a push whose commit is not known yet, or one the reconciler has not
+/// looked at: whether it will wait is not known). `timeline`: the commit's.
+fn target(env: &EnvRecord, timeline: Option<&Timeline>) -> Option<(Option<CommitSha>, DeploymentState)> {
     let desired_sha = match &env.desired {
         Desired::Present { sha } => sha.clone(),
         Desired::Absent => None,
     };
+    // Its artifact or checks awaited: nothing of the commit runs yet.
+    let queued = timeline.is_some_and(|t| t.artifact_at.is_none() && t.waiting_for.is_some());
     match env.status {
         Status::Skipped => None,
         Status::Deleting | Status::Deleted => Some((None, DeploymentState::Inactive)),
         Status::Ready => Some((env.deployed_sha.clone(), DeploymentState::Success)),
         Status::Failed => Some((desired_sha.or(env.deployed_sha.clone()), DeploymentState::Failure)),
+        Status::Pending | Status::Provisioning if queued => desired_sha.map(|s| (Some(s), DeploymentState::Queued)),
+        Status::Pending | Status::Provisioning if timeline.is_none() => None,
         Status::Pending | Status::Provisioning => desired_sha.map(|s| (Some(s), DeploymentState::InProgress)),
     }
+}
+
+/// The statuses to post, in order, on a deployment last shown `at` to bring it to `state`: every
+/// deployment shows `queued` (while its artifact is awaited) or `in_progress` first, then where it ended.
+fn steps(at: Option<DeploymentState>, state: DeploymentState) -> Vec<DeploymentState> {
+    use DeploymentState::{InProgress, Queued};
+    let mut steps = Vec::new();
+    let mut at = at;
+    if at.is_none() {
+        let first = if state == Queued { Queued } else { InProgress };
+        steps.push(first);
+        at = Some(first);
+    }
+    match state {
+        Queued => {}
+        InProgress if at == Some(Queued) => steps.push(InProgress),
+        InProgress => {}
+        done if at != Some(done) => steps.push(done),
+        _ => {}
+    }
+    steps
 }
 
 /// GitHub takes an environment name of at most 255 characters.
@@ -148,21 +175,30 @@ async fn tell(
     let rev = env.observed_rev;
     let log_url =
         setup.dashboard_url.as_ref().map(|base| format!("{}/environments/{}", base.trim_end_matches('/'), env.id));
-    if let Some((sha, state)) = target(env) {
-        deployment(inner, env, sha, state, log_url.clone(), setup, last_write).await?;
+    // The timeline of the commit GitHub is told about (an earlier commit's says nothing of this one).
+    let timeline = match env.status {
+        Status::Skipped | Status::Deleting | Status::Deleted => None,
+        _ => inner.store.timeline(id).await?.filter(|t| Some(&t.sha) == shown_sha(env).as_ref()),
+    };
+    let waiting = timeline.as_ref().and_then(|t| t.waiting_for.as_deref());
+    if let Some((sha, state)) = target(env, timeline.as_ref()) {
+        deployment(inner, env, sha, state, waiting, log_url.clone(), setup, last_write).await?;
     }
     if !matches!(env.status, Status::Skipped) {
-        comments(inner, env, log_url.as_deref(), setup, last_write).await?;
+        let body = comment_body(inner, env, timeline.as_ref(), log_url.as_deref());
+        comments(inner, env, &body, setup, last_write).await?;
     }
     inner.store.feedback_done(id, rev).await?;
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn deployment(
     inner: &Inner,
     env: &EnvRecord,
     sha: Option<CommitSha>,
     state: DeploymentState,
+    waiting: Option<&str>,
     log_url: Option<String>,
     setup: &crate::setup::FeedbackSetup,
     last_write: &mut tokio::time::Instant,
@@ -170,11 +206,15 @@ async fn deployment(
     let github = &inner.github;
     let mut current = env.deployment.clone();
     let post = |state: DeploymentState| {
-        let description = match state {
-            DeploymentState::InProgress => format!("previewd is provisioning {}", env.branch),
-            DeploymentState::Success => format!("ready at {}", env.url.as_deref().unwrap_or(&env.dns_name)),
-            DeploymentState::Failure => env.last_error.clone().unwrap_or_else(|| "the environment failed".to_owned()),
-            DeploymentState::Inactive => "the environment is torn down".to_owned(),
+        let description = match (state, waiting) {
+            (DeploymentState::Queued | DeploymentState::InProgress, Some(what)) => format!("waiting for {what}"),
+            (DeploymentState::Queued, None) => format!("previewd is waiting to run {}", env.branch),
+            (DeploymentState::InProgress, None) => format!("previewd is provisioning {}", env.branch),
+            (DeploymentState::Success, _) => format!("ready at {}", env.url.as_deref().unwrap_or(&env.dns_name)),
+            (DeploymentState::Failure, _) => {
+                env.last_error.clone().unwrap_or_else(|| "the environment failed".to_owned())
+            }
+            (DeploymentState::Inactive, _) => "the environment is torn down".to_owned(),
         };
         DeploymentStatus {
             state,
@@ -226,15 +266,7 @@ async fn deployment(
         current = Some(d);
     }
     let Some(mut d) = current else { return Ok(()) };
-    // Every deployment shows `in_progress` first, then where it ended.
-    let mut steps = Vec::new();
-    if d.state.is_none() {
-        steps.push(DeploymentState::InProgress);
-    }
-    if state != DeploymentState::InProgress && d.state != Some(state) {
-        steps.push(state);
-    }
-    for step in steps {
+    for step in steps(d.state, state) {
         pace(setup, last_write).await;
         if let Err(e) = github.create_deployment_status(&env.repo, d.id as u64, &post(step)).await {
             if matches!(e, GithubError::Status { status: 404, .. }) {
@@ -276,7 +308,15 @@ pub(crate) fn markdown_text(text: &str) -> String {
     out
 }
 
-fn comment_body(inner: &Inner, env: &EnvRecord, log_url: Option<&str>) -> String {
+/// The commit the comment and the deployment speak of: the deployed one once ready, else the desired one.
+fn shown_sha(env: &EnvRecord) -> Option<CommitSha> {
+    if env.status == Status::Ready { env.deployed_sha.clone() } else { None }.or(match &env.desired {
+        Desired::Present { sha } => sha.clone(),
+        Desired::Absent => env.deployed_sha.clone(),
+    })
+}
+
+fn comment_body(inner: &Inner, env: &EnvRecord, timeline: Option<&Timeline>, log_url: Option<&str>) -> String {
     let mut rows = vec![("Branch", markdown_text(env.branch.as_str()))];
     let url = match (&env.url, env.status) {
         (Some(url), Status::Ready | Status::Provisioning) => format!("<{}>", url.replace(['<', '>', ' '], "")),
@@ -284,11 +324,15 @@ fn comment_body(inner: &Inner, env: &EnvRecord, log_url: Option<&str>) -> String
     };
     rows.push(("URL", url));
     rows.push(("Status", format!("**{}**", env.status)));
-    let sha = if env.status == Status::Ready { env.deployed_sha.clone() } else { None }.or(match &env.desired {
-        Desired::Present { sha } => sha.clone(),
-        Desired::Absent => env.deployed_sha.clone(),
-    });
-    rows.push(("Commit", sha.map_or_else(|| "—".to_owned(), |s| format!("`{}`", s.short()))));
+    rows.push(("Commit", shown_sha(env).map_or_else(|| "—".to_owned(), |s| format!("`{}`", s.short()))));
+    if let Some(t) = timeline.filter(|_| matches!(env.status, Status::Pending | Status::Provisioning))
+        && let (Some(what), Some(since)) = (&t.waiting_for, t.waiting_since)
+    {
+        rows.push(("Waiting for", format!("{} (since {})", markdown_text(what), clock(since))));
+    }
+    if let Some(summary) = timeline.filter(|_| env.status != Status::Failed).and_then(timeline_summary) {
+        rows.push(("Timeline", markdown_text(&summary)));
+    }
     let seed = match (env.seeded_at, env.seed_log.last()) {
         (Some(_), _) => format!("seeded ({} steps)", env.seed_log.len()),
         (None, Some(last)) if last.outcome == StepOutcome::Failed => {
@@ -309,10 +353,16 @@ fn comment_body(inner: &Inner, env: &EnvRecord, log_url: Option<&str>) -> String
     format!("{}\n### Preview environment\n\n| | |\n|---|---|\n{}\n", marker(inner, env), table.join("\n"))
 }
 
+/// A moment as the comment shows it: UTC, to the second (it never changes, so neither does the comment).
+fn clock(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string().replace('T', " ").replace('Z', " UTC")
+}
+
 async fn comments(
     inner: &Inner,
     env: &EnvRecord,
-    log_url: Option<&str>,
+    body: &str,
     setup: &crate::setup::FeedbackSetup,
     last_write: &mut tokio::time::Instant,
 ) -> Result<(), ReconcileError> {
@@ -321,7 +371,6 @@ async fn comments(
     if pulls.is_empty() {
         return Ok(());
     }
-    let body = comment_body(inner, env, log_url);
     let hash = format!("{:x}", Sha256::digest(body.as_bytes()));
     let known = inner.store.pr_comments(env.id).await?;
     let marker = marker(inner, env);
@@ -336,9 +385,9 @@ async fn comments(
         }
         pace(setup, last_write).await;
         let id = match comment_id {
-            Some(id) if github.edit_comment(&env.repo, id, &body).await? => id,
+            Some(id) if github.edit_comment(&env.repo, id, body).await? => id,
             // Never made, or deleted by a person since: made (again).
-            _ => github.create_comment(&env.repo, number, &body).await?,
+            _ => github.create_comment(&env.repo, number, body).await?,
         };
         let c = PrComment { pr_number: number as i64, comment_id: id as i64, body_hash: hash.clone() };
         inner.store.set_pr_comment(env.id, &c).await?;
@@ -360,6 +409,21 @@ mod tests {
         }
         // 81 writes take at least 80 gaps: a minute, so never more than 80 in any minute.
         assert!(start.elapsed() >= Duration::from_secs(60), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_deployment_is_queued_or_in_progress_first_then_where_it_ended() {
+        use DeploymentState::*;
+        assert_eq!(steps(None, Queued), [Queued]);
+        assert_eq!(steps(Some(Queued), Queued), []);
+        assert_eq!(steps(Some(Queued), InProgress), [InProgress]);
+        assert_eq!(steps(Some(Queued), Success), [Success]);
+        assert_eq!(steps(Some(Queued), Failure), [Failure], "a failed check fails a queued deployment");
+        assert_eq!(steps(None, InProgress), [InProgress]);
+        assert_eq!(steps(None, Success), [InProgress, Success]);
+        assert_eq!(steps(Some(InProgress), Success), [Success]);
+        assert_eq!(steps(Some(Success), Success), []);
+        assert_eq!(steps(Some(Success), InProgress), [], "never back to in_progress once it ended");
     }
 
     #[test]

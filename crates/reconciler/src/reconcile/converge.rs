@@ -73,8 +73,8 @@ pub(super) async fn converge(
         && s.in_progress()
     {
         let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
-        record(inner, env, o, None).await?;
         stamps.save(inner, env).await?;
+        record(inner, env, o, None).await?;
         return Ok(Action::Requeue(waiting.map_or_else(|| poll_delay(inner, env), |d| d.min(poll_delay(inner, env)))));
     }
 
@@ -131,8 +131,8 @@ pub(super) async fn converge(
                 ),
                 _ => format!("creating stack {} at {}", env.stack_name, sha.short()),
             };
-            inner.store.update_observed(env.fence(), &o, Some((EventKind::Create, &why))).await?;
             stamps.save(inner, env).await?;
+            inner.store.update_observed(env.fence(), &o, Some((EventKind::Create, &why))).await?;
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
@@ -221,8 +221,8 @@ pub(super) async fn converge(
                     Some(cause) => format!("{why}, again: the last update rolled back ({cause})"),
                     None => why,
                 };
-                inner.store.update_observed(env.fence(), &o, Some((EventKind::Update, &why))).await?;
                 stamps.save(inner, env).await?;
+                inner.store.update_observed(env.fence(), &o, Some((EventKind::Update, &why))).await?;
                 return Ok(Action::Requeue(inner.setup.tuning.poll_min));
             }
             inner
@@ -334,33 +334,21 @@ async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps)
         attempts: 0,
         retries: 0,
     };
-    let event = (!settled).then(|| format!("ready at {}: {url}{}", cx.sha.short(), phases(&stamps.now)));
-    if event.is_some() {
+    let mut event = None;
+    if !settled {
         stamps.reach(ready::Phase::Ready);
         if let Some(pushed) = env.pushed_at {
             previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
         }
+        event = Some(match ready::timeline_summary(&stamps.now) {
+            Some(summary) => format!("ready at {}: {url} ({summary})", cx.sha.short()),
+            None => format!("ready at {}: {url}", cx.sha.short()),
+        });
     }
     // The timeline first: whoever reads `ready` finds its phases there too.
     stamps.save(inner, env).await?;
     record(inner, env, o, event.as_deref().map(|m| (EventKind::Ready, m))).await?;
     Ok(Action::Done)
-}
-
-/// " (4 min 12 s after the push: artifact after 3 min 2 s, infrastructure after 2 min 40 s)", as far as
-/// the timeline knows.
-fn phases(t: &previewd_store::Timeline) -> String {
-    let Some(pushed) = t.pushed_at else { return String::new() };
-    let after = |at: Option<i64>| at.map(|a| crate::context::humanize((a - pushed).max(0)));
-    let mut parts = Vec::new();
-    if let Some(a) = after(t.artifact_at) {
-        parts.push(format!("artifact after {a}"));
-    }
-    if let Some(i) = after(t.infrastructure_at) {
-        parts.push(format!("infrastructure after {i}"));
-    }
-    let total = crate::context::humanize((now_ms() - pushed).max(0));
-    format!(" ({total} after the push: {})", parts.join(", "))
 }
 
 pub(super) fn stack_view(inner: &Inner, s: &Stack, current: bool) -> StackView {

@@ -13,6 +13,8 @@ mod ready;
 mod record;
 mod teardown;
 
+pub(crate) use ready::timeline_summary;
+
 use std::time::Duration;
 
 use previewd_domain::plan::{self, BranchDecision, Evidence, GitHubAnswer, Waits};

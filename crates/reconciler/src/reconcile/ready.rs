@@ -83,6 +83,8 @@ impl Stamps {
         self.before.as_ref().and_then(|t| t.waiting_for.clone())
     }
 
+    /// Written before the observed state it goes with: whoever reads a status (the API, GitHub's
+    /// feedback) finds the timeline that explains it.
     pub(super) async fn save(&self, inner: &Inner, env: &EnvRecord) -> Result<(), ReconcileError> {
         if self.before.as_ref() != Some(&self.now) {
             inner.store.record_timeline(env.fence(), &self.now).await?;
@@ -98,6 +100,28 @@ pub(super) enum Phase {
     Infrastructure,
     Answered,
     Ready,
+}
+
+/// How the commit came up, in words: "ready 4m 12s after the push: build 3m 2s, infrastructure 2m 40s
+/// alongside" once ready, else the phases reached so far ("artifact after 1m 2s"); `None` before any.
+/// "Alongside" when the infrastructure was complete before the build ended.
+pub(crate) fn timeline_summary(t: &Timeline) -> Option<String> {
+    let pushed = t.pushed_at?;
+    let after = |at: Option<i64>| at.map(|a| humanize((a - pushed).max(0)));
+    let mut parts = Vec::new();
+    if let Some(build) = after(t.artifact_at) {
+        parts.push(format!("build {build}"));
+    }
+    if let Some(infra) = after(t.infrastructure_at) {
+        let alongside = matches!((t.infrastructure_at, t.artifact_at), (Some(i), Some(a)) if i <= a);
+        parts.push(format!("infrastructure {infra}{}", if alongside { " alongside" } else { "" }));
+    }
+    match after(t.ready_at) {
+        Some(total) if parts.is_empty() => Some(format!("ready {total} after the push")),
+        Some(total) => Some(format!("ready {total} after the push: {}", parts.join(", "))),
+        None if parts.is_empty() => None,
+        None => Some(format!("so far: {}", parts.join(", "))),
+    }
 }
 
 /// What a commit waits for while its URL does not answer.
@@ -236,8 +260,8 @@ pub(super) async fn record_waiting(
     let what = stamps.now.waiting_for.clone().unwrap_or_default();
     let o = Observed { status: Status::Pending, last_error: None, ..seen };
     let event = (stamps.before_waiting_for() != stamps.now.waiting_for).then(|| format!("waiting for {what}"));
-    record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await?;
-    stamps.save(inner, env).await
+    stamps.save(inner, env).await?;
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await
 }
 
 /// The gate or the probe said no for good: `failed`, with why; the next push or a redeploy starts over.
@@ -250,8 +274,8 @@ pub(super) async fn record_failed(
     stamps.done_waiting();
     let o = Observed { status: Status::Failed, last_error: Some(why.clone()), ..env.observed() };
     let event = (env.status != Status::Failed || env.last_error.as_deref() != Some(why.as_str())).then_some(why);
-    record(inner, env, o, event.as_deref().map(|m| (EventKind::Failed, m))).await?;
     stamps.save(inner, env).await?;
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Failed, m))).await?;
     Ok(Action::Done)
 }
 
@@ -300,8 +324,33 @@ pub(super) async fn probe(
     let o = Observed { status: Status::Provisioning, url: Some(url.to_owned()), ..env.observed() };
     let event = (stamps.before_waiting_for() != stamps.now.waiting_for)
         .then(|| format!("stack ready; waiting for {} to answer", rules.url));
-    record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await?;
     stamps.save(inner, env).await?;
+    record(inner, env, o, event.as_deref().map(|m| (EventKind::Waiting, m))).await?;
     let again = Duration::from_millis((waited / 4).max(0) as u64).clamp(PROBE_AGAIN_MIN, PROBE_AGAIN_MAX);
     Ok(Some(Action::Requeue(again)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_reads_as_the_push_to_ready_with_its_phases() {
+        let mut t = Timeline::new(CommitSha::new(&"a".repeat(40)).expect("sha"), Some(1_000_000));
+        assert_eq!(timeline_summary(&t), None);
+        t.infrastructure_at = Some(1_000_000 + 160_000);
+        assert_eq!(timeline_summary(&t).as_deref(), Some("so far: infrastructure 2m 40s"));
+        t.artifact_at = Some(1_000_000 + 182_000);
+        t.ready_at = Some(1_000_000 + 252_000);
+        assert_eq!(
+            timeline_summary(&t).as_deref(),
+            Some("ready 4m 12s after the push: build 3m 2s, infrastructure 2m 40s alongside")
+        );
+        // The infrastructure after the build (a blueprint that waits with its whole stack).
+        t.infrastructure_at = Some(1_000_000 + 230_000);
+        assert_eq!(
+            timeline_summary(&t).as_deref(),
+            Some("ready 4m 12s after the push: build 3m 2s, infrastructure 3m 50s")
+        );
+    }
 }
