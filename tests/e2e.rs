@@ -453,6 +453,7 @@ async fn a_stack_previewd_did_not_create_is_never_touched() {
         tags: vec![("previewd:owner".into(), "someone-else".into())],
         token: "theirs".into(),
         role_arn: None,
+        timeout: None,
     };
     aws.create_stack(&req).await.expect("their stack");
     assert_eq!(t.push("feat/theirs", SHA1).await, 202);

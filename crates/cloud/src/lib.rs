@@ -108,6 +108,8 @@ pub struct Stack {
     pub reason: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub outputs: BTreeMap<String, String>,
+    /// When its last operation began (its last update's, else its creation's), in ms since the epoch.
+    pub changed_at: Option<i64>,
 }
 
 impl Stack {
@@ -143,6 +145,9 @@ pub struct StackRequest {
     pub token: String,
     /// The role CloudFormation assumes to create the stack's resources (RoleARN), if any.
     pub role_arn: Option<String>,
+    /// How long a create may take before CloudFormation fails it (`TimeoutInMinutes`, whole minutes, at
+    /// least one); an update has no such limit (see [`Aws::cancel_update`]).
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -273,9 +278,25 @@ impl Aws {
     /// Starts creating a stack; returns its id. A stack of that name that already exists is an error of
     /// code `AlreadyExistsException`, which the caller resolves by describing it.
     pub async fn create_stack(&self, req: &StackRequest) -> Result<String, CloudError> {
-        let call = stack_call!(self.cfn.create_stack(), req);
+        let minutes = req.timeout.map(|t| t.as_secs().div_ceil(60).clamp(1, i32::MAX as u64) as i32);
+        let call = stack_call!(self.cfn.create_stack(), req).set_timeout_in_minutes(minutes);
         let out = call.send().await.map_err(|e| classify("CreateStack", e))?;
         Ok(out.stack_id().unwrap_or(&req.name).to_owned())
+    }
+
+    /// Cancels the stack's update in progress (CloudFormation rolls it back); `false` when there is none
+    /// to cancel (it ended meanwhile).
+    pub async fn cancel_update(&self, stack: &str, token: &str) -> Result<bool, CloudError> {
+        match self.cfn.cancel_update_stack().stack_name(stack).client_request_token(token).send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.code() == Some("ValidationError")
+                    && e.message().is_some_and(|m| m.contains("cannot be called from current stack status")) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(classify("CancelUpdateStack", e)),
+        }
     }
 
     /// Starts updating a stack. "No updates are to be performed" is success ([`UpdateOutcome::NoChanges`]).
@@ -474,5 +495,6 @@ fn stack_from(s: &cfn::types::Stack) -> Stack {
             .iter()
             .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
             .collect(),
+        changed_at: s.last_updated_time().or(s.creation_time()).and_then(|t| t.to_millis().ok()),
     }
 }

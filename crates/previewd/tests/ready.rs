@@ -309,3 +309,27 @@ async fn an_update_rolled_back_by_a_failed_service_names_why_its_tasks_stopped()
     assert_eq!(desired_count(&t, &env.stack_name).await, Some(0), "rolled back to no task");
     assert!(calls(&t, "ListTasks", None) >= 1 && calls(&t, "DescribeServices", None) >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_past_its_deadline_is_cancelled_and_rolled_back() {
+    let extra = format!("[repos.\"{REPO}\".branches.\"slow/*\"]\ninfrastructure.timeout = \"3s\"\n");
+    let ready = "artifact.wait = false\nreadiness.probe = false";
+    let mut t = TestEnv::with(&Options { ready, extra: &extra, ..Options::default() }).await;
+    assert_eq!(t.push("slow/update", &sha(1)).await, 202);
+    let env = t.ready("slow/update", &sha(1)).await;
+    // A create has CloudFormation's own deadline, in whole minutes.
+    let create =
+        t.proxy.calls().into_iter().find(|c| c.action == "CreateStack" && c.stack.as_ref() == Some(&env.stack_name));
+    assert_eq!(create.and_then(|c| c.timeout_minutes).as_deref(), Some("1"));
+    // The next update never ends by itself (CloudFormation waits up to hours for a service to settle).
+    t.proxy.slow_update(&env.stack_name, Duration::from_secs(600));
+    assert_eq!(t.push("slow/update", &sha(2)).await, 202);
+    let env = t.wait_for("slow/update", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.clone().expect("why");
+    assert!(why.contains("longer than infrastructure.timeout (3s)") && why.contains("cancelled"), "{why}");
+    let cancels = t.proxy.calls().iter().filter(|c| c.action == "CancelUpdateStack").count();
+    assert_eq!(cancels, 1);
+    // CloudFormation rolled it back: the stack runs the commit it ran before.
+    let stack = t.stack(&env.stack_name).await.expect("stack");
+    assert_eq!(stack.tag(previewd_domain::tags::SHA), Some(sha(1).as_str()), "{stack:?}");
+}

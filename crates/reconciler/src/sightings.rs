@@ -97,6 +97,7 @@ mod tests {
             name: name.into(),
             status: status.into(),
             reason: None,
+            changed_at: None,
             tags: BTreeMap::new(),
             outputs: BTreeMap::new(),
         }

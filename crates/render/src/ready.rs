@@ -90,10 +90,13 @@ pub struct Rules {
     pub artifact_timeout: Duration,
     /// `None` when `readiness.probe` is off (or the blueprint has no such settings).
     pub probe: Option<ProbeRules>,
+    /// How long one stack operation (a create, an update) may take before previewd ends it.
+    pub infrastructure_timeout: Duration,
 }
 
 const DEFAULT_ARTIFACT_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_INFRASTRUCTURE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Reads the rules from `settings` for the commit `sha` of the environment named `dns_name`. A blueprint
 /// without these settings waits for nothing and probes nothing (as before they existed).
@@ -140,7 +143,9 @@ pub fn rules(
         Some(true) => Some(probe_rules(settings, sha, dns_name)?),
         _ => None,
     };
-    Ok(Rules { artifact, checks, artifact_timeout, probe })
+    let infrastructure_timeout =
+        duration(settings, "infrastructure.timeout")?.unwrap_or(DEFAULT_INFRASTRUCTURE_TIMEOUT);
+    Ok(Rules { artifact, checks, artifact_timeout, probe, infrastructure_timeout })
 }
 
 fn probe_rules(settings: &Settings, sha: &str, dns_name: &str) -> Result<ProbeRules, RenderError> {

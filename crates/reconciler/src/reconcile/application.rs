@@ -59,6 +59,7 @@ pub(super) async fn ensure(
                     tags,
                     token: token("app-create", &[app_name, &hash]),
                     role_arn: inner.setup.stack_role_arn.clone(),
+                    timeout: None,
                 };
                 match inner.create_stack(&req).await {
                     Ok(_) => {
@@ -90,6 +91,7 @@ pub(super) async fn ensure(
                     tags,
                     token: token("app-update", &[&app.id, &hash, &app.status, &env.attempts.to_string()]),
                     role_arn: inner.setup.stack_role_arn.clone(),
+                    timeout: None,
                 };
                 match inner.update_stack(&req).await? {
                     UpdateOutcome::Started => {

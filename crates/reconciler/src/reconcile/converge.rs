@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::record::{poll_delay, record};
 use super::{application, observe, ready, teardown};
-use crate::context::Inner;
+use crate::context::{Inner, humanize};
 use crate::error::{Action, ReconcileError};
 use crate::seed;
 use crate::setup::RepoSetup;
@@ -72,6 +72,27 @@ pub(super) async fn converge(
     if let Some(s) = &stack
         && s.in_progress()
     {
+        // An update past previewd's deadline is cancelled (CloudFormation has none for updates; a create
+        // is failed by its own TimeoutInMinutes): CloudFormation rolls it back, and the environment fails.
+        let took = now_ms() - s.changed_at.unwrap_or(env.updated_at);
+        if s.stack_status() == StackStatus::UpdateInProgress
+            && took > rules.infrastructure_timeout.as_millis() as i64
+            && inner
+                .aws
+                .cancel_update(&s.name, &token("cancel", &[&s.id, &s.changed_at.unwrap_or(0).to_string()]))
+                .await?
+        {
+            let why = format!(
+                "the update of stack {} to {} took longer than infrastructure.timeout ({}): cancelled, and \
+                 CloudFormation rolls it back to what ran before. See the stack's events for the resource it \
+                 waited on; push a fix, or redeploy",
+                s.name,
+                sha.short(),
+                humanize(rules.infrastructure_timeout.as_millis() as i64)
+            );
+            inner.store.add_event(env.id, EventKind::Update, &why).await?;
+            return Err(ReconcileError::NeedsHuman(why));
+        }
         let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
         stamps.save(inner, env).await?;
         record(inner, env, o, None).await?;
@@ -113,6 +134,7 @@ pub(super) async fn converge(
                 // A stack deleted behind previewd's back is a new create (the old id is part of it).
                 token: token("create", &[&hash, env.stack_id.as_deref().unwrap_or(""), &env.attempts.to_string()]),
                 role_arn: inner.setup.stack_role_arn.clone(),
+                timeout: Some(rules.infrastructure_timeout),
             };
             let stack_id = match inner.create_stack(&req).await {
                 Ok(id) => Some(id),
@@ -201,6 +223,7 @@ pub(super) async fn converge(
                 tags,
                 token: token("update", &[&stack.id, &hash, sha.as_str(), &attempts.to_string()]),
                 role_arn: inner.setup.stack_role_arn.clone(),
+                timeout: None,
             };
             if inner.update_stack(&req).await? == UpdateOutcome::Started {
                 let o = Observed {

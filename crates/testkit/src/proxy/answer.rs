@@ -12,7 +12,7 @@ use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use super::operation::{identify, stack_name};
-use super::state::{StatusOverride, Until};
+use super::state::{Rollback, StatusOverride, Until};
 use super::xml::{blocks, error_document, first, member_len, request_id, with_status, xml, xml_escape};
 use super::{AwsProxy, Call};
 
@@ -42,6 +42,7 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
     let (service, action) = identify(&parts.method, &path, &query, &parts.headers, &form);
     let stack = form.get("StackName").map(|s| stack_name(s));
     let token = form.get("ClientRequestToken").cloned();
+    let timeout_minutes = form.get("TimeoutInMinutes").cloned();
     let keys = if action == "DeleteObjects" { String::from_utf8_lossy(&body).matches("<Key>").count() } else { 0 };
     // A call answered here, as AWS would have answered it, rather than by moto.
     let refused = || Call {
@@ -52,6 +53,7 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         keys,
         at: received,
         token: token.clone(),
+        timeout_minutes: timeout_minutes.clone(),
     };
 
     // Injected errors.
@@ -161,6 +163,7 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
                 until: Until::Action("DeleteStack".into()),
                 duration: Duration::ZERO,
                 event: None,
+                rollback: None,
             });
             let ok = format!(
                 "<DeleteStackResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></DeleteStackResponse>",
@@ -175,18 +178,64 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         _ => vec![],
     };
 
-    // An update a test made fail is rolled back to what the stack was before it, tags included.
-    let rolls_back = action == "UpdateStack"
-        && stack.as_ref().is_some_and(|name| {
-            proxy.lock().overrides.iter().any(|o| {
-                &o.stack == name
-                    && !o.active
-                    && o.after.as_deref() == Some("UpdateStack")
-                    && o.status == "UPDATE_ROLLBACK_COMPLETE"
+    // CancelUpdateStack, during an update a test made slow: the stack goes back to what it was before it,
+    // tags included, as CloudFormation's rollback does (moto has no updates in progress to cancel).
+    if action == "CancelUpdateStack"
+        && let Some(name) = &stack
+    {
+        let saved = {
+            let mut st = proxy.lock();
+            st.calls.push(refused());
+            let now = Instant::now();
+            let at = st.overrides.iter().position(|o| {
+                o.active
+                    && &o.stack == name
+                    && o.status == "UPDATE_IN_PROGRESS"
+                    && !matches!(o.until, Until::Time(t) if t <= now)
+            });
+            at.map(|i| st.overrides.remove(i)).map(|o| match o.rollback {
+                Some(Rollback::OnCancel(saved)) => saved,
+                _ => None,
             })
+        };
+        let Some(saved) = saved else {
+            let message = "CancelUpdateStack cannot be called from current stack status";
+            return xml(StatusCode::BAD_REQUEST, error_document(&service, "ValidationError", message));
+        };
+        if let Some(saved) = saved {
+            proxy.roll_back(name, &saved).await;
+        }
+        proxy.lock().overrides.push(StatusOverride {
+            stack: name.clone(),
+            status: "UPDATE_ROLLBACK_COMPLETE".into(),
+            reason: String::new(),
+            after: None,
+            active: true,
+            until: Until::Action("UpdateStack".into()),
+            duration: Duration::ZERO,
+            event: None,
+            rollback: None,
         });
-    let before = match (&stack, rolls_back) {
-        (Some(name), true) => Some(proxy.stack_state(name).await),
+        let ok = format!(
+            "<CancelUpdateStackResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></CancelUpdateStackResponse>",
+            request_id()
+        );
+        return xml(StatusCode::OK, ok);
+    }
+
+    // An update a test made fail (or slow) is rolled back to what the stack was before it, tags included:
+    // at once (failed), or when it is cancelled (slow).
+    let rollback = match (&stack, action.as_str()) {
+        (Some(name), "UpdateStack") => proxy
+            .lock()
+            .overrides
+            .iter()
+            .find(|o| &o.stack == name && !o.active && o.after.as_deref() == Some("UpdateStack"))
+            .and_then(|o| o.rollback.clone()),
+        _ => None,
+    };
+    let before = match (&stack, &rollback) {
+        (Some(name), Some(_)) => Some(proxy.stack_state(name).await),
         _ => None,
     };
 
@@ -200,6 +249,7 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         keys,
         at: received,
         token: token.clone(),
+        timeout_minutes: timeout_minutes.clone(),
     });
 
     // Forward to moto.
@@ -220,9 +270,21 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         proxy.delete_listener_rules(&rules).await;
     }
     if status.is_success()
-        && let (Some(name), Some(before)) = (&stack, &before)
+        && let (Some(name), Some(before)) = (&stack, before)
     {
-        proxy.roll_back(name, before).await;
+        match rollback {
+            Some(Rollback::Now) => proxy.roll_back(name, &before).await,
+            _ => {
+                let mut st = proxy.lock();
+                let waiting = st
+                    .overrides
+                    .iter_mut()
+                    .find(|o| &o.stack == name && !o.active && matches!(o.rollback, Some(Rollback::OnCancel(None))));
+                if let Some(o) = waiting {
+                    o.rollback = Some(Rollback::OnCancel(Some(before)));
+                }
+            }
+        }
     }
     let mut text = text.to_vec();
 

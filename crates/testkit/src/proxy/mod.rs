@@ -27,7 +27,7 @@ use axum::Router;
 use tokio::time::Instant;
 
 use self::answer::handle;
-use self::state::{ErrorFault, ProxyState, StatusOverride, Until};
+use self::state::{ErrorFault, ProxyState, Rollback, StatusOverride, Until};
 
 /// One call the proxy saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct Call {
     pub at: Instant,
     /// A CloudFormation call's ClientRequestToken: the same token twice is one request retried.
     pub token: Option<String>,
+    /// A CreateStack's TimeoutInMinutes.
+    pub timeout_minutes: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +123,7 @@ impl AwsProxy {
             until,
             duration,
             event: None,
+            rollback: None,
         });
     }
 
@@ -161,6 +164,7 @@ impl AwsProxy {
             until: Until::Action("UpdateStack".into()),
             duration: Duration::ZERO,
             event: Some((logical_id.to_owned(), resource_type.to_owned(), reason.to_owned())),
+            rollback: Some(Rollback::Now),
         });
     }
 
@@ -199,6 +203,23 @@ impl AwsProxy {
     /// buckets (an application still writing while it is torn down).
     pub fn refill_buckets_before_delete(&self, stack: &str, times: usize) {
         self.lock().refill.insert(stack.into(), times);
+    }
+
+    /// After the stack's next UpdateStack, it shows UPDATE_IN_PROGRESS for `duration` (moto updates at
+    /// once); a CancelUpdateStack meanwhile rolls it back to what it was (UPDATE_ROLLBACK_COMPLETE), as
+    /// CloudFormation does.
+    pub fn slow_update(&self, stack: &str, duration: Duration) {
+        self.lock().overrides.push(StatusOverride {
+            stack: stack.into(),
+            status: "UPDATE_IN_PROGRESS".into(),
+            reason: "User Initiated".into(),
+            after: Some("UpdateStack".into()),
+            active: false,
+            until: Until::Time(Instant::now()),
+            duration,
+            event: None,
+            rollback: Some(Rollback::OnCancel(None)),
+        });
     }
 
     /// The next `times` DeleteObjects calls answer 200 with every key refused (`InternalError`).

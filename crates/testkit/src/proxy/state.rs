@@ -38,6 +38,19 @@ pub(super) struct StatusOverride {
     /// A failed resource's event shown first in the stack's events while active: (logical id, type,
     /// reason), as CloudFormation records the cause of a rollback.
     pub(super) event: Option<(String, String, String)>,
+    /// Whether the stack is rolled back to what it was before the update that activated this.
+    pub(super) rollback: Option<Rollback>,
+}
+
+/// The stack's template and tags, to roll an update back to.
+pub(super) type Saved = (String, Vec<(String, String)>);
+
+#[derive(Debug, Clone)]
+pub(super) enum Rollback {
+    /// At once: the update failed.
+    Now,
+    /// When a CancelUpdateStack comes while it shows (what to go back to, kept at the update).
+    OnCancel(Option<Saved>),
 }
 
 #[derive(Debug, Default)]
