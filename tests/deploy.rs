@@ -121,11 +121,13 @@ fn previewds_policies_pass_parliament_and_hold_least_privilege() {
         let report = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && report.trim().is_empty(), "{role}/{name}: parliament found:\n{report}");
         if !service_role {
-            // Passing roles, and running and watching a blueprint's seed task, are previewd's only IAM and
-            // ECS rights.
+            // Passing roles, running and watching a blueprint's seed task, and reading why a preview's
+            // service failed are previewd's only IAM and ECS rights.
             for a in actions(doc) {
-                let allowed = matches!(a.as_str(), "iam:PassRole" | "ecs:RunTask" | "ecs:DescribeTasks")
-                    || !(a.starts_with("iam:") || a.starts_with("ecs:") || a.starts_with("rds:"));
+                let allowed = matches!(
+                    a.as_str(),
+                    "iam:PassRole" | "ecs:RunTask" | "ecs:DescribeTasks" | "ecs:DescribeServices" | "ecs:ListTasks"
+                ) || !(a.starts_with("iam:") || a.starts_with("ecs:") || a.starts_with("rds:"));
                 assert!(allowed, "{role}/{name} holds {a}");
             }
         }
