@@ -108,8 +108,9 @@ pub struct Stack {
     pub reason: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub outputs: BTreeMap<String, String>,
-    /// When its last operation began (its last update's, else its creation's), in ms since the epoch.
-    pub changed_at: Option<i64>,
+    /// When it was created, and when its last update began, in ms since the epoch.
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
 }
 
 impl Stack {
@@ -120,6 +121,11 @@ impl Stack {
 
     pub fn stack_status(&self) -> previewd_domain::StackStatus {
         self.status.parse().unwrap_or_else(|never| match never {})
+    }
+
+    /// When its last operation began: its last update, else its creation.
+    pub fn changed_at(&self) -> Option<i64> {
+        self.updated_at.or(self.created_at)
     }
 
     pub fn tag(&self, key: &str) -> Option<&str> {
@@ -495,6 +501,7 @@ fn stack_from(s: &cfn::types::Stack) -> Stack {
             .iter()
             .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
             .collect(),
-        changed_at: s.last_updated_time().or(s.creation_time()).and_then(|t| t.to_millis().ok()),
+        created_at: s.creation_time().and_then(|t| t.to_millis().ok()),
+        updated_at: s.last_updated_time().and_then(|t| t.to_millis().ok()),
     }
 }

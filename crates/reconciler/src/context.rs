@@ -14,7 +14,7 @@ use previewd_store::Store;
 use crate::error::ReconcileError;
 use crate::queue::Queue;
 use crate::setup::{RepoSetup, Setup};
-use crate::{artifacts, batch, probe, settings_files, sightings};
+use crate::{artifacts, batch, durations, probe, settings_files, sightings};
 
 /// What every part of the reconciler works with: the set-up, the store, AWS and GitHub, and this
 /// process's caches and locks.
@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) images: artifacts::Images,
     /// Asks environments' URLs whether they answer.
     pub(crate) prober: probe::Prober,
+    /// How long each blueprint's stack operations take.
+    pub(crate) durations: durations::Durations,
 }
 
 impl Inner {

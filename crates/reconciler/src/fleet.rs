@@ -278,7 +278,8 @@ mod tests {
             name: e.stack_name.clone(),
             status: status.into(),
             reason: None,
-            changed_at: None,
+            created_at: None,
+            updated_at: None,
             tags: BTreeMap::from([
                 (tags::OWNER.to_owned(), "me".to_owned()),
                 (tags::ENV.to_owned(), e.env_key.to_string()),

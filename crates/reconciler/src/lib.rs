@@ -14,6 +14,7 @@ mod artifacts;
 mod batch;
 mod context;
 mod dispatch;
+mod durations;
 pub mod error;
 mod feedback;
 mod fleet;
@@ -95,6 +96,7 @@ impl Reconciler {
             looks: batch::Batcher::new(batch::MAX_LOOKS),
             dns_changes: batch::Batcher::new(batch::MAX_DNS_CHANGES),
             images: artifacts::Images::default(),
+            durations: durations::Durations::default(),
             prober: probe::Prober::new(PROBES_AT_ONCE),
         };
         Ok(Self { inner: Arc::new(inner) })

@@ -97,7 +97,8 @@ mod tests {
             name: name.into(),
             status: status.into(),
             reason: None,
-            changed_at: None,
+            created_at: None,
+            updated_at: None,
             tags: BTreeMap::new(),
             outputs: BTreeMap::new(),
         }

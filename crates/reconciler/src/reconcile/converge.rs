@@ -10,9 +10,10 @@ use previewd_render::{Context, TemplateKind};
 use previewd_store::{EnvRecord, Observed, now_ms};
 use sha2::{Digest, Sha256};
 
-use super::record::{poll_delay, record};
+use super::record::{first_look, poll_delay, record, stack_poll};
 use super::{application, observe, ready, teardown};
 use crate::context::{Inner, humanize};
+use crate::durations::Op;
 use crate::error::{Action, ReconcileError};
 use crate::seed;
 use crate::setup::RepoSetup;
@@ -74,12 +75,12 @@ pub(super) async fn converge(
     {
         // An update past previewd's deadline is cancelled (CloudFormation has none for updates; a create
         // is failed by its own TimeoutInMinutes): CloudFormation rolls it back, and the environment fails.
-        let took = now_ms() - s.changed_at.unwrap_or(env.updated_at);
+        let took = now_ms() - s.changed_at().unwrap_or(env.updated_at);
         if s.stack_status() == StackStatus::UpdateInProgress
             && took > rules.infrastructure_timeout.as_millis() as i64
             && inner
                 .aws
-                .cancel_update(&s.name, &token("cancel", &[&s.id, &s.changed_at.unwrap_or(0).to_string()]))
+                .cancel_update(&s.name, &token("cancel", &[&s.id, &s.changed_at().unwrap_or(0).to_string()]))
                 .await?
         {
             let why = format!(
@@ -96,7 +97,8 @@ pub(super) async fn converge(
         let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
         stamps.save(inner, env).await?;
         record(inner, env, o, None).await?;
-        return Ok(Action::Requeue(waiting.map_or_else(|| poll_delay(inner, env), |d| d.min(poll_delay(inner, env)))));
+        let poll = stack_poll(inner, env, &repo.blueprint, s);
+        return Ok(Action::Requeue(waiting.map_or(poll, |d| d.min(poll))));
     }
 
     // The application stack comes first: the environment imports from it.
@@ -155,7 +157,7 @@ pub(super) async fn converge(
             };
             stamps.save(inner, env).await?;
             inner.store.update_observed(env.fence(), &o, Some((EventKind::Create, &why))).await?;
-            Ok(Action::Requeue(inner.setup.tuning.poll_min))
+            Ok(Action::Requeue(first_look(inner, &repo.blueprint, Op::Create)))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
             let events = inner.aws.stack_events(&stack.id).await?;
@@ -246,7 +248,7 @@ pub(super) async fn converge(
                 };
                 stamps.save(inner, env).await?;
                 inner.store.update_observed(env.fence(), &o, Some((EventKind::Update, &why))).await?;
-                return Ok(Action::Requeue(inner.setup.tuning.poll_min));
+                return Ok(Action::Requeue(first_look(inner, &repo.blueprint, Op::Update)));
             }
             inner
                 .store

@@ -95,7 +95,7 @@ pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, env: EnvRecord) -> R
     let (stack, sighted) = looked?;
     let now = now_ms();
     record::branch_seen(inner, &env, &answer, now).await?;
-    record::stack_seen(inner, &env, stack.as_ref()).await?;
+    record::stack_seen(inner, &env, &repo.blueprint, stack.as_ref()).await?;
     let missing_since = match answer {
         GitHubAnswer::NotFound => Some(env.missing_since.unwrap_or(now)),
         _ => env.missing_since,

@@ -9,6 +9,7 @@ use previewd_domain::{Desired, EventKind};
 use previewd_store::{EnvRecord, Observed, StackEvent, StackObservation, now_ms};
 
 use crate::context::Inner;
+use crate::durations::{Op, next_look};
 use crate::error::ReconcileError;
 
 /// Stack events kept for an environment's page.
@@ -20,6 +21,28 @@ pub(super) fn poll_delay(inner: &Inner, env: &EnvRecord) -> Duration {
     let t = &inner.setup.tuning;
     let elapsed = Duration::from_millis((now_ms() - env.updated_at).max(0) as u64);
     (elapsed / 4).clamp(t.poll_min, t.poll_max)
+}
+
+/// The gap before the next look at `stack`, in progress for the environment's blueprint: near its
+/// expected end when the blueprint's operations of that kind have been seen to end (see
+/// [`crate::durations`]).
+pub(super) fn stack_poll(inner: &Inner, env: &EnvRecord, blueprint: &str, stack: &Stack) -> Duration {
+    let t = &inner.setup.tuning;
+    let began = stack.changed_at().unwrap_or(env.updated_at);
+    let elapsed = Duration::from_millis((now_ms() - began).max(0) as u64);
+    let expected = Op::of(&stack.status).and_then(|op| inner.durations.expected(blueprint, op));
+    next_look(elapsed, expected, t.poll_min, t.poll_max)
+}
+
+/// The gap before the first look at an operation just asked for: soon when its time is not known yet
+/// (one that ends at once, such as an update CloudFormation has little to do for, is then seen and
+/// learned as such).
+pub(super) fn first_look(inner: &Inner, blueprint: &str, op: Op) -> Duration {
+    let t = &inner.setup.tuning;
+    match inner.durations.expected(blueprint, op) {
+        None => crate::durations::NEAR_MIN.min(t.poll_min),
+        expected => next_look(Duration::ZERO, expected, t.poll_min, t.poll_max),
+    }
 }
 
 /// Writes what the step observed and did, and its event, when either says something new.
@@ -58,7 +81,14 @@ pub(super) async fn branch_seen(
 /// Keeps what the step saw of the stack for the environment's page, when its status or outputs changed
 /// since the last look. A settled stack of a wanted environment brings its newest events along (one more
 /// call, once per change); a teardown's do not, and the last ones stay.
-pub(super) async fn stack_seen(inner: &Inner, env: &EnvRecord, stack: Option<&Stack>) -> Result<(), ReconcileError> {
+/// An operation complete now that was in progress at the last look, or not begun, teaches the
+/// blueprint's durations (from its start to now: the looks near its end make that close).
+pub(super) async fn stack_seen(
+    inner: &Inner,
+    env: &EnvRecord,
+    blueprint: &str,
+    stack: Option<&Stack>,
+) -> Result<(), ReconcileError> {
     let before = inner.store.stack_observation(env.id).await?;
     let status = stack.map(|s| s.status.clone());
     let outputs = stack.map(|s| s.outputs.clone()).unwrap_or_default();
@@ -67,6 +97,18 @@ pub(super) async fn stack_seen(inner: &Inner, env: &EnvRecord, stack: Option<&St
         && b.outputs == outputs
     {
         return Ok(());
+    }
+    if let (Some(s), Some(was)) = (stack, before.as_ref().and_then(|b| b.status.as_deref()))
+        && s.status.ends_with("_COMPLETE")
+        && let Some(op) = Op::of(&s.status)
+        && (!was.ends_with("_IN_PROGRESS") || Op::of(was) == Some(op))
+        // An update is timed from its own start only (a stack's creation says nothing of it).
+        && let Some(began) = match op {
+            Op::Create => s.created_at,
+            Op::Update => s.updated_at,
+        }
+    {
+        inner.durations.learn(blueprint, op, Duration::from_millis((now_ms() - began).max(0) as u64));
     }
     let wanted = env.desired != Desired::Absent && env.expired_at.is_none();
     let events = match stack {
