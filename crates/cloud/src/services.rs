@@ -38,9 +38,10 @@ pub struct ServiceTrouble {
 }
 
 impl Aws {
-    /// Why the service's tasks stopped, and its newest events. A service or cluster ECS no longer knows
-    /// answers empty: the reasons are a help, never a condition.
-    pub async fn service_trouble(&self, s: &ServiceRef) -> Result<ServiceTrouble, CloudError> {
+    /// Why the service's tasks created since `since` (ms since the epoch; a minute's leeway for clocks)
+    /// stopped, and its newest events: an earlier deployment's stopped tasks are not this one's cause. A
+    /// service or cluster ECS no longer knows answers empty: the reasons are a help, never a condition.
+    pub async fn service_trouble(&self, s: &ServiceRef, since: Option<i64>) -> Result<ServiceTrouble, CloudError> {
         let mut trouble = ServiceTrouble::default();
         let described = self
             .ecs
@@ -82,7 +83,11 @@ impl Aws {
             .send()
             .await
             .map_err(|e| classify("DescribeTasks", e))?;
-        for t in tasks.tasks() {
+        let recent = |t: &&aws_sdk_ecs::types::Task| match (since, t.created_at().and_then(|c| c.to_millis().ok())) {
+            (Some(since), Some(created)) => created >= since - 60_000,
+            _ => true,
+        };
+        for t in tasks.tasks().iter().filter(recent) {
             let reasons = t.stopped_reason().into_iter().chain(t.containers().iter().filter_map(|c| c.reason()));
             for r in reasons {
                 if !trouble.stopped.iter().any(|s| s == r) {

@@ -53,6 +53,32 @@ pub(super) async fn converge(
     let full = blueprint.environment_settings(Stage::Staging, &env.branch, &repo.layers, own.as_ref())?;
     let rules = blueprint.rules(&full, sha.as_str(), &env.dns_name)?;
 
+    // An update past previewd's deadline is cancelled (CloudFormation has none for updates; a create is
+    // failed by its own TimeoutInMinutes), whatever the gate says of the next commit: CloudFormation rolls
+    // it back. The commit it was for fails; an older commit's hung update only makes way for this one.
+    if let Some(s) = stack.as_ref().filter(|s| s.stack_status() == StackStatus::UpdateInProgress)
+        && now_ms() - s.changed_at().unwrap_or(env.updated_at) > rules.infrastructure_timeout.as_millis() as i64
+        && inner
+            .aws
+            .cancel_update(&s.name, &token("cancel", &[&s.id, &s.changed_at().unwrap_or(0).to_string()]))
+            .await?
+    {
+        let to = s.tag(tags::SHA).unwrap_or("an unknown commit");
+        let why = format!(
+            "the update of stack {} to {} took longer than infrastructure.timeout ({}): cancelled, and \
+             CloudFormation rolls it back to what ran before. See the stack's events for the resource it \
+             waited on; push a fix, or redeploy",
+            s.name,
+            to.get(..7).unwrap_or(to),
+            humanize(rules.infrastructure_timeout.as_millis() as i64)
+        );
+        inner.store.add_event(env.id, EventKind::Update, &why).await?;
+        if to != sha.as_str() {
+            return Ok(Action::Requeue(inner.setup.tuning.poll_min));
+        }
+        return Err(ReconcileError::NeedsHuman(why));
+    }
+
     // The gate: the commit runs once its checks passed and its artifact exists. Until then a new
     // environment's stack comes up with the blueprint's waiting layer (no task), alongside the build; one
     // that runs an earlier commit, or whose blueprint has no such layer, waits as it is.
@@ -73,27 +99,6 @@ pub(super) async fn converge(
     if let Some(s) = &stack
         && s.in_progress()
     {
-        // An update past previewd's deadline is cancelled (CloudFormation has none for updates; a create
-        // is failed by its own TimeoutInMinutes): CloudFormation rolls it back, and the environment fails.
-        let took = now_ms() - s.changed_at().unwrap_or(env.updated_at);
-        if s.stack_status() == StackStatus::UpdateInProgress
-            && took > rules.infrastructure_timeout.as_millis() as i64
-            && inner
-                .aws
-                .cancel_update(&s.name, &token("cancel", &[&s.id, &s.changed_at().unwrap_or(0).to_string()]))
-                .await?
-        {
-            let why = format!(
-                "the update of stack {} to {} took longer than infrastructure.timeout ({}): cancelled, and \
-                 CloudFormation rolls it back to what ran before. See the stack's events for the resource it \
-                 waited on; push a fix, or redeploy",
-                s.name,
-                sha.short(),
-                humanize(rules.infrastructure_timeout.as_millis() as i64)
-            );
-            inner.store.add_event(env.id, EventKind::Update, &why).await?;
-            return Err(ReconcileError::NeedsHuman(why));
-        }
         let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
         stamps.save(inner, env).await?;
         record(inner, env, o, None).await?;
@@ -161,7 +166,7 @@ pub(super) async fn converge(
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
             let events = inner.aws.stack_events(&stack.id).await?;
-            let cause = observe::failure_cause(inner, &stack.name, &events).await;
+            let cause = observe::failure_cause(inner, &stack.name, stack.changed_at(), &events).await;
             // A cause that trying again will not change (a missing image, an invalid property) waits for a
             // new push or a redeploy (which make the environment `pending` again); only then is the stack
             // deleted and created once more.
@@ -205,7 +210,10 @@ pub(super) async fn converge(
             // After a rolled-back update: why, from its events. A cause that trying again will not change
             // waits for a new push or a redeploy, as a rolled-back create does.
             let rolled_back = match counted && stack.stack_status() == StackStatus::UpdateRollbackComplete {
-                true => observe::failure_cause(inner, &stack.name, &inner.aws.stack_events(&stack.id).await?).await,
+                true => {
+                    let events = inner.aws.stack_events(&stack.id).await?;
+                    observe::failure_cause(inner, &stack.name, stack.changed_at(), &events).await
+                }
                 false => None,
             };
             if let Some(cause) = rolled_back.as_deref().filter(|c| plan::lasting_cause(c))

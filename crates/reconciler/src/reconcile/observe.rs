@@ -97,8 +97,13 @@ const NESTED_DEPTH_MAX: usize = 3;
 /// What made the stack's last operation fail: its first failed resource and that resource's reason,
 /// followed into a nested stack that failed, and for an ECS service why its tasks stopped (ECS keeps
 /// that; CloudFormation says only that the service failed), with what to do when the reason is known.
-/// `events` are the stack's own, newest first.
-pub(super) async fn failure_cause(inner: &Inner, stack_name: &str, events: &[StackEvent]) -> Option<String> {
+/// `events` are the stack's own, newest first; `since`, when its last operation began.
+pub(super) async fn failure_cause(
+    inner: &Inner,
+    stack_name: &str,
+    since: Option<i64>,
+    events: &[StackEvent],
+) -> Option<String> {
     let mut failed = first_failed(stack_name, events)?.clone();
     let mut path = Vec::new();
     for _ in 0..NESTED_DEPTH_MAX {
@@ -124,7 +129,7 @@ pub(super) async fn failure_cause(inner: &Inner, stack_name: &str, events: &[Sta
     if failed.resource_type == "AWS::ECS::Service"
         && let Some(service) = failed.physical_id.as_deref().and_then(previewd_cloud::ServiceRef::from_arn)
     {
-        match inner.aws.service_trouble(&service).await {
+        match inner.aws.service_trouble(&service, since).await {
             Ok(t) => {
                 if !t.stopped.is_empty() {
                     cause.push_str(&format!(". Its tasks stopped: {}", t.stopped.join("; ")));

@@ -153,6 +153,8 @@ pub(super) async fn gate(
     // Found once for this commit, or running already with a stack (an image expired from ECR since is no
     // reason to stop what runs).
     if stamps.now.artifact_at.is_some() || (running && env.deployed_sha.as_ref() == Some(sha)) {
+        // It runs already: its artifact is there (or was: one expired from ECR since is no reason to stop).
+        stamps.reach(Phase::Artifact);
         return Ok(Gate::Open);
     }
     let waiting = match checks(inner, env, sha, &rules.checks).await? {

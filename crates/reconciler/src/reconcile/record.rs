@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use previewd_cloud::Stack;
 use previewd_domain::plan::GitHubAnswer;
-use previewd_domain::{Desired, EventKind};
+use previewd_domain::{Desired, EventKind, Status};
 use previewd_store::{EnvRecord, Observed, StackEvent, StackObservation, now_ms};
 
 use crate::context::Inner;
@@ -82,7 +82,8 @@ pub(super) async fn branch_seen(
 /// since the last look. A settled stack of a wanted environment brings its newest events along (one more
 /// call, once per change); a teardown's do not, and the last ones stay.
 /// An operation complete now that was in progress at the last look, or not begun, teaches the
-/// blueprint's durations (from its start to now: the looks near its end make that close).
+/// blueprint's durations (from its start to now: the looks near its end make that close), when the
+/// environment was provisioning.
 pub(super) async fn stack_seen(
     inner: &Inner,
     env: &EnvRecord,
@@ -108,7 +109,13 @@ pub(super) async fn stack_seen(
             Op::Update => s.updated_at,
         }
     {
-        inner.durations.learn(blueprint, op, Duration::from_millis((now_ms() - began).max(0) as u64));
+        // Only what the reconciler watched: a stack seen done days later (the environment failed meanwhile,
+        // previewd was down) says nothing of how long it took; nor does one far slower than expected.
+        let took = Duration::from_millis((now_ms() - began).max(0) as u64);
+        let plausible = inner.durations.expected(blueprint, op).is_none_or(|e| took <= e * 4);
+        if env.status == Status::Provisioning && plausible {
+            inner.durations.learn(blueprint, op, took);
+        }
     }
     let wanted = env.desired != Desired::Absent && env.expired_at.is_none();
     let events = match stack {

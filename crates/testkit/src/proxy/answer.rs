@@ -399,6 +399,9 @@ fn stopped_tasks(action: &str, body: &[u8], (reason, container): &(String, Strin
                     "desiredStatus": "STOPPED",
                     "stopCode": "TaskFailedToStart",
                     "stoppedReason": reason,
+                    "createdAt": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
                     "containers": [{ "name": "app", "lastStatus": "STOPPED", "reason": container }],
                 }],
                 "failures": [],
