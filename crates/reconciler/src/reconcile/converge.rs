@@ -57,11 +57,10 @@ pub(super) async fn converge(
     // failed by its own TimeoutInMinutes), whatever the gate says of the next commit: CloudFormation rolls
     // it back. The commit it was for fails; an older commit's hung update only makes way for this one.
     if let Some(s) = stack.as_ref().filter(|s| s.stack_status() == StackStatus::UpdateInProgress)
-        && now_ms() - s.changed_at().unwrap_or(env.updated_at) > rules.infrastructure_timeout.as_millis() as i64
-        && inner
-            .aws
-            .cancel_update(&s.name, &token("cancel", &[&s.id, &s.changed_at().unwrap_or(0).to_string()]))
-            .await?
+        // Timed from the update's own start (never from the stack's creation).
+        && let began = s.updated_at.unwrap_or(env.updated_at)
+        && now_ms() - began > rules.infrastructure_timeout.as_millis() as i64
+        && inner.aws.cancel_update(&s.name, &token("cancel", &[&s.id, &began.to_string()])).await?
     {
         let to = s.tag(tags::SHA).unwrap_or("an unknown commit");
         let why = format!(
