@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use previewd_domain::{EventKind, Status};
 use previewd_store::Timeline;
-use previewd_testkit::{Options, REPO, StandInApp, TestEnv, ZONE, sha, webhook};
+use previewd_testkit::{Options, REPO, StandInApp, TestEnv, ZONE, eventually, sha, webhook};
 
 /// The webapp blueprint's image repository, as its defaults name it (moto's account and region).
 const IMAGE_REPOSITORY: &str = "webapp";
@@ -17,18 +17,6 @@ fn probing(app: &StandInApp, extra: &str) -> String {
         app.connect_to(),
         app.ca_file().display().to_string()
     )
-}
-
-/// Waits (up to a minute) for `f` to find something.
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not within a minute: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn timeline(t: &TestEnv, id: i64) -> Timeline {

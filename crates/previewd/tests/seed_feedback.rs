@@ -7,29 +7,17 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use previewd_domain::{EventKind, Status};
-use previewd_testkit::{Fault, Options, REPO, Target, TestEnv};
+use previewd_testkit::{Fault, Options, REPO, Target, TestEnv, eventually};
 use sha2::Sha256;
 
 /// GitHub feedback on, with a token the fake accepts.
 const FEEDBACK: &str = r#"token = "test-token""#;
 const HOOK_SECRET: &str = "test-hook-secret";
 const TOKEN: &str = "test-dashboard-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(60);
 /// The `n`th commit, its short form (the first 7 characters) unlike every other's.
 fn sha(n: u32) -> String {
     format!("{n:07x}{}", "a".repeat(33))
-}
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn bucket_keys(t: &TestEnv, bucket: &str) -> Vec<String> {

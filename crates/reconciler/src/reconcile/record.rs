@@ -15,12 +15,11 @@ use crate::error::ReconcileError;
 /// Stack events kept for an environment's page.
 const STACK_EVENTS_KEPT: usize = 20;
 
-/// The gap before the next look at a stack operation: a quarter of the time since the environment last
-/// changed, between the configured bounds.
+/// The gap before the next look at a stack operation of unknown length: a quarter of the time since the
+/// environment last changed, between the configured bounds.
 pub(super) fn poll_delay(inner: &Inner, env: &EnvRecord) -> Duration {
     let t = &inner.setup.tuning;
-    let elapsed = Duration::from_millis((now_ms() - env.updated_at).max(0) as u64);
-    (elapsed / 4).clamp(t.poll_min, t.poll_max)
+    next_look(Duration::from_millis((now_ms() - env.updated_at).max(0) as u64), None, t.poll_min, t.poll_max)
 }
 
 /// The gap before the next look at `stack`, in progress for the environment's blueprint: near its

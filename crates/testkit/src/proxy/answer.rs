@@ -2,7 +2,6 @@
 //! moto's answer, one request at a time, with the stack states a test gave shown in it.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -154,17 +153,10 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
             let mut st = proxy.lock();
             st.calls.push(refused());
             st.overrides.retain(|o| &o.stack != name);
-            st.overrides.push(StatusOverride {
-                stack: name.clone(),
-                status: "DELETE_FAILED".into(),
-                reason: format!("The following resource(s) failed to delete: [Bucket]. The bucket you tried to delete is not empty ({bucket})."),
-                after: None,
-                active: true,
-                until: Until::Action("DeleteStack".into()),
-                duration: Duration::ZERO,
-                event: None,
-                rollback: None,
-            });
+            let reason = format!(
+                "The following resource(s) failed to delete: [Bucket]. The bucket you tried to delete is not empty ({bucket})."
+            );
+            st.overrides.push(StatusOverride::now(name, "DELETE_FAILED", reason, "DeleteStack"));
             let ok = format!(
                 "<DeleteStackResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></DeleteStackResponse>",
                 request_id()
@@ -205,17 +197,8 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         if let Some(saved) = saved {
             proxy.roll_back(name, &saved).await;
         }
-        proxy.lock().overrides.push(StatusOverride {
-            stack: name.clone(),
-            status: "UPDATE_ROLLBACK_COMPLETE".into(),
-            reason: String::new(),
-            after: None,
-            active: true,
-            until: Until::Action("UpdateStack".into()),
-            duration: Duration::ZERO,
-            event: None,
-            rollback: None,
-        });
+        let rolled_back = StatusOverride::now(name, "UPDATE_ROLLBACK_COMPLETE", String::new(), "UpdateStack");
+        proxy.lock().overrides.push(rolled_back);
         let ok = format!(
             "<CancelUpdateStackResponse xmlns=\"http://cloudformation.amazonaws.com/doc/2010-05-15/\"><ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></CancelUpdateStackResponse>",
             request_id()

@@ -42,6 +42,23 @@ pub(super) struct StatusOverride {
     pub(super) rollback: Option<Rollback>,
 }
 
+impl StatusOverride {
+    /// Shown at once, until `until` passes to moto on the stack.
+    pub(super) fn now(stack: &str, status: &str, reason: String, until: &str) -> Self {
+        Self {
+            stack: stack.into(),
+            status: status.into(),
+            reason,
+            after: None,
+            active: true,
+            until: Until::Action(until.into()),
+            duration: Duration::ZERO,
+            event: None,
+            rollback: None,
+        }
+    }
+}
+
 /// The stack's template and tags, to roll an update back to.
 pub(super) type Saved = (String, Vec<(String, String)>);
 
