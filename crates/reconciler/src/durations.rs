@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use previewd_store::{Store, StoreError};
+
 /// The shortest gap between looks near an operation's expected end.
 pub(crate) const NEAR_MIN: Duration = Duration::from_secs(1);
 
@@ -28,17 +30,57 @@ impl Op {
     }
 }
 
-/// The learned times, by blueprint and operation: each new one weighs half.
+impl Op {
+    /// Its name in the store.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Create, Self::Update].into_iter().find(|op| op.as_str() == s)
+    }
+}
+
+/// The learned times, by blueprint and operation: each new one weighs half. Kept in the store, so a
+/// restarted process (or another replica) starts from what was learned; read from it once, at the first
+/// step that needs them.
 #[derive(Debug, Default)]
 pub(crate) struct Durations {
     learned: Mutex<HashMap<(String, Op), Duration>>,
+    loaded: tokio::sync::OnceCell<()>,
 }
 
 impl Durations {
-    pub(crate) fn learn(&self, blueprint: &str, op: Op, took: Duration) {
-        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = learned.entry((blueprint.to_owned(), op)).or_insert(took);
-        *entry = (*entry + took) / 2;
+    /// Reads what the store keeps, once (again after a failure).
+    pub(crate) async fn load(&self, store: &Store) -> Result<(), StoreError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                let rows = store.stack_durations().await?;
+                let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+                for (blueprint, op, millis) in rows {
+                    if let Some(op) = Op::parse(&op) {
+                        // What this process learned before the read stays.
+                        learned.entry((blueprint, op)).or_insert(Duration::from_millis(millis.max(0) as u64));
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Learns that an operation took `took`, and keeps the new expectation in the store.
+    pub(crate) async fn learn(&self, store: &Store, blueprint: &str, op: Op, took: Duration) -> Result<(), StoreError> {
+        let expected = {
+            let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = learned.entry((blueprint.to_owned(), op)).or_insert(took);
+            *entry = (*entry + took) / 2;
+            *entry
+        };
+        store.record_stack_duration(blueprint, op.as_str(), expected.as_millis() as i64).await
     }
 
     pub(crate) fn expected(&self, blueprint: &str, op: Op) -> Option<Duration> {
@@ -112,15 +154,24 @@ mod tests {
         assert_eq!(next_look(Duration::ZERO, Some(s(0.2)), MIN, MAX), NEAR_MIN);
     }
 
-    #[test]
-    fn durations_are_learned_per_blueprint_and_operation() {
+    #[tokio::test]
+    async fn durations_are_learned_per_blueprint_and_operation_and_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = Store::connect(&url).await.expect("store");
         let d = Durations::default();
+        d.load(&store).await.expect("load");
         assert_eq!(d.expected("webapp", Op::Create), None);
-        d.learn("webapp", Op::Create, s(40.0));
-        d.learn("webapp", Op::Create, s(60.0));
+        d.learn(&store, "webapp", Op::Create, s(40.0)).await.expect("learn");
+        d.learn(&store, "webapp", Op::Create, s(60.0)).await.expect("learn");
         assert_eq!(d.expected("webapp", Op::Create), Some(s(50.0)));
         assert_eq!(d.expected("webapp", Op::Update), None);
         assert_eq!(d.expected("beanstalk", Op::Create), None);
         assert_eq!(Op::of("UPDATE_ROLLBACK_COMPLETE"), None);
+        // A process started later knows them from its first step.
+        let later = Durations::default();
+        later.load(&store).await.expect("load");
+        assert_eq!(later.expected("webapp", Op::Create), Some(s(50.0)));
+        assert_eq!(later.expected("webapp", Op::Update), None);
     }
 }

@@ -86,3 +86,29 @@ impl Store {
         fence.check(r.rows_affected())
     }
 }
+
+impl Store {
+    /// How long each blueprint's stack operations take, as learned: (blueprint, operation, milliseconds).
+    pub async fn stack_durations(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        sqlx::query_as("SELECT blueprint, operation, millis FROM stack_durations")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read stack durations"))
+    }
+
+    /// Records how long the blueprint's `operation` is now expected to take (the reconciler averages).
+    pub async fn record_stack_duration(&self, blueprint: &str, operation: &str, millis: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO stack_durations (blueprint, operation, millis, learned_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (blueprint, operation) DO UPDATE SET millis = excluded.millis, learned_at = excluded.learned_at",
+        )
+        .bind(blueprint.to_owned())
+        .bind(operation.to_owned())
+        .bind(millis)
+        .bind(crate::now_ms())
+        .execute(&mut *self.write().await?)
+        .await
+        .map_err(db("record stack duration"))?;
+        Ok(())
+    }
+}

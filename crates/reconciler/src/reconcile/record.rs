@@ -82,13 +82,14 @@ pub(super) async fn branch_seen(
 /// call, once per change); a teardown's do not, and the last ones stay.
 /// An operation complete now that was in progress at the last look, or not begun, teaches the
 /// blueprint's durations (from its start to now: the looks near its end make that close), when the
-/// environment was provisioning.
+/// environment was provisioning (or waiting, its stack coming up without a task).
 pub(super) async fn stack_seen(
     inner: &Inner,
     env: &EnvRecord,
     blueprint: &str,
     stack: Option<&Stack>,
 ) -> Result<(), ReconcileError> {
+    inner.durations.load(&inner.store).await?;
     let before = inner.store.stack_observation(env.id).await?;
     let status = stack.map(|s| s.status.clone());
     let outputs = stack.map(|s| s.outputs.clone()).unwrap_or_default();
@@ -112,8 +113,8 @@ pub(super) async fn stack_seen(
         // previewd was down) says nothing of how long it took; nor does one far slower than expected.
         let took = Duration::from_millis((now_ms() - began).max(0) as u64);
         let plausible = inner.durations.expected(blueprint, op).is_none_or(|e| took <= e * 4);
-        if env.status == Status::Provisioning && plausible {
-            inner.durations.learn(blueprint, op, took);
+        if matches!(env.status, Status::Provisioning | Status::Pending) && plausible {
+            inner.durations.learn(&inner.store, blueprint, op, took).await?;
         }
     }
     let wanted = env.desired != Desired::Absent && env.expired_at.is_none();
