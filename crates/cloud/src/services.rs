@@ -7,6 +7,9 @@ use crate::{Aws, CloudError, classify};
 
 /// Stopped tasks read for their reasons, at most (the newest first, as ECS lists them).
 const STOPPED_TASKS_READ: i32 = 10;
+/// A cluster's stopped tasks read to find a deleted service's, at most (one page; DescribeTasks takes as
+/// many).
+const CLUSTER_TASKS_READ: i32 = 100;
 /// Service events kept, at most.
 const SERVICE_EVENTS_KEPT: usize = 3;
 
@@ -40,7 +43,8 @@ pub struct ServiceTrouble {
 impl Aws {
     /// Why the service's tasks created since `since` (ms since the epoch; a minute's leeway for clocks)
     /// stopped, and its newest events: an earlier deployment's stopped tasks are not this one's cause. A
-    /// service or cluster ECS no longer knows answers empty: the reasons are a help, never a condition.
+    /// cluster ECS no longer knows answers empty; a service it no longer knows, from the cluster's stopped
+    /// tasks. The reasons are a help, never a condition.
     pub async fn service_trouble(&self, s: &ServiceRef, since: Option<i64>) -> Result<ServiceTrouble, CloudError> {
         let mut trouble = ServiceTrouble::default();
         let described = self
@@ -66,10 +70,20 @@ impl Aws {
             .await;
         let arns = match listed.map_err(|e| classify("ListTasks", e)) {
             Ok(out) => out.task_arns().to_vec(),
-            // The service is gone (a rolled-back create deletes it): its tasks cannot be listed by it.
-            Err(e) if matches!(e.code(), "ServiceNotFoundException" | "ClusterNotFoundException") => {
-                return Ok(trouble);
-            }
+            // The service is gone (a rolled-back create deletes it), and its tasks cannot be listed by it:
+            // the cluster's stopped tasks are, and each names the service that started it (its group).
+            Err(e) if e.code() == "ServiceNotFoundException" => self
+                .ecs
+                .list_tasks()
+                .cluster(&s.cluster)
+                .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+                .max_results(CLUSTER_TASKS_READ)
+                .send()
+                .await
+                .map_err(|e| classify("ListTasks", e))?
+                .task_arns()
+                .to_vec(),
+            Err(e) if e.code() == "ClusterNotFoundException" => return Ok(trouble),
             Err(e) => return Err(e),
         };
         if arns.is_empty() {
@@ -83,11 +97,11 @@ impl Aws {
             .send()
             .await
             .map_err(|e| classify("DescribeTasks", e))?;
-        let recent = |t: &&aws_sdk_ecs::types::Task| match (since, t.created_at().and_then(|c| c.to_millis().ok())) {
-            (Some(since), Some(created)) => created >= since - 60_000,
-            _ => true,
-        };
-        for t in tasks.tasks().iter().filter(recent) {
+        let group = format!("service:{}", s.service);
+        let this = tasks.tasks().iter().filter(|t| {
+            t.group().is_none_or(|g| g == group) && recent(t.created_at().and_then(|c| c.to_millis().ok()), since)
+        });
+        for t in this.take(STOPPED_TASKS_READ as usize) {
             let reasons = t.stopped_reason().into_iter().chain(t.containers().iter().filter_map(|c| c.reason()));
             for r in reasons {
                 if !trouble.stopped.iter().any(|s| s == r) {
@@ -96,6 +110,15 @@ impl Aws {
             }
         }
         Ok(trouble)
+    }
+}
+
+/// Whether a task created at `created` (ms since the epoch) belongs to the operation begun at `since`: a
+/// minute's leeway for clocks; either unknown, it is counted.
+fn recent(created: Option<i64>, since: Option<i64>) -> bool {
+    match (since, created) {
+        (Some(since), Some(created)) => created >= since - 60_000,
+        _ => true,
     }
 }
 
@@ -117,5 +140,14 @@ mod tests {
         ] {
             assert_eq!(ServiceRef::from_arn(arn), None, "{arn}");
         }
+    }
+
+    #[test]
+    fn only_tasks_of_the_operation_tell_why_it_failed() {
+        let began = 1_000_000_000;
+        assert!(recent(Some(began + 5_000), Some(began)));
+        assert!(recent(Some(began - 30_000), Some(began)), "a clock a little behind");
+        assert!(!recent(Some(began - 3_600_000), Some(began)), "an earlier deployment's task");
+        assert!(recent(None, Some(began)) && recent(Some(0), None), "unknown: counted");
     }
 }

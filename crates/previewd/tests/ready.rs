@@ -59,7 +59,12 @@ async fn the_stack_comes_up_while_ci_builds_and_the_image_runs_once_it_exists() 
         TestEnv::with(&Options { ready: &ready, github: r#"token = "test-token""#, ..Options::default() }).await;
     t.github.open_pull(REPO, 4, "feature/built");
     let commit = sha(1);
+    t.proxy.slow_create(&t.names("feature/built").stack_name, Duration::from_secs(3));
     assert_eq!(t.push("feature/built", &commit).await, 202);
+
+    // While its stack comes up the commit waits for its image: `pending`, not `provisioning`.
+    let creating = t.wait_for("feature/built", "its stack being created", |e| e.stack_id.is_some()).await;
+    assert_eq!(creating.status, Status::Pending, "{creating:?}");
 
     // The infrastructure is complete, with no task, before the image exists.
     let env = t
@@ -320,4 +325,60 @@ async fn an_update_past_its_deadline_is_cancelled_and_rolled_back() {
     // CloudFormation rolled it back: the stack runs the commit it ran before.
     let stack = t.stack(&env.stack_name).await.expect("stack");
     assert_eq!(stack.tag(previewd_domain::tags::SHA), Some(sha(1).as_str()), "{stack:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_past_its_deadline_names_what_it_waited_on_and_waits_for_a_push() {
+    let ready = "artifact.wait = false\nreadiness.probe = false";
+    let mut t = TestEnv::with(&Options { ready, ..Options::default() }).await;
+    let stack = t.names("feature/stuck").stack_name;
+    // CloudFormation's own deadline (TimeoutInMinutes) passed while the service waited for healthy tasks:
+    // it cancels what was in progress and rolls back, which deletes the service. ECS still lists the
+    // cluster's stopped tasks, this service's among another's.
+    t.proxy.rollback_next_create_because(&stack, "Service", "AWS::ECS::Service", "Resource creation cancelled");
+    t.proxy.stopped_task_of_deleted_service(
+        "Task failed ELB health checks in (target-group arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/pd/1)",
+        "Stopped by ECS: unhealthy",
+    );
+    assert_eq!(t.push("feature/stuck", &sha(1)).await, 202);
+    let env = t.wait_for("feature/stuck", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.expect("why");
+    assert!(why.contains("not created within infrastructure.timeout"), "{why}");
+    assert!(why.contains("Service (AWS::ECS::Service) was still in progress"), "{why}");
+    assert!(why.contains("Its tasks stopped: Task failed ELB health checks"), "the deleted service's tasks: {why}");
+    assert!(!why.contains("exit code") && !why.contains("Essential container"), "not another service's: {why}");
+    assert!(why.contains("service.health_check_path"), "with what to do: {why}");
+    assert_eq!(
+        (calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))),
+        (1, 0),
+        "another try would take as long: not made"
+    );
+    // A new push tries once more.
+    assert_eq!(t.push("feature/stuck", &sha(2)).await, 202);
+    t.ready("feature/stuck", &sha(2)).await;
+    assert_eq!((calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_commits_update_past_its_deadline_makes_way_for_the_newest() {
+    let extra = format!("[repos.\"{REPO}\".branches.\"slow/*\"]\ninfrastructure.timeout = \"3s\"\n");
+    let ready = "artifact.wait = false\nreadiness.probe = false";
+    let mut t = TestEnv::with(&Options { ready, extra: &extra, ..Options::default() }).await;
+    assert_eq!(t.push("slow/pushed", &sha(1)).await, 202);
+    let env = t.ready("slow/pushed", &sha(1)).await;
+    // The update to the second commit hangs; a third is pushed meanwhile.
+    t.proxy.slow_update(&env.stack_name, Duration::from_secs(600));
+    assert_eq!(t.push("slow/pushed", &sha(2)).await, 202);
+    eventually("the second commit's update under way", || (calls(&t, "UpdateStack", None) == 1).then_some(())).await;
+    assert_eq!(t.push("slow/pushed", &sha(3)).await, 202);
+    // The hung update is cancelled past its deadline, and the newest commit runs.
+    let env = t.ready("slow/pushed", &sha(3)).await;
+    let cancels = t.proxy.calls().iter().filter(|c| c.action == "CancelUpdateStack").count();
+    assert_eq!((cancels, calls(&t, "UpdateStack", Some(&env.stack_name))), (1, 2));
+    let events = t.store.events(env.id, 100).await.expect("events");
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Update
+            && e.message.contains(&format!("update of stack {} to {}", env.stack_name, &sha(2)[..7]))),
+        "the cancel is told, naming the commit it was for: {events:#?}"
+    );
 }

@@ -98,7 +98,7 @@ pub(super) async fn converge(
     if let Some(s) = &stack
         && s.in_progress()
     {
-        let o = Observed { status: Status::Provisioning, stack_id: Some(s.id.clone()), ..env.observed() };
+        let o = Observed { status: status(waiting), stack_id: Some(s.id.clone()), ..env.observed() };
         stamps.save(inner, env).await?;
         record(inner, env, o, None).await?;
         let poll = stack_poll(inner, env, &repo.blueprint, s);
@@ -150,7 +150,7 @@ pub(super) async fn converge(
                 }
                 Err(e) => return Err(e.into()),
             };
-            let o = Observed { status: Status::Provisioning, stack_id, last_error: None, ..env.observed() };
+            let o = Observed { status: status(waiting), stack_id, last_error: None, ..env.observed() };
             let why = match &stamps.now.waiting_for {
                 Some(what) if waiting.is_some() => format!(
                     "creating stack {} at {} alongside the build, with no task until {what} is there",
@@ -166,16 +166,26 @@ pub(super) async fn converge(
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
             let events = inner.aws.stack_events(&stack.id).await?;
             let cause = observe::failure_cause(inner, &stack.name, stack.changed_at(), &events).await;
-            // A cause that trying again will not change (a missing image, an invalid property) waits for a
-            // new push or a redeploy (which make the environment `pending` again); only then is the stack
-            // deleted and created once more.
-            if let Some(cause) = cause.as_deref().filter(|c| plan::lasting_cause(c))
+            // A cause that trying again will not change (a missing image, an invalid property), or a create
+            // stopped by its deadline (another would take as long), waits for a new push or a redeploy
+            // (which make the environment `pending` again); only then is the stack deleted and created
+            // once more.
+            if let Some(c) = cause.as_ref().filter(|c| c.stopped || plan::lasting_cause(&c.text))
                 && env.status != Status::Pending
             {
-                return Err(ReconcileError::NeedsHuman(format!(
-                    "stack {} could not be created: {cause}. Trying again will not help: push a fix, or redeploy",
-                    stack.name
-                )));
+                return Err(ReconcileError::NeedsHuman(match c.stopped {
+                    true => format!(
+                        "stack {} was not created within infrastructure.timeout ({}): {}. Another try would \
+                         take as long: push a fix, or redeploy",
+                        stack.name,
+                        humanize(rules.infrastructure_timeout.as_millis() as i64),
+                        c.text
+                    ),
+                    false => format!(
+                        "stack {} could not be created: {}. Trying again will not help: push a fix, or redeploy",
+                        stack.name, c.text
+                    ),
+                }));
             }
             let Some(_) = teardown::empty_buckets(inner, env, &stack, true).await? else {
                 return Ok(Action::Requeue(Duration::ZERO));
@@ -200,7 +210,7 @@ pub(super) async fn converge(
             let o = Observed { status: Status::Provisioning, attempts, ..env.observed() };
             let why = format!(
                 "create rolled back ({}); deleting to create again",
-                cause.or(stack.reason.clone()).as_deref().unwrap_or("no reason given")
+                cause.map(|c| c.text).or(stack.reason.clone()).as_deref().unwrap_or("no reason given")
             );
             inner.store.update_observed(env.fence(), &o, Some((EventKind::Rollback, &why))).await?;
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
@@ -215,6 +225,9 @@ pub(super) async fn converge(
                 }
                 false => None,
             };
+            // (An update stopped is not one: previewd cancels its own past their deadline, above, and a
+            // person who cancelled one did not ask for it to stay undone.)
+            let rolled_back = rolled_back.map(|c| c.text);
             if let Some(cause) = rolled_back.as_deref().filter(|c| plan::lasting_cause(c))
                 && env.status != Status::Pending
             {
@@ -235,12 +248,8 @@ pub(super) async fn converge(
                 timeout: None,
             };
             if inner.update_stack(&req).await? == UpdateOutcome::Started {
-                let o = Observed {
-                    status: Status::Provisioning,
-                    stack_id: Some(stack.id.clone()),
-                    attempts,
-                    ..env.observed()
-                };
+                let o =
+                    Observed { status: status(waiting), stack_id: Some(stack.id.clone()), attempts, ..env.observed() };
                 let why = match waiting {
                     Some(_) => format!(
                         "updating stack {} to {} (no task until its artifact is there)",
@@ -275,6 +284,12 @@ pub(super) async fn converge(
         }
         (step, None) => Err(ReconcileError::NeedsHuman(format!("{step:?} planned for a stack that does not exist"))),
     }
+}
+
+/// An environment whose stack CloudFormation works on: `pending` while its commit waits for its artifact
+/// (the stack comes up with the waiting layer, no task), `provisioning` once the commit runs.
+fn status(waiting: Option<Duration>) -> Status {
+    if waiting.is_some() { Status::Pending } else { Status::Provisioning }
 }
 
 /// A complete stack and what it was rendered from.

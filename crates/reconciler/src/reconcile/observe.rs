@@ -29,7 +29,8 @@ pub(super) async fn observe_stack(inner: &Inner, env: &EnvRecord) -> Result<(Opt
     {
         return Ok((Some(seen), true));
     }
-    let waiting = env.status == Status::Deleting || (env.status == Status::Provisioning && env.stack_id.is_some());
+    let waiting = env.status == Status::Deleting
+        || (matches!(env.status, Status::Provisioning | Status::Pending) && env.stack_id.is_some());
     if waiting {
         return Ok((inner.look(&env.stack_name).await?, false));
     }
@@ -75,36 +76,71 @@ pub(super) fn priority_in_use(events: &[StackEvent]) -> Option<i64> {
         .find_map(|r| r.split('\'').nth(1)?.parse().ok())
 }
 
-/// The event of the first resource that failed in the stack's last operation (events newest first, since
-/// the operation began). Resources CloudFormation cancelled because another failed are not the cause.
-fn first_failed<'e>(stack_name: &str, events: &'e [StackEvent]) -> Option<&'e StackEvent> {
+/// The events of the stack's last operation (newest first, since it began).
+fn last_operation<'e>(stack_name: &str, events: &'e [StackEvent]) -> &'e [StackEvent] {
     let began = events
         .iter()
         .position(|e| {
             e.logical_id == stack_name && matches!(e.status.as_str(), "CREATE_IN_PROGRESS" | "UPDATE_IN_PROGRESS")
         })
         .unwrap_or(events.len());
-    events[..began]
+    &events[..began]
+}
+
+/// The event of the first resource that failed in the stack's last operation (events newest first, since
+/// the operation began). Resources CloudFormation cancelled because another failed are not the cause.
+fn first_failed<'e>(stack_name: &str, events: &'e [StackEvent]) -> Option<&'e StackEvent> {
+    last_operation(stack_name, events)
         .iter()
         .rev()
         .filter(|e| e.logical_id != stack_name && e.status.ends_with("_FAILED"))
-        .find(|e| !e.reason.as_deref().is_some_and(|r| r.contains("cancelled")))
+        .find(|e| !cancelled(e))
+}
+
+fn cancelled(e: &StackEvent) -> bool {
+    e.reason.as_deref().is_some_and(|r| r.contains("cancelled"))
+}
+
+/// What failed in the stack's last operation: its first failed resource; or, when nothing failed but
+/// CloudFormation stopped the operation (a create past its `TimeoutInMinutes`, a cancelled update), a
+/// resource still in progress then (an ECS service first: it is what a stack waits on longest), and
+/// `true`.
+fn culprit<'e>(stack_name: &str, events: &'e [StackEvent]) -> Option<(&'e StackEvent, bool)> {
+    if let Some(failed) = first_failed(stack_name, events) {
+        return Some((failed, false));
+    }
+    let stopped: Vec<&StackEvent> = last_operation(stack_name, events)
+        .iter()
+        .filter(|e| e.logical_id != stack_name && e.status.ends_with("_FAILED") && cancelled(e))
+        .collect();
+    let service = stopped.iter().find(|e| e.resource_type == "AWS::ECS::Service");
+    service.or(stopped.last()).map(|e| (*e, true))
 }
 
 /// Nested stacks followed down to their failed resource, at most.
 const NESTED_DEPTH_MAX: usize = 3;
 
-/// What made the stack's last operation fail: its first failed resource and that resource's reason,
-/// followed into a nested stack that failed, and for an ECS service why its tasks stopped (ECS keeps
-/// that; CloudFormation says only that the service failed), with what to do when the reason is known.
-/// `events` are the stack's own, newest first; `since`, when its last operation began.
+/// What made a stack's last operation fail, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Cause {
+    pub(super) text: String,
+    /// Nothing failed: CloudFormation stopped the operation (its deadline passed, or it was cancelled).
+    pub(super) stopped: bool,
+}
+
+/// What made the stack's last operation fail: its first failed resource and that resource's reason (or
+/// the resource still in progress when CloudFormation stopped it), followed into a nested stack, and for
+/// an ECS service why its tasks stopped (ECS keeps that; CloudFormation says only that the service
+/// failed, or nothing), with what to do when the reason is known. `events` are the stack's own, newest
+/// first; `since`, when its last operation began.
 pub(super) async fn failure_cause(
     inner: &Inner,
     stack_name: &str,
     since: Option<i64>,
     events: &[StackEvent],
-) -> Option<String> {
-    let mut failed = first_failed(stack_name, events)?.clone();
+) -> Option<Cause> {
+    let (failed, stopped) = culprit(stack_name, events)?;
+    let mut failed = failed.clone();
     let mut path = Vec::new();
     for _ in 0..NESTED_DEPTH_MAX {
         let Some(id) = failed.physical_id.clone().filter(|_| failed.resource_type == "AWS::CloudFormation::Stack")
@@ -119,32 +155,43 @@ pub(super) async fn failure_cause(
             }
         };
         let name = id.split('/').nth(1).unwrap_or(&id);
-        let Some(inner_failed) = first_failed(name, &nested) else { break };
+        let Some((inner_failed, _)) = culprit(name, &nested) else { break };
         path.push(failed.logical_id.clone());
         failed = inner_failed.clone();
     }
-    let reason = failed.reason.as_deref().unwrap_or("no reason given");
     path.push(failed.logical_id.clone());
-    let mut cause = format!("{} ({}) failed: {reason}", path.join(" › "), failed.resource_type);
+    let mut text = match stopped {
+        false => format!(
+            "{} ({}) failed: {}",
+            path.join(" › "),
+            failed.resource_type,
+            failed.reason.as_deref().unwrap_or("no reason given")
+        ),
+        true => format!(
+            "{} ({}) was still in progress when CloudFormation stopped the operation",
+            path.join(" › "),
+            failed.resource_type
+        ),
+    };
     if failed.resource_type == "AWS::ECS::Service"
         && let Some(service) = failed.physical_id.as_deref().and_then(previewd_cloud::ServiceRef::from_arn)
     {
         match inner.aws.service_trouble(&service, since).await {
             Ok(t) => {
                 if !t.stopped.is_empty() {
-                    cause.push_str(&format!(". Its tasks stopped: {}", t.stopped.join("; ")));
+                    text.push_str(&format!(". Its tasks stopped: {}", t.stopped.join("; ")));
                 } else if !t.events.is_empty() {
-                    cause.push_str(&format!(". ECS says: {}", t.events.join("; ")));
+                    text.push_str(&format!(". ECS says: {}", t.events.join("; ")));
                 }
             }
             Err(e) => tracing::debug!(error = %e, "cannot ask ECS why the service's tasks stopped"),
         }
     }
-    if let Some(hint) = what_to_do(&cause) {
-        cause.push_str(". ");
-        cause.push_str(hint);
+    if let Some(hint) = what_to_do(&text) {
+        text.push_str(". ");
+        text.push_str(hint);
     }
-    Some(cause)
+    Some(Cause { text, stopped })
 }
 
 /// What to do about a failure whose cause is known to mean one thing.
@@ -224,5 +271,26 @@ mod tests {
         assert_eq!(cause.logical_id, "Service");
         assert_eq!(cause.reason.as_deref(), Some("CannotPullContainerError: pull image manifest has been retried"));
         assert_eq!(first_failed("s", &events[..1]), None);
+        assert_eq!(
+            culprit("s", &events).map(|(e, stopped)| (e.logical_id.as_str(), stopped)),
+            Some(("Service", false))
+        );
+    }
+
+    #[test]
+    fn a_stopped_operation_names_what_was_still_in_progress() {
+        // A create past its TimeoutInMinutes: what was in progress is cancelled, nothing failed by itself.
+        let mut bucket = event("Bucket", "CREATE_FAILED", Some("Resource creation cancelled"));
+        bucket.resource_type = "AWS::S3::Bucket".into();
+        let events = [
+            event("s", "ROLLBACK_IN_PROGRESS", Some("Create timed out")),
+            bucket,
+            event("Service", "CREATE_FAILED", Some("Resource creation cancelled")),
+            event("Service", "CREATE_IN_PROGRESS", None),
+            event("s", "CREATE_IN_PROGRESS", Some("User Initiated")),
+        ];
+        assert_eq!(first_failed("s", &events), None);
+        let (e, stopped) = culprit("s", &events).expect("what was in progress");
+        assert_eq!((e.logical_id.as_str(), stopped), ("Service", true), "the service, which a stack waits on");
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 
 use super::operation::{identify, stack_name};
-use super::state::{Rollback, StatusOverride, Until};
+use super::state::{Rollback, StatusOverride, StoppedTask, Until};
 use super::xml::{blocks, error_document, first, member_len, request_id, with_status, xml, xml_escape};
 use super::{AwsProxy, Call};
 
@@ -347,12 +347,21 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
         }
     }
     // ECS: a service's stopped tasks, when a test gave one.
-    if service == "ecs"
-        && status.is_success()
-        && let Some(stopped) = proxy.lock().stopped_task.clone()
-        && let Some(answer) = stopped_tasks(&action, &body, &stopped)
-    {
-        text = answer.into_bytes();
+    if service == "ecs" && status.is_success() {
+        let mut st = proxy.lock();
+        if let Some(stopped) = st.stopped_task.as_mut()
+            && let Some(answer) = stopped_tasks(&action, &body, stopped)
+        {
+            drop(st);
+            let (status, text) = match answer {
+                Ok(text) => (StatusCode::OK, text),
+                Err(message) => (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "__type": "ServiceNotFoundException", "message": message }).to_string(),
+                ),
+            };
+            return (status, [("content-type", "application/x-amz-json-1.1")], text).into_response();
+        }
     }
     let mut response = Response::builder().status(status.as_u16());
     for (k, v) in &headers {
@@ -363,34 +372,50 @@ async fn answer(proxy: AwsProxy, parts: axum::http::request::Parts, body: Bytes,
     response.body(axum::body::Body::from(text)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
-/// The fake stopped task's id.
+/// The fake stopped task's id, and another service's in the same cluster.
 const STOPPED_TASK: &str = "arn:aws:ecs:us-east-1:123456789012:task/previewd-test/0123456789abcdef";
+const OTHER_TASK: &str = "arn:aws:ecs:us-east-1:123456789012:task/previewd-test/fedcba9876543210";
 
-/// ECS's answer naming the stopped task (a `ListTasks` of a service's stopped tasks, a `DescribeTasks` of
-/// that task), or `None` for any other request.
-fn stopped_tasks(action: &str, body: &[u8], (reason, container): &(String, String)) -> Option<String> {
+/// ECS's answer naming the stopped task (a `ListTasks` of a service's or a cluster's stopped tasks, a
+/// `DescribeTasks` of them; `Err`: the service is not found), or `None` for any other request.
+fn stopped_tasks(action: &str, body: &[u8], t: &mut StoppedTask) -> Option<Result<String, String>> {
     let asked: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let task = |arn: &str, group: String, reason: &str, container: &str| {
+        serde_json::json!({
+            "taskArn": arn,
+            "group": group,
+            "lastStatus": "STOPPED",
+            "desiredStatus": "STOPPED",
+            "stopCode": "TaskFailedToStart",
+            "stoppedReason": reason,
+            "createdAt": now,
+            "containers": [{ "name": "app", "lastStatus": "STOPPED", "reason": container }],
+        })
+    };
     match action {
-        "ListTasks" if asked["desiredStatus"] == "STOPPED" && asked["serviceName"].is_string() => {
-            Some(serde_json::json!({ "taskArns": [STOPPED_TASK] }).to_string())
+        "ListTasks" if asked["desiredStatus"] == "STOPPED" => match asked["serviceName"].as_str() {
+            Some(service) => {
+                t.service = Some(service.to_owned());
+                Some(match t.service_gone {
+                    true => Err(format!("Service not found: {service}")),
+                    false => Ok(serde_json::json!({ "taskArns": [STOPPED_TASK] }).to_string()),
+                })
+            }
+            None if t.service_gone => {
+                Some(Ok(serde_json::json!({ "taskArns": [OTHER_TASK, STOPPED_TASK] }).to_string()))
+            }
+            None => None,
+        },
+        "DescribeTasks" if asked["tasks"].as_array()?.iter().any(|a| a == STOPPED_TASK) => {
+            let service = t.service.clone().unwrap_or_else(|| "app".to_owned());
+            let mut tasks = vec![task(STOPPED_TASK, format!("service:{service}"), &t.reason, &t.container_reason)];
+            if t.service_gone {
+                let other = "Essential container in task exited";
+                tasks.insert(0, task(OTHER_TASK, "service:someone-else".into(), other, "exit code 137"));
+            }
+            Some(Ok(serde_json::json!({ "tasks": tasks, "failures": [] }).to_string()))
         }
-        "DescribeTasks" if asked["tasks"].as_array()?.iter().any(|t| t == STOPPED_TASK) => Some(
-            serde_json::json!({
-                "tasks": [{
-                    "taskArn": STOPPED_TASK,
-                    "lastStatus": "STOPPED",
-                    "desiredStatus": "STOPPED",
-                    "stopCode": "TaskFailedToStart",
-                    "stoppedReason": reason,
-                    "createdAt": std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64()),
-                    "containers": [{ "name": "app", "lastStatus": "STOPPED", "reason": container }],
-                }],
-                "failures": [],
-            })
-            .to_string(),
-        ),
         _ => None,
     }
 }

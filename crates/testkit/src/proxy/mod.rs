@@ -27,7 +27,7 @@ use axum::Router;
 use tokio::time::Instant;
 
 use self::answer::handle;
-use self::state::{ErrorFault, ProxyState, Rollback, StatusOverride, Until};
+use self::state::{ErrorFault, ProxyState, Rollback, StatusOverride, StoppedTask, Until};
 
 /// One call the proxy saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +171,22 @@ impl AwsProxy {
     /// Every ECS service's stopped tasks include one that stopped for `reason`, its container for
     /// `container_reason` (as ECS keeps a failed deployment's tasks for about an hour).
     pub fn stopped_task(&self, reason: &str, container_reason: &str) {
-        self.lock().stopped_task = Some((reason.to_owned(), container_reason.to_owned()));
+        self.lock().stopped_task = Some(StoppedTask {
+            reason: reason.to_owned(),
+            container_reason: container_reason.to_owned(),
+            service_gone: false,
+            service: None,
+        });
+    }
+
+    /// As [`stopped_task`](Self::stopped_task), of a service deleted since (a rolled-back create deletes
+    /// it): listing a service's tasks answers `ServiceNotFoundException`; the cluster's stopped tasks are
+    /// that one and another service's (stopped for another reason), each naming its service as its group.
+    pub fn stopped_task_of_deleted_service(&self, reason: &str, container_reason: &str) {
+        self.stopped_task(reason, container_reason);
+        if let Some(t) = self.lock().stopped_task.as_mut() {
+            t.service_gone = true;
+        }
     }
 
     /// After the stack's next UpdateStack, it shows UPDATE_ROLLBACK_FAILED until deleted.

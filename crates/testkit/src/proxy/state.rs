@@ -84,7 +84,16 @@ pub(super) struct ProxyState {
     pub(super) key_errors: usize,
     /// (service, action, delay, how many more calls): answered by moto, but only after the delay
     pub(super) delays: Vec<(String, String, Duration, usize)>,
-    /// A stopped task every ECS service shows (its reason, its container's reason): moto's services run
-    /// no tasks.
-    pub(super) stopped_task: Option<(String, String)>,
+    /// A stopped task every ECS service shows: moto's services run no tasks.
+    pub(super) stopped_task: Option<StoppedTask>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct StoppedTask {
+    pub(super) reason: String,
+    pub(super) container_reason: String,
+    /// Its service is deleted (a rolled-back create): ECS lists its tasks only among the cluster's.
+    pub(super) service_gone: bool,
+    /// The service whose tasks were last asked for: the task's group names it.
+    pub(super) service: Option<String>,
 }
