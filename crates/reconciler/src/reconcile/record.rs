@@ -9,7 +9,7 @@ use previewd_domain::{Desired, EventKind, Status};
 use previewd_store::{EnvRecord, Observed, StackEvent, StackObservation, now_ms};
 
 use crate::context::Inner;
-use crate::durations::{Op, next_look};
+use crate::durations::{Op, next_look, unknown_look};
 use crate::error::ReconcileError;
 
 /// Stack events kept for an environment's page.
@@ -23,14 +23,19 @@ pub(super) fn poll_delay(inner: &Inner, env: &EnvRecord) -> Duration {
 }
 
 /// The gap before the next look at `stack`, in progress for the environment's blueprint: near its
-/// expected end when the blueprint's operations of that kind have been seen to end (see
-/// [`crate::durations`]).
+/// expected end when the blueprint's operations of that kind have been seen to end, often while none has
+/// (see [`crate::durations`]).
 pub(super) fn stack_poll(inner: &Inner, env: &EnvRecord, blueprint: &str, stack: &Stack) -> Duration {
     let t = &inner.setup.tuning;
     let began = stack.changed_at().unwrap_or(env.updated_at);
     let elapsed = Duration::from_millis((now_ms() - began).max(0) as u64);
-    let expected = Op::of(&stack.status).and_then(|op| inner.durations.expected(blueprint, op));
-    next_look(elapsed, expected, t.poll_min, t.poll_max)
+    match Op::of(&stack.status) {
+        Some(op) => match inner.durations.expected(blueprint, op) {
+            None => unknown_look(elapsed, t.poll_min, t.poll_max),
+            expected => next_look(elapsed, expected, t.poll_min, t.poll_max),
+        },
+        None => next_look(elapsed, None, t.poll_min, t.poll_max),
+    }
 }
 
 /// The gap before the first look at an operation just asked for: soon when its time is not known yet
