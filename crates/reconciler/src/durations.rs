@@ -2,7 +2,7 @@
 //! progress is looked at when it is expected to be done, and often near then: about a fortieth of the
 //! expected time late (at least a second). The quarter rule (a quarter of the time taken so far) would
 //! overshoot a 45 s stack by up to 11 s; an operation nobody has seen end yet is looked at every tenth of
-//! its time so far, once, and learned.
+//! its time so far, once, and learned; so is one that has run past its expected end.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -91,14 +91,15 @@ impl Durations {
 
 /// The gap before the next look at an operation `elapsed` into it, expected to take `expected`: a quarter
 /// of the time taken (between `min` and `max`) while the end is far; from four fifths of the expected time
-/// to a quarter past it, every fortieth of it (at least a second); after that, a quarter again (it is not
-/// the operation it was expected to be).
+/// to a quarter past it, every fortieth of it (at least a second); after that, as an operation of
+/// unknown length (it is not the one it was expected to be, and its end may be near). Nothing expected
+/// (a deletion, a rollback): the quarter rule.
 pub(crate) fn next_look(elapsed: Duration, expected: Option<Duration>, min: Duration, max: Duration) -> Duration {
     let quarter = (elapsed / 4).clamp(min, max);
     let Some(e) = expected else { return quarter };
     let (from, until) = (e.mul_f64(0.8), e.mul_f64(1.25));
     if elapsed >= until {
-        quarter
+        unknown_look(elapsed, min, max)
     } else if elapsed >= from {
         near(e)
     } else if elapsed + quarter < from {
@@ -159,9 +160,13 @@ mod tests {
             .take_while(|&at| at < s(750.0))
             .count();
         assert!((15..=22).contains(&looks), "{looks}");
-        // Far from it, looks are as sparse as before; a stack much later than expected goes back to them.
+        // Far from it, looks are as sparse as before.
         assert_eq!(next_look(s(8.0), Some(s(600.0)), MIN, MAX), MIN);
-        assert_eq!(next_look(s(400.0), Some(s(100.0)), MIN, MAX), MAX);
+        // Later than expected, it is an operation of unknown length: seen at most a tenth late. (It was
+        // a quarter: a 60 s stack expected to take 45 s was seen done 15 s late.)
+        assert_eq!(next_look(s(400.0), Some(s(100.0)), MIN, MAX), s(40.0));
+        let late = seen_done(s(60.0), Some(s(45.0))) - s(60.0);
+        assert!(late <= s(6.0), "{late:?} late");
         // An operation expected to take no time is looked at after a second, not `min`.
         assert_eq!(next_look(Duration::ZERO, Some(s(0.2)), MIN, MAX), NEAR_MIN);
     }
