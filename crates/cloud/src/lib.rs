@@ -52,6 +52,18 @@ impl CloudError {
         matches!(self, CloudError::Retryable { .. })
     }
 
+    /// AWS failing rather than asking previewd to slow down or wait: a 5xx answer, an internal error.
+    /// (Throttling, an operation already under way, a timeout or a lost connection are not.)
+    pub fn is_fault(&self) -> bool {
+        match self {
+            CloudError::Retryable { code, .. } => {
+                code.starts_with("HTTP5")
+                    || matches!(code.as_str(), "InternalError" | "InternalFailure" | "ServiceUnavailable")
+            }
+            CloudError::Terminal { .. } => false,
+        }
+    }
+
     pub fn code(&self) -> &str {
         match self {
             CloudError::Retryable { code, .. } | CloudError::Terminal { code, .. } => code,

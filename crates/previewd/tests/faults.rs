@@ -113,3 +113,22 @@ async fn github_limits_errors_html_and_timeouts_delay_but_never_delete() {
     t.deleted("fault/gh-other").await;
     assert_eq!(t.env("fault/gh").await.expect("env").status, Status::Ready, "the live one untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_aws_fault_again_and_again_fails_with_the_answer() {
+    let mut t = TestEnv::start().await;
+    // As moto answers a template it cannot create (an Elastic Beanstalk environment's attribute): a 500,
+    // every time. Each step's call is retried by the SDK, then by the reconciler's backoff, five steps.
+    t.proxy.fail("cloudformation", "CreateStack", 1_000, 500, "InternalFailure", "We encountered an internal error");
+    assert_eq!(t.push("fault/always", &sha(1)).await, 202);
+    let env = t.wait_for("fault/always", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.clone().expect("why");
+    assert!(why.contains("the same answer 5 times in a row") && why.contains("InternalFailure"), "{why}");
+    let events = t.store.events(env.id, 100).await.expect("events");
+    let retries = events.iter().filter(|e| e.kind == EventKind::Retry).count();
+    assert_eq!(retries, 4, "{events:#?}");
+    // A push tries again, and goes through once AWS does.
+    t.proxy.reset_faults();
+    assert_eq!(t.push("fault/always", &sha(2)).await, 202);
+    t.ready("fault/always", &sha(2)).await;
+}

@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 
 use crate::Reconciler;
 use crate::context::humanize;
-use crate::error::{Action, ErrorAction, ReconcileError, error_policy};
+use crate::error::{Action, ErrorAction, ReconcileError, SAME_FAULT_MAX, error_policy};
 use crate::reconcile;
 use crate::setup::{DRAIN_POLL, IDLE_FLOOR};
 
@@ -202,10 +202,20 @@ impl Reconciler {
         let Ok(Some(env)) = self.inner.store.get(claim.id).await else { return Some(Some(t.retry_max)) };
         let mut observed = env.observed();
         // Errors quote what contributors wrote: kept and shown one line, bounded, without control characters.
-        let message = previewd_domain::text::message(&error.to_string());
-        observed.last_error = Some(message.clone());
-        let (requeue, kind) = match error_policy(&error, observed.retries, t) {
+        let mut message = previewd_domain::text::message(&error.to_string());
+        let same = env.last_error.as_deref() == Some(message.as_str());
+        let (requeue, kind) = match error_policy(&error, observed.retries, same, t) {
             ErrorAction::Fenced => return None,
+            ErrorAction::Repeated => {
+                observed.status = Status::Failed;
+                message = format!(
+                    "AWS gave the same answer {SAME_FAULT_MAX} times in a row, so it is not taken for a passing fault: \
+                     {message}. Check what the stack asks of that service (an emulator answers 500 for resources \
+                     it cannot create) and the service's health; a push or a redeploy tries again"
+                );
+                tracing::error!(error = %message, "needs a person");
+                (None, EventKind::Failed)
+            }
             ErrorAction::Retry { after, retries } => {
                 observed.retries = retries;
                 tracing::warn!(error = %message, retries, "will retry");
@@ -217,6 +227,7 @@ impl Reconciler {
                 (None, EventKind::Failed)
             }
         };
+        observed.last_error = Some(message.clone());
         // Under the claim's own fence: the record just read may already be another holder's.
         match self.inner.store.update_observed(claim.fence(), &observed, Some((kind, &message))).await {
             Ok(()) => Some(requeue),

@@ -95,6 +95,11 @@ impl AwsProxy {
         });
     }
 
+    /// Forgets the errors still to be answered ([`fail`](Self::fail)): AWS goes through again.
+    pub fn reset_faults(&self) {
+        self.lock().errors.clear();
+    }
+
     /// `Throttling: Rate exceeded`, as CloudFormation answers a client that calls too often.
     pub fn throttle(&self, action: &str, times: usize) {
         self.fail("cloudformation", action, times, 400, "Throttling", "Rate exceeded");
