@@ -74,6 +74,42 @@ fn rendered_templates_are_pinned() {
 }
 
 #[test]
+fn a_beanstalk_environment_has_a_name_that_resolves_and_is_told_its_real_scheme() {
+    let bp = Blueprint::load(&stacks_dir(), "beanstalk").expect("loads");
+    for (stage, scheme) in [(Stage::Staging, "http"), (Stage::Production, "https")] {
+        let branch = "feature/a-very-long-branch-name-that-goes-on-and-on-past-any-limit-beanstalk-has";
+        let t = render(&bp, TemplateKind::Environment, stage, branch, &RepoLayers::default()).template;
+        let text = t.to_string();
+        // Never EndpointURL: a single instance's is its IP address, which a CNAME cannot point at.
+        assert!(!text.contains(r#"["Environment","EndpointURL"]"#), "{stage}: {text}");
+        let prefix = t.pointer("/Resources/Environment/Properties/CNAMEPrefix").and_then(Json::as_str).expect("prefix");
+        assert!(
+            (4..=63).contains(&prefix.len())
+                && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !prefix.starts_with('-')
+                && !prefix.ends_with('-'),
+            "a CNAMEPrefix Beanstalk accepts: {prefix}"
+        );
+        let endpoint = t.pointer("/Outputs/Endpoint/Value/Fn::Join/1").expect("endpoint");
+        assert_eq!(endpoint[0], Json::from(prefix), "the environment's own name");
+        assert_eq!(endpoint[3], Json::from(".elasticbeanstalk.com"));
+        let url = t.pointer("/Outputs/Url/Value").and_then(Json::as_str).expect("url");
+        assert!(url.starts_with(&format!("{scheme}://")), "{stage}: {url}");
+        let options =
+            t.pointer("/Resources/Environment/Properties/OptionSettings").and_then(Json::as_array).expect("options");
+        let public = options.iter().find(|o| o["OptionName"] == "PUBLIC_URL").expect("PUBLIC_URL");
+        assert_eq!(public["Value"], Json::from(url), "the app is told the URL it has");
+        assert_eq!(t.pointer("/Conditions/Https/Fn::Equals/0"), Some(&Json::from(scheme)), "the HTTPS listener");
+        // The probe asks as the app is reached.
+        let branch = BranchName::new(branch).expect("branch");
+        let settings = bp.environment_settings(stage, &branch, &RepoLayers::default(), None).expect("settings");
+        let rules = bp.rules(&settings, &"ab".repeat(20), "x.preview.example.com").expect("rules");
+        let probe = rules.probe.expect("probed").url;
+        assert!(probe.starts_with(&format!("{scheme}://x.preview.example.com/")), "{stage}: {probe}");
+    }
+}
+
+#[test]
 fn previews_are_cheaper_than_production() {
     let bp = Blueprint::load(&stacks_dir(), "webapp").expect("loads");
     let preview =
@@ -128,7 +164,8 @@ fn hostile_branch_names_change_values_never_shape() {
                 let r = render(&bp, TemplateKind::Environment, stage, branch.as_str(), &RepoLayers::default());
                 assert_eq!(shape(&r.template), reference, "{name} {stage} {branch:?}");
                 let host = r.template.pointer("/Outputs/Url/Value").and_then(Json::as_str).expect("url");
-                let label = host.trim_start_matches("https://").split('.').next().expect("label");
+                let (_, host) = host.split_once("://").expect("a URL");
+                let label = host.split('.').next().expect("label");
                 assert!(
                     label.len() <= 63
                         && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

@@ -49,7 +49,8 @@ pub struct Options<'a> {
     /// Keys of the `[github]` table: `token = "…"` turns GitHub feedback on (it is off without
     /// credentials).
     pub github: &'a str,
-    /// Appended to the configuration (more repositories, pattern overrides).
+    /// Appended to the configuration (more repositories, pattern overrides); it may use the emulator
+    /// configuration's placeholders (`${vpc_id}`, `${subnet_ids}`).
     pub extra: &'a str,
     /// The reaper's grace.
     pub grace: &'a str,
@@ -271,16 +272,32 @@ impl TestEnv {
     }
 
     pub async fn env(&self, branch: &str) -> Option<EnvRecord> {
-        let repo = RepoName::new(REPO).expect("repo");
+        self.env_in(REPO, branch).await
+    }
+
+    /// The environment of `branch` of another repository the test configured.
+    pub async fn env_in(&self, repo: &str, branch: &str) -> Option<EnvRecord> {
+        let repo = RepoName::new(repo).expect("repo");
         let branch = BranchName::new(branch).expect("branch");
         self.store.find(&repo, &branch).await.expect("store")
     }
 
     /// Waits until the branch's environment satisfies `done`, and returns it.
     pub async fn wait_for(&self, branch: &str, what: &str, done: impl Fn(&EnvRecord) -> bool) -> EnvRecord {
+        self.wait_for_in(REPO, branch, what, done).await
+    }
+
+    /// As [`wait_for`](Self::wait_for), for a branch of another repository the test configured.
+    pub async fn wait_for_in(
+        &self,
+        repo: &str,
+        branch: &str,
+        what: &str,
+        done: impl Fn(&EnvRecord) -> bool,
+    ) -> EnvRecord {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let env = self.env(branch).await;
+            let env = self.env_in(repo, branch).await;
             if let Some(e) = &env
                 && done(e)
             {
@@ -446,7 +463,10 @@ fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::pat
     let zone = &seeded.zones[ZONE];
     let subnets: Vec<String> = seeded.subnet_ids.iter().map(|s| format!("{s:?}")).collect();
     let template = std::fs::read_to_string(workspace_root().join("tests/config/emulator.toml")).expect("emulator.toml");
+    // The test's own text first, so that it may use the placeholders too (`${vpc_id}` in `extra`).
     let values = [
+        ("ready", (*ready).to_owned()),
+        ("extra", format!("\n{TEST_REAPER}grace = \"{grace}\"\n{extra}")),
         ("owner", "test-owner".to_owned()),
         ("zone", ZONE.to_owned()),
         ("database_url", db.to_owned()),
@@ -459,8 +479,6 @@ fn config_text(db: &str, github: &FakeGitHub, seeded: &Seeded, stacks: &std::pat
         ("vpc_id", seeded.vpc_id.clone()),
         ("subnet_ids", subnets.join(", ")),
         ("certificate_arn", zone.certificate_arn.clone()),
-        ("ready", (*ready).to_owned()),
-        ("extra", format!("\n{TEST_REAPER}grace = \"{grace}\"\n{extra}")),
     ];
     values.iter().fold(template, |text, (key, value)| text.replace(&format!("${{{key}}}"), value))
 }
