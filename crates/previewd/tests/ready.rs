@@ -382,3 +382,24 @@ async fn an_older_commits_update_past_its_deadline_makes_way_for_the_newest() {
         "the cancel is told, naming the commit it was for: {events:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_coming_up_while_ci_builds_fails_at_once_for_a_lasting_cause() {
+    // The commit waits for its image (`pending`) while its stack comes up: a cause that will not change
+    // fails it at once, as it does one that runs (the environment's status is no sign of a new push).
+    let ready = "artifact.wait = true\nreadiness.probe = false";
+    let mut t = TestEnv::with(&Options { ready, ..Options::default() }).await;
+    let stack = t.names("feature/invalid").stack_name;
+    let reason = "Resource handler returned message: \"Invalid request provided: Create TaskDefinition: No Fargate \
+                  configuration exists for given values: 256 CPU, 16384 memory\"";
+    t.proxy.rollback_next_create_because(&stack, "TaskDefinition", "AWS::ECS::TaskDefinition", reason);
+    assert_eq!(t.push("feature/invalid", &sha(1)).await, 202);
+    let env = t.wait_for("feature/invalid", "failed", |e| e.status == Status::Failed).await;
+    let why = env.last_error.expect("why");
+    assert!(why.contains("TaskDefinition (AWS::ECS::TaskDefinition) failed") && why.contains("Invalid"), "{why}");
+    assert_eq!((calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))), (1, 0));
+    // A push asks again: the stack is deleted and created once more.
+    assert_eq!(t.push("feature/invalid", &sha(2)).await, 202);
+    eventually("the stack created again", || (calls(&t, "CreateStack", Some(&stack)) == 2).then_some(())).await;
+    assert_eq!(calls(&t, "DeleteStack", Some(&stack)), 1);
+}

@@ -167,11 +167,10 @@ pub(super) async fn converge(
             let events = inner.aws.stack_events(&stack.id).await?;
             let cause = observe::failure_cause(inner, &stack.name, stack.changed_at(), &events).await;
             // A cause that trying again will not change (a missing image, an invalid property), or a create
-            // stopped by its deadline (another would take as long), waits for a new push or a redeploy
-            // (which make the environment `pending` again); only then is the stack deleted and created
-            // once more.
+            // stopped by its deadline (another would take as long), waits for a new push or a redeploy;
+            // only then is the stack deleted and created once more.
             if let Some(c) = cause.as_ref().filter(|c| c.stopped || plan::lasting_cause(&c.text))
-                && env.status != Status::Pending
+                && !asked_again(env, &stack)
             {
                 return Err(ReconcileError::NeedsHuman(match c.stopped {
                     true => format!(
@@ -229,7 +228,7 @@ pub(super) async fn converge(
             // person who cancelled one did not ask for it to stay undone.)
             let rolled_back = rolled_back.map(|c| c.text);
             if let Some(cause) = rolled_back.as_deref().filter(|c| plan::lasting_cause(c))
-                && env.status != Status::Pending
+                && !asked_again(env, &stack)
             {
                 return Err(ReconcileError::NeedsHuman(format!(
                     "stack {} could not be updated to {}: {cause}. Trying again will not help: push a fix, or redeploy",
@@ -283,6 +282,16 @@ pub(super) async fn converge(
             Ok(Action::Requeue(poll_delay(inner, env)))
         }
         (step, None) => Err(ReconcileError::NeedsHuman(format!("{step:?} planned for a stack that does not exist"))),
+    }
+}
+
+/// Whether the environment was asked for again (a push, a redeploy) since the stack's last operation
+/// began: a lasting cause is then tried once more. (Compared across previewd's clock and AWS's: a skew
+/// of more than the moment between a push and its stack operation only lets one more try through.)
+fn asked_again(env: &EnvRecord, stack: &Stack) -> bool {
+    match stack.changed_at() {
+        Some(began) => env.desired_at > began,
+        None => env.status == Status::Pending,
     }
 }
 
