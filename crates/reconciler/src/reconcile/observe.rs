@@ -76,21 +76,20 @@ pub(super) fn priority_in_use(events: &[StackEvent]) -> Option<i64> {
         .find_map(|r| r.split('\'').nth(1)?.parse().ok())
 }
 
-/// The events of the stack's last operation (newest first, since it began).
-fn last_operation<'e>(stack_name: &str, events: &'e [StackEvent]) -> &'e [StackEvent] {
-    let began = events
-        .iter()
-        .position(|e| {
-            e.logical_id == stack_name && matches!(e.status.as_str(), "CREATE_IN_PROGRESS" | "UPDATE_IN_PROGRESS")
-        })
-        .unwrap_or(events.len());
-    &events[..began]
+/// The events of the stack's last operation (newest first, since it began), and whether its beginning is
+/// among them (a page of events may end before it).
+fn last_operation<'e>(stack_name: &str, events: &'e [StackEvent]) -> (&'e [StackEvent], bool) {
+    let began = events.iter().position(|e| {
+        e.logical_id == stack_name && matches!(e.status.as_str(), "CREATE_IN_PROGRESS" | "UPDATE_IN_PROGRESS")
+    });
+    (&events[..began.unwrap_or(events.len())], began.is_some())
 }
 
 /// The event of the first resource that failed in the stack's last operation (events newest first, since
 /// the operation began). Resources CloudFormation cancelled because another failed are not the cause.
 fn first_failed<'e>(stack_name: &str, events: &'e [StackEvent]) -> Option<&'e StackEvent> {
     last_operation(stack_name, events)
+        .0
         .iter()
         .rev()
         .filter(|e| e.logical_id != stack_name && e.status.ends_with("_FAILED"))
@@ -109,7 +108,12 @@ fn culprit<'e>(stack_name: &str, events: &'e [StackEvent]) -> Option<(&'e StackE
     if let Some(failed) = first_failed(stack_name, events) {
         return Some((failed, false));
     }
-    let stopped: Vec<&StackEvent> = last_operation(stack_name, events)
+    // Only with the whole operation in view: a failure may lie on an earlier page than the cancellations.
+    let (operation, whole) = last_operation(stack_name, events);
+    if !whole {
+        return None;
+    }
+    let stopped: Vec<&StackEvent> = operation
         .iter()
         .filter(|e| e.logical_id != stack_name && e.status.ends_with("_FAILED") && cancelled(e))
         .collect();
@@ -292,5 +296,7 @@ mod tests {
         assert_eq!(first_failed("s", &events), None);
         let (e, stopped) = culprit("s", &events).expect("what was in progress");
         assert_eq!((e.logical_id.as_str(), stopped), ("Service", true), "the service, which a stack waits on");
+        // A page that ends before the operation began may hide the failure behind the cancellations.
+        assert_eq!(culprit("s", &events[..3]), None);
     }
 }
