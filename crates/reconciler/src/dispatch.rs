@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 
 use crate::Reconciler;
 use crate::context::humanize;
-use crate::error::{Action, ErrorAction, ReconcileError, SAME_FAULT_MAX, error_policy};
+use crate::error::{Action, ErrorAction, ReconcileError, Repeats, SAME_FAULT_MAX, error_policy};
 use crate::reconcile;
 use crate::setup::{DRAIN_POLL, IDLE_FLOOR};
 
@@ -203,15 +203,24 @@ impl Reconciler {
         let mut observed = env.observed();
         // Errors quote what contributors wrote: kept and shown one line, bounded, without control characters.
         let mut message = previewd_domain::text::message(&error.to_string());
-        let same = env.last_error.as_deref() == Some(message.as_str());
-        let (requeue, kind) = match error_policy(&error, observed.retries, same, t) {
+        // The same AWS fault before this one, as the event log has it (only a fault is looked up).
+        let same = match error.is_fault() {
+            true => self.repeats(env.id, &message).await,
+            false => Repeats::default(),
+        };
+        // The event log's clock: the repeats' times are its.
+        let now = self.inner.store.now();
+        let (requeue, kind) = match error_policy(&error, observed.retries, same, now, t) {
             ErrorAction::Fenced => return None,
             ErrorAction::Repeated => {
                 observed.status = Status::Failed;
+                let over = humanize(now - same.since.unwrap_or(now));
                 message = format!(
-                    "AWS gave the same answer {SAME_FAULT_MAX} times in a row, so it is not taken for a passing fault: \
-                     {message}. Check what the stack asks of that service (an emulator answers 500 for resources \
-                     it cannot create) and the service's health; a push or a redeploy tries again"
+                    "AWS gave the same answer {} times in a row over {over}, so it is not taken for a passing \
+                     fault: {message}. Check what the stack asks of that service (a resource type the endpoint \
+                     cannot create answers so every time) and the service's health; a push or a redeploy tries \
+                     again",
+                    same.times + 1
                 );
                 tracing::error!(error = %message, "needs a person");
                 (None, EventKind::Failed)
@@ -237,6 +246,17 @@ impl Reconciler {
                 Some(Some(t.retry_min))
             }
         }
+    }
+}
+
+impl Reconciler {
+    /// How many times in a row, and since when, the environment's last steps failed with `message`:
+    /// its newest `Retry` events that say it, none other between. A store that cannot say counts none.
+    async fn repeats(&self, id: i64, message: &str) -> Repeats {
+        let Ok(events) = self.inner.store.events(id, SAME_FAULT_MAX).await else { return Repeats::default() };
+        let same: Vec<_> =
+            events.iter().rev().take_while(|e| e.kind == EventKind::Retry && e.message == message).collect();
+        Repeats { times: same.len() as i64, since: same.last().map(|e| e.at) }
     }
 }
 

@@ -54,7 +54,7 @@ impl ReconcileError {
     /// AWS failing (a 5xx, an internal error), as opposed to throttling or an unreachable endpoint: the
     /// same fault again and again is the service's lasting answer (an emulator that cannot create a
     /// resource answers 500 every time), not a passing one.
-    fn is_fault(&self) -> bool {
+    pub(crate) fn is_fault(&self) -> bool {
         matches!(self, ReconcileError::Cloud(e) if e.is_fault())
     }
 
@@ -79,21 +79,38 @@ pub(crate) enum ErrorAction {
     Retry { after: Duration, retries: i64 },
     /// A person must act: the environment is `failed` until something changes.
     Fail,
-    /// The same AWS fault [`SAME_FAULT_MAX`] times in a row: `failed` too, saying so.
+    /// The same AWS fault at least [`SAME_FAULT_MAX`] times in a row, over at least `retry_max`:
+    /// `failed` too, saying so.
     Repeated,
 }
 
-/// The same AWS fault this many times in a row (each after the SDK's own retries) is not a passing one.
+/// The same AWS fault this many times in a row (each after the SDK's own retries) is not a passing one,
+/// once it has also lasted `retry_max` (a short outage is waited out).
 pub(crate) const SAME_FAULT_MAX: i64 = 5;
+
+/// The same answer before this one: how many times in a row, since when (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Repeats {
+    pub(crate) times: i64,
+    pub(crate) since: Option<i64>,
+}
 
 /// The error policy: transient errors retry with jittered exponential backoff (never sooner than
 /// GitHub asked), the rest need a person, and so does an AWS fault that keeps coming back the same.
-/// `retries`: transient errors in a row before this one; `same`: the last of them said the same.
-pub(crate) fn error_policy(error: &ReconcileError, retries: i64, same: bool, tuning: &Tuning) -> ErrorAction {
+/// `retries`: transient errors in a row before this one; `same`: the same answer before this one, at
+/// `now`.
+pub(crate) fn error_policy(
+    error: &ReconcileError,
+    retries: i64,
+    same: Repeats,
+    now: i64,
+    tuning: &Tuning,
+) -> ErrorAction {
+    let lasted = same.since.is_some_and(|since| now - since >= tuning.retry_max.as_millis() as i64);
     match error {
         e if e.is_fenced() => ErrorAction::Fenced,
         e if e.needs_human() => ErrorAction::Fail,
-        e if e.is_fault() && same && retries + 1 >= SAME_FAULT_MAX => ErrorAction::Repeated,
+        e if e.is_fault() && same.times + 1 >= SAME_FAULT_MAX && lasted => ErrorAction::Repeated,
         e => {
             let retries = retries + 1;
             let after = tuning.backoff(retries).max(e.retry_after().unwrap_or_default());
@@ -110,21 +127,27 @@ mod tests {
     fn the_error_policy_over_every_kind_of_error() {
         let t = Tuning { retry_min: Duration::from_secs(10), retry_max: Duration::from_secs(100), ..Tuning::default() };
         let fenced = ReconcileError::Store(StoreError::Fenced { id: 1 });
-        assert_eq!(error_policy(&fenced, 0, false, &t), ErrorAction::Fenced);
+        assert_eq!(error_policy(&fenced, 0, Repeats::default(), 0, &t), ErrorAction::Fenced);
         let unavailable = ReconcileError::Store(StoreError::Unavailable);
         let transient = ReconcileError::Transient("throttled".into());
         for e in [&unavailable, &transient] {
-            let ErrorAction::Retry { after, retries } = error_policy(e, 0, false, &t) else { panic!("{e:?}") };
+            let ErrorAction::Retry { after, retries } = error_policy(e, 0, Repeats::default(), 0, &t) else {
+                panic!("{e:?}")
+            };
             assert_eq!(retries, 1);
             assert!((8..=12).contains(&after.as_secs()), "the first retry waits retry_min, jittered: {after:?}");
-            let ErrorAction::Retry { after, .. } = error_policy(e, 10, true, &t) else { panic!("{e:?}") };
+            let ErrorAction::Retry { after, .. } = error_policy(e, 10, Repeats::default(), 0, &t) else {
+                panic!("{e:?}")
+            };
             assert!(after <= Duration::from_secs(120), "never past retry_max, jittered: {after:?}");
         }
         let limited = ReconcileError::GitHub(previewd_github::GithubError::RateLimited {
             what: "get a branch".into(),
             retry_after: Duration::from_secs(3_600),
         });
-        let ErrorAction::Retry { after, .. } = error_policy(&limited, 0, false, &t) else { panic!("rate limited") };
+        let ErrorAction::Retry { after, .. } = error_policy(&limited, 0, Repeats::default(), 0, &t) else {
+            panic!("rate limited")
+        };
         assert_eq!(after, Duration::from_secs(3_600), "not before GitHub said");
         for e in [
             ReconcileError::NeedsHuman("fix it".into()),
@@ -135,13 +158,13 @@ mod tests {
                 reason: "not a number".into(),
             }),
         ] {
-            assert_eq!(error_policy(&e, 0, false, &t), ErrorAction::Fail, "{e:?}");
+            assert_eq!(error_policy(&e, 0, Repeats::default(), 0, &t), ErrorAction::Fail, "{e:?}");
         }
     }
 
     #[test]
     fn the_same_aws_fault_again_and_again_is_not_a_passing_one() {
-        let t = Tuning::default();
+        let t = Tuning { retry_max: Duration::from_secs(300), ..Tuning::default() };
         let fault = |code: &str| {
             ReconcileError::Cloud(previewd_cloud::CloudError::Retryable {
                 op: "CreateStack",
@@ -150,14 +173,20 @@ mod tests {
             })
         };
         let e = fault("HTTP500");
-        assert!(matches!(error_policy(&e, SAME_FAULT_MAX - 2, true, &t), ErrorAction::Retry { .. }));
-        assert_eq!(error_policy(&e, SAME_FAULT_MAX - 1, true, &t), ErrorAction::Repeated);
-        assert!(matches!(error_policy(&e, SAME_FAULT_MAX - 1, false, &t), ErrorAction::Retry { .. }), "another answer");
+        let minutes = |m: i64| m * 60_000;
+        let same = |times| Repeats { times, since: Some(0) };
+        let retried = |a: ErrorAction| matches!(a, ErrorAction::Retry { .. });
+        assert!(retried(error_policy(&e, 3, same(3), minutes(10), &t)), "four times is not five");
+        assert_eq!(error_policy(&e, 4, same(4), minutes(10), &t), ErrorAction::Repeated);
+        assert!(retried(error_policy(&e, 4, same(4), minutes(2), &t)), "a short outage is waited out");
+        assert!(retried(error_policy(&e, 4, Repeats::default(), minutes(10), &t)), "another answer before");
+        // Other errors in a row before it do not count: only the same answer does.
+        assert!(retried(error_policy(&e, 9, same(1), minutes(10), &t)));
         // Being told to slow down, or not reaching AWS at all, is no answer about the request.
         for code in ["Throttling", "NoResponse"] {
-            assert!(matches!(error_policy(&fault(code), 50, true, &t), ErrorAction::Retry { .. }), "{code}");
+            assert!(retried(error_policy(&fault(code), 50, same(50), minutes(60), &t)), "{code}");
         }
         let unavailable = ReconcileError::Transient("GitHub is unavailable".into());
-        assert!(matches!(error_policy(&unavailable, 50, true, &t), ErrorAction::Retry { .. }));
+        assert!(retried(error_policy(&unavailable, 50, same(50), minutes(60), &t)));
     }
 }
