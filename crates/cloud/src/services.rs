@@ -68,21 +68,13 @@ impl Aws {
             .max_results(STOPPED_TASKS_READ)
             .send()
             .await;
-        let arns = match listed.map_err(|e| classify("ListTasks", e)) {
-            Ok(out) => out.task_arns().to_vec(),
-            // The service is gone (a rolled-back create deletes it), and its tasks cannot be listed by it:
-            // the cluster's stopped tasks are, and each names the service that started it (its group).
-            Err(e) if e.code() == "ServiceNotFoundException" => self
-                .ecs
-                .list_tasks()
-                .cluster(&s.cluster)
-                .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
-                .max_results(CLUSTER_TASKS_READ)
-                .send()
-                .await
-                .map_err(|e| classify("ListTasks", e))?
-                .task_arns()
-                .to_vec(),
+        // The service is gone (a rolled-back create deletes it), and its tasks cannot be listed by it (or
+        // are not, once it is inactive): the cluster's stopped tasks are, and each names the service that
+        // started it (its group).
+        let (arns, by_group) = match listed.map_err(|e| classify("ListTasks", e)) {
+            Ok(out) if !out.task_arns().is_empty() => (out.task_arns().to_vec(), false),
+            Ok(_) => (self.cluster_stopped_tasks(&s.cluster).await?, true),
+            Err(e) if e.code() == "ServiceNotFoundException" => (self.cluster_stopped_tasks(&s.cluster).await?, true),
             Err(e) if e.code() == "ClusterNotFoundException" => return Ok(trouble),
             Err(e) => return Err(e),
         };
@@ -99,7 +91,9 @@ impl Aws {
             .map_err(|e| classify("DescribeTasks", e))?;
         let group = format!("service:{}", s.service);
         let this = tasks.tasks().iter().filter(|t| {
-            t.group().is_none_or(|g| g == group) && recent(t.created_at().and_then(|c| c.to_millis().ok()), since)
+            // Listed by the service, a task is its own; among the cluster's, only one naming it.
+            let its = if by_group { t.group() == Some(group.as_str()) } else { t.group().is_none_or(|g| g == group) };
+            its && recent(t.created_at().and_then(|c| c.to_millis().ok()), since)
         });
         for t in this.take(STOPPED_TASKS_READ as usize) {
             let reasons = t.stopped_reason().into_iter().chain(t.containers().iter().filter_map(|c| c.reason()));
@@ -110,6 +104,21 @@ impl Aws {
             }
         }
         Ok(trouble)
+    }
+
+    /// The cluster's stopped tasks (one page, the newest first).
+    async fn cluster_stopped_tasks(&self, cluster: &str) -> Result<Vec<String>, CloudError> {
+        Ok(self
+            .ecs
+            .list_tasks()
+            .cluster(cluster)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+            .max_results(CLUSTER_TASKS_READ)
+            .send()
+            .await
+            .map_err(|e| classify("ListTasks", e))?
+            .task_arns()
+            .to_vec())
     }
 }
 

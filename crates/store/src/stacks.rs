@@ -105,7 +105,7 @@ impl Store {
         .bind(blueprint.to_owned())
         .bind(operation.to_owned())
         .bind(millis)
-        .bind(crate::now_ms())
+        .bind(self.now())
         .execute(&mut *self.write().await?)
         .await
         .map_err(db("record stack duration"))?;

@@ -118,8 +118,16 @@ pub(super) async fn stack_seen(
         // previewd was down) says nothing of how long it took; nor does one far slower than expected.
         let took = Duration::from_millis((now_ms() - began).max(0) as u64);
         let plausible = inner.durations.expected(blueprint, op).is_none_or(|e| took <= e * 4);
-        if matches!(env.status, Status::Provisioning | Status::Pending) && plausible {
-            inner.durations.learn(&inner.store, blueprint, op, took).await?;
+        // Asked for by this environment's current desire (a minute's leeway for clocks): a stack done
+        // long before it (an environment that failed, then was pushed again) was not watched.
+        let asked = began + 60_000 >= env.desired_at;
+        if matches!(env.status, Status::Provisioning | Status::Pending)
+            && plausible
+            && asked
+            && let Err(e) = inner.durations.learn(&inner.store, blueprint, op, took).await
+        {
+            // A help, never a condition: the next operation is learned again.
+            tracing::warn!(error = %e, "cannot keep a learned stack time");
         }
     }
     let wanted = env.desired != Desired::Absent && env.expired_at.is_none();
