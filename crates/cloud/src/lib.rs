@@ -111,6 +111,10 @@ where
     if transient { CloudError::Retryable { op, code, message } } else { CloudError::Terminal { op, code, message } }
 }
 
+/// Pages of a stack's events read, at most, to find the beginning of its last operation (100 events a
+/// page: a stack of some hundred resources).
+const STACK_EVENT_PAGES_MAX: usize = 5;
+
 /// A stack as CloudFormation describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stack {
@@ -394,17 +398,28 @@ impl Aws {
 
     /// The stack's events, newest first (one page: enough to show progress).
     pub async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, CloudError> {
-        let out = self
-            .cfn
-            .describe_stack_events()
-            .stack_name(stack)
-            .send()
-            .await
-            .map_err(|e| classify("DescribeStackEvents", e))?;
-        Ok(out
-            .stack_events()
-            .iter()
-            .map(|e| StackEvent {
+        let mut events = Vec::new();
+        let mut next = None;
+        // Newest first, a page at a time, until the page that holds the beginning of the last operation
+        // (the stack's own CREATE_, UPDATE_ or DELETE_IN_PROGRESS): what failed in it, or what was still
+        // in progress when it was stopped, may lie on any page before that.
+        for _ in 0..STACK_EVENT_PAGES_MAX {
+            let out = self
+                .cfn
+                .describe_stack_events()
+                .stack_name(stack)
+                .set_next_token(next)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeStackEvents", e))?;
+            let began = out.stack_events().iter().any(|e| {
+                e.logical_resource_id() == e.stack_name()
+                    && matches!(
+                        e.resource_status().map(|s| s.as_str()),
+                        Some("CREATE_IN_PROGRESS" | "UPDATE_IN_PROGRESS" | "DELETE_IN_PROGRESS")
+                    )
+            });
+            events.extend(out.stack_events().iter().map(|e| StackEvent {
                 id: e.event_id().unwrap_or_default().to_owned(),
                 timestamp: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
                 logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
@@ -412,8 +427,13 @@ impl Aws {
                 physical_id: e.physical_resource_id().filter(|p| !p.is_empty()).map(str::to_owned),
                 status: e.resource_status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
                 reason: e.resource_status_reason().map(str::to_owned),
-            })
-            .collect())
+            }));
+            next = out.next_token().map(str::to_owned);
+            if began || next.is_none() {
+                break;
+            }
+        }
+        Ok(events)
     }
 
     /// Uploads a template too large for a TemplateBody and returns the URL CloudFormation reads it from.

@@ -250,14 +250,22 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// How many times in a row, and since when, the environment's last steps failed with `message`:
-    /// its newest `Retry` events that say it, none other between. A store that cannot say counts none.
+    /// How many times in a row, and since when, the environment's last steps failed with `message`: its
+    /// newest `Retry` events that say it, no other `Retry` between (a step may write events of its own
+    /// before it fails, a seeding asked for before each create). A store that cannot say counts none.
     async fn repeats(&self, id: i64, message: &str) -> Repeats {
-        let Ok(events) = self.inner.store.events(id, SAME_FAULT_MAX).await else { return Repeats::default() };
-        let same: Vec<_> =
-            events.iter().rev().take_while(|e| e.kind == EventKind::Retry && e.message == message).collect();
-        Repeats { times: same.len() as i64, since: same.last().map(|e| e.at) }
+        match self.inner.store.events(id, 4 * SAME_FAULT_MAX).await {
+            Ok(events) => repeats(&events, message),
+            Err(_) => Repeats::default(),
+        }
     }
+}
+
+/// As [`Reconciler::repeats`], from the environment's newest events (oldest first).
+fn repeats(events: &[previewd_store::EventRecord], message: &str) -> Repeats {
+    let same: Vec<_> =
+        events.iter().rev().filter(|e| e.kind == EventKind::Retry).take_while(|e| e.message == message).collect();
+    Repeats { times: same.len() as i64, since: same.last().map(|e| e.at) }
 }
 
 /// The step metrics' kind of a step that found no record of its own (its lease was taken over).
@@ -284,5 +292,33 @@ impl StepResult {
             StepResult::Failed => "failed",
             StepResult::Retry => "retry",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_answer_is_counted_across_a_steps_own_events() {
+        let event = |at: i64, kind: EventKind, message: &str| previewd_store::EventRecord {
+            id: at,
+            env_id: 1,
+            at,
+            kind,
+            message: message.to_owned(),
+        };
+        let fault = "CreateStack: temporarily failing (InternalFailure): We encountered an internal error";
+        // Oldest first; each step asks for its seeding before it creates, and fails.
+        let events = [
+            event(1, EventKind::Retry, "DescribeStacks: temporarily failing (HTTP503): unavailable"),
+            event(2, EventKind::Seed, "a new stack: 2 seed steps will run once it is created"),
+            event(3, EventKind::Retry, fault),
+            event(4, EventKind::Seed, "a new stack: 2 seed steps will run once it is created"),
+            event(5, EventKind::Retry, fault),
+            event(6, EventKind::Seed, "a new stack: 2 seed steps will run once it is created"),
+        ];
+        assert_eq!(repeats(&events, fault), Repeats { times: 2, since: Some(3) });
+        assert_eq!(repeats(&events, "another answer"), Repeats::default());
     }
 }

@@ -110,7 +110,9 @@ pub(crate) fn error_policy(
     match error {
         e if e.is_fenced() => ErrorAction::Fenced,
         e if e.needs_human() => ErrorAction::Fail,
-        e if e.is_fault() && same.times + 1 >= SAME_FAULT_MAX && lasted => ErrorAction::Repeated,
+        // `retries`, which a step that went through resets, keeps "in a row" honest: the log has no
+        // event for a step that went through.
+        e if e.is_fault() && same.times.min(retries) + 1 >= SAME_FAULT_MAX && lasted => ErrorAction::Repeated,
         e => {
             let retries = retries + 1;
             let after = tuning.backoff(retries).max(e.retry_after().unwrap_or_default());
@@ -182,6 +184,8 @@ mod tests {
         assert!(retried(error_policy(&e, 4, Repeats::default(), minutes(10), &t)), "another answer before");
         // Other errors in a row before it do not count: only the same answer does.
         assert!(retried(error_policy(&e, 9, same(1), minutes(10), &t)));
+        // Steps that went through between them (they reset `retries`, and leave no event): not in a row.
+        assert!(retried(error_policy(&e, 0, same(4), minutes(10), &t)));
         // Being told to slow down, or not reaching AWS at all, is no answer about the request.
         for code in ["Throttling", "NoResponse"] {
             assert!(retried(error_policy(&fault(code), 50, same(50), minutes(60), &t)), "{code}");
