@@ -59,6 +59,7 @@ impl Application {
             secrets: config.webhook_secrets.clone().into(),
             repos: Arc::new(zones),
             dashboard_token: config.dashboard_token.clone(),
+            metrics_token: config.metrics_token.clone(),
             public: !config.listen.ip().is_loopback(),
             github_web_url: previewd_web::github_web_url(&config.github_api_url),
             reconciler: Some(reconciler.clone()),

@@ -1,5 +1,5 @@
-//! Who may see and act. With `PREVIEWD_DASHBOARD_TOKEN` set, the dashboard, the API and the metrics need
-//! it: `Authorization: Bearer <token>` for programs, and for browsers a login form that sets a session
+//! Who may see and act. `PREVIEWD_METRICS_TOKEN`, when set, lets a scraper read `/metrics` and nothing
+//! else. With `PREVIEWD_DASHBOARD_TOKEN` set, the dashboard, the API and the metrics need it: `Authorization: Bearer <token>` for programs, and for browsers a login form that sets a session
 //! cookie. The cookie is not the token: it is an expiry signed with a key derived from the token
 //! (HMAC-SHA256), so it works on every replica, dies with a changed token, and never reveals the token.
 //! Actions (POST) refuse requests from another site (their `Origin` names another host) with 403.
@@ -101,6 +101,17 @@ static FAILURES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn slow_down() {
     let _one_at_a_time = FAILURES.lock().await;
     tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+}
+
+/// `/metrics`: the metrics token (a read-only credential for Prometheus) lets in there and nowhere else;
+/// otherwise as [`require`].
+pub(crate) async fn require_for_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.metrics_token
+        && bearer(req.headers()).is_some_and(|t| matches(t, token))
+    {
+        return next.run(req).await;
+    }
+    require(State(state), req, next).await
 }
 
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {

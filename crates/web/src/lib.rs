@@ -37,6 +37,8 @@ pub struct AppState {
     pub repos: Arc<BTreeMap<RepoName, DnsZone>>,
     /// When set, the dashboard, the API and the metrics require it.
     pub dashboard_token: Option<Secret>,
+    /// When set, `/metrics` answers it too (and nothing else does): Prometheus needs no admin token.
+    pub metrics_token: Option<Secret>,
     /// Listening beyond loopback: then, without a token, the dashboard and API are refused.
     pub public: bool,
     /// GitHub's web address, for links to commits (`https://github.com`, or a GitHub Enterprise host).
@@ -97,12 +99,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/environments/{id}/events", get(api::environment_events))
         .route("/api/environments/{id}/{action}", post(api::act))
         .route("/api/reaper", get(api::last_reaper_pass))
-        .route("/metrics", get(metrics::metrics))
         .route("/", get(dashboard::page))
         .route("/environments/{id}", get(dashboard::environment))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
+    // The metrics answer the metrics token, else whatever the dashboard would.
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_for_metrics));
     let router = Router::new()
         .route("/webhooks/github", post(webhook::webhook))
+        .merge(metrics)
         .route("/healthz", get(|| async { "ok" }))
         .route("/login", post(auth::login))
         .merge(protected)

@@ -13,6 +13,9 @@ use previewd_store::{DesiredChange, Store};
 use previewd_web::{AppState, Intake, router};
 use tower::ServiceExt as _;
 
+/// The scraper's token every test app is given.
+const METRICS_TOKEN: &str = "metrics-only-0123456789";
+
 async fn app(token: Option<&str>) -> (axum::Router, tempfile::TempDir) {
     let (router, _, dir) = app_on(token, false).await;
     (router, dir)
@@ -33,6 +36,7 @@ async fn app_with(token: Option<&str>, public: bool, intake: Intake) -> (axum::R
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),
         dashboard_token: token.map(Secret::new),
+        metrics_token: Some(Secret::new(METRICS_TOKEN)),
         public,
         github_web_url: "https://github.com".into(),
         reconciler: None,
@@ -299,4 +303,23 @@ async fn webhook_bodies_are_bounded_in_number_and_time() {
     assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
     let (status, _) = send(&app, Request::post("/webhooks/github"), &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "read, then refused for its missing signature");
+}
+
+#[tokio::test]
+async fn the_metrics_token_reads_the_metrics_and_nothing_else() {
+    let dashboard = "secret-token-0123456789";
+    let (guarded, _dir) = app(Some(dashboard)).await;
+    let bearer = |t: &str| Some(("authorization", format!("Bearer {t}")));
+    let (status, body) = get(&guarded, "/metrics", bearer(METRICS_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("# TYPE"), "{body}");
+    for path in ["/", "/api/environments", "/api/reaper", "/environments/1"] {
+        assert_eq!(get(&guarded, path, bearer(METRICS_TOKEN)).await.0, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let destroy = Request::post("/api/environments/1/destroy").header(header::HOST, "localhost:8080");
+    let auth = [("authorization", format!("Bearer {METRICS_TOKEN}"))];
+    assert_eq!(send(&guarded, destroy, &auth).await.0, StatusCode::UNAUTHORIZED, "it acts on nothing");
+    // The dashboard token still reads them; no token does not.
+    assert_eq!(get(&guarded, "/metrics", bearer(dashboard)).await.0, StatusCode::OK);
+    assert_eq!(get(&guarded, "/metrics", None).await.0, StatusCode::UNAUTHORIZED);
 }

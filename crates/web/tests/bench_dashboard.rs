@@ -47,6 +47,7 @@ async fn the_list_with_many_environments() {
         secrets: Arc::from(vec![Secret::new("hook")]),
         repos: Arc::new(BTreeMap::new()),
         dashboard_token: None,
+        metrics_token: None,
         public: false,
         github_web_url: "https://github.com".into(),
         reconciler: None,

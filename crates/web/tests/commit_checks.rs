@@ -31,6 +31,7 @@ async fn app() -> (axum::Router, Store, tempfile::TempDir) {
         secrets: Arc::from(vec![Secret::new(SECRET)]),
         repos: Arc::new(repos),
         dashboard_token: None,
+        metrics_token: None,
         public: false,
         github_web_url: "https://github.com".into(),
         reconciler: None,

@@ -11,12 +11,24 @@ impl Config {
     /// What no single field shows: two repositories must not share a DNS zone (their `main` branches
     /// would claim one name) nor a repository hash (it keeps stack names apart).
     pub(super) fn check(&self) -> anyhow::Result<()> {
-        if let Some(t) = &self.dashboard_token
-            && t.expose().len() < MIN_DASHBOARD_TOKEN
+        for (token, name) in [
+            (&self.dashboard_token, "PREVIEWD_DASHBOARD_TOKEN (dashboard_token)"),
+            (&self.metrics_token, "PREVIEWD_METRICS_TOKEN (metrics_token)"),
+        ] {
+            if let Some(t) = token
+                && t.expose().len() < MIN_DASHBOARD_TOKEN
+            {
+                bail!(
+                    "{name} is shorter than {MIN_DASHBOARD_TOKEN} bytes: use a long random one (e.g. openssl rand \
+                     -hex 24)"
+                );
+            }
+        }
+        if let (Some(d), Some(m)) = (&self.dashboard_token, &self.metrics_token)
+            && d.expose() == m.expose()
         {
             bail!(
-                "PREVIEWD_DASHBOARD_TOKEN (dashboard_token) is shorter than {MIN_DASHBOARD_TOKEN} bytes: use a long \
-                 random one (e.g. openssl rand -hex 24)"
+                "PREVIEWD_METRICS_TOKEN is the dashboard token: give the scraper a token of its own, which can only read /metrics"
             );
         }
         let mut zones = BTreeMap::new();

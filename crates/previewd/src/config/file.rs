@@ -20,6 +20,7 @@ pub(super) struct File {
     pub(super) stacks_dir: Option<PathBuf>,
     pub(super) webhook_secrets: Option<Vec<String>>,
     pub(super) dashboard_token: Option<String>,
+    pub(super) metrics_token: Option<String>,
     pub(super) template_bucket: Option<String>,
     /// Live environments per repository at most, unless the repository says otherwise.
     pub(super) max_environments: Option<usize>,

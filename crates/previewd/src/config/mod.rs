@@ -70,6 +70,8 @@ pub struct Config {
     pub stacks_dir: PathBuf,
     pub reaper: ReaperSetup,
     pub dashboard_token: Option<Secret>,
+    /// Lets a scraper read `/metrics`, and nothing else.
+    pub metrics_token: Option<Secret>,
     /// An S3 bucket for templates over CloudFormation's 51,200-byte TemplateBody limit.
     pub template_bucket: Option<String>,
     pub tuning: Tuning,
@@ -123,6 +125,7 @@ impl Config {
             stacks_dir: general::stacks_dir(var, file.stacks_dir),
             reaper,
             dashboard_token: var("PREVIEWD_DASHBOARD_TOKEN").or(file.dashboard_token).map(Secret::new),
+            metrics_token: var("PREVIEWD_METRICS_TOKEN").or(file.metrics_token).map(Secret::new),
             template_bucket: file.template_bucket,
             tuning,
             repos,

@@ -141,6 +141,18 @@ fn a_short_dashboard_token_is_refused() {
 }
 
 #[test]
+fn the_metrics_token_is_long_and_not_the_dashboard_token() {
+    let long = "x".repeat(16);
+    let e = Config::load(None, env(&[("PREVIEWD_METRICS_TOKEN", "short")])).expect_err("too short").to_string();
+    assert!(e.contains("PREVIEWD_METRICS_TOKEN") && e.contains("shorter than 16 bytes"), "{e}");
+    let same = [("PREVIEWD_METRICS_TOKEN", long.as_str()), ("PREVIEWD_DASHBOARD_TOKEN", long.as_str())];
+    let e = Config::load(None, env(&same)).expect_err("the same token").to_string();
+    assert!(e.contains("is the dashboard token") && !e.contains(&long), "{e}");
+    let c = Config::load(None, env(&[("PREVIEWD_METRICS_TOKEN", &long)])).expect("loads");
+    assert!(!format!("{c:?}").contains(&long), "never in Debug output");
+}
+
+#[test]
 fn two_repositories_cannot_share_a_zone() {
     let e = Config::load(None, env(&[("PREVIEWD_REPOS", "a/x,a/y"), ("PREVIEWD_DNS_ZONE", "p.example.com")]))
         .expect_err("shared zone")
