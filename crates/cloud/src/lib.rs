@@ -396,14 +396,24 @@ impl Aws {
             .collect())
     }
 
-    /// The stack's events, newest first (one page: enough to show progress).
+    /// The stack's newest events, newest first (one page: enough to show progress).
     pub async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, CloudError> {
+        self.events_back_to_operation(stack, 1).await
+    }
+
+    /// The stack's events, newest first, back to the beginning of its last operation (at most
+    /// [`STACK_EVENT_PAGES_MAX`] pages): what failed in it, or what was still in progress when it was
+    /// stopped, may lie on any page before that.
+    pub async fn operation_events(&self, stack: &str) -> Result<Vec<StackEvent>, CloudError> {
+        self.events_back_to_operation(stack, STACK_EVENT_PAGES_MAX).await
+    }
+
+    /// A page at a time, at most `pages`, until the page that holds the stack's own CREATE_, UPDATE_ or
+    /// DELETE_IN_PROGRESS.
+    async fn events_back_to_operation(&self, stack: &str, pages: usize) -> Result<Vec<StackEvent>, CloudError> {
         let mut events = Vec::new();
         let mut next = None;
-        // Newest first, a page at a time, until the page that holds the beginning of the last operation
-        // (the stack's own CREATE_, UPDATE_ or DELETE_IN_PROGRESS): what failed in it, or what was still
-        // in progress when it was stopped, may lie on any page before that.
-        for _ in 0..STACK_EVENT_PAGES_MAX {
+        for _ in 0..pages {
             let out = self
                 .cfn
                 .describe_stack_events()

@@ -164,7 +164,7 @@ pub(super) async fn converge(
             Ok(Action::Requeue(first_look(inner, &repo.blueprint, Op::Create)))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
-            let events = inner.aws.stack_events(&stack.id).await?;
+            let events = inner.aws.operation_events(&stack.id).await?;
             let cause = observe::failure_cause(inner, &stack.name, stack.changed_at(), &events).await;
             // A cause that trying again will not change (a missing image, an invalid property), or a create
             // stopped by its deadline (another would take as long), waits for a new push or a redeploy;
@@ -219,7 +219,7 @@ pub(super) async fn converge(
             // waits for a new push or a redeploy, as a rolled-back create does.
             let rolled_back = match counted && stack.stack_status() == StackStatus::UpdateRollbackComplete {
                 true => {
-                    let events = inner.aws.stack_events(&stack.id).await?;
+                    let events = inner.aws.operation_events(&stack.id).await?;
                     observe::failure_cause(inner, &stack.name, stack.changed_at(), &events).await
                 }
                 false => None,

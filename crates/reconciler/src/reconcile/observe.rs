@@ -151,7 +151,7 @@ pub(super) async fn failure_cause(
         else {
             break;
         };
-        let nested = match inner.aws.stack_events(&id).await {
+        let nested = match inner.aws.operation_events(&id).await {
             Ok(nested) => nested,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read a nested stack's events");
