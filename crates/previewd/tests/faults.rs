@@ -7,18 +7,6 @@ use std::time::Duration;
 use previewd_domain::{EventKind, Status};
 use previewd_testkit::{Fault, Target, TestEnv, sha};
 
-/// The stack's CloudFormation calls that reached moto, by action.
-fn creates_and_deletes(t: &TestEnv, stack: &str) -> (usize, usize) {
-    let count = |action: &str| {
-        t.proxy
-            .calls()
-            .iter()
-            .filter(|c| !c.injected && c.action == action && c.stack.as_deref() == Some(stack))
-            .count()
-    };
-    (count("CreateStack"), count("DeleteStack"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_5xx_answers_converge() {
     let mut t = TestEnv::start().await;
@@ -28,7 +16,7 @@ async fn aws_5xx_answers_converge() {
     t.proxy.fail("route53", "ChangeResourceRecordSets", 6, 500, "InternalError", "internal error");
     assert_eq!(t.push("fault/5xx", &sha(1)).await, 202);
     let env = t.ready("fault/5xx", &sha(1)).await;
-    assert_eq!(creates_and_deletes(&t, &env.stack_name), (1, 0), "created once, never deleted");
+    assert_eq!(t.proxy.creates_and_deletes(&env.stack_name), (1, 0), "created once, never deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +29,7 @@ async fn slow_answers_longer_than_the_lease_keep_one_holder() {
     t.proxy.slow("route53", "ChangeResourceRecordSets", 1, Duration::from_secs(3));
     assert_eq!(t.push("fault/slow", &sha(1)).await, 202);
     let env = t.ready("fault/slow", &sha(1)).await;
-    assert_eq!(creates_and_deletes(&t, &env.stack_name), (1, 0));
+    assert_eq!(t.proxy.creates_and_deletes(&env.stack_name), (1, 0));
     let events = t.store.events(env.id, 100).await.expect("events");
     assert!(!events.iter().any(|e| e.kind == EventKind::Retry), "no step failed: {events:#?}");
 }
@@ -75,7 +63,7 @@ async fn route53_prior_request_converges_and_an_invalid_change_batch_is_reported
     let error = env.last_error.clone().expect("a reason");
     assert!(error.contains("InvalidChangeBatch") && error.contains("already exists"), "{error}");
     assert!(t.stack(&env.stack_name).await.is_some_and(|s| s.status != "DELETE_COMPLETE"), "kept for a person");
-    assert_eq!(creates_and_deletes(&t, &env.stack_name), (1, 0));
+    assert_eq!(t.proxy.creates_and_deletes(&env.stack_name), (1, 0));
     // A push retries it; with Route53 answering again, it ends ready.
     assert_eq!(t.push("fault/invalid", &sha(3)).await, 202);
     t.ready("fault/invalid", &sha(3)).await;
@@ -104,7 +92,7 @@ async fn github_limits_errors_html_and_timeouts_delay_but_never_delete() {
     t.ready("fault/gh", &sha(2)).await;
     t.ready("fault/gh-other", &sha(3)).await;
     // Nothing live was deleted on the way.
-    assert_eq!(creates_and_deletes(&t, &ready.stack_name), (1, 0));
+    assert_eq!(t.proxy.creates_and_deletes(&ready.stack_name), (1, 0));
     // A delete whose confirmation meets the same faults still ends the environment once GitHub answers.
     for fault in [Fault::Status(500), Fault::Html, Fault::RetryAfter { status: 429, seconds: 1 }] {
         t.github.inject(Target::Branch, fault, 1);

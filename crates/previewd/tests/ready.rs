@@ -266,15 +266,11 @@ async fn a_create_rolled_back_for_a_lasting_cause_names_it_and_waits_for_a_push(
     let env = t.wait_for("feature/no-image", "failed", |e| e.status == Status::Failed).await;
     let why = env.last_error.expect("why");
     assert!(why.contains("Service (AWS::ECS::Service) failed") && why.contains("CannotPullContainerError"), "{why}");
-    assert_eq!(
-        (calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))),
-        (1, 0),
-        "not tried again"
-    );
+    assert_eq!(t.proxy.creates_and_deletes(&stack), (1, 0), "not tried again");
     // A new push tries once more: the stack is deleted and created again, and ends ready.
     assert_eq!(t.push("feature/no-image", &sha(2)).await, 202);
     t.ready("feature/no-image", &sha(2)).await;
-    assert_eq!((calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))), (2, 1));
+    assert_eq!(t.proxy.creates_and_deletes(&stack), (2, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,15 +344,11 @@ async fn a_create_past_its_deadline_names_what_it_waited_on_and_waits_for_a_push
     assert!(why.contains("Its tasks stopped: Task failed ELB health checks"), "the deleted service's tasks: {why}");
     assert!(!why.contains("exit code") && !why.contains("Essential container"), "not another service's: {why}");
     assert!(why.contains("service.health_check_path"), "with what to do: {why}");
-    assert_eq!(
-        (calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))),
-        (1, 0),
-        "another try would take as long: not made"
-    );
+    assert_eq!(t.proxy.creates_and_deletes(&stack), (1, 0), "another try would take as long: not made");
     // A new push tries once more.
     assert_eq!(t.push("feature/stuck", &sha(2)).await, 202);
     t.ready("feature/stuck", &sha(2)).await;
-    assert_eq!((calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))), (2, 1));
+    assert_eq!(t.proxy.creates_and_deletes(&stack), (2, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +389,7 @@ async fn a_stack_coming_up_while_ci_builds_fails_at_once_for_a_lasting_cause() {
     let env = t.wait_for("feature/invalid", "failed", |e| e.status == Status::Failed).await;
     let why = env.last_error.expect("why");
     assert!(why.contains("TaskDefinition (AWS::ECS::TaskDefinition) failed") && why.contains("Invalid"), "{why}");
-    assert_eq!((calls(&t, "CreateStack", Some(&stack)), calls(&t, "DeleteStack", Some(&stack))), (1, 0));
+    assert_eq!(t.proxy.creates_and_deletes(&stack), (1, 0));
     // A push asks again: the stack is deleted and created once more.
     assert_eq!(t.push("feature/invalid", &sha(2)).await, 202);
     eventually("the stack created again", || (calls(&t, "CreateStack", Some(&stack)) == 2).then_some(())).await;

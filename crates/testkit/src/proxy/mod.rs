@@ -277,6 +277,11 @@ impl AwsProxy {
         self.lock().calls.get(start..).map(<[Call]>::to_vec).unwrap_or_default()
     }
 
+    /// How many times the stack was created and deleted (calls that reached moto).
+    pub fn creates_and_deletes(&self, stack: &str) -> (usize, usize) {
+        (self.count("CreateStack", stack), self.count("DeleteStack", stack))
+    }
+
     /// How many calls of `action` on `stack` reached moto.
     pub fn count(&self, action: &str, stack: &str) -> usize {
         self.lock()
