@@ -147,7 +147,10 @@ impl fmt::Display for Status {
 impl FromStr for Status {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown status {s:?}"))
+        Status::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown status {s:?}: one of {}", all.join(", "))
+        })
     }
 }
 

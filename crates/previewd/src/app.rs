@@ -134,9 +134,8 @@ pub async fn build_reconciler(config: &Config, aws: Aws, role: &str) -> anyhow::
         };
         repos.insert(name.clone(), setup);
     }
-    previewd_reconciler::check_schedule(&config.reaper.schedule).with_context(|| {
-        format!("PREVIEWD_REAPER_SCHEDULE {:?} (cron, seconds first, e.g. \"0 0 * * * *\")", config.reaper.schedule)
-    })?;
+    previewd_reconciler::check_schedule(&config.reaper.schedule)
+        .context("the reaper's schedule (PREVIEWD_REAPER_SCHEDULE or [reaper] schedule)")?;
     let store = Store::connect(config.database_url.expose())
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(config.database_url.expose())))?;

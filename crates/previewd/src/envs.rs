@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use previewd_domain::Secret;
+use clap::builder::PossibleValuesParser;
+use previewd_domain::{Secret, Status};
 use serde_json::Value;
 
 /// The API answers in milliseconds; past this the server is not answering.
@@ -28,39 +29,56 @@ pub struct EnvsArgs {
 pub enum EnvsCommand {
     /// Environments, newest activity first (deleted ones with --all).
     List {
-        #[arg(long)]
+        /// Only this repository's environments (owner/name).
+        #[arg(long, value_name = "OWNER/NAME")]
         repo: Option<String>,
-        #[arg(long)]
+        /// Only environments in this status.
+        #[arg(long, value_parser = PossibleValuesParser::new(Status::ALL.map(Status::as_str)))]
         status: Option<String>,
-        /// Part of the branch name.
+        /// Part of the branch name, case-blind.
         #[arg(long)]
         search: Option<String>,
+        /// Deleted environments too.
         #[arg(long)]
         all: bool,
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
     /// One environment and its recent events.
-    Show { id: i64 },
+    Show(Which),
     /// Deploy again at the branch's commit (a failed environment starts over).
-    Redeploy { id: i64 },
+    Redeploy(Which),
     /// Run the blueprint's seed steps again.
-    Reseed { id: i64 },
+    Reseed(Which),
     /// Tear down now; the branch's next push brings it back.
-    Destroy { id: i64 },
+    Destroy(Which),
     /// Exempt from the time-to-live and the reaper (--off lifts it).
     Keep {
-        id: i64,
+        #[command(flatten)]
+        which: Which,
+        /// Lift the exemption: the time-to-live and the reaper apply again.
         #[arg(long)]
         off: bool,
     },
 }
 
+/// Which environment a command acts on.
+#[derive(Debug, clap::Args)]
+pub struct Which {
+    /// The environment's id, as `envs list` shows it, or its branch's name, such as feature/login (a
+    /// number is an id unless --repo is given).
+    #[arg(value_name = "ID|BRANCH")]
+    pub env: String,
+    /// The repository (owner/name) whose branch it is: needed when several repositories have the branch.
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub repo: Option<String>,
+}
+
 /// Runs the command against the server and writes what it shows to `out`.
 pub async fn envs(args: &EnvsArgs, token: Option<&Secret>, out: &mut String) -> anyhow::Result<()> {
-    let base = args.url.trim_end_matches('/');
-    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().context("cannot set up HTTP")?;
-    let (method, path) = match &args.command {
+    let api = Api::new(&args.url, token)?;
+    let value = match &args.command {
         EnvsCommand::List { repo, status, search, all, limit } => {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("limit", &limit.to_string());
@@ -72,33 +90,17 @@ pub async fn envs(args: &EnvsArgs, token: Option<&Secret>, out: &mut String) -> 
             if *all {
                 q.append_pair("deleted", "true");
             }
-            (reqwest::Method::GET, format!("/api/environments?{}", q.finish()))
+            api.call(reqwest::Method::GET, &format!("/api/environments?{}", q.finish())).await?
         }
-        EnvsCommand::Show { id } => (reqwest::Method::GET, format!("/api/environments/{id}")),
-        EnvsCommand::Redeploy { id } => (reqwest::Method::POST, format!("/api/environments/{id}/redeploy")),
-        EnvsCommand::Reseed { id } => (reqwest::Method::POST, format!("/api/environments/{id}/reseed")),
-        EnvsCommand::Destroy { id } => (reqwest::Method::POST, format!("/api/environments/{id}/destroy")),
-        EnvsCommand::Keep { id, off } => {
-            (reqwest::Method::POST, format!("/api/environments/{id}/keep{}", if *off { "?value=false" } else { "" }))
+        EnvsCommand::Show(which) => {
+            let id = api.resolve(which).await?;
+            api.call(reqwest::Method::GET, &format!("/api/environments/{id}")).await?
         }
+        EnvsCommand::Redeploy(which) => api.act(which, "redeploy").await?,
+        EnvsCommand::Reseed(which) => api.act(which, "reseed").await?,
+        EnvsCommand::Destroy(which) => api.act(which, "destroy").await?,
+        EnvsCommand::Keep { which, off } => api.act(which, if *off { "keep?value=false" } else { "keep" }).await?,
     };
-    let mut req = client.request(method, format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t.expose());
-    }
-    let res = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach previewd at {base}: is it running? (set --url or PREVIEWD_URL)"))?;
-    let status = res.status();
-    let body = res.text().await.context("cannot read previewd's answer")?;
-    if status == reqwest::StatusCode::UNAUTHORIZED {
-        bail!("previewd at {base} wants its dashboard token: set PREVIEWD_DASHBOARD_TOKEN");
-    }
-    if !status.is_success() {
-        bail!("previewd at {base} answered {status}: {}", previewd_domain::text::message(body.trim()));
-    }
-    let value: Value = serde_json::from_str(&body).context("previewd's answer is not JSON")?;
     if args.json {
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return Ok(());
@@ -111,6 +113,85 @@ pub async fn envs(args: &EnvsArgs, token: Option<&Secret>, out: &mut String) -> 
         }
     }
     Ok(())
+}
+
+/// A running previewd's API, as this command speaks to it.
+struct Api<'a> {
+    base: &'a str,
+    client: reqwest::Client,
+    token: Option<&'a Secret>,
+}
+
+impl<'a> Api<'a> {
+    fn new(url: &'a str, token: Option<&'a Secret>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().context("cannot set up HTTP")?;
+        Ok(Self { base: url.trim_end_matches('/'), client, token })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
+        let base = self.base;
+        let mut req = self.client.request(method, format!("{base}{path}"));
+        if let Some(t) = self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach previewd at {base}: is it running? (set --url or PREVIEWD_URL)"))?;
+        let status = res.status();
+        let body = res.text().await.context("cannot read previewd's answer")?;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            match self.token {
+                Some(_) => bail!(
+                    "previewd at {base} refused the token in PREVIEWD_DASHBOARD_TOKEN: it is not this server's \
+                     dashboard token"
+                ),
+                None => bail!("previewd at {base} wants its dashboard token: set PREVIEWD_DASHBOARD_TOKEN"),
+            }
+        }
+        if !status.is_success() {
+            bail!("previewd at {base} answered {status}: {}", previewd_domain::text::message(body.trim()));
+        }
+        serde_json::from_str(&body).context("previewd's answer is not JSON")
+    }
+
+    async fn act(&self, which: &Which, action: &str) -> anyhow::Result<Value> {
+        let id = self.resolve(which).await?;
+        self.call(reqwest::Method::POST, &format!("/api/environments/{id}/{action}")).await
+    }
+
+    /// The environment's id: as given, or the one its branch has (a live one before a deleted one; the
+    /// newest deleted one when none lives).
+    async fn resolve(&self, which: &Which) -> anyhow::Result<i64> {
+        if which.repo.is_none()
+            && let Ok(id) = which.env.parse::<i64>()
+        {
+            return Ok(id);
+        }
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("branch", &which.env).append_pair("deleted", "true").append_pair("limit", "500");
+        if let Some(repo) = &which.repo {
+            q.append_pair("repo", repo);
+        }
+        let found = self.call(reqwest::Method::GET, &format!("/api/environments?{}", q.finish())).await?;
+        let found = found.as_array().map_or(&[][..], Vec::as_slice);
+        let branch = previewd_domain::text::printable(&which.env);
+        let live: Vec<&Value> = found.iter().filter(|e| e["status"] != "deleted").collect();
+        let candidates: Vec<&Value> = if live.is_empty() { found.iter().take(1).collect() } else { live };
+        match candidates.as_slice() {
+            [] => match &which.repo {
+                Some(repo) => bail!("no environment for branch {branch} in {}", previewd_domain::text::printable(repo)),
+                None => bail!(
+                    "no environment for branch {branch} (`envs list --search` finds branches by part of their name)"
+                ),
+            },
+            [one] => one["id"].as_i64().context("previewd's answer has no id"),
+            many => {
+                let repos: Vec<String> = many.iter().map(|e| text(&e["repo"])).collect();
+                bail!("branch {branch} has an environment in {}: say which with --repo", repos.join(" and "))
+            }
+        }
+    }
 }
 
 /// A value as the terminal shows it: control characters (an escape sequence in a branch's settings

@@ -30,6 +30,10 @@ impl Env {
         cmd.current_dir(self.dir.path())
             .env("PREVIEWD_CONFIG", self.dir.path().join("previewd.toml"))
             .env("PREVIEWD_STACKS_DIR", stacks)
+            // `serve` reads AWS's settings before it fails: none from this machine's instance metadata.
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
             .args(args)
             .output()
             .expect("runs")
@@ -234,4 +238,64 @@ fn unknown_blueprints_repositories_and_branches_are_refused() {
     assert!(err.contains("repository acme/other is not configured"), "{err}");
     let err = fails(&env.run(&["render", "--repo", "acme/shop", "--branch", "bad..name"]));
     assert!(err.contains("invalid branch name"), "{err}");
+}
+
+#[test]
+fn a_crontab_line_for_the_reaper_says_what_previewd_expects() {
+    let env = Env::new(
+        "owner = \"cli-test\"\nwebhook_secrets = [\"s3cret-s3cret-s3cret\"]\ndatabase_url = \"sqlite://db.sqlite\"\nlisten = \"127.0.0.1:0\"\n[reaper]\nschedule = \"0 * * * *\"\n",
+    );
+    let out = env.run(&["serve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = fails(&out);
+    assert!(
+        err.contains("\"0 * * * *\" has five fields") && err.contains("\"0 0 * * * *\" runs at the same minutes"),
+        "{err}"
+    );
+    assert!(!err.contains("ParseSchedule"), "no debug names: {err}");
+    let env = Env::new(
+        "owner = \"cli-test\"\nwebhook_secrets = [\"s3cret-s3cret-s3cret\"]\ndatabase_url = \"sqlite://db.sqlite\"\nlisten = \"127.0.0.1:0\"\n[reaper]\nschedule = \"hourly\"\n",
+    );
+    let err = fails(&env.run(&["serve"]));
+    assert!(err.contains("\"hourly\" is not a cron schedule: six fields, seconds first"), "{err}");
+    assert!(!env.dir.path().join("db.sqlite").exists(), "nothing was opened: {err}");
+}
+
+#[test]
+fn an_unreachable_postgres_says_why() {
+    let port = previewd_testkit::free_port();
+    let env = Env::new(&format!(
+        "owner = \"cli-test\"\nwebhook_secrets = [\"s3cret-s3cret-s3cret\"]\ndatabase_url = \"postgres://previewd:hunter2@127.0.0.1:{port}/previewd\"\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    let out = env.run(&["serve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = fails(&out);
+    assert!(err.contains("Connection refused") && !err.contains("timed out"), "{err}");
+    assert!(!err.contains("hunter2"), "no password in the message: {err}");
+}
+
+#[test]
+fn the_envs_commands_say_what_each_argument_is() {
+    let env = Env::new("");
+    let list = ok(&env.run(&["envs", "list", "--help"]));
+    for (arg, says) in [
+        ("--repo", "Only this repository's environments"),
+        ("--status", "Only environments in this status"),
+        ("--all", "Deleted environments too"),
+        ("--search", "Part of the branch name"),
+    ] {
+        let l = list.lines().position(|l| l.trim_start().starts_with(arg)).unwrap_or_else(|| panic!("{arg}: {list}"));
+        assert!(list.lines().skip(l).take(2).any(|l| l.contains(says)), "{arg}: {list}");
+    }
+    assert!(
+        list.contains("[possible values: pending, provisioning, ready, failed, deleting, deleted, skipped]"),
+        "{list}"
+    );
+    let keep = ok(&env.run(&["envs", "keep", "--help"]));
+    assert!(keep.contains("<ID|BRANCH>") && keep.contains("or its branch's name"), "{keep}");
+    assert!(keep.contains("Lift the exemption") && keep.contains("--repo <OWNER/NAME>"), "{keep}");
+    let out = env.run(&["envs", "list", "--status", "green"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = fails(&out);
+    assert!(err.contains("invalid value 'green'") && err.contains("possible values: pending"), "{err}");
 }

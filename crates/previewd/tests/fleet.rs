@@ -564,6 +564,51 @@ async fn the_envs_command_lists_shows_and_says_why_it_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envs_command_finds_an_environment_by_its_branch_and_says_when_the_token_is_wrong() {
+    const TOKEN: &str = "a-dashboard-token-for-the-cli";
+    let mut t = TestEnv::with(&Options { top: &format!("dashboard_token = \"{TOKEN}\""), ..Options::default() }).await;
+    assert_eq!(t.push("feature/login", &sha(1)).await, 202);
+    let env = ready(&t, "feature/login", &sha(1)).await;
+    let base = t.url("");
+    let run = |token: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_previewd"))
+            .args(["envs", "--url", &base])
+            .args(args)
+            .env("PREVIEWD_DASHBOARD_TOKEN", token)
+            .output()
+            .expect("runs")
+    };
+    let out = run(TOKEN, &["--json", "show", "feature/login"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["id"], env.id);
+    let out = run(TOKEN, &["show", "feature/login", "--repo", REPO]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("feature/login"));
+    // Only the exact branch: a longer name holding it is another environment.
+    assert_eq!(t.push("feature/login-2", &sha(2)).await, 202);
+    let out = run(TOKEN, &["keep", "feature/login"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains(&format!("keep: recorded for environment {}", env.id)), "{stdout}");
+    assert!(t.env("feature/login").await.expect("env").keep);
+    let out = run(TOKEN, &["show", "feature/logout"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no environment for branch feature/logout"), "{stderr}");
+    let out = run(TOKEN, &["show", "feature/login", "--repo", "acme/other"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no environment for branch feature/login in acme/other"));
+    // A token that is set but wrong is not "unset".
+    let out = run("not-the-token-at-all", &["destroy", "feature/login"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused the token in PREVIEWD_DASHBOARD_TOKEN")
+            && !stderr.contains("set PREVIEWD_DASHBOARD_TOKEN"),
+        "{stderr}"
+    );
+    assert_eq!(t.env("feature/login").await.expect("env").status, Status::Ready, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_tagged_stack_without_a_record_is_adopted_and_judged() {
     let t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     // A crash between CreateStack and its record, or a lost database: our tags, no record.

@@ -14,14 +14,33 @@ pub const FLEET_LOCK: &str = "fleet-observer";
 /// The lock row a scheduled reaper pass takes for its tick, so replicas run one pass per tick.
 pub const REAPER_TICK_LOCK: &str = "reaper-tick";
 
-/// The reaper's schedule could not be set up (a cron expression it cannot parse, say).
+/// The reaper's schedule could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("reaper schedule: {0}")]
-pub struct ReaperScheduleError(#[from] JobSchedulerError);
+pub enum ReaperScheduleError {
+    /// Five fields: a crontab line, which has no seconds.
+    #[error(
+        "{schedule:?} has five fields, as a crontab line does; previewd's schedule has six, seconds first: \
+         \"0 {schedule}\" runs at the same minutes"
+    )]
+    Crontab { schedule: String },
+    /// Not a cron expression at all.
+    #[error(
+        "{schedule:?} is not a cron schedule: six fields, seconds first, such as \"0 0 * * * *\" (hourly) or \
+         \"0 30 2 * * *\" (at 02:30 every day)"
+    )]
+    Invalid { schedule: String },
+    /// The scheduler itself would not start.
+    #[error("reaper schedule: {0}")]
+    Scheduler(#[from] JobSchedulerError),
+}
 
 /// Checks a reaper schedule (cron, seconds first) before anything starts.
 pub fn check_schedule(schedule: &str) -> Result<(), ReaperScheduleError> {
-    Job::new_async(schedule, |_, _| Box::pin(async {}))?;
+    if schedule.split_whitespace().count() == 5 {
+        return Err(ReaperScheduleError::Crontab { schedule: schedule.to_owned() });
+    }
+    Job::new_async(schedule, |_, _| Box::pin(async {}))
+        .map_err(|_| ReaperScheduleError::Invalid { schedule: schedule.to_owned() })?;
     Ok(())
 }
 

@@ -144,14 +144,17 @@ impl Settings {
                 key: key.clone(),
                 reason,
             };
+            // A branch's file is a contributor's: say what it may set.
+            let may_set = || if overridable.is_empty() { "none".to_owned() } else { overridable.join(", ") };
             let Some(current) = self.values.get_mut(&key) else {
-                return Err(err(self.unknown_key_reason(&key)));
+                let reason = self.unknown_key_reason(&key);
+                return Err(err(match layer.kind {
+                    LayerKind::Branch => format!("{reason}; overridable keys: {}", may_set()),
+                    _ => reason,
+                }));
             };
             if layer.kind == LayerKind::Branch && !is_overridable(&key, overridable) {
-                return Err(err(format!(
-                    "a branch may not override this key; overridable keys: {}",
-                    if overridable.is_empty() { "none".to_owned() } else { overridable.join(", ") }
-                )));
+                return Err(err(format!("a branch may not override this key; overridable keys: {}", may_set())));
             }
             let value = conform(&current.value, value).map_err(err)?;
             *current = Setting { value, origin: origin.clone() };
@@ -363,6 +366,13 @@ mod tests {
             m,
             "test.toml (branch overrides layer): key `service.count`: a branch may not override this key; \
              overridable keys: service.cpu, database"
+        );
+        // A typo in a branch's file is told the same list.
+        let m = message(&[defaults(), layer(LayerKind::Branch, "service.cpus = 9")], &["service.cpu", "database"]);
+        assert_eq!(
+            m,
+            "test.toml (branch overrides layer): key `service.cpus`: unknown key (the blueprint's defaults.toml \
+             declares every key); overridable keys: service.cpu, database"
         );
         // A prefix names a table, not a string prefix.
         let m = message(&[defaults(), layer(LayerKind::Branch, "service.count = 9")], &["service.c"]);

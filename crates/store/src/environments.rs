@@ -14,6 +14,8 @@ pub struct EnvFilter {
     pub status: Option<Status>,
     /// Part of the branch name or key, case-blind.
     pub text: Option<String>,
+    /// Exactly this branch (Git's names are case-sensitive).
+    pub branch: Option<String>,
     pub include_deleted: bool,
     pub sort: Sort,
     pub limit: i64,
@@ -188,6 +190,10 @@ impl Store {
             binds.push(format!("%{escaped}%"));
             let n = binds.len();
             clauses.push(format!("(LOWER(branch) LIKE ${} ESCAPE '\\' OR env_key LIKE ${n} ESCAPE '\\')", n - 1));
+        }
+        if let Some(branch) = &filter.branch {
+            binds.push(branch.clone());
+            clauses.push(format!("branch = ${}", binds.len()));
         }
         let filter_sql = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
         let count_sql = format!("SELECT COUNT(*) FROM environments{filter_sql}");

@@ -213,6 +213,14 @@ impl Store {
         };
         let options = || AnyPoolOptions::new().max_connections(MAX_CONNECTIONS).acquire_timeout(ACQUIRE_TIMEOUT);
         if backend == Backend::Postgres {
+            // One connection first, alone: a pool that cannot connect says only that it timed out, and
+            // hides why ("connection refused", a wrong password, a missing database).
+            use sqlx::Connection as _;
+            let first = tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::AnyConnection::connect(&url))
+                .await
+                .map_err(|_| StoreError::Db { op: "connect", source: sqlx::Error::PoolTimedOut })?
+                .map_err(db("connect"))?;
+            let _ = first.close().await;
             let pool = options().connect(&url).await.map_err(db("connect"))?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
             return Ok(Self {

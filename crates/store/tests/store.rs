@@ -484,6 +484,12 @@ async fn pages_are_filtered_and_counted_in_sql(store: Store) {
     // `_` in the text is a character, not LIKE's wildcard.
     let (envs, _) = store.list_page(&page(Some("A_B"), false, 10, 0)).await.expect("text");
     assert_eq!(envs.iter().map(|e| e.branch.as_str()).collect::<Vec<_>>(), ["feat/a_b"]);
+    // A branch exactly: not part of one, not another case.
+    let exact = |b: &str| previewd_store::EnvFilter { branch: Some(b.into()), limit: 10, ..Default::default() };
+    let (envs, _) = store.list_page(&exact("feat/a_b")).await.expect("branch");
+    assert_eq!(envs.iter().map(|e| e.branch.as_str()).collect::<Vec<_>>(), ["feat/a_b"]);
+    assert!(store.list_page(&exact("feat/a")).await.expect("branch").0.is_empty());
+    assert!(store.list_page(&exact("FEAT/A_B")).await.expect("branch").0.is_empty());
     let by_status = previewd_store::EnvFilter { status: Some(Status::Deleted), limit: 10, ..Default::default() };
     assert_eq!(store.list_page(&by_status).await.expect("status").1, 1);
     let mut counts = store.status_counts().await.expect("counts");

@@ -138,6 +138,8 @@ pub struct ListQuery {
     pub status: Option<String>,
     /// Part of the branch name.
     pub q: Option<String>,
+    /// Exactly this branch.
+    pub branch: Option<String>,
     /// Show deleted environments too.
     #[serde(default)]
     pub deleted: bool,
@@ -167,6 +169,7 @@ impl ListQuery {
             status,
             sort,
             text: self.q.clone().filter(|q| !q.trim().is_empty()),
+            branch: self.branch.clone().filter(|b| !b.is_empty()),
             include_deleted: self.deleted,
             limit: self.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX),
             offset: self.offset.unwrap_or(0).max(0),

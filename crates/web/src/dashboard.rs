@@ -83,6 +83,7 @@ impl PageQuery {
             repo: self.repo.clone(),
             status: self.status.clone(),
             q: self.q.clone(),
+            branch: None,
             sort: self.sort.clone(),
             deleted: self.deleted.as_deref().is_some_and(|d| d == "true" || d == "on" || d == "1"),
             limit: None,
