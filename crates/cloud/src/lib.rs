@@ -463,6 +463,22 @@ struct CountRequests;
 const THROTTLE_MARKS: &[&str] =
     &["Throttl", "SlowDown", "RequestLimitExceeded", "TooManyRequests", "PriorRequestNotComplete"];
 
+/// Error answers that say the thing asked about is not there: an answer previewd asks for on purpose
+/// (whether a stack, a bucket or an image exists), not a request it got wrong.
+const NOT_FOUND_MARKS: &[&str] = &["does not exist", "NoSuch", "NotFound"];
+
+/// How an answer is counted: `ok`, `throttled`, `not_found`, `client_error` or `server_error`.
+fn request_outcome(status: u16, body: &str) -> &'static str {
+    match status {
+        s if s < 400 => "ok",
+        429 => "throttled",
+        _ if THROTTLE_MARKS.iter().any(|m| body.contains(m)) => "throttled",
+        s if s < 500 && NOT_FOUND_MARKS.iter().any(|m| body.contains(m)) => "not_found",
+        s if s < 500 => "client_error",
+        _ => "server_error",
+    }
+}
+
 impl aws_smithy_runtime_api::client::interceptors::Intercept for CountRequests {
     fn name(&self) -> &'static str {
         "CountRequests"
@@ -477,21 +493,10 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountRequests {
         let (service, operation) = cfg
             .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
             .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
-        let outcome = match context.response() {
-            None => "no_response",
-            Some(r) if r.status().as_u16() < 400 => "ok",
-            Some(r) if r.status().as_u16() == 429 => "throttled",
-            Some(r) => {
-                let body = r.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
-                if THROTTLE_MARKS.iter().any(|m| body.contains(m)) {
-                    "throttled"
-                } else if r.status().as_u16() < 500 {
-                    "client_error"
-                } else {
-                    "server_error"
-                }
-            }
-        };
+        let outcome = context.response().map_or("no_response", |r| {
+            let body = r.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+            request_outcome(r.status().as_u16(), &body)
+        });
         let labels = previewd_metrics::AwsLabels {
             service: service.to_ascii_lowercase().replace(" ", ""),
             operation: operation.to_owned(),
@@ -545,5 +550,26 @@ fn stack_from(s: &cfn::types::Stack) -> Stack {
             .collect(),
         created_at: s.creation_time().and_then(|t| t.to_millis().ok()),
         updated_at: s.last_updated_time().and_then(|t| t.to_millis().ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_outcome;
+
+    #[test]
+    fn an_answer_that_something_is_not_there_is_not_a_client_error() {
+        let gone = "<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code>\
+                    <Message>Stack with id previewd-acme-shop-x does not exist</Message></Error></ErrorResponse>";
+        assert_eq!(request_outcome(400, gone), "not_found");
+        assert_eq!(request_outcome(404, "<Error><Code>NoSuchBucket</Code></Error>"), "not_found");
+        assert_eq!(request_outcome(400, r#"{"__type":"ImageNotFoundException"}"#), "not_found");
+        assert_eq!(
+            request_outcome(400, "<Code>ValidationError</Code><Message>Template format error</Message>"),
+            "client_error"
+        );
+        assert_eq!(request_outcome(400, "<Code>Throttling</Code><Message>Rate exceeded</Message>"), "throttled");
+        assert_eq!(request_outcome(503, "<Code>ServiceUnavailable</Code>"), "server_error");
+        assert_eq!(request_outcome(200, ""), "ok");
     }
 }

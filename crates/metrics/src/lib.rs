@@ -28,7 +28,8 @@ pub struct WebhookLabels {
 pub struct AwsLabels {
     pub service: String,
     pub operation: String,
-    /// `ok`, `throttled`, `client_error`, `server_error`, `no_response`.
+    /// `ok`, `throttled`, `not_found` (the thing asked about is not there), `client_error`,
+    /// `server_error`, `no_response`.
     pub outcome: String,
 }
 
@@ -67,11 +68,6 @@ pub struct CredentialLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
-    pub status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
@@ -87,10 +83,26 @@ pub struct Metrics {
     pub reconcile_steps: Family<StepLabels, Counter>,
     pub reconcile_seconds: Family<KindLabel, Histogram>,
     pub seed_steps: Family<SeedLabels, Counter>,
-    pub push_to_ready_seconds: Histogram,
+    /// From a push to its environment being ready, by repository.
+    pub push_to_ready_seconds: Family<RepoLabel, Histogram>,
+    /// From a push to its environment failing, by repository.
+    pub push_to_failure_seconds: Family<RepoLabel, Histogram>,
+    /// When the fleet observer last finished a pass without error (Unix seconds; 0: not yet).
+    pub fleet_observer_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// From a push to each phase of its way to ready: `artifact`, `infrastructure`, `answered`, `ready`.
     pub phase_seconds: Family<PhaseLabel, Histogram>,
     pub reaper_removals: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepoLabel {
+    pub repo: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepoStatusLabels {
+    pub repo: String,
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,8 +130,9 @@ impl Default for Metrics {
             reconcile_steps: Family::default(),
             reconcile_seconds: Family::new_with_constructor(step_seconds),
             seed_steps: Family::default(),
-            // 1 s … ~4.5 h.
-            push_to_ready_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            push_to_ready_seconds: Family::new_with_constructor(phase_seconds),
+            push_to_failure_seconds: Family::new_with_constructor(phase_seconds),
+            fleet_observer_last_success: Gauge::default(),
             phase_seconds: Family::new_with_constructor(phase_seconds),
             reaper_removals: Counter::default(),
         }
@@ -129,8 +142,11 @@ impl Default for Metrics {
 /// What is read at scrape time rather than recorded as it happens.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    /// Environments by status, counted in the database.
-    pub environments: Vec<(String, i64)>,
+    /// Environments by repository and status, counted in the database.
+    pub environments: Vec<(String, String, i64)>,
+    /// When the last reaper pass (not a dry run) that was not refused and did not fail ended (Unix
+    /// seconds), from the database: any replica's pass counts.
+    pub reaper_last_success: Option<f64>,
     /// Reaper passes by outcome, from the database (so they survive restarts).
     pub reaper_passes: Vec<(String, i64)>,
     /// Environments waiting in this process's queue, and how long the oldest due one has waited.
@@ -167,8 +183,18 @@ impl Metrics {
         r.register("previewd_seed_steps", "Seed steps by kind and outcome", self.seed_steps.clone());
         r.register(
             "previewd_push_to_ready_seconds",
-            "From a push (as the webhook said) to its environment being ready",
+            "From a push (as the webhook said) to its environment being ready, by repository",
             self.push_to_ready_seconds.clone(),
+        );
+        r.register(
+            "previewd_push_to_failure_seconds",
+            "From a push (as the webhook said) to its environment failing, by repository",
+            self.push_to_failure_seconds.clone(),
+        );
+        r.register(
+            "previewd_fleet_observer_last_success_timestamp_seconds",
+            "When this process's fleet observer last finished a pass without error (0: not yet)",
+            self.fleet_observer_last_success.clone(),
         );
         r.register(
             "previewd_phase_seconds",
@@ -176,11 +202,20 @@ impl Metrics {
             self.phase_seconds.clone(),
         );
         r.register("previewd_reaper_removals", "Environments the reaper removed", self.reaper_removals.clone());
-        let environments = Family::<StatusLabel, Gauge>::default();
-        for (status, n) in &snapshot.environments {
-            environments.get_or_create(&StatusLabel { status: status.clone() }).set(*n);
+        let environments = Family::<RepoStatusLabels, Gauge>::default();
+        for (repo, status, n) in &snapshot.environments {
+            environments.get_or_create(&RepoStatusLabels { repo: repo.clone(), status: status.clone() }).set(*n);
         }
-        r.register("previewd_environments", "Environments by status", environments);
+        r.register("previewd_environments", "Environments by repository and status", environments);
+        if let Some(at) = snapshot.reaper_last_success {
+            let last = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            last.set(at);
+            r.register(
+                "previewd_reaper_last_success_timestamp_seconds",
+                "When the last reaper pass that was neither refused nor failed ended",
+                last,
+            );
+        }
         let passes = Family::<OutcomeLabel, Counter>::default();
         for (outcome, n) in &snapshot.reaper_passes {
             passes.get_or_create(&OutcomeLabel { outcome: outcome.clone() }).inc_by(u64::try_from(*n).unwrap_or(0));
@@ -242,7 +277,11 @@ mod tests {
                 outcome: "ok".into(),
             })
             .inc();
-        let snapshot = Snapshot { environments: vec![("ready".into(), 3)], queue_depth: 2, ..Snapshot::default() };
+        let snapshot = Snapshot {
+            environments: vec![("acme/shop".into(), "ready".into(), 3)],
+            queue_depth: 2,
+            ..Snapshot::default()
+        };
         let text = m.encode(&snapshot);
         assert!(text.contains(r#"previewd_webhooks_total{event="push",outcome="accepted"} 1"#), "{text}");
         assert!(
@@ -251,8 +290,13 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains(r#"previewd_environments{status="ready"} 3"#), "{text}");
+        assert!(text.contains(r#"previewd_environments{repo="acme/shop",status="ready"} 3"#), "{text}");
+        // No reaper pass yet: no time of one (a 0 would read as "long ago").
+        assert!(!text.contains("previewd_reaper_last_success"), "{text}");
+        let passed = Snapshot { reaper_last_success: Some(1_700_000_000.0), ..Snapshot::default() };
         assert!(text.contains("previewd_queue_depth 2") && text.ends_with("# EOF\n"), "{text}");
+        let passed = m.encode(&passed);
+        assert!(passed.contains("previewd_reaper_last_success_timestamp_seconds 1700000000.0"), "{passed}");
         // Absent until GitHub has answered: a 0 would raise a false "rate limit low" alert.
         let sample = |l: &&str| l.starts_with("previewd_github_rate_limit_remaining");
         assert!(!text.lines().any(|l| sample(&l)), "{text}");

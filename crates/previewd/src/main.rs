@@ -18,6 +18,10 @@ struct Cli {
     /// pipeline.
     #[arg(long, global = true, env = "PREVIEWD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// How much previewd itself logs; its libraries log warnings and errors only. `RUST_LOG`, when set,
+    /// replaces both (tracing's directives, such as `debug` or `info,previewd_reconciler=debug`).
+    #[arg(long, global = true, env = "PREVIEWD_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,6 +30,15 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,7 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = String::new();
     match cli.command {
         Command::Serve => {
-            init_tracing(cli.log_format);
+            init_tracing(cli.log_format, cli.log_level);
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(serve(&config))?;
         }
@@ -75,7 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(envs::envs(&args, config.dashboard_token.as_ref(), &mut out))?;
         }
         Command::Reap(args) => {
-            init_tracing(cli.log_format);
+            init_tracing(cli.log_format, cli.log_level);
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let clean = runtime.block_on(async {
                 let aws = previewd_cloud::Aws::from_env().await;
@@ -92,16 +105,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, level: LogLevel) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,tokio_cron_scheduler=warn"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // previewd's crates are all named `previewd…`; a directive's target matches by prefix.
+    let level = match level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(format!("warn,previewd={level}")));
+    // Never colours: the safe writer would write their escape codes out as text, and a file or a log
+    // pipeline wants none.
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
     let json = matches!(format, LogFormat::Json);
     let safe = previewd::logs::SafeLines::new(std::io::stderr, json);
     match format {
-        // Colours would be escape sequences, which the safe writer writes out rather than passes on.
-        LogFormat::Text => logs.with_ansi(false).with_writer(safe).init(),
+        LogFormat::Text => logs.with_writer(safe).init(),
         // Each line carries its span's fields (a reconcile's repo, branch, env and stack).
         LogFormat::Json => logs.with_writer(safe).json().with_current_span(true).with_span_list(false).init(),
     }

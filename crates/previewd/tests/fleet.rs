@@ -374,6 +374,8 @@ async fn github_faults_delete_nothing_and_the_command_says_so() {
     assert_eq!(last["outcome"], "refused", "{last}");
     let metrics = reqwest::get(t.url("/metrics")).await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("previewd_reaper_passes_total{outcome=\"refused\"} 7"), "{metrics}");
+    // Refused passes are not successes: no time of a last success yet, to alert on.
+    assert!(!metrics.contains("previewd_reaper_last_success_timestamp_seconds"), "{metrics}");
     let page = reqwest::get(t.url("/")).await.expect("page").text().await.expect("text");
     assert!(page.contains("class=\"reaper refused\""), "{page}");
     assert_eq!(t.proxy.count("DeleteStack", &env.stack_name), 0);
@@ -397,6 +399,11 @@ async fn github_faults_delete_nothing_and_the_command_says_so() {
     let out = Command::new(env!("CARGO_BIN_EXE_previewd")).arg("reap").envs(t.process_env()).output().expect("runs");
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     t.wait_for("c", "deleted", |e| e.status == Status::Deleted).await;
+    let metrics = reqwest::get(t.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let last = metrics.lines().find_map(|l| l.strip_prefix("previewd_reaper_last_success_timestamp_seconds "));
+    let last: f64 = last.unwrap_or_else(|| panic!("{metrics}")).parse().expect("a number");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!((now - last).abs() < 120.0, "the healthy pass's time: {last} (now {now})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

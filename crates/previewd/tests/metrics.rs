@@ -46,7 +46,7 @@ async fn metrics_move_with_a_push() {
     moved(r#"previewd_seed_steps_total{kind="s3_copy",outcome="ok"}"#);
     moved("previewd_push_to_ready_seconds_count");
     for series in [
-        r#"previewd_environments{status="ready"}"#,
+        r#"previewd_environments{repo="acme/shop",status="ready"}"#,
         "previewd_queue_depth",
         "previewd_queue_oldest_due_seconds",
         r#"previewd_github_rate_limit_remaining{credential="token"}"#,
@@ -55,8 +55,32 @@ async fn metrics_move_with_a_push() {
     ] {
         assert!(after.contains(series), "{series} missing:\n{after}");
     }
-    assert!(value(&after, r#"previewd_environments{status="ready"}"#) >= 1.0);
     assert!(value(&after, r#"previewd_github_rate_limit_remaining{credential="token"}"#) > 4_000.0, "{after}");
+
+    // Per repository, with every status.
+    assert!(value(&after, r#"previewd_environments{repo="acme/shop",status="ready"}"#) >= 1.0, "{after}");
+    assert!(after.contains(r#"previewd_environments{repo="acme/shop",status="failed"} 0"#), "{after}");
+    assert!(after.contains(r#"previewd_push_to_ready_seconds_count{repo="acme/shop"}"#), "{after}");
+    assert!(value(&after, "previewd_fleet_observer_last_success_timestamp_seconds") > 1.7e9, "{after}");
+
+    // A teardown asks for the stack until AWS says it does not exist: not a request previewd got wrong.
+    assert_eq!(t.delete("feat/metrics").await, 202);
+    t.deleted("feat/metrics").await;
+    let gone = scrape(&t).await;
+    let describe = |outcome: &str| {
+        format!(
+            r#"previewd_aws_requests_total{{service="cloudformation",operation="DescribeStacks",outcome="{outcome}"}}"#
+        )
+    };
+    assert!(value(&gone, &describe("not_found")) >= 1.0, "{gone}");
+    assert_eq!(value(&gone, &describe("client_error")), 0.0, "{gone}");
+
+    // A failure: the time from its push, by repository.
+    t.github.set_file(previewd_testkit::REPO, &sha(2), ".previewd.toml", "service.cpus = 512\n");
+    assert_eq!(t.push("feat/typo", &sha(2)).await, 202);
+    t.wait_for("feat/typo", "failed", |e| e.status == previewd_domain::Status::Failed).await;
+    let failed = scrape(&t).await;
+    assert_eq!(value(&failed, r#"previewd_push_to_failure_seconds_count{repo="acme/shop"}"#), 1.0, "{failed}");
 
     // A scraper that asks for the older text format (promtool, curl) gets it, counters typed.
     let plain = reqwest::get(t.url("/metrics")).await.expect("metrics");

@@ -44,7 +44,7 @@ impl Reconciler {
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = ?e, "cannot take due work"),
+                Err(e) => tracing::warn!(error = %e, "cannot take due work"),
             }
             drop(slot);
             // Nothing due now: sleep until something is, this process asks, or another replica may have.
@@ -78,7 +78,7 @@ impl Reconciler {
                 match self.inner.store.pending(ids).await {
                     Ok(0) => return,
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = ?e, "cannot read the queue"),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the queue"),
                 }
                 tokio::time::sleep(DRAIN_POLL).await;
             }
@@ -118,7 +118,7 @@ impl Reconciler {
                 Ok(()) => {}
                 Err(e) if e.is_fenced() => tracing::warn!("lease taken over before release"),
                 // The lease ends by itself; the environment is due again then.
-                Err(e) => tracing::warn!(error = ?e, "cannot release environment"),
+                Err(e) => tracing::warn!(error = %e, "cannot release environment"),
             }
         }
         .instrument(span)
@@ -142,7 +142,7 @@ impl Reconciler {
                 Ok(true) => ends = asked + lease,
                 Ok(false) => return,
                 Err(e) => {
-                    tracing::warn!(error = ?e, "cannot renew the lease");
+                    tracing::warn!(error = %e, "cannot renew the lease");
                     if tokio::time::Instant::now() + lease / 3 >= ends {
                         return;
                     }
@@ -183,7 +183,7 @@ impl Reconciler {
         if result.is_ok()
             && let Err(e) = self.inner.store.reset_retries(claim.fence()).await
         {
-            tracing::warn!(error = ?e, "cannot reset retries");
+            tracing::warn!(error = %e, "cannot reset retries");
         }
         match result {
             Ok(Action::Done) => Some(None),
@@ -213,6 +213,7 @@ impl Reconciler {
         let (requeue, kind) = match error_policy(&error, observed.retries, same, now, t) {
             ErrorAction::Fenced => return None,
             ErrorAction::Repeated => {
+                reconcile::count_failure(&env);
                 observed.status = Status::Failed;
                 let over = humanize(now - same.since.unwrap_or(now));
                 message = format!(
@@ -222,7 +223,7 @@ impl Reconciler {
                      again",
                     same.times + 1
                 );
-                tracing::error!(error = %message, "needs a person");
+                tracing::error!(error = %message, "failed: the same AWS fault again and again");
                 (None, EventKind::Failed)
             }
             ErrorAction::Retry { after, retries } => {
@@ -231,8 +232,13 @@ impl Reconciler {
                 (Some(after), EventKind::Retry)
             }
             ErrorAction::Fail => {
+                reconcile::count_failure(&env);
                 observed.status = Status::Failed;
-                tracing::error!(error = %message, "needs a person");
+                if error.is_operators() {
+                    tracing::error!(error = %message, "failed: AWS refused previewd's request; whoever runs previewd must act");
+                } else {
+                    tracing::warn!(error = %message, "failed: told on the environment's page; a push or a redeploy tries again");
+                }
                 (None, EventKind::Failed)
             }
         };
@@ -242,7 +248,7 @@ impl Reconciler {
             Ok(()) => Some(requeue),
             Err(e) if e.is_fenced() => None,
             Err(e) => {
-                tracing::warn!(error = ?e, "cannot record error");
+                tracing::warn!(error = %e, "cannot record error");
                 Some(Some(t.retry_min))
             }
         }

@@ -58,6 +58,15 @@ impl ReconcileError {
         matches!(self, ReconcileError::Cloud(e) if e.is_fault())
     }
 
+    /// Whose failure it is, when retrying will not help: `true` for whoever runs previewd (AWS refused
+    /// previewd's own request: its permissions, a limit, a blueprint it was given), `false` for the
+    /// branch's team (a settings mistake in its file, an application that does not start), who are told
+    /// on the environment's page and pull request. Logged at ERROR and WARN: an alert on ERROR is not paged
+    /// for a contributor's typo.
+    pub fn is_operators(&self) -> bool {
+        matches!(self, ReconcileError::Cloud(_) | ReconcileError::Store(_))
+    }
+
     /// Retrying will not help: the environment is `failed` until a person acts or a push asks again.
     pub fn needs_human(&self) -> bool {
         match self {

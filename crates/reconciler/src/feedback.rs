@@ -36,7 +36,7 @@ pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receive
         let now = now_ms();
         let due = if now < paused_until { Ok(Vec::new()) } else { inner.store.feedback_due(now, BATCH).await };
         let due = due.unwrap_or_else(|e| {
-            tracing::warn!(error = ?e, "cannot read due feedback");
+            tracing::warn!(error = %e, "cannot read due feedback");
             Vec::new()
         });
         for &(id, seen) in &due {
@@ -48,7 +48,7 @@ pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receive
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
-                    tracing::warn!(error = ?e, "cannot claim feedback");
+                    tracing::warn!(error = %e, "cannot claim feedback");
                     continue;
                 }
             }
@@ -56,7 +56,7 @@ pub(crate) async fn run(inner: &Inner, mut shutdown: tokio::sync::watch::Receive
                 Ok(Some(env)) => env,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(error = ?e, "cannot read environment");
+                    tracing::warn!(error = %e, "cannot read environment");
                     continue;
                 }
             };
@@ -94,7 +94,7 @@ async fn failed(inner: &Inner, env: &EnvRecord, e: &ReconcileError, retry_after:
     if let Err(e) =
         inner.store.feedback_failed(id, now_ms() + wait.as_millis() as i64, retry_after.is_none(), &message).await
     {
-        tracing::warn!(error = ?e, "cannot record a feedback failure");
+        tracing::warn!(error = %e, "cannot record a feedback failure");
     }
 }
 

@@ -129,7 +129,11 @@ impl Reconciler {
     /// enqueued. Failures are logged: the next pass looks again.
     pub async fn resync(&self) -> usize {
         let enqueued = match self.inner.resync_fleet().await {
-            Ok(n) => n,
+            Ok(n) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                previewd_metrics::METRICS.fleet_observer_last_success.set(now.as_secs_f64());
+                n
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "resync failed");
                 0
@@ -137,7 +141,7 @@ impl Reconciler {
         };
         let cutoff = now_ms() - DELIVERY_RETENTION.as_millis() as i64;
         if let Err(e) = self.inner.store.prune_deliveries(cutoff).await {
-            tracing::warn!(error = ?e, "cannot forget old deliveries");
+            tracing::warn!(error = %e, "cannot forget old deliveries");
         }
         tracing::debug!(enqueued, "resync");
         enqueued

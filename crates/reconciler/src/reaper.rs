@@ -108,7 +108,7 @@ impl Inner {
                     }
                 };
                 if let Err(e) = self.store.unlock(LOCK, holder).await {
-                    tracing::warn!(error = ?e, "cannot release the reaper lock; it expires by itself");
+                    tracing::warn!(error = %e, "cannot release the reaper lock; it expires by itself");
                 }
                 outcome
             }
@@ -158,7 +158,7 @@ impl Inner {
             decisions: serde_json::to_string(&report.decisions).unwrap_or_default(),
         };
         if let Err(e) = self.store.record_reaper_pass(&record).await {
-            tracing::warn!(error = ?e, "cannot record the reaper pass");
+            tracing::warn!(error = %e, "cannot record the reaper pass");
         }
         tracing::info!(outcome = outcome.as_str(), summary = %report.summary, "reaper pass");
         report

@@ -71,7 +71,7 @@ impl Reconciler {
                 let held = match store.try_lock(FLEET_LOCK, me, until).await {
                     Ok(held) => held,
                     Err(e) => {
-                        tracing::warn!(error = ?e, "cannot take the fleet observer's lock");
+                        tracing::warn!(error = %e, "cannot take the fleet observer's lock");
                         false
                     }
                 };
@@ -88,7 +88,7 @@ impl Reconciler {
             }
             // Handed over at once on a clean stop.
             if let Err(e) = store.unlock(FLEET_LOCK, me).await {
-                tracing::warn!(error = ?e, "cannot release the fleet observer's lock");
+                tracing::warn!(error = %e, "cannot release the fleet observer's lock");
             }
         });
         while workers.join_next().await.is_some() {}
@@ -120,7 +120,7 @@ impl Reconciler {
                         this.reap(false).instrument(tracing::info_span!("reaper")).await;
                     }
                     Ok(false) => tracing::debug!("another replica runs this tick's reaper pass"),
-                    Err(e) => tracing::warn!(error = ?e, "cannot take the reaper's tick; the next tick tries again"),
+                    Err(e) => tracing::warn!(error = %e, "cannot take the reaper's tick; the next tick tries again"),
                 };
             })
         })?;

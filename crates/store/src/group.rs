@@ -92,7 +92,7 @@ async fn commit_loop(store: Store, mut rx: mpsc::Receiver<(Delivery, Reply)>, on
             }
             // One bad delivery must not fail the others: each is tried alone, and answered for itself.
             Err(e) if deliveries.len() > 1 => {
-                tracing::warn!(error = ?e, n = deliveries.len(), "a batch of deliveries failed: recording them one by one");
+                tracing::warn!(error = %e, n = deliveries.len(), "a batch of deliveries failed: recording them one by one");
                 conn = None;
                 let mut pending = deliveries.iter().zip(replies);
                 for (d, reply) in pending.by_ref() {

@@ -71,9 +71,23 @@ impl Store {
         .map_err(db("record reaper pass"))
     }
 
-    /// Environments by status, counted in SQL (a metric must not load the fleet).
-    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.counts("SELECT status AS k, COUNT(*) AS n FROM environments GROUP BY status", "count environments").await
+    /// Environments by repository and status, counted in SQL (a metric must not load the fleet).
+    pub async fn status_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        sqlx::query_as("SELECT repo, status, COUNT(*) AS n FROM environments GROUP BY repo, status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count environments"))
+    }
+
+    /// When the newest reaper pass (not a dry run) that was neither refused nor failed ended.
+    pub async fn reaper_last_success(&self) -> Result<Option<i64>, StoreError> {
+        // The outcomes PassOutcome::is_success names.
+        sqlx::query_scalar("SELECT MAX(finished_at) FROM reaper_passes WHERE dry_run = 0 AND outcome IN ($1, $2)")
+            .bind(PassOutcome::Clean.as_str())
+            .bind(PassOutcome::Removed.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("read reaper passes"))
     }
 
     /// Reaper passes (not dry runs) by outcome, counted in SQL: a Prometheus counter that survives restarts.

@@ -548,6 +548,9 @@ impl Serve {
             .arg("serve")
             .envs(t.process_env())
             .env("PREVIEWD_LISTEN", addr.to_string())
+            // The test says how much it logs, not whoever runs the tests.
+            .env_remove("RUST_LOG")
+            .env_remove("PREVIEWD_LOG_LEVEL")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

@@ -197,7 +197,7 @@ pub(crate) async fn list_environments(State(state): State<AppState>, Query(query
             ([("x-total-count", total.to_string())], axum::Json(views)).into_response()
         }
         Err(e) => {
-            tracing::error!(error = ?e, "cannot list environments");
+            tracing::error!(error = %e, "cannot list environments");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response()
         }
     }
@@ -209,7 +209,7 @@ pub(crate) async fn load(state: &AppState, id: i64) -> Result<EnvRecord, Respons
         Ok(Some(env)) => Ok(env),
         Ok(None) => Err((StatusCode::NOT_FOUND, format!("no environment {id}")).into_response()),
         Err(e) => {
-            tracing::error!(error = ?e, "cannot read environment");
+            tracing::error!(error = %e, "cannot read environment");
             Err((StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response())
         }
     }
@@ -333,7 +333,7 @@ pub(crate) async fn act(
     match done {
         Ok(true) => {
             if let Err(e) = state.queue.enqueue(id).await {
-                tracing::error!(error = ?e, "cannot enqueue action");
+                tracing::error!(error = %e, "cannot enqueue action");
                 return (StatusCode::SERVICE_UNAVAILABLE, "recorded, but cannot schedule it now: ask again")
                     .into_response();
             }
@@ -344,7 +344,7 @@ pub(crate) async fn act(
         // The environment changed meanwhile (a push): nothing recorded; asking again acts on the new state.
         Ok(false) => (StatusCode::CONFLICT, "the environment changed meanwhile: look again").into_response(),
         Err(e) => {
-            tracing::error!(error = ?e, "cannot record action");
+            tracing::error!(error = %e, "cannot record action");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot record the action now").into_response()
         }
     }
@@ -354,7 +354,7 @@ pub(crate) async fn environment_events(State(state): State<AppState>, Path(id): 
     match state.store.events(id, 200).await {
         Ok(events) => axum::Json(events).into_response(),
         Err(e) => {
-            tracing::error!(error = ?e, "cannot read events");
+            tracing::error!(error = %e, "cannot read events");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot read events now").into_response()
         }
     }
@@ -377,7 +377,7 @@ pub(crate) async fn last_reaper_pass(State(state): State<AppState>) -> Response 
         }
         Ok(None) => (StatusCode::NOT_FOUND, "no reaper pass yet").into_response(),
         Err(e) => {
-            tracing::error!(error = ?e, "cannot read the reaper's last pass");
+            tracing::error!(error = %e, "cannot read the reaper's last pass");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot read the reaper's last pass now").into_response()
         }
     }

@@ -59,8 +59,8 @@ fn layout(title: &str, body: Markup) -> Markup {
     }
 }
 
-fn unavailable(e: impl std::fmt::Debug) -> Response {
-    tracing::error!(error = ?e, "cannot read environments");
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "cannot read environments");
     (StatusCode::SERVICE_UNAVAILABLE, "cannot read environments now").into_response()
 }
 

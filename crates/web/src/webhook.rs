@@ -59,7 +59,7 @@ fn count(headers: &HeaderMap, outcome: Outcome) {
 fn reject(headers: &HeaderMap, status: StatusCode, message: impl Into<String>) -> Response {
     count(headers, Outcome::Rejected);
     let message = message.into();
-    tracing::info!(%status, %message, "webhook refused");
+    tracing::info!(%status, reason = %message, "webhook refused");
     (status, message).into_response()
 }
 
@@ -177,7 +177,7 @@ async fn record(state: &AppState, hook: &Verified, parsed: WebhookEvent) -> Resp
             (StatusCode::ACCEPTED, DeliveryOutcome::Recorded.as_str()).into_response()
         }
         Err(e) => {
-            tracing::error!(error = ?e, "cannot record webhook");
+            tracing::error!(error = %e, "cannot record webhook");
             // Not acknowledged: GitHub shows the delivery as failed and it can be redelivered.
             (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event now").into_response()
         }
@@ -203,7 +203,7 @@ async fn pull_request_opened(state: &AppState, hook: &Verified, repo: RepoName, 
             (StatusCode::ACCEPTED, DeliveryOutcome::Recorded.as_str()).into_response()
         }
         Err(e) => {
-            tracing::error!(error = ?e, "cannot record webhook");
+            tracing::error!(error = %e, "cannot record webhook");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event now").into_response()
         }
     }
@@ -236,7 +236,7 @@ async fn commit_checked(state: &AppState, hook: &Verified, repo: RepoName, sha: 
             (StatusCode::ACCEPTED, DeliveryOutcome::Recorded.as_str()).into_response()
         }
         Err(e) => {
-            tracing::error!(error = ?e, "cannot record webhook");
+            tracing::error!(error = %e, "cannot record webhook");
             (StatusCode::SERVICE_UNAVAILABLE, "cannot record the event now").into_response()
         }
     }

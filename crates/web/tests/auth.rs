@@ -265,8 +265,8 @@ async fn the_dashboard_escapes_filters_pages_and_refreshes_rows() {
     assert_eq!(get(&app, "/environments/999", None).await.0, StatusCode::NOT_FOUND);
     let (_, metrics) = get(&app, "/metrics", None).await;
     assert!(
-        metrics.contains("previewd_environments{status=\"pending\"} 1")
-            && metrics.contains("previewd_environments{status=\"ready\"} 0"),
+        metrics.contains("previewd_environments{repo=\"acme/shop\",status=\"pending\"} 1")
+            && metrics.contains("previewd_environments{repo=\"acme/shop\",status=\"ready\"} 0"),
         "counted in SQL: {metrics}"
     );
 }

@@ -84,6 +84,7 @@ pub(super) async fn admit(
     if env.status != Status::Skipped || env.last_error.as_deref() != Some(why.as_str()) {
         let o = Observed { status: Status::Skipped, last_error: Some(why.clone()), ..env.observed() };
         inner.store.update_observed(env.fence(), &o, Some((EventKind::Skipped, &why))).await?;
+        tracing::info!(%why, "skipped");
     }
     Ok(None)
 }

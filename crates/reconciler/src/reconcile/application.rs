@@ -66,6 +66,7 @@ pub(super) async fn ensure(
                         let o = Observed { status: Status::Provisioning, ..env.observed() };
                         let why = format!("creating application stack {app_name}");
                         inner.store.update_observed(env.fence(), &o, Some((EventKind::Create, &why))).await?;
+                        tracing::info!(%why, "creating the application's stack");
                     }
                     Err(e) if e.code() == "AlreadyExistsException" => {} // made by a previewd without this lock
                     Err(e) => return Err(ReconcileError::from(e)),
@@ -142,7 +143,7 @@ impl AppLock {
 
     async fn release(self, inner: &Inner) {
         if let Err(e) = inner.store.unlock(&self.name, &inner.setup.instance).await {
-            tracing::warn!(error = ?e, lock = self.name, "cannot release a lock; it expires by itself");
+            tracing::warn!(error = %e, lock = self.name, "cannot release a lock; it expires by itself");
         }
     }
 }

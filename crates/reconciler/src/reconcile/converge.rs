@@ -161,6 +161,7 @@ pub(super) async fn converge(
             };
             stamps.save(inner, env).await?;
             inner.store.update_observed(env.fence(), &o, Some((EventKind::Create, &why))).await?;
+            tracing::info!(%why, "creating the stack");
             Ok(Action::Requeue(first_look(inner, &repo.blueprint, Op::Create)))
         }
         (ConvergeStep::DeleteAfterRollback, Some(stack)) => {
@@ -212,6 +213,7 @@ pub(super) async fn converge(
                 cause.map(|c| c.text).or(stack.reason.clone()).as_deref().unwrap_or("no reason given")
             );
             inner.store.update_observed(env.fence(), &o, Some((EventKind::Rollback, &why))).await?;
+            tracing::info!(%why, "deleting a stack whose create rolled back");
             Ok(Action::Requeue(inner.setup.tuning.poll_min))
         }
         (ConvergeStep::Update { counted }, Some(stack)) => {
@@ -263,6 +265,7 @@ pub(super) async fn converge(
                 };
                 stamps.save(inner, env).await?;
                 inner.store.update_observed(env.fence(), &o, Some((EventKind::Update, &why))).await?;
+                tracing::info!(%why, "updating the stack");
                 return Ok(Action::Requeue(first_look(inner, &repo.blueprint, Op::Update)));
             }
             inner
@@ -394,7 +397,9 @@ async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps)
     if !settled {
         stamps.reach(ready::Phase::Ready);
         if let Some(pushed) = env.pushed_at {
-            previewd_metrics::METRICS.push_to_ready_seconds.observe((now_ms() - pushed).max(0) as f64 / 1000.0);
+            let repo = previewd_metrics::RepoLabel { repo: env.repo.to_string() };
+            let seconds = (now_ms() - pushed).max(0) as f64 / 1000.0;
+            previewd_metrics::METRICS.push_to_ready_seconds.get_or_create(&repo).observe(seconds);
         }
         event = Some(match ready::timeline_summary(&stamps.now) {
             Some(summary) => format!("ready at {}: {url} ({summary})", cx.sha.short()),
@@ -404,6 +409,9 @@ async fn point_dns(inner: &Inner, cx: &Complete<'_>, stamps: &mut ready::Stamps)
     // The timeline first: whoever reads `ready` finds its phases there too.
     stamps.save(inner, env).await?;
     record(inner, env, o, event.as_deref().map(|m| (EventKind::Ready, m))).await?;
+    if let Some(why) = &event {
+        tracing::info!(%why, "ready");
+    }
     Ok(Action::Done)
 }
 

@@ -14,6 +14,7 @@ mod record;
 mod teardown;
 
 pub(crate) use ready::timeline_summary;
+pub(crate) use record::count_failure;
 
 use std::time::Duration;
 
@@ -55,6 +56,7 @@ pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, env: EnvRecord) -> R
             let why = format!("branch name ends in -no-infra: {status}, never provisioned");
             let kind = if status == Status::Deleted { EventKind::Deleted } else { EventKind::Skipped };
             inner.store.update_observed(env.fence(), &o, Some((kind, &why))).await?;
+            tracing::info!(%why, "never provisioned");
         }
         return Ok(Action::Done);
     }

@@ -278,6 +278,10 @@ pub(super) async fn record_failed(
     let event = (env.status != Status::Failed || env.last_error.as_deref() != Some(why.as_str())).then_some(why);
     stamps.save(inner, env).await?;
     record(inner, env, o, event.as_deref().map(|m| (EventKind::Failed, m))).await?;
+    if let Some(why) = &event {
+        super::record::count_failure(env);
+        tracing::warn!(error = %why, "failed: told on the environment's page; a push or a redeploy tries again");
+    }
     Ok(Action::Done)
 }
 

@@ -12,6 +12,16 @@ use crate::context::Inner;
 use crate::durations::{Op, next_look, unknown_look};
 use crate::error::ReconcileError;
 
+/// An environment has just failed: the time from its push counted, by repository (a failure seen
+/// again is not counted again).
+pub(crate) fn count_failure(env: &EnvRecord) {
+    if let (Some(pushed), false) = (env.pushed_at, env.status == Status::Failed) {
+        let repo = previewd_metrics::RepoLabel { repo: env.repo.to_string() };
+        let seconds = (now_ms() - pushed).max(0) as f64 / 1000.0;
+        previewd_metrics::METRICS.push_to_failure_seconds.get_or_create(&repo).observe(seconds);
+    }
+}
+
 /// Stack events kept for an environment's page.
 const STACK_EVENTS_KEPT: usize = 20;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use previewd_cloud::{OwnershipMarker, Stack};
 use previewd_domain::plan::{self, TeardownStep};
-use previewd_domain::{EventKind, Status};
+use previewd_domain::{Desired, EventKind, Status};
 use previewd_store::{EnvRecord, Observed};
 
 use super::converge::{stack_view, token};
@@ -61,9 +61,18 @@ pub(super) async fn teardown(
                 attempts: 0,
                 ..env.observed()
             };
-            let event = (was != Status::Deleted)
-                .then_some((EventKind::Deleted, "the branch is gone and so is its environment"));
+            // Torn down because the branch went, or because a person or the time-to-live ended it.
+            let why = match env.desired {
+                Desired::Absent => "the branch is gone and so is its environment",
+                Desired::Present { .. } => {
+                    "torn down: ended by a destroy or its time-to-live; the branch's next push brings it back"
+                }
+            };
+            let event = (was != Status::Deleted).then_some((EventKind::Deleted, why));
             record(inner, env, o, event).await?;
+            if event.is_some() {
+                tracing::info!(why, "torn down");
+            }
             return Ok(Action::Done);
         }
     };
@@ -81,6 +90,7 @@ pub(super) async fn teardown(
     };
     let o = Observed { status: Status::Deleting, url: None, attempts, ..env.observed() };
     inner.store.update_observed(env.fence(), &o, Some((EventKind::Deleting, &why))).await?;
+    tracing::info!(%why, "tearing down");
     Ok(Action::Requeue(inner.setup.tuning.poll_min))
 }
 
@@ -104,7 +114,7 @@ async fn remove_dns(
             Err(e) => return Err(ReconcileError::Transient(e.to_string())),
         },
         // No zone, so no record of ours: the stack still goes.
-        Err(e) if e.needs_human() => tracing::warn!(error = ?e, "no hosted zone: no DNS record to remove"),
+        Err(e) if e.needs_human() => tracing::warn!(error = %e, "no hosted zone: no DNS record to remove"),
         Err(e) => return Err(e),
     }
     let o = Observed { status: Status::Deleting, url: None, ..env.observed() };
