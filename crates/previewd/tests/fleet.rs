@@ -613,6 +613,13 @@ async fn the_envs_command_finds_an_environment_by_its_branch_and_says_when_the_t
         "{stderr}"
     );
     assert_eq!(t.env("feature/login").await.expect("env").status, Status::Ready, "nothing changed");
+    // Destroyed by name: the event log says why it went, and not that the branch did.
+    let out = run(TOKEN, &["destroy", "feature/login"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    t.wait_for("feature/login", "deleted", |e| e.status == Status::Deleted).await;
+    let events = t.store.events(env.id, 50).await.expect("events");
+    let gone = events.iter().rev().find(|e| e.kind == previewd_domain::EventKind::Deleted).expect("a deleted event");
+    assert!(gone.message.contains("ended by a destroy") && !gone.message.contains("branch is gone"), "{gone:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
