@@ -38,6 +38,15 @@ struct Deployment {
 #[derive(Deserialize)]
 struct Pull {
     number: u64,
+    user: Option<Login>,
+}
+
+/// An open pull request of a branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPull {
+    pub number: u64,
+    /// Who opened it (`None`: a deleted account, "ghost").
+    pub author: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -175,12 +184,16 @@ impl GitHub {
     }
 
     /// The open pull requests whose head is `branch` of the repository itself (not a fork's namesake).
-    pub async fn open_pulls(&self, repo: &RepoName, branch: &BranchName) -> Result<Vec<u64>, GithubError> {
+    pub async fn open_pulls(&self, repo: &RepoName, branch: &BranchName) -> Result<Vec<OpenPull>, GithubError> {
         let what = format!("list open pull requests of {repo} from {branch}");
         let head = format!("{}:{}", repo.owner(), branch.as_str());
         let route = format!("{}/pulls?state=open&head={}&per_page=100", Self::repo_path(repo), enc(&head));
         let pulls: Option<Vec<Pull>> = self.get(repo, &route, &what).await?;
-        Ok(pulls.unwrap_or_default().into_iter().map(|p| p.number).collect())
+        Ok(pulls
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| OpenPull { number: p.number, author: p.user.map(|u| u.login) })
+            .collect())
     }
 
     /// previewd's comment on the pull request: the first previewd wrote (see [`GitHub::identity`]) whose

@@ -14,5 +14,5 @@ mod wire;
 pub use auth::{AuthError, Credentials, REFRESH_MARGIN};
 pub use checks::{CheckState, ChecksVerdict, CommitCheck, checks_verdict};
 pub use client::{BranchHead, BranchListing, CALL_TIMEOUT, GitHub, GithubError, Identity, USER_AGENT};
-pub use feedback::{DESCRIPTION_MAX, DeploymentState, DeploymentStatus, truncate};
+pub use feedback::{DESCRIPTION_MAX, DeploymentState, DeploymentStatus, OpenPull, truncate};
 pub use webhook::{MAX_BODY_BYTES, ParseError, SignatureError, WebhookEvent, parse_event, verify_signature};

@@ -623,6 +623,24 @@ async fn the_envs_command_finds_an_environment_by_its_branch_and_says_when_the_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_branch_github_does_not_show_yet_is_pending_and_says_why() {
+    let mut t = TestEnv::start().await;
+    // The push arrives before GitHub's API shows the branch.
+    let body = serde_json::to_vec(&webhook::push(REPO, "feat/early", &"0".repeat(40), &sha(1))).expect("json");
+    assert_eq!(t.deliver("push", &body, None, None).await, 202);
+    let env = t
+        .wait_for("feat/early", "told why", |e| {
+            e.last_error.as_deref().is_some_and(|m| m.contains("not proof of absence yet"))
+        })
+        .await;
+    assert_eq!(env.status, Status::Pending, "nothing is provisioning: {env:?}");
+    assert_eq!(t.proxy.count("CreateStack", &env.stack_name), 0);
+    // Once GitHub shows it, it comes up.
+    assert_eq!(t.push("feat/early", &sha(1)).await, 202);
+    ready(&t, "feat/early", &sha(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_tagged_stack_without_a_record_is_adopted_and_judged() {
     let t = TestEnv::with(&Options { grace: "0s", ..Options::default() }).await;
     // A crash between CreateStack and its record, or a lost database: our tags, no record.

@@ -374,9 +374,10 @@ async fn comments(
     let hash = format!("{:x}", Sha256::digest(body.as_bytes()));
     let known = inner.store.pr_comments(env.id).await?;
     let marker = marker(inner, env);
-    for number in pulls {
+    for pull in pulls {
+        let number = pull.number;
         let mine = known.iter().find(|c| c.pr_number == number as i64);
-        if mine.is_some_and(|c| c.body_hash == hash) {
+        if mine.is_some_and(|c| c.body_hash == hash && c.author == pull.author) {
             continue;
         }
         let mut comment_id = mine.map(|c| c.comment_id as u64);
@@ -389,7 +390,12 @@ async fn comments(
             // Never made, or deleted by a person since: made (again).
             _ => github.create_comment(&env.repo, number, body).await?,
         };
-        let c = PrComment { pr_number: number as i64, comment_id: id as i64, body_hash: hash.clone() };
+        let c = PrComment {
+            pr_number: number as i64,
+            comment_id: id as i64,
+            body_hash: hash.clone(),
+            author: pull.author.clone(),
+        };
         inner.store.set_pr_comment(env.id, &c).await?;
     }
     Ok(())

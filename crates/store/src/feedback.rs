@@ -4,7 +4,7 @@
 use previewd_domain::EventKind;
 
 use crate::environments::{lock_row, tell_github};
-use crate::records::{DeploymentRecord, PrComment};
+use crate::records::{DeploymentRecord, PrComment, PullRequest};
 use crate::{Store, StoreError, db, events};
 
 impl Store {
@@ -129,26 +129,49 @@ impl Store {
 
     /// The comments previewd keeps on the environment's pull requests.
     pub async fn pr_comments(&self, env_id: i64) -> Result<Vec<PrComment>, StoreError> {
-        sqlx::query_as("SELECT pr_number, comment_id, body_hash FROM pr_comments WHERE env_id = $1 ORDER BY pr_number")
-            .bind(env_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("read comments"))
+        sqlx::query_as(
+            "SELECT pr_number, comment_id, body_hash, author FROM pr_comments WHERE env_id = $1 ORDER BY pr_number",
+        )
+        .bind(env_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read comments"))
     }
 
     pub async fn set_pr_comment(&self, env_id: i64, c: &PrComment) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO pr_comments (env_id, pr_number, comment_id, body_hash) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (env_id, pr_number) DO UPDATE SET comment_id = excluded.comment_id, body_hash = excluded.body_hash",
+            "INSERT INTO pr_comments (env_id, pr_number, comment_id, body_hash, author) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (env_id, pr_number) DO UPDATE SET comment_id = excluded.comment_id, \
+             body_hash = excluded.body_hash, author = excluded.author",
         )
         .bind(env_id)
         .bind(c.pr_number)
         .bind(c.comment_id)
         .bind(c.body_hash.clone())
+        .bind(c.author.clone())
         .execute(&mut *self.write().await?)
         .await
         .map_err(db("set comment"))?;
         Ok(())
+    }
+
+    /// The open pull requests of these environments' branches (those previewd comments on), by
+    /// environment, in one query.
+    pub async fn pull_requests(&self, env_ids: &[i64]) -> Result<Vec<PullRequest>, StoreError> {
+        if env_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (1..=env_ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT env_id, pr_number AS number, author FROM pr_comments WHERE env_id IN ({}) \
+             ORDER BY env_id, pr_number",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, PullRequest>(&sql);
+        for id in env_ids {
+            query = query.bind(*id);
+        }
+        query.fetch_all(&self.pool).await.map_err(db("read pull requests"))
     }
 
     pub async fn forget_pr_comment(&self, env_id: i64, pr_number: i64) -> Result<(), StoreError> {

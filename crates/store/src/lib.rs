@@ -38,8 +38,8 @@ pub use environments::{EnvFilter, Sort};
 pub use group::DeliveryLog;
 pub use queue::{Claim, Fence, Lane, QueueStats};
 pub use records::{
-    Delivery, DeploymentRecord, DesiredChange, EnvRecord, EventRecord, Observed, PrComment, ReaperPassRecord, Recorded,
-    SeedOutcome, SeedProgress,
+    Delivery, DeploymentRecord, DesiredChange, EnvRecord, EventRecord, Observed, PrComment, PullRequest,
+    ReaperPassRecord, Recorded, SeedOutcome, SeedProgress,
 };
 pub use stacks::{StackEvent, StackObservation};
 pub use timelines::Timeline;

@@ -274,6 +274,17 @@ pub struct PrComment {
     pub pr_number: i64,
     pub comment_id: i64,
     pub body_hash: String,
+    /// Who opened the pull request, as GitHub last said.
+    pub author: Option<String>,
+}
+
+/// An open pull request of an environment's branch, as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct PullRequest {
+    #[serde(skip)]
+    pub env_id: i64,
+    pub number: i64,
+    pub author: Option<String>,
 }
 
 /// One entry of an environment's event log.

@@ -229,11 +229,15 @@ async fn observed_state_and_events_round_trip(store: Store) {
         pr_number: pr,
         comment_id: comment,
         body_hash: format!("h{comment}"),
+        author: Some(format!("dev{pr}")),
     };
     store.set_pr_comment(id, &c(7, 100)).await.expect("comment");
     store.set_pr_comment(id, &c(7, 101)).await.expect("comment replaced");
     store.set_pr_comment(id, &c(8, 200)).await.expect("comment");
     assert_eq!(store.pr_comments(id).await.expect("comments"), [c(7, 101), c(8, 200)]);
+    let pulls = store.pull_requests(&[id, id + 1000]).await.expect("pull requests");
+    let shown: Vec<_> = pulls.iter().map(|p| (p.env_id, p.number, p.author.as_deref())).collect();
+    assert_eq!(shown, [(id, 7, Some("dev7")), (id, 8, Some("dev8"))]);
     store.forget_pr_comment(id, 7).await.expect("forget");
     assert_eq!(store.pr_comments(id).await.expect("comments"), [c(8, 200)]);
 }

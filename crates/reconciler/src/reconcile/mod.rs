@@ -140,8 +140,14 @@ pub(crate) async fn reconcile(inner: &Inner, claim: &Claim, env: EnvRecord) -> R
                 env.branch,
                 humanize(grace)
             );
-            if env.last_error.as_deref() != Some(why.as_str()) {
-                let o = Observed { last_error: Some(why.clone()), ..env.observed() };
+            // Nothing made yet: `pending` (its admission let it in, but nothing holds a place until the
+            // branch is there to build).
+            let status = match env.status {
+                Status::Provisioning if env.stack_id.is_none() => Status::Pending,
+                s => s,
+            };
+            if env.last_error.as_deref() != Some(why.as_str()) || env.status != status {
+                let o = Observed { status, last_error: Some(why.clone()), ..env.observed() };
                 inner.store.update_observed(env.fence(), &o, Some((EventKind::Absence, &why))).await?;
             }
             let t = &inner.setup.tuning;
