@@ -24,8 +24,8 @@ if [ ! -x "${PREVIEWD_CHROMIUM:-/usr/bin/chromium}" ]; then
   $sudo_ apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -q chromium >&2
 fi
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
-  echo "==> installing playwright-core (npm) for the browser test" >&2
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/@axe-core/playwright ]; then
+  echo "==> installing playwright-core and axe-core (npm) for the browser test" >&2
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 # Requests previewd sends to the fake GitHub are held against GitHub's OpenAPI description (pinned

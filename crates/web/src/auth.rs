@@ -145,11 +145,12 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
 }
 
 fn login_page(failed: bool, status: StatusCode) -> Response {
-    let note = if failed { "<p class=\"error\">That token is not right.</p>" } else { "" };
+    let note = if failed { "<p class=\"error\" style=\"color:#b00020\">That token is not right.</p>" } else { "" };
     let page = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>previewd: sign in</title></head>\
-<body style=\"font:14px system-ui,sans-serif;margin:2rem\"><h1>previewd</h1>{note}<form method=\"post\" action=\"/login\">\
-<label>Dashboard token <input type=\"password\" name=\"token\" autofocus></label> <button>Sign in</button></form></body></html>"
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>previewd: sign in</title></head>\
+<body style=\"font:15px system-ui,sans-serif;margin:1rem\"><main><h1>previewd</h1>{note}<form method=\"post\" action=\"/login\">\
+<label>Dashboard token <input type=\"password\" name=\"token\" autofocus></label> <button>Sign in</button></form></main></body></html>"
     );
     (status, Html(page)).into_response()
 }
