@@ -102,17 +102,32 @@ try {
   if (!statusBox || statusBox.x + statusBox.width > 390) fail(`the status is off a phone's screen: ${JSON.stringify(statusBox)}`);
   await page.setViewportSize({ width: WIDTHS[0], height: 900 });
 
-  // A focused link survives the live refresh (each row's relative times change every refresh).
+  // A focused link survives the live refresh that replaces its row (kept meanwhile, through the API),
+  // and the change is announced.
   const link = page.locator('tr[data-branch="feature/login"] td[data-label=Branch] a');
   await link.focus();
   const href = await link.getAttribute('href');
   const before = await page.locator('tr[data-branch="feature/login"]').elementHandle();
+  const rowId = await before.evaluate((tr) => tr.dataset.env);
+  const kept = await page.request.post(`${base}/api/environments/${rowId}/keep`);
+  if (kept.status() !== 202) fail(`keep through the API: ${kept.status()}`);
   await page.waitForFunction((b) => !b.isConnected, before, { timeout: 15000 });
   const focused = await page.evaluate(() => ({
     href: document.activeElement?.getAttribute('href'),
     inRows: document.getElementById('rows').contains(document.activeElement),
   }));
   if (focused.href !== href || !focused.inRows) fail(`the refresh took the focus: ${JSON.stringify(focused)}`);
+  const unkept = await page.request.post(`${base}/api/environments/${rowId}/keep?value=false`);
+  if (unkept.status() !== 202) fail(`keep off through the API: ${unkept.status()}`);
+  // Its relative times alone change from now on: the row stays as it is, focus and all.
+  await page.waitForTimeout(4000);
+  const still = await page.locator('tr[data-branch="feature/login"]').elementHandle();
+  await page.waitForTimeout(3500);
+  if (!(await still.evaluate((tr) => tr.isConnected))) fail('a row whose times alone changed was replaced');
+  // Every page has its landmarks and a viewport a phone lays out at its own width.
+  if (await page.locator('main').count() !== 1) fail('no main landmark');
+  const viewport = await page.locator('meta[name=viewport]').getAttribute('content');
+  if (!viewport || !viewport.includes('width=device-width')) fail(`viewport: ${viewport}`);
 
   // Filter by status, on the server; the controls are labelled.
   await page.getByRole('combobox', { name: /^Status/ }).selectOption('failed');
@@ -147,6 +162,7 @@ try {
   await checkLayout(page, 'ready environment');
   await page.click('button[data-action=keep]');
   await page.waitForFunction(() => document.getElementById('action-result').textContent.includes('recorded'));
+  if (await page.locator('button[data-action=keep]').innerText() !== 'Stop keeping') fail('keep did not turn into stop keeping');
   await page.reload();
   if (await page.locator('button[data-action=keep][data-query="?value=false"]', { hasText: 'Stop keeping' }).count() !== 1) {
     fail('a kept environment does not offer to stop keeping');

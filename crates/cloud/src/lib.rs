@@ -463,17 +463,24 @@ struct CountRequests;
 const THROTTLE_MARKS: &[&str] =
     &["Throttl", "SlowDown", "RequestLimitExceeded", "TooManyRequests", "PriorRequestNotComplete"];
 
-/// Error answers that say the thing asked about is not there: an answer previewd asks for on purpose
-/// (whether a stack, a bucket or an image exists), not a request it got wrong.
-const NOT_FOUND_MARKS: &[&str] = &["does not exist", "NoSuch", "NotFound"];
+/// The look-ups previewd makes to learn whether something exists, and how each says it does not: an
+/// answer it asks for on purpose (is the stack gone yet? has CI pushed the commit's image or bundle?), not
+/// a request it got wrong. Anything else that is missing (a hosted zone, the template bucket, the
+/// image repository itself) is a mistake to see, and stays a `client_error`.
+/// (ECR's BatchGetImage answers a missing image among its 200's `failures`: `ok`.)
+const PROBES: &[(&str, &str)] = &[("DescribeStacks", "does not exist"), ("HeadObject", "")];
 
-/// How an answer is counted: `ok`, `throttled`, `not_found`, `client_error` or `server_error`.
-fn request_outcome(status: u16, body: &str) -> &'static str {
+/// How an answer to `operation` is counted: `ok`, `throttled`, `not_found`, `client_error` or
+/// `server_error`.
+fn request_outcome(operation: &str, status: u16, body: &str) -> &'static str {
+    let probed = |s: u16| {
+        PROBES.iter().any(|(op, mark)| *op == operation && (body.contains(mark) && !mark.is_empty() || s == 404))
+    };
     match status {
         s if s < 400 => "ok",
         429 => "throttled",
         _ if THROTTLE_MARKS.iter().any(|m| body.contains(m)) => "throttled",
-        s if s < 500 && NOT_FOUND_MARKS.iter().any(|m| body.contains(m)) => "not_found",
+        s if s < 500 && probed(s) => "not_found",
         s if s < 500 => "client_error",
         _ => "server_error",
     }
@@ -495,7 +502,7 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CountRequests {
             .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
         let outcome = context.response().map_or("no_response", |r| {
             let body = r.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
-            request_outcome(r.status().as_u16(), &body)
+            request_outcome(operation, r.status().as_u16(), &body)
         });
         let labels = previewd_metrics::AwsLabels {
             service: service.to_ascii_lowercase().replace(" ", ""),
@@ -558,18 +565,21 @@ mod tests {
     use super::request_outcome;
 
     #[test]
-    fn an_answer_that_something_is_not_there_is_not_a_client_error() {
+    fn what_previewd_asks_on_purpose_is_not_found_and_other_missing_things_are_client_errors() {
         let gone = "<ErrorResponse><Error><Type>Sender</Type><Code>ValidationError</Code>\
                     <Message>Stack with id previewd-acme-shop-x does not exist</Message></Error></ErrorResponse>";
-        assert_eq!(request_outcome(400, gone), "not_found");
-        assert_eq!(request_outcome(404, "<Error><Code>NoSuchBucket</Code></Error>"), "not_found");
-        assert_eq!(request_outcome(400, r#"{"__type":"ImageNotFoundException"}"#), "not_found");
-        assert_eq!(
-            request_outcome(400, "<Code>ValidationError</Code><Message>Template format error</Message>"),
-            "client_error"
-        );
-        assert_eq!(request_outcome(400, "<Code>Throttling</Code><Message>Rate exceeded</Message>"), "throttled");
-        assert_eq!(request_outcome(503, "<Code>ServiceUnavailable</Code>"), "server_error");
-        assert_eq!(request_outcome(200, ""), "ok");
+        assert_eq!(request_outcome("DescribeStacks", 400, gone), "not_found");
+        assert_eq!(request_outcome("HeadObject", 404, ""), "not_found");
+        // A missing hosted zone, template bucket or image repository is a mistake to see.
+        assert_eq!(request_outcome("ListResourceRecordSets", 404, "<Code>NoSuchHostedZone</Code>"), "client_error");
+        assert_eq!(request_outcome("PutObject", 404, "<Code>NoSuchBucket</Code>"), "client_error");
+        let repo = r#"{"__type":"RepositoryNotFoundException"}"#;
+        assert_eq!(request_outcome("BatchGetImage", 400, repo), "client_error");
+        let invalid = "<Code>ValidationError</Code><Message>Template format error</Message>";
+        assert_eq!(request_outcome("DescribeStacks", 400, invalid), "client_error");
+        let slow = "<Code>Throttling</Code><Message>Rate exceeded</Message>";
+        assert_eq!(request_outcome("CreateStack", 400, slow), "throttled");
+        assert_eq!(request_outcome("CreateStack", 503, "<Code>ServiceUnavailable</Code>"), "server_error");
+        assert_eq!(request_outcome("CreateStack", 200, ""), "ok");
     }
 }

@@ -143,8 +143,8 @@ impl<'a> Api<'a> {
         if status == reqwest::StatusCode::UNAUTHORIZED {
             match self.token {
                 Some(_) => bail!(
-                    "previewd at {base} refused the token in PREVIEWD_DASHBOARD_TOKEN: it is not this server's \
-                     dashboard token"
+                    "previewd at {base} refused the dashboard token it was given (PREVIEWD_DASHBOARD_TOKEN or \
+                     dashboard_token in the configuration): it is not this server's"
                 ),
                 None => bail!("previewd at {base} wants its dashboard token: set PREVIEWD_DASHBOARD_TOKEN"),
             }
@@ -174,10 +174,30 @@ impl<'a> Api<'a> {
             q.append_pair("repo", repo);
         }
         let found = self.call(reqwest::Method::GET, &format!("/api/environments?{}", q.finish())).await?;
-        let found = found.as_array().map_or(&[][..], Vec::as_slice);
+        // Only the branch asked for, whatever the server filtered (one that ignores `branch=` answers with
+        // every environment).
+        let found: Vec<&Value> = found
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter(|e| e["branch"].as_str() == Some(which.env.as_str()))
+            .filter(|e| {
+                which.repo.as_ref().is_none_or(|r| e["repo"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(r)))
+            })
+            .collect();
         let branch = previewd_domain::text::printable(&which.env);
-        let live: Vec<&Value> = found.iter().filter(|e| e["status"] != "deleted").collect();
-        let candidates: Vec<&Value> = if live.is_empty() { found.iter().take(1).collect() } else { live };
+        let live: Vec<&Value> = found.iter().copied().filter(|e| e["status"] != "deleted").collect();
+        // None live: the newest deleted one of each repository (newest activity comes first).
+        let candidates: Vec<&Value> = match live.is_empty() {
+            true => {
+                let mut seen = std::collections::BTreeSet::new();
+                found
+                    .into_iter()
+                    .filter(|e| seen.insert(e["repo"].as_str().unwrap_or("").to_ascii_lowercase()))
+                    .collect()
+            }
+            false => live,
+        };
         match candidates.as_slice() {
             [] => match &which.repo {
                 Some(repo) => bail!("no environment for branch {branch} in {}", previewd_domain::text::printable(repo)),

@@ -115,8 +115,10 @@ fn init_tracing(format: LogFormat, level: LogLevel) {
         LogLevel::Debug => "debug",
         LogLevel::Trace => "trace",
     };
+    // Libraries say warnings and errors, never more than previewd itself.
+    let libraries = if level == "error" { "error" } else { "warn" };
     let filter =
-        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(format!("warn,previewd={level}")));
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(format!("{libraries},previewd={level}")));
     // Never colours: the safe writer would write their escape codes out as text, and a file or a log
     // pipeline wants none.
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);

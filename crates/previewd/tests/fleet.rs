@@ -404,6 +404,10 @@ async fn github_faults_delete_nothing_and_the_command_says_so() {
     let last: f64 = last.unwrap_or_else(|| panic!("{metrics}")).parse().expect("a number");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     assert!((now - last).abs() < 120.0, "the healthy pass's time: {last} (now {now})");
+    // A fleet observer's pass that could not list the branches is no success for its metric.
+    t.github.inject(Target::BranchList, Fault::Status(500), 1);
+    assert!(!t.app().reconciler().resync_pass().await.1, "a failed listing is not a complete pass");
+    assert!(t.app().reconciler().resync_pass().await.1, "a healthy one is");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,8 +612,7 @@ async fn the_envs_command_finds_an_environment_by_its_branch_and_says_when_the_t
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("refused the token in PREVIEWD_DASHBOARD_TOKEN")
-            && !stderr.contains("set PREVIEWD_DASHBOARD_TOKEN"),
+        stderr.contains("refused the dashboard token it was given") && !stderr.contains("set PREVIEWD_DASHBOARD_TOKEN"),
         "{stderr}"
     );
     assert_eq!(t.env("feature/login").await.expect("env").status, Status::Ready, "nothing changed");

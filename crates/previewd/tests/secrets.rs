@@ -89,6 +89,7 @@ async fn scenario(format: &str) {
 
     let logs = child.logs();
     assert!(logs.lines().count() > 50, "a debug-level run logs plenty: {logs}");
+    assert!(!logs.contains('\u{1b}'), "no colour codes in a file: {logs}");
     if format == "json" {
         for line in logs.lines() {
             serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));

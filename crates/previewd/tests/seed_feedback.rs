@@ -140,6 +140,25 @@ async fn fixtures_once_deployments_in_order_and_one_comment_edited_in_place() {
     })
     .await;
     assert_ne!(comments[0].0, comment.0.0);
+
+    // The dashboard shows the pull request with who opened it, until it is closed.
+    let pulls = |t: &TestEnv| {
+        let t = t.store.clone();
+        async move {
+            let found = t.pull_requests(&[env.id]).await.expect("pull requests");
+            found.into_iter().map(|p| (p.number, p.author)).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(pulls(&t).await, [(7, Some("acme".to_owned()))]);
+    t.github.close_pull(REPO, 7);
+    t.store.touch_feedback(env.id).await.expect("touch");
+    for _ in 0..200 {
+        if pulls(&t).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("a closed pull request is still the branch's: {:?}", pulls(&t).await);
 }
 
 /// A request the hook received: its body and its signature header.

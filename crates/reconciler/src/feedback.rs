@@ -368,16 +368,24 @@ async fn comments(
 ) -> Result<(), ReconcileError> {
     let github = &inner.github;
     let pulls = github.open_pulls(&env.repo, &env.branch).await?;
+    let known = inner.store.pr_comments(env.id).await?;
+    // A pull request closed or merged since is no longer the branch's: the dashboard stops showing it.
+    for gone in known.iter().filter(|c| !pulls.iter().any(|p| p.number as i64 == c.pr_number)) {
+        inner.store.forget_pr_comment(env.id, gone.pr_number).await?;
+    }
     if pulls.is_empty() {
         return Ok(());
     }
     let hash = format!("{:x}", Sha256::digest(body.as_bytes()));
-    let known = inner.store.pr_comments(env.id).await?;
     let marker = marker(inner, env);
     for pull in pulls {
         let number = pull.number;
         let mine = known.iter().find(|c| c.pr_number == number as i64);
-        if mine.is_some_and(|c| c.body_hash == hash && c.author == pull.author) {
+        if let Some(c) = mine.filter(|c| c.body_hash == hash) {
+            // The comment says it already; only who opened the pull request may be news.
+            if c.author != pull.author {
+                inner.store.set_pr_comment(env.id, &PrComment { author: pull.author.clone(), ..c.clone() }).await?;
+            }
             continue;
         }
         let mut comment_id = mine.map(|c| c.comment_id as u64);

@@ -160,23 +160,29 @@ fn same_name(a: Option<&str>, b: Option<&String>) -> bool {
 }
 
 impl Inner {
-    /// One pass of the fleet observer: enqueues what differs; returns how many it enqueued.
-    pub(crate) async fn resync_fleet(&self) -> Result<usize, ReconcileError> {
+    /// One pass of the fleet observer: enqueues what differs; returns how many it enqueued, and whether it
+    /// saw everything (the stacks, every repository's branches and DNS names, each listing trusted).
+    pub(crate) async fn resync_fleet(&self) -> Result<(usize, bool), ReconcileError> {
         let fleet = observe(self).await;
         let envs = self.store.list().await?;
         let owner = self.setup.owner.as_str();
         if let Err(e) = &fleet.stacks {
             tracing::warn!(error = %e, "cannot list stacks: stacks are compared at the next pass");
         }
+        let mut complete = fleet.stacks.is_ok() && fleet.dns.values().all(Result::is_ok);
         let mut trusted: BTreeMap<&RepoName, &HashMap<BranchName, CommitSha>> = BTreeMap::new();
         for (repo, listing) in &fleet.listings {
             match listing {
-                Err(e) => tracing::warn!(%repo, error = %e, "cannot list branches: nothing is taken as gone"),
+                Err(e) => {
+                    complete = false;
+                    tracing::warn!(%repo, error = %e, "cannot list branches: nothing is taken as gone");
+                }
                 Ok(branches) => {
                     let live: Vec<_> = envs.iter().filter(|e| &e.repo == repo && expects_branch(e)).collect();
                     let missing = live.iter().filter(|e| !branches.contains_key(&e.branch)).count();
                     let limit = removal_limit(live.len(), self.setup.reaper.max_share, self.setup.reaper.min_removals);
                     if missing > limit {
+                        complete = false;
                         tracing::warn!(%repo, missing, live = live.len(), "the listing lacks too many branches to be trusted");
                     } else {
                         trusted.insert(repo, branches);
@@ -207,7 +213,7 @@ impl Inner {
                 enqueued += 1;
             }
         }
-        Ok(enqueued)
+        Ok((enqueued, complete))
     }
 }
 

@@ -128,22 +128,28 @@ impl Reconciler {
     /// One pass of the fleet observer, and old deliveries forgotten; returns how many environments it
     /// enqueued. Failures are logged: the next pass looks again.
     pub async fn resync(&self) -> usize {
-        let enqueued = match self.inner.resync_fleet().await {
-            Ok(n) => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                previewd_metrics::METRICS.fleet_observer_last_success.set(now.as_secs_f64());
-                n
-            }
+        self.resync_pass().await.0
+    }
+
+    /// As [`Reconciler::resync`], and whether the pass saw everything (the stacks, every repository's
+    /// branches and names): only such a pass is a success for `previewd_fleet_observer_last_success…`.
+    pub async fn resync_pass(&self) -> (usize, bool) {
+        let (enqueued, complete) = match self.inner.resync_fleet().await {
+            Ok(pass) => pass,
             Err(e) => {
                 tracing::warn!(error = %e, "resync failed");
-                0
+                (0, false)
             }
         };
+        if complete {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            previewd_metrics::METRICS.fleet_observer_last_success.set(now.as_secs_f64());
+        }
         let cutoff = now_ms() - DELIVERY_RETENTION.as_millis() as i64;
         if let Err(e) = self.inner.store.prune_deliveries(cutoff).await {
             tracing::warn!(error = %e, "cannot forget old deliveries");
         }
-        tracing::debug!(enqueued, "resync");
-        enqueued
+        tracing::debug!(enqueued, complete, "resync");
+        (enqueued, complete)
     }
 }

@@ -18,7 +18,7 @@
     if (status.textContent !== now) {
       status.textContent = now;
       status.className = 'status ' + now;
-      if (problem && now !== 'failed') problem.hidden = true;
+      if (problem) problem.hidden = now !== 'failed';
     }
   }, every);
   for (const b of document.querySelectorAll('button[data-action]')) {
@@ -29,8 +29,16 @@
       b.disabled = false;
       const what = b.dataset.label || b.dataset.action;
       if (r && r.ok) {
-        b.textContent = b.dataset.label + ' ✓';
         result.textContent = `${what}: recorded; the status follows.`;
+        if (b.dataset.action === 'keep') {
+          // Kept now, or no longer: the button offers the other.
+          const kept = !b.dataset.query;
+          b.dataset.query = kept ? '?value=false' : '';
+          b.dataset.label = kept ? 'Stop keeping' : 'Keep';
+          b.textContent = b.dataset.label;
+        } else {
+          b.textContent = b.dataset.label + ' ✓';
+        }
       } else {
         const why = r ? `${r.status} ${(await r.text()).slice(0, 300)}` : 'previewd did not answer';
         result.textContent = `${what}: refused (${why})`;

@@ -32,18 +32,23 @@ struct Offer {
 }
 
 /// The actions that mean something for the environment as it is: none on one being torn down or gone
-/// with its branch; redeploy brings back one a person destroyed; reseed only where the blueprint seeds
-/// and the environment stands; keep or stop keeping, whichever it is not.
+/// with its branch, or never provisioned; redeploy brings back one a person destroyed (also while its
+/// teardown is only asked for); reseed only where the blueprint seeds and the environment stands; keep or
+/// stop keeping, whichever it is not.
 fn offers(env: &EnvRecord, seed_steps: usize) -> Vec<Offer> {
     let wanted = env.desired != Desired::Absent;
-    let standing =
-        wanted && matches!(env.status, Status::Pending | Status::Provisioning | Status::Ready | Status::Failed);
+    let standing = wanted
+        && env.expired_at.is_none()
+        && matches!(env.status, Status::Pending | Status::Provisioning | Status::Ready | Status::Failed);
     let mut offers = Vec::new();
     if wanted && !matches!(env.status, Status::Deleting | Status::Skipped) {
-        let label = if env.status == Status::Deleted { "Bring it back" } else { "Redeploy" };
+        let label = match env.status == Status::Deleted || env.expired_at.is_some() {
+            true => "Bring it back",
+            false => "Redeploy",
+        };
         offers.push(Offer { action: EnvAction::Redeploy, query: "", label });
     }
-    if seed_steps > 0 && wanted && matches!(env.status, Status::Ready | Status::Failed) {
+    if seed_steps > 0 && standing && matches!(env.status, Status::Ready | Status::Failed) {
         offers.push(Offer { action: EnvAction::Reseed, query: "", label: "Reseed" });
     }
     if standing {
@@ -57,13 +62,12 @@ fn offers(env: &EnvRecord, seed_steps: usize) -> Vec<Offer> {
 }
 
 /// What to do about a failure: a fix pushed, or the same commit tried again.
-fn next_step(v: &EnvView) -> String {
-    format!(
-        "Fix it on branch {} and push, or redeploy to try commit {} again. The event log below says what \
-         happened before.",
-        v.branch,
-        v.sha.as_deref().map_or("—", |s| &s[..7.min(s.len())])
-    )
+fn next_step(v: &EnvView) -> Markup {
+    let sha = v.sha.as_deref().map_or("—", |s| &s[..7.min(s.len())]);
+    html! {
+        "Fix it on branch " bdi { (v.branch) } " and push, or redeploy to try commit " code { (sha) }
+        " again. The event log below says what happened before."
+    }
 }
 
 fn actions(env: &EnvRecord, v: &EnvView, offers: &[Offer]) -> Markup {
@@ -72,6 +76,7 @@ fn actions(env: &EnvRecord, v: &EnvView, offers: &[Offer]) -> Markup {
             p.muted { "Nothing to do here now: " (match env.status {
                 Status::Deleting => "it is being torn down.",
                 Status::Deleted => "it is gone with its branch.",
+                Status::Skipped => "it is not provisioned (its last error says why).",
                 _ => "its branch is gone.",
             }) }
         }
