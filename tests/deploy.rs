@@ -243,3 +243,32 @@ fn parliament_catches_a_bad_policy() {
         "a GetObject on a bucket (not its objects) is a finding"
     );
 }
+
+/// Every secret the task is given is one its execution role may read, and each credential previewd
+/// takes from the environment is given: the dashboard's, and Prometheus's read-only one.
+#[test]
+fn the_task_gets_each_secret_and_may_read_it() {
+    let t = template();
+    let resources = t["Resources"].as_object().expect("resources");
+    let task = resources.values().find(|r| r["Type"] == "AWS::ECS::TaskDefinition").expect("a task definition");
+    let container = &task["Properties"]["ContainerDefinitions"][0];
+    let given: Vec<(String, String)> = container["Secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .filter_map(|s| Some((s["Name"].as_str()?.to_owned(), s["ValueFrom"]["Ref"].as_str()?.to_owned())))
+        .collect();
+    for name in ["PREVIEWD_WEBHOOK_SECRET", "PREVIEWD_DASHBOARD_TOKEN", "PREVIEWD_METRICS_TOKEN"] {
+        assert!(given.iter().any(|(n, _)| n == name), "{name} is not given: {given:?}");
+    }
+    let readable: Vec<String> = policies(&t)
+        .iter()
+        .flat_map(|(_, _, doc)| doc["Statement"].as_array().cloned().unwrap_or_default())
+        .filter(|s| s["Action"] == "secretsmanager:GetSecretValue")
+        .flat_map(|s| s["Resource"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    for (name, secret) in &given {
+        assert!(readable.iter().any(|r| r.ends_with(&format!(":secret:{secret}"))), "{name}: {secret} is not readable");
+    }
+}
