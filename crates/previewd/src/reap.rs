@@ -42,9 +42,7 @@ pub async fn reap(config: &Config, aws: Aws, args: &ReapArgs, out: &mut String) 
 
 fn write_report(report: &Report, out: &mut String) {
     for d in &report.decisions {
-        let verdict =
-            serde_json::to_value(d.verdict).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        let _ = writeln!(out, "{verdict:<10} {:<24} {:<32} {}", d.repo, d.subject, d.reason);
+        let _ = writeln!(out, "{:<10} {:<24} {:<32} {}", d.verdict.as_str(), d.repo, d.subject, d.reason);
     }
     let _ = writeln!(out, "{}", report.summary);
 }

@@ -48,6 +48,23 @@ pub enum Verdict {
     Refuse,
 }
 
+impl Verdict {
+    pub const ALL: [Verdict; 6] =
+        [Verdict::Remove, Verdict::Wait, Verdict::Keep, Verdict::Adopt, Verdict::RemoveDns, Verdict::Refuse];
+
+    /// The verdict as the API, the command and the logs say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Remove => "remove",
+            Verdict::Wait => "wait",
+            Verdict::Keep => "keep",
+            Verdict::Adopt => "adopt",
+            Verdict::RemoveDns => "remove_dns",
+            Verdict::Refuse => "refuse",
+        }
+    }
+}
+
 /// One decision and its reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -79,7 +96,7 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     fn decide(&mut self, repo: &str, subject: &str, env_id: Option<i64>, verdict: Verdict, reason: String) {
-        tracing::info!(repo, subject, ?verdict, reason, dry_run = self.dry_run, "reaper");
+        tracing::info!(repo, subject, verdict = verdict.as_str(), reason, dry_run = self.dry_run, "reaper");
         self.decisions.push(Decision { repo: repo.to_owned(), subject: subject.to_owned(), verdict, reason, env_id });
     }
 
@@ -517,5 +534,17 @@ fn exact_branch(
             )
         }),
         Err(e) => Err(format!("cannot name the branch of owner-tagged stack {}: {e}", s.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Verdict;
+
+    #[test]
+    fn a_verdict_reads_the_same_in_the_logs_as_in_the_api() {
+        for v in Verdict::ALL {
+            assert_eq!(serde_json::to_value(v).expect("json"), v.as_str(), "{v:?}");
+        }
     }
 }
