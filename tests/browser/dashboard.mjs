@@ -119,10 +119,15 @@ try {
   if (focused.href !== href || !focused.inRows) fail(`the refresh took the focus: ${JSON.stringify(focused)}`);
   const unkept = await page.request.post(`${base}/api/environments/${rowId}/keep?value=false`);
   if (unkept.status() !== 202) fail(`keep off through the API: ${unkept.status()}`);
-  // Its relative times alone change from now on: the row stays as it is, focus and all.
-  await page.waitForTimeout(4000);
-  const still = await page.locator('tr[data-branch="feature/login"]').elementHandle();
-  await page.waitForTimeout(3500);
+  // Once no longer kept, its relative times alone change: at the next refresh that moves them, the row
+  // is still the same element.
+  const row = 'tr[data-branch="feature/login"]';
+  await page.waitForFunction((r) => !document.querySelector(`${r} td[data-label=Status]`).innerText.includes('kept'),
+    row, { timeout: 15000 });
+  const still = await page.locator(row).elementHandle();
+  const shown = await still.evaluate((tr) => tr.querySelector('td[data-label="Last change"] time').textContent);
+  await page.waitForFunction(([r, was]) => document.querySelector(`${r} td[data-label="Last change"] time`).textContent !== was,
+    [row, shown], { timeout: 15000 });
   if (!(await still.evaluate((tr) => tr.isConnected))) fail('a row whose times alone changed was replaced');
   // Every page has its landmarks and a viewport a phone lays out at its own width.
   if (await page.locator('main').count() !== 1) fail('no main landmark');

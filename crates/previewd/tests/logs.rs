@@ -3,7 +3,6 @@
 //! goes, and a webhook that is refused.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use previewd_domain::Status;
 use previewd_testkit::{REPO, SECRET, Serve, TestEnv, sha, webhook};
@@ -81,19 +80,8 @@ async fn logs_say_each_change_once_at_its_level_as_json_a_pipeline_can_read() {
     };
     let push =
         |branch: &str, at: &str| serde_json::to_vec(&webhook::push(REPO, branch, &"0".repeat(40), at)).expect("json");
-    let wait_for = |branch: &'static str, status: Status| {
-        let t = &t;
-        let child = &child;
-        async move {
-            for _ in 0..600 {
-                if t.env(branch).await.is_some_and(|e| e.status == status) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("{branch} is not {status}: {}", child.logs());
-        }
-    };
+    let wait_for =
+        |branch: &'static str, status: Status| t.wait_for(branch, status.as_str(), move |e| e.status == status);
 
     // A contributor's settings mistake in the branch's own file.
     t.github.set_branch(REPO, "typo/cpu", &sha(1));
@@ -112,9 +100,11 @@ async fn logs_say_each_change_once_at_its_level_as_json_a_pipeline_can_read() {
     wait_for("feature/logs", Status::Deleted).await;
     // A delivery signed with another secret.
     assert_eq!(deliver("push", "d-4".into(), body.clone(), webhook::sign("not-the-secret", &body)).await, 401);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let logs = child.logs();
+    let logs = previewd_testkit::eventually("the refusal logged", || {
+        let logs = child.logs();
+        logs.contains("webhook refused").then_some(logs)
+    })
+    .await;
     assert!(!logs.contains('\u{1b}'), "no escape codes in a file: {logs}");
     let lines: Vec<serde_json::Value> = logs
         .lines()
