@@ -111,6 +111,9 @@ where
     if transient { CloudError::Retryable { op, code, message } } else { CloudError::Terminal { op, code, message } }
 }
 
+/// How CloudFormation's ValidationError says there is no such stack.
+const NO_STACK: &str = "does not exist";
+
 /// Pages of a stack's events read, at most, to find the beginning of its last operation (100 events a
 /// page: a stack of some hundred resources).
 const STACK_EVENT_PAGES_MAX: usize = 5;
@@ -274,9 +277,7 @@ impl Aws {
     pub async fn describe_stack(&self, name_or_id: &str) -> Result<Option<Stack>, CloudError> {
         let out = match self.cfn.describe_stacks().stack_name(name_or_id).send().await {
             Ok(out) => out,
-            Err(e)
-                if e.code() == Some("ValidationError") && e.message().is_some_and(|m| m.contains("does not exist")) =>
-            {
+            Err(e) if e.code() == Some("ValidationError") && e.message().is_some_and(|m| m.contains(NO_STACK)) => {
                 return Ok(None);
             }
             Err(e) => return Err(classify("DescribeStacks", e)),
@@ -463,25 +464,20 @@ struct CountRequests;
 const THROTTLE_MARKS: &[&str] =
     &["Throttl", "SlowDown", "RequestLimitExceeded", "TooManyRequests", "PriorRequestNotComplete"];
 
-/// The look-ups previewd makes to learn whether something exists, and how each says it does not: an
-/// answer it asks for on purpose (is the stack gone yet? has CI pushed the commit's image or bundle?), not
-/// a request it got wrong. Anything else that is missing (a hosted zone, the template bucket, the
-/// image repository itself) is a mistake to see, and stays a `client_error`.
-/// (ECR's BatchGetImage answers a missing image among its 200's `failures`: `ok`.)
-const PROBES: &[(&str, &str)] = &[("DescribeStacks", "does not exist"), ("HeadObject", "")];
-
 /// How an answer to `operation` is counted: `ok`, `throttled`, `not_found`, `client_error` or
-/// `server_error`.
+/// `server_error`. `not_found` is the answer to a look-up previewd makes to learn whether something
+/// exists (is the stack gone yet? has CI put the commit's bundle?): asked on purpose, not a request it got
+/// wrong. Anything else missing (a hosted zone, the template bucket, an image repository) is a mistake to
+/// see, and stays a `client_error`. (ECR's BatchGetImage answers a missing image among its 200's
+/// `failures`: `ok`.)
 fn request_outcome(operation: &str, status: u16, body: &str) -> &'static str {
-    let probed = |s: u16| {
-        PROBES.iter().any(|(op, mark)| *op == operation && (body.contains(mark) && !mark.is_empty() || s == 404))
-    };
-    match status {
-        s if s < 400 => "ok",
-        429 => "throttled",
+    match (operation, status) {
+        (_, s) if s < 400 => "ok",
+        (_, 429) => "throttled",
         _ if THROTTLE_MARKS.iter().any(|m| body.contains(m)) => "throttled",
-        s if s < 500 && probed(s) => "not_found",
-        s if s < 500 => "client_error",
+        ("DescribeStacks", 400) if body.contains(NO_STACK) => "not_found",
+        ("HeadObject", 404) => "not_found",
+        (_, s) if s < 500 => "client_error",
         _ => "server_error",
     }
 }

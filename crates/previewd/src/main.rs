@@ -20,8 +20,9 @@ struct Cli {
     log_format: LogFormat,
     /// How much previewd itself logs; its libraries log warnings and errors only. `RUST_LOG`, when set,
     /// replaces both (tracing's directives, such as `debug` or `info,previewd_reconciler=debug`).
-    #[arg(long, global = true, env = "PREVIEWD_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
-    log_level: LogLevel,
+    #[arg(long, global = true, env = "PREVIEWD_LOG_LEVEL", default_value = "info",
+        value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,15 +31,6 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,7 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = String::new();
     match cli.command {
         Command::Serve => {
-            init_tracing(cli.log_format, cli.log_level);
+            init_tracing(cli.log_format, &cli.log_level);
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(serve(&config))?;
         }
@@ -88,7 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(envs::envs(&args, config.dashboard_token.as_ref(), &mut out))?;
         }
         Command::Reap(args) => {
-            init_tracing(cli.log_format, cli.log_level);
+            init_tracing(cli.log_format, &cli.log_level);
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let clean = runtime.block_on(async {
                 let aws = previewd_cloud::Aws::from_env().await;
@@ -105,16 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: LogFormat, level: LogLevel) {
+fn init_tracing(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     // previewd's crates are all named `previewd…`; a directive's target matches by prefix.
-    let level = match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-    };
     // Libraries say warnings and errors, never more than previewd itself.
     let libraries = if level == "error" { "error" } else { "warn" };
     let filter =

@@ -210,10 +210,10 @@ impl Reconciler {
         };
         // The event log's clock: the repeats' times are its.
         let now = self.inner.store.now();
-        let (requeue, kind) = match error_policy(&error, observed.retries, same, now, t) {
+        // Whose failure it is, when the environment fails now (counted and logged once it is recorded).
+        let (requeue, kind, failed) = match error_policy(&error, observed.retries, same, now, t) {
             ErrorAction::Fenced => return None,
             ErrorAction::Repeated => {
-                reconcile::count_failure(&env);
                 observed.status = Status::Failed;
                 let over = humanize(now - same.since.unwrap_or(now));
                 message = format!(
@@ -223,29 +223,27 @@ impl Reconciler {
                      again",
                     same.times + 1
                 );
-                tracing::error!(error = %message, "failed: the same AWS fault again and again");
-                (None, EventKind::Failed)
+                (None, EventKind::Failed, Some(true))
             }
             ErrorAction::Retry { after, retries } => {
                 observed.retries = retries;
                 tracing::warn!(error = %message, retries, "will retry");
-                (Some(after), EventKind::Retry)
+                (Some(after), EventKind::Retry, None)
             }
             ErrorAction::Fail => {
-                reconcile::count_failure(&env);
                 observed.status = Status::Failed;
-                if error.is_operators() {
-                    tracing::error!(error = %message, "failed: AWS refused previewd's request; whoever runs previewd must act");
-                } else {
-                    tracing::warn!(error = %message, "failed: told on the environment's page; a push or a redeploy tries again");
-                }
-                (None, EventKind::Failed)
+                (None, EventKind::Failed, Some(error.is_operators()))
             }
         };
         observed.last_error = Some(message.clone());
         // Under the claim's own fence: the record just read may already be another holder's.
         match self.inner.store.update_observed(claim.fence(), &observed, Some((kind, &message))).await {
-            Ok(()) => Some(requeue),
+            Ok(()) => {
+                if let Some(operators) = failed {
+                    reconcile::failed(&env, &message, operators);
+                }
+                Some(requeue)
+            }
             Err(e) if e.is_fenced() => None,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record error");

@@ -63,8 +63,8 @@ impl ReconcileError {
     /// branch's team (a settings mistake in its file, an application that does not start), who are told
     /// on the environment's page and pull request. Logged at ERROR and WARN: an alert on ERROR is not paged
     /// for a contributor's typo.
-    pub fn is_operators(&self) -> bool {
-        matches!(self, ReconcileError::Cloud(_) | ReconcileError::Store(_))
+    pub(crate) fn is_operators(&self) -> bool {
+        matches!(self, ReconcileError::Cloud(_))
     }
 
     /// Retrying will not help: the environment is `failed` until a person acts or a push asks again.

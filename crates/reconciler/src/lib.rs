@@ -142,8 +142,7 @@ impl Reconciler {
             }
         };
         if complete {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            previewd_metrics::METRICS.fleet_observer_last_success.set(now.as_secs_f64());
+            previewd_metrics::METRICS.fleet_observer_last_success.set(now_ms() as f64 / 1000.0);
         }
         let cutoff = now_ms() - DELIVERY_RETENTION.as_millis() as i64;
         if let Err(e) = self.inner.store.prune_deliveries(cutoff).await {

@@ -161,11 +161,10 @@ impl Store {
         if env_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks: Vec<String> = (1..=env_ids.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
             "SELECT env_id, pr_number AS number, author FROM pr_comments WHERE env_id IN ({}) \
              ORDER BY env_id, pr_number",
-            marks.join(", ")
+            crate::placeholders(env_ids.len())
         );
         let mut query = sqlx::query_as::<_, PullRequest>(&sql);
         for id in env_ids {

@@ -94,6 +94,11 @@ impl StoreError {
     }
 }
 
+/// `$1, $2, …, $n`: the placeholders of an `IN (…)` list of `n` values.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Db { op, source }
 }

@@ -306,9 +306,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
-        let sql =
-            format!("SELECT COUNT(*) FROM environments WHERE due_at IS NOT NULL AND id IN ({})", marks.join(", "));
+        let sql = format!(
+            "SELECT COUNT(*) FROM environments WHERE due_at IS NOT NULL AND id IN ({})",
+            crate::placeholders(ids.len())
+        );
         let mut q = sqlx::query_scalar(&sql);
         for id in ids {
             q = q.bind(*id);

@@ -97,8 +97,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("SELECT {COLUMNS} FROM timelines WHERE env_id IN ({})", marks.join(", "));
+        let sql = format!("SELECT {COLUMNS} FROM timelines WHERE env_id IN ({})", crate::placeholders(ids.len()));
         let query = ids.iter().fold(sqlx::query_as::<_, TimelineRow>(&sql), |q, id| q.bind(*id));
         let rows = query.fetch_all(&self.pool).await.map_err(db("read timelines"))?;
         rows.into_iter().map(<(i64, Timeline)>::try_from).collect()

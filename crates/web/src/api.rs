@@ -290,6 +290,12 @@ impl std::str::FromStr for EnvAction {
     }
 }
 
+/// Whether the environment stands where seeding can run again (its blueprint's steps aside): wanted, and
+/// ready or failed.
+pub(crate) fn may_reseed(env: &EnvRecord) -> bool {
+    env.desired != Desired::Absent && matches!(env.status, Status::Ready | Status::Failed)
+}
+
 /// An action on one environment. Like a webhook, it only changes desired state and enqueues.
 pub(crate) async fn act(
     State(state): State<AppState>,
@@ -321,8 +327,7 @@ pub(crate) async fn act(
                 let why = "nothing to reseed: the environment's blueprint declares no seed steps";
                 return (StatusCode::CONFLICT, why).into_response();
             }
-            let standing = env.desired != Desired::Absent && matches!(env.status, Status::Ready | Status::Failed);
-            if !standing {
+            if !may_reseed(&env) {
                 let why = format!("only a ready (or failed) environment can be reseeded; this one is {}", env.status);
                 return (StatusCode::CONFLICT, why).into_response();
             }

@@ -14,7 +14,7 @@ mod record;
 mod teardown;
 
 pub(crate) use ready::timeline_summary;
-pub(crate) use record::count_failure;
+pub(crate) use record::failed;
 
 use std::time::Duration;
 

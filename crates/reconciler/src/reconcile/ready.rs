@@ -279,8 +279,7 @@ pub(super) async fn record_failed(
     stamps.save(inner, env).await?;
     record(inner, env, o, event.as_deref().map(|m| (EventKind::Failed, m))).await?;
     if let Some(why) = &event {
-        super::record::count_failure(env);
-        tracing::warn!(error = %why, "failed: told on the environment's page; a push or a redeploy tries again");
+        super::record::failed(env, why, false);
     }
     Ok(Action::Done)
 }

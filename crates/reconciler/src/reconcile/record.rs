@@ -12,13 +12,20 @@ use crate::context::Inner;
 use crate::durations::{Op, next_look, unknown_look};
 use crate::error::ReconcileError;
 
-/// An environment has just failed: the time from its push counted, by repository (a failure seen
-/// again is not counted again).
-pub(crate) fn count_failure(env: &EnvRecord) {
+/// An environment has just failed: the time from its push counted, by repository (a failure seen again
+/// is not counted again), and one line logged for whoever must act: ERROR for whoever runs previewd
+/// (`operators`), WARN for the branch's team, who are told on the environment's page.
+pub(crate) fn failed(env: &EnvRecord, why: &str, operators: bool) {
     if let (Some(pushed), false) = (env.pushed_at, env.status == Status::Failed) {
         let repo = previewd_metrics::RepoLabel { repo: env.repo.to_string() };
         let seconds = (now_ms() - pushed).max(0) as f64 / 1000.0;
         previewd_metrics::METRICS.push_to_failure_seconds.get_or_create(&repo).observe(seconds);
+    }
+    match operators {
+        true => tracing::error!(error = %why, "failed: whoever runs previewd must act"),
+        false => {
+            tracing::warn!(error = %why, "failed: told on the environment's page; a push or a redeploy tries again")
+        }
     }
 }
 

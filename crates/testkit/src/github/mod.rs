@@ -180,11 +180,6 @@ impl FakeGitHub {
         }
     }
 
-    /// Forgets every fault still waiting: GitHub answers as it should from now on.
-    pub fn clear_faults(&self) {
-        self.lock().faults.clear();
-    }
-
     /// Every request path under the prefix, decoded, without the query.
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()

@@ -11,7 +11,7 @@ use previewd_store::EnvRecord;
 use serde::Deserialize;
 
 use super::{commit_link, layout, pull_links, web_link, when};
-use crate::api::{RECENT_EVENTS, load, rfc3339};
+use crate::api::{RECENT_EVENTS, load, may_reseed, rfc3339};
 use crate::{AppState, EnvAction, EnvView};
 
 /// The page follows its status this often, in milliseconds.
@@ -48,7 +48,7 @@ fn offers(env: &EnvRecord, seed_steps: usize) -> Vec<Offer> {
         };
         offers.push(Offer { action: EnvAction::Redeploy, query: "", label });
     }
-    if seed_steps > 0 && standing && matches!(env.status, Status::Ready | Status::Failed) {
+    if seed_steps > 0 && env.expired_at.is_none() && may_reseed(env) {
         offers.push(Offer { action: EnvAction::Reseed, query: "", label: "Reseed" });
     }
     if standing {
